@@ -1,0 +1,55 @@
+# mestres-observability: developer commands. Every target creates .venv if missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS := dev,flask,fastapi,django,otlp,redis,sql
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test lint typecheck unit docs demo serve bench test-versions clean
+
+help:
+	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
+	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
+	@echo "make test           ruff + mypy --strict + pytest + mkdocs build --strict"
+	@echo "make test-versions  core unit tests on the oldest and newest Python present (nox)"
+	@echo "make bench          benchmarks (ratios measured in one run)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict mestres_observability
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest
+
+docs: $(STAMP)
+	$(PY) docs/gen_reference.py
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+test: lint typecheck unit docs
+
+# pyenv keeps 3.10 and 3.13 out of PATH unless they are listed in PYENV_VERSION.
+test-versions: $(STAMP)
+	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(10|13)\.[0-9]+$$' | tr '\n' ':')" \
+	  $(VENV)/bin/nox --error-on-missing-interpreters -s core_tests
+
+demo: $(STAMP)
+	$(PY) examples/coffee_shop.py --scripted
+
+serve: $(STAMP)
+	$(PY) examples/coffee_shop.py --serve --port 8000
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .nox

@@ -1,0 +1,484 @@
+"""Business instrumentation: orders, payments, user actions, inventory.
+
+Decorators (:func:`track_order`, :func:`track_payment`) and plain calls
+(:func:`record_order`, :func:`record_payment`, :func:`track_user_action`,
+:func:`track_inventory_movement`, :func:`set_inventory_level`).
+
+They store no metric objects when they decorate: every call looks up the
+current :class:`~mestres_observability.Observability`, so decoration at import
+time works before :func:`~mestres_observability.init_observability` and a
+re-init takes over cleanly.
+
+Values are read from attributes or mapping keys (``status``, ``total_amount``,
+``items`` with ``product_id`` and ``quantity``, ``id``, ``user_id``,
+``currency``); an ``extract=`` callable serves other shapes. Money may be
+``int``, ``float`` or ``Decimal``; anything else (``None``, strings, ``bool``,
+NaN, infinities, negative amounts) is rejected: the order is still counted, the
+bad field is skipped, and the fault is counted in
+``mestres_observability_errors_total{component="business"}`` and logged once.
+The decorated function's return value and exceptions are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from numbers import Real
+from typing import Any, TypeVar
+
+from . import logs as _logs
+from . import tracing as _tracing
+from ._wrapping import around
+from .observability import Observability, get_observability
+
+__all__ = [
+    "OrderInfo",
+    "PaymentInfo",
+    "record_order",
+    "record_payment",
+    "set_inventory_level",
+    "track_inventory_movement",
+    "track_order",
+    "track_payment",
+    "track_user_action",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Extractor = Callable[[Any], Any]
+
+_MISSING: Any = object()
+UNKNOWN = "unknown"
+
+
+# ---------------------------------------------------------------------- reading values
+def _field(obj: Any, key: str) -> Any:
+    """``obj[key]`` for mappings, ``obj.key`` otherwise; ``_MISSING`` when absent."""
+    if isinstance(obj, Mapping):
+        return obj.get(key, _MISSING)
+    try:
+        return getattr(obj, key, _MISSING)
+    except Exception:  # a property that raises
+        return _MISSING
+
+
+def _amount(value: Any) -> tuple[float | None, str | None]:
+    """A money or quantity value as a finite non-negative float, or a fault kind."""
+    if value is _MISSING or value is None:
+        return None, "missing_amount"
+    if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
+        return None, "invalid_amount_type"
+    try:
+        f = float(value)
+    except (OverflowError, ValueError, TypeError, ArithmeticError):
+        return None, "invalid_amount"
+    if not math.isfinite(f):
+        return None, "non_finite_amount"
+    if f < 0:
+        return None, "negative_amount"
+    return f + 0.0, None  # -0.0 -> 0.0
+
+
+def _text(value: Any, default: str = UNKNOWN) -> str:
+    if value is _MISSING or value is None:
+        return default
+    if isinstance(value, str):
+        return value if value else default
+    try:
+        return str(value)
+    except Exception:
+        return default
+
+
+@dataclass
+class OrderInfo:
+    """What the library read from an order (after validation)."""
+
+    id: str | None = None
+    user_id: str | None = None
+    status: str = UNKNOWN
+    total: float | None = None
+    currency: str = ""
+    items: list[tuple[str, float]] = field(default_factory=list)
+    items_count: int = 0
+    faults: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PaymentInfo:
+    """What the library read from a payment (after validation)."""
+
+    id: str | None = None
+    order_id: str | None = None
+    amount: float | None = None
+    method: str = UNKNOWN
+    status: str = UNKNOWN
+    currency: str = ""
+    faults: list[str] = field(default_factory=list)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is _MISSING or value is None else _text(value)
+
+
+def read_order(order: Any, currency: str) -> OrderInfo:
+    """Read an order (object or mapping) into an :class:`OrderInfo`; never raises."""
+    info = OrderInfo(currency=currency)
+    if order is None:
+        info.faults.append("no_order")
+        return info
+    info.id = _optional_text(_field(order, "id"))
+    info.user_id = _optional_text(_field(order, "user_id"))
+    info.status = _text(_field(order, "status"))
+    cur = _field(order, "currency")
+    if isinstance(cur, str) and cur:
+        info.currency = cur
+    total = _field(order, "total_amount")
+    if total is _MISSING:
+        total = _field(order, "total")
+    info.total, fault = _amount(total)
+    if fault:
+        info.faults.append(fault)
+    items = _field(order, "items")
+    if items is _MISSING or items is None:
+        return info
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        info.faults.append("invalid_items")
+        return info
+    try:
+        for item in items:
+            info.items_count += 1
+            pid = _field(item, "product_id")
+            qty, qfault = _amount(_field(item, "quantity"))
+            if pid is _MISSING or pid is None:
+                info.faults.append("missing_product_id")
+                continue
+            if qfault:
+                info.faults.append("invalid_quantity")
+                continue
+            assert qty is not None
+            info.items.append((_text(pid), qty))
+    except Exception:
+        info.faults.append("invalid_items")
+    return info
+
+
+def read_payment(payment: Any, currency: str) -> PaymentInfo:
+    """Read a payment (object or mapping) into a :class:`PaymentInfo`; never raises."""
+    info = PaymentInfo(currency=currency)
+    if payment is None:
+        info.faults.append("no_payment")
+        return info
+    info.id = _optional_text(_field(payment, "id"))
+    info.order_id = _optional_text(_field(payment, "order_id"))
+    info.method = _text(_field(payment, "method"))
+    info.status = _text(_field(payment, "status"))
+    cur = _field(payment, "currency")
+    if isinstance(cur, str) and cur:
+        info.currency = cur
+    info.amount, fault = _amount(_field(payment, "amount"))
+    if fault:
+        info.faults.append(fault)
+    return info
+
+
+# ---------------------------------------------------------------------- recording
+def _apply_extractor(obs: Observability, extract: Extractor | None, result: Any) -> Any:
+    if extract is None:
+        return result
+    try:
+        return extract(result)
+    except Exception as exc:
+        obs.faults.report("business", "extractor_raised", "extract= callable raised", exc)
+        return None
+
+
+def _record_order(obs: Observability, order: Any, currency: str | None,
+                  extract: Extractor | None) -> OrderInfo | None:
+    try:
+        cfg = obs.config
+        info = read_order(_apply_extractor(obs, extract, order), currency or cfg.default_currency)
+        m = obs.metrics
+        m.orders_total.inc((info.status,))
+        if info.total is not None:
+            if not cfg.revenue_statuses or info.status in cfg.revenue_statuses:
+                m.revenue_total.inc((info.currency,), info.total)
+            m.order_value.observe((info.currency,), info.total)
+        for pid, qty in info.items:
+            m.products_sold_total.inc((pid,), qty)
+        for kind in info.faults:
+            obs.faults.report("business", kind, f"order field rejected: {kind}")
+        return info
+    except Exception as exc:
+        obs.faults.report("business", "record_order", "recording an order failed", exc)
+        return None
+
+
+def _order_event(info: OrderInfo) -> dict[str, Any]:
+    return {
+        "order_id": info.id, "user_id": info.user_id, "total_amount": info.total,
+        "currency": info.currency, "items_count": info.items_count, "status": info.status,
+    }
+
+
+def _log(obs: Observability, event: str, fields: dict[str, Any]) -> None:
+    try:
+        _logs.log_event(event, **fields)
+    except Exception as exc:
+        obs.faults.report("logging", "log_event", f"logging {event} failed", exc)
+
+
+def _set_span_attributes(span_cm: Any, attributes: Mapping[str, Any]) -> None:
+    if span_cm is None:
+        return
+    from opentelemetry import trace
+
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+def record_order(order: Any, *, currency: str | None = None,
+                 extract: Extractor | None = None) -> None:
+    """Record a finished order without a decorator (metrics and the ``order_created`` event).
+
+    Never raises; bad fields are skipped and counted.
+    """
+    obs = get_observability()
+    if not obs.config.enabled:
+        return
+    info = _record_order(obs, order, currency, extract)
+    if info is not None:
+        _log(obs, "order_created", _order_event(info))
+
+
+def _record_payment(obs: Observability, payment: Any, currency: str | None,
+                    extract: Extractor | None) -> PaymentInfo | None:
+    try:
+        info = read_payment(_apply_extractor(obs, extract, payment),
+                            currency or obs.config.default_currency)
+        m = obs.metrics
+        m.payments_total.inc((info.method, info.status))
+        if info.amount is not None:
+            m.payment_amount_total.inc((info.method, info.status, info.currency), info.amount)
+        for kind in info.faults:
+            obs.faults.report("business", kind, f"payment field rejected: {kind}")
+        return info
+    except Exception as exc:
+        obs.faults.report("business", "record_payment", "recording a payment failed", exc)
+        return None
+
+
+def _payment_event(info: PaymentInfo) -> dict[str, Any]:
+    return {
+        "payment_id": info.id, "order_id": info.order_id, "amount": info.amount,
+        "currency": info.currency, "method": info.method, "status": info.status,
+    }
+
+
+def record_payment(payment: Any, *, currency: str | None = None,
+                   extract: Extractor | None = None) -> None:
+    """Record a processed payment without a decorator (metrics and ``payment_processed``)."""
+    obs = get_observability()
+    if not obs.config.enabled:
+        return
+    info = _record_payment(obs, payment, currency, extract)
+    if info is not None:
+        _log(obs, "payment_processed", _payment_event(info))
+
+
+# ---------------------------------------------------------------------- decorators
+class _BusinessHooks:
+    """Span around the call, metrics and the business event inside it."""
+
+    __slots__ = ("currency", "extract", "kind")
+
+    def __init__(self, kind: str, currency: str | None, extract: Extractor | None) -> None:
+        self.kind = kind
+        self.currency = currency
+        self.extract = extract
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = get_observability()
+        if not obs.config.enabled:
+            return None
+        cm = None
+        if obs.tracing.enabled:
+            try:
+                cm = _tracing.span("process_order" if self.kind == "order" else "process_payment")
+                cm.__enter__()
+            except Exception as exc:
+                obs.faults.report("tracing", "business_span", "could not open span", exc)
+                cm = None
+        return (obs, cm)
+
+    def success(self, state: Any, result: Any) -> None:
+        if state is None:
+            return
+        obs, cm = state
+        try:
+            if self.kind == "order":
+                info = _record_order(obs, result, self.currency, self.extract)
+                if info is not None:
+                    fields = _order_event(info)
+                    _set_span_attributes(cm, {
+                        "order.id": info.id, "order.user_id": info.user_id,
+                        "order.items_count": info.items_count,
+                        "order.total_amount": info.total, "order.status": info.status,
+                        "order.currency": info.currency,
+                    })
+                    _log(obs, "order_created", fields)
+            else:
+                pinfo = _record_payment(obs, result, self.currency, self.extract)
+                if pinfo is not None:
+                    _set_span_attributes(cm, {
+                        "payment.id": pinfo.id, "payment.order_id": pinfo.order_id,
+                        "payment.amount": pinfo.amount, "payment.method": pinfo.method,
+                        "payment.status": pinfo.status, "payment.currency": pinfo.currency,
+                    })
+                    _log(obs, "payment_processed", _payment_event(pinfo))
+        except Exception as exc:  # pragma: no cover - _record_* already guard
+            obs.faults.report("business", "success_hook", "recording failed", exc)
+        finally:
+            _close(obs, cm, None)
+
+    def failure(self, state: Any, exc: BaseException) -> None:
+        if state is None:
+            return
+        obs, cm = state
+        try:
+            error_type = type(exc).__name__
+            if self.kind == "order":
+                obs.metrics.order_errors_total.inc((error_type,))
+                _log(obs, "order_failed", {"error_type": error_type})
+            else:
+                obs.metrics.payment_errors_total.inc((error_type,))
+                _log(obs, "payment_failed", {"error_type": error_type})
+        except Exception as inner:
+            obs.faults.report("business", "failure_hook", "recording a failure failed", inner)
+        finally:
+            _close(obs, cm, exc)
+
+
+def _close(obs: Observability, cm: Any, exc: BaseException | None) -> None:
+    if cm is None:
+        return
+    try:
+        if exc is None:
+            cm.__exit__(None, None, None)
+        else:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+    except Exception as inner:
+        obs.faults.report("tracing", "business_span", "could not close span", inner)
+
+
+def _business_decorator(kind: str, fn: Any, currency: str | None,
+                        extract: Extractor | None) -> Any:
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError(f"track_{kind} expects a function, got {type(fn).__name__}")
+        return around(fn, _BusinessHooks(kind, currency, extract))
+
+    def decorate(f: F) -> F:
+        return around(f, _BusinessHooks(kind, currency, extract))
+
+    return decorate
+
+
+def track_order(
+    fn: F | None = None, /, *, extract: Extractor | None = None, currency: str | None = None
+) -> Any:
+    """Decorate a function that returns an order; bare or with options.
+
+    On return: ``orders_total{status}``, ``revenue_total{currency}``,
+    ``order_value``, ``products_sold_total{product_id}`` and the
+    ``order_created`` log event, inside a ``process_order`` span (so your own
+    ``with span("validate_inventory")`` steps nest under it). On raise:
+    ``order_errors_total{error_type}`` and ``order_failed``; the same exception
+    object propagates. Works on sync and async functions and methods.
+
+    Args:
+        fn: the function (when used bare, ``@track_order``).
+        extract: turns the return value into something with the order fields.
+        currency: currency when the order has none (default: the config's).
+
+    Example:
+        >>> @track_order
+        ... def create_order(cart):
+        ...     return {"id": 1, "status": "paid", "total_amount": Decimal("19.90"),
+        ...             "items": [{"product_id": "espresso", "quantity": 2}]}
+    """
+    return _business_decorator("order", fn, currency, extract)
+
+
+def track_payment(
+    fn: F | None = None, /, *, extract: Extractor | None = None, currency: str | None = None
+) -> Any:
+    """Decorate a function that returns a payment (``id``, ``order_id``, ``amount``, ``method``,
+    ``status``); bare or with options.
+
+    On return: ``payments_total{method,status}``,
+    ``payment_amount_total{method,status,currency}`` and ``payment_processed``,
+    inside a ``process_payment`` span. On raise: ``payment_errors_total{error_type}``
+    and ``payment_failed``; the exception propagates unchanged.
+    """
+    return _business_decorator("payment", fn, currency, extract)
+
+
+# ---------------------------------------------------------------------- plain calls
+def track_user_action(action: str, user_id: object | None = None) -> None:
+    """Count a user action: ``user_actions_total{action, user_type}``.
+
+    ``user_type`` is ``authenticated`` when ``user_id`` is given, else ``guest``
+    (as in the seed). Never raises.
+    """
+    obs = get_observability()
+    if not obs.config.enabled:
+        return
+    try:
+        user_type = "guest" if user_id is None or user_id == "" else "authenticated"
+        obs.metrics.user_actions_total.inc((_text(action), user_type))
+    except Exception as exc:
+        obs.faults.report("business", "user_action", "recording a user action failed", exc)
+
+
+def track_inventory_movement(product_id: object, movement_type: str, quantity: object) -> None:
+    """Count units moved: ``inventory_movements_total{product_id, movement_type}``.
+
+    ``quantity`` must be a finite non-negative number (direction goes in
+    ``movement_type``: ``in``, ``out``, ``adjustment``...). Never raises.
+    """
+    obs = get_observability()
+    if not obs.config.enabled:
+        return
+    try:
+        qty, fault = _amount(quantity)
+        if fault is not None or qty is None:
+            obs.faults.report("business", f"inventory_{fault}", "inventory quantity rejected")
+            return
+        obs.metrics.inventory_movements_total.inc((_text(product_id), _text(movement_type)), qty)
+    except Exception as exc:
+        obs.faults.report("business", "inventory_movement", "recording a movement failed", exc)
+
+
+def set_inventory_level(product_id: object, level: object) -> None:
+    """Set ``inventory_level{product_id}`` (the seed's ``InventoryLow`` alert reads it).
+
+    ``level`` must be a finite number (negative allowed for back-orders). Past
+    the cardinality bound new products are dropped and counted, never merged.
+    """
+    obs = get_observability()
+    if not obs.config.enabled:
+        return
+    try:
+        if isinstance(level, bool) or not isinstance(level, (Real, Decimal)):
+            obs.faults.report("business", "inventory_invalid_level", "inventory level rejected")
+            return
+        value = float(level)
+        if not math.isfinite(value):
+            obs.faults.report("business", "inventory_non_finite", "inventory level rejected")
+            return
+        obs.metrics.inventory_level.set((_text(product_id),), value)
+    except Exception as exc:
+        obs.faults.report("business", "inventory_level", "setting a level failed", exc)

@@ -1,0 +1,756 @@
+"""All settings of mestres-observability, in one typed place.
+
+:class:`ObservabilityConfig` is a frozen dataclass. Building one is pure (no
+environment is read); :meth:`ObservabilityConfig.from_env` layers keyword
+arguments over ``MESTRES_OBS_*`` variables over the standard ``OTEL_*``
+variables over the defaults. Every value is validated when the object is
+built, so a bad setting fails at :func:`~mestres_observability.init_observability`
+with a :class:`~mestres_observability.errors.ConfigurationError` that names the
+setting, the value and the fix; nothing fails later at request time.
+
+The configuration reference in the docs is generated from the field metadata
+below (:func:`settings_table`), so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "ObservabilityConfig", "settings_table"]
+
+ENV_PREFIX = "MESTRES_OBS_"
+_log = logging.getLogger("mestres_observability.config")
+
+#: Default histogram buckets for HTTP durations (seconds). Identical to
+#: prometheus_client's defaults and OpenTelemetry's stable HTTP boundaries,
+#: with a tail to 30 s for slow endpoints.
+DEFAULT_HTTP_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
+)
+#: Default buckets for order totals (currency units).
+DEFAULT_ORDER_VALUE_BUCKETS: tuple[float, ...] = (
+    5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+)
+#: Keys whose values are replaced by ``[REDACTED]`` in logs (case-insensitive,
+#: ``-`` and ``_`` alike, whole key or ``_``-suffix).
+DEFAULT_REDACT_KEYS: tuple[str, ...] = (
+    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization",
+    "cookie", "set_cookie", "card_number", "cvv", "cvc", "private_key", "access_key",
+    "client_secret", "session", "credentials",
+)
+#: Query-string parameters redacted from logged URLs.
+DEFAULT_REDACT_QUERY_PARAMS: tuple[str, ...] = (
+    "token", "access_token", "refresh_token", "id_token", "password", "passwd", "secret",
+    "key", "api_key", "apikey", "signature", "sig", "code", "auth",
+)
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _setting(
+    default: Any = None,
+    *,
+    kind: str,
+    doc: str,
+    otel: str | None = None,
+    secret: bool = False,
+    choices: tuple[str, ...] | None = None,
+    optional: bool = False,
+    minimum: float | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    meta = {
+        "kind": kind,
+        "doc": doc,
+        "otel": otel,
+        "secret": secret,
+        "choices": choices,
+        "optional": optional,
+        "minimum": minimum,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, repr=False)
+class ObservabilityConfig:
+    """Every setting of the library.
+
+    Build it directly (pure, no environment read) or with :meth:`from_env`.
+    Lists given through environment variables are comma-separated; mappings are
+    ``key=value`` pairs separated by commas. Values are validated on
+    construction and a :class:`~mestres_observability.errors.ConfigurationError`
+    names any bad one.
+
+    Example:
+        >>> cfg = ObservabilityConfig(service_name="mestres-cafe-api", namespace="shop")
+        >>> cfg.metric_name("orders_total")
+        'shop_orders_total'
+    """
+
+    # ---- service identity -------------------------------------------------
+    enabled: bool = _setting(
+        True, kind="bool",
+        doc="Master switch. `false` turns every decorator and middleware into a cheap no-op; "
+        "probes keep answering and `/metrics` stays a valid page.",
+    )
+    service_name: str = _setting(
+        "unknown_service", kind="str", otel="OTEL_SERVICE_NAME",
+        doc="Service name: `service.name` resource attribute, `service` log field, "
+        "`service_info` label.",
+    )
+    service_version: str = _setting(
+        "0.0.0", kind="str", doc="Service version (`service.version`, `service_info`, `/health`)."
+    )
+    environment: str = _setting(
+        "production", kind="str",
+        doc="Deployment environment (`deployment.environment.name`, `service_info`).",
+    )
+
+    # ---- metrics ----------------------------------------------------------
+    namespace: str = _setting(
+        "", kind="str",
+        doc="Prefix for HTTP, business and infrastructure metric names (`shop` gives "
+        "`shop_orders_total`). Not applied to `process_*`, `mestres_observability_*` or "
+        "metrics users create themselves.",
+    )
+    default_currency: str = _setting(
+        "BRL", kind="str",
+        doc="Currency label used when neither the order nor the decorator names one.",
+    )
+    revenue_statuses: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="Order statuses that count towards `revenue_total`. Empty: every returned order "
+        "(the seed's behaviour).",
+    )
+    http_buckets: tuple[float, ...] = _setting(
+        DEFAULT_HTTP_BUCKETS, kind="floats",
+        doc="Histogram buckets (seconds) for `http_request_duration_seconds` and `timed()`.",
+    )
+    order_value_buckets: tuple[float, ...] = _setting(
+        DEFAULT_ORDER_VALUE_BUCKETS, kind="floats",
+        doc="Histogram buckets (currency units) for `order_value`.",
+    )
+    max_label_values: int = _setting(
+        1000, kind="int", minimum=1,
+        doc="Cardinality guard: distinct label sets per metric before data-derived labels fold "
+        "into `<overflow>`.",
+    )
+    label_limits: dict[str, int] = _setting(
+        kind="intmap", factory=dict,
+        doc="Per-metric overrides of `max_label_values`, keyed by the metric's base name "
+        "(e.g. `products_sold_total=5000`).",
+    )
+    created_series: bool = _setting(
+        True, kind="bool", doc="Expose the `*_created` series of counters and histograms."
+    )
+    expose_global_registry: bool = _setting(
+        False, kind="bool",
+        doc="Also expose prometheus_client's global `REGISTRY` (metrics you defined yourself) on "
+        "`/metrics`. A family present in both fails at init. Not available in multiprocess mode.",
+    )
+    system_metrics: bool = _setting(
+        True, kind="bool", doc="Collect host/container metrics with psutil at scrape time."
+    )
+    process_metrics: bool = _setting(
+        True, kind="bool", doc="Collect `process_*` metrics for this process at scrape time."
+    )
+    system_mountpoints: tuple[str, ...] = _setting(
+        ("/",), kind="strs",
+        doc="Mount points whose usage `disk_usage_percent` reports. Only these are read: a dead "
+        "network mount can hang `statvfs`.",
+    )
+    system_scrape_budget: float = _setting(
+        0.25, kind="float", minimum=0.0,
+        doc="Time budget (seconds) for the system collector within one scrape; past it, slow "
+        "families are skipped and counted.",
+    )
+
+    # ---- logs -------------------------------------------------------------
+    configure_logging: bool = _setting(
+        True, kind="bool",
+        doc="Configure structlog and route the standard library's `logging` through the same "
+        "JSON renderer. `false` leaves your own structlog configuration alone.",
+    )
+    log_level: str = _setting(
+        "INFO", kind="choice", choices=_LEVELS, doc="Root log level."
+    )
+    log_levels: dict[str, str] = _setting(
+        kind="strmap", factory=dict,
+        doc="Per-logger levels, e.g. `sqlalchemy.engine=WARNING,urllib3=ERROR`.",
+    )
+    log_format: str = _setting(
+        "auto", kind="choice", choices=("auto", "json", "console"),
+        doc="`json`: one JSON object per line. `console`: readable output for development. "
+        "`auto`: console when stdout is a terminal, JSON otherwise.",
+    )
+    redact_keys: tuple[str, ...] = _setting(
+        DEFAULT_REDACT_KEYS, kind="strs",
+        doc="Keys whose values are redacted in logs, at any depth (case-insensitive, `-` and `_` "
+        "alike, whole key or `_`-suffix).",
+    )
+    redact_card_numbers: bool = _setting(
+        True, kind="bool",
+        doc="Redact string values that look like payment card numbers (13-19 digits passing Luhn).",
+    )
+    log_max_value_length: int = _setting(
+        4096, kind="int", minimum=16,
+        doc="Longer string values in log lines are truncated with a marker.",
+    )
+
+    # ---- tracing ----------------------------------------------------------
+    tracing_enabled: bool = _setting(
+        True, kind="bool", otel="OTEL_SDK_DISABLED",
+        doc="Create spans. `OTEL_SDK_DISABLED=true` turns tracing off.",
+    )
+    traces_exporter: str | None = _setting(
+        None, kind="choice", choices=("otlp", "console", "none"), optional=True,
+        otel="OTEL_TRACES_EXPORTER",
+        doc="`otlp`, `console` or `none`. Unset: `otlp` when an OTLP endpoint is configured, "
+        "else `none` (a documented deviation from OpenTelemetry's `otlp` default).",
+    )
+    otlp_endpoint: str | None = _setting(
+        None, kind="str", optional=True, otel="OTEL_EXPORTER_OTLP_ENDPOINT",
+        doc="Base OTLP/HTTP endpoint; `/v1/traces` is appended.",
+    )
+    otlp_traces_endpoint: str | None = _setting(
+        None, kind="str", optional=True, otel="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        doc="Full OTLP/HTTP traces URL (used as given).",
+    )
+    otlp_headers: dict[str, str] = _setting(
+        kind="strmap", factory=dict, secret=True, otel="OTEL_EXPORTER_OTLP_HEADERS",
+        doc="Headers sent with every export (API keys): never logged.",
+    )
+    otlp_timeout: float = _setting(
+        2.0, kind="float", minimum=0.001, otel="OTEL_EXPORTER_OTLP_TIMEOUT",
+        doc="Export request timeout in seconds (the `OTEL_*` variable is in milliseconds).",
+    )
+    traces_sampler: str = _setting(
+        "parentbased_always_on", kind="choice", otel="OTEL_TRACES_SAMPLER",
+        choices=(
+            "always_on", "always_off", "traceidratio", "parentbased_always_on",
+            "parentbased_always_off", "parentbased_traceidratio",
+        ),
+        doc="Sampler name as in `OTEL_TRACES_SAMPLER`.",
+    )
+    traces_sampler_arg: float | None = _setting(
+        None, kind="float", optional=True, minimum=0.0, otel="OTEL_TRACES_SAMPLER_ARG",
+        doc="Sampler argument (the ratio for `*traceidratio`, 0..1).",
+    )
+    propagators: tuple[str, ...] = _setting(
+        ("tracecontext", "baggage"), kind="strs", otel="OTEL_PROPAGATORS",
+        doc="Context propagators (`tracecontext`, `baggage`, `b3`, ... as installed).",
+    )
+    resource_attributes: dict[str, str] = _setting(
+        kind="strmap", factory=dict, otel="OTEL_RESOURCE_ATTRIBUTES",
+        doc="Extra resource attributes (`key=value,...`).",
+    )
+    span_queue_size: int = _setting(
+        2048, kind="int", minimum=1, otel="OTEL_BSP_MAX_QUEUE_SIZE",
+        doc="Bounded span queue; spans beyond it are dropped and counted.",
+    )
+    shutdown_timeout: float = _setting(
+        5.0, kind="float", minimum=0.0,
+        doc="Upper bound (seconds) of `Observability.shutdown()`, flush included.",
+    )
+    respect_global_tracer_provider: bool = _setting(
+        True, kind="bool",
+        doc="If an SDK `TracerProvider` is already installed, add our processor to it instead "
+        "of replacing it.",
+    )
+    exemplars: bool = _setting(
+        True, kind="bool",
+        doc="Attach `trace_id`/`span_id` exemplars to durations and business counters when a "
+        "sampled span is active (visible in the OpenMetrics exposition).",
+    )
+    auto_instrument: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="OpenTelemetry auto-instrumentations to enable when installed, e.g. "
+        "`sqlalchemy,redis`.",
+    )
+
+    # ---- health -----------------------------------------------------------
+    health_deadline: float = _setting(
+        0.8, kind="float", minimum=0.01,
+        doc="Overall deadline (seconds) of one probe, below the kubelet's 1 s default timeout.",
+    )
+    health_check_timeout: float = _setting(
+        0.5, kind="float", minimum=0.001,
+        doc="Default per-check timeout (seconds); each check runs under the smaller of its own "
+        "timeout and the deadline.",
+    )
+    health_cache_ttl: float = _setting(
+        1.0, kind="float", minimum=0.0,
+        doc="Seconds a check result is reused, so probe storms do not hammer dependencies.",
+    )
+    health_cpu_threshold: float = _setting(
+        90.0, kind="float", minimum=0.0, doc="CPU percent above which `checks.system` is degraded."
+    )
+    health_memory_threshold: float = _setting(
+        90.0, kind="float", minimum=0.0,
+        doc="Memory percent above which `checks.system` is degraded.",
+    )
+    health_disk_threshold: float = _setting(
+        90.0, kind="float", minimum=0.0, doc="Disk percent above which `checks.system` is degraded."
+    )
+    health_expose_details: bool = _setting(
+        False, kind="bool",
+        doc="Include check details in responses (internal networks only). Error messages are "
+        "still never returned, only the error kind.",
+    )
+    health_detailed_token: str | None = _setting(
+        None, kind="str", optional=True, secret=True,
+        doc="Bearer token required by `/health/detailed` (compared in constant time).",
+    )
+    health_start_ready: bool = _setting(
+        True, kind="bool",
+        doc="Mark start-up complete at init. `false`: readiness stays 503 until "
+        "`obs.health.mark_started()`.",
+    )
+
+    # ---- HTTP adapters ----------------------------------------------------
+    metrics_path: str | None = _setting(
+        "/metrics", kind="str", optional=True, doc="Path of the metrics endpoint; empty: off."
+    )
+    health_path: str | None = _setting(
+        "/health", kind="str", optional=True, doc="Basic health endpoint; empty: off."
+    )
+    health_detailed_path: str | None = _setting(
+        "/health/detailed", kind="str", optional=True, doc="Detailed health endpoint; empty: off."
+    )
+    health_readiness_path: str | None = _setting(
+        "/health/readiness", kind="str", optional=True, doc="Readiness probe; empty: off."
+    )
+    health_liveness_path: str | None = _setting(
+        "/health/liveness", kind="str", optional=True, doc="Liveness probe; empty: off."
+    )
+    metrics_auth: str | None = _setting(
+        None, kind="str", optional=True, secret=True,
+        doc="Protect `/metrics`: `bearer:<token>` or `basic:<user>:<password>`.",
+    )
+    metrics_port: int | None = _setting(
+        None, kind="int", optional=True, minimum=0,
+        doc="Serve `/metrics` on a separate listener on this port instead of the app.",
+    )
+    metrics_host: str = _setting(
+        "127.0.0.1", kind="str", doc="Bind address of the separate metrics listener."
+    )
+    excluded_paths: tuple[str, ...] | None = _setting(
+        None, kind="strs", optional=True,
+        doc="Paths not measured, traced or access-logged. Exact paths, or patterns with `*`. "
+        "Unset: the library's own endpoints.",
+    )
+    group_status_codes: bool = _setting(
+        False, kind="bool", doc="Label HTTP status as `2xx`, `4xx`... instead of the exact code."
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="Addresses or CIDR ranges whose `X-Forwarded-For` is honoured for `ip_address`.",
+    )
+    request_id_header: str = _setting(
+        "X-Request-ID", kind="str", doc="Header read and echoed as the request id."
+    )
+    access_log: bool = _setting(
+        True, kind="bool",
+        doc="Write one `http_request` log line per request (the access log) from the adapters.",
+    )
+
+    _sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False,
+                                     metadata={"internal": True})
+
+    SETTINGS: ClassVar[tuple[str, ...]]
+
+    # ------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in _public_fields():
+            raw = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(f, raw, env=None))
+        self._validate_relations()
+
+    def _validate_relations(self) -> None:
+        if self.namespace and not _NAME_RE.match(self.namespace):
+            raise ConfigurationError(
+                "namespace", self.namespace,
+                "must be a Prometheus name: letters, digits and underscores, not starting "
+                "with a digit",
+            )
+        for name in ("http_buckets", "order_value_buckets"):
+            buckets: tuple[float, ...] = getattr(self, name)
+            if not buckets:
+                raise ConfigurationError(name, buckets, "needs at least one bucket")
+            if any(b <= a for a, b in zip(buckets, buckets[1:])):
+                raise ConfigurationError(name, buckets, "buckets must be strictly increasing")
+        if self.traces_sampler_arg is not None and not 0.0 <= self.traces_sampler_arg <= 1.0:
+            raise ConfigurationError(
+                "traces_sampler_arg", self.traces_sampler_arg, "a ratio must be between 0 and 1"
+            )
+        for metric, limit in self.label_limits.items():
+            if limit < 1:
+                raise ConfigurationError(
+                    "label_limits", {metric: limit}, "each limit must be at least 1"
+                )
+        if self.metrics_auth is not None:
+            _parse_metrics_auth(self.metrics_auth)
+        for path_name in ("metrics_path", "health_path", "health_detailed_path",
+                          "health_readiness_path", "health_liveness_path"):
+            p = getattr(self, path_name)
+            if p is not None and not p.startswith("/"):
+                raise ConfigurationError(path_name, p, "paths must start with '/' (empty: off)")
+        if self.metrics_port is not None and self.metrics_port > 65535:
+            raise ConfigurationError("metrics_port", self.metrics_port, "must be 0..65535")
+        for name, level in self.log_levels.items():
+            if level.upper() not in _LEVELS:
+                raise ConfigurationError(
+                    "log_levels", {name: level}, f"levels must be one of {', '.join(_LEVELS)}"
+                )
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ObservabilityConfig:
+        """Build a config from keywords, then ``MESTRES_OBS_*``, then ``OTEL_*``, then defaults.
+
+        Args:
+            environ: the environment to read (default ``os.environ``).
+            **overrides: settings given in code; they win over every variable.
+
+        Raises:
+            ConfigurationError: a setting or variable has an unusable value.
+            TypeError: an unknown keyword setting.
+        """
+        env = os.environ if environ is None else environ
+        fields = {f.name: f for f in _public_fields()}
+        unknown = [k for k in overrides if k not in fields]
+        if unknown:
+            raise TypeError(_unknown_message(unknown[0], fields))
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for name, f in fields.items():
+            if name in overrides:
+                values[name] = overrides[name]
+                sources[name] = "keyword"
+                continue
+            var = ENV_PREFIX + name.upper()
+            if var in env:
+                values[name] = _coerce(f, env[var], env=var)
+                sources[name] = f"env {var}"
+                continue
+            otel = f.metadata["otel"]
+            if otel and otel in env and env[otel].strip() != "":
+                values[name] = _from_otel(f, otel, env[otel])
+                sources[name] = f"env {otel}"
+        try:
+            cfg = cls(**values)
+        except ConfigurationError as exc:
+            src = sources.get(exc.setting, "")
+            if src.startswith("env ") and exc.env is None:
+                raise ConfigurationError(
+                    exc.setting, exc.value, exc.problem, env=src[4:]
+                ) from None
+            raise
+        for name in fields:
+            sources.setdefault(name, "default")
+        object.__setattr__(cfg, "_sources", sources)
+        return cfg
+
+    @staticmethod
+    def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+        """Return one warning text per ``MESTRES_OBS_*`` variable that names no setting."""
+        env = os.environ if environ is None else environ
+        fields = {f.name: f for f in _public_fields()}
+        out = []
+        for var in sorted(env):
+            if var.startswith(ENV_PREFIX):
+                name = var[len(ENV_PREFIX):].lower()
+                if name not in fields:
+                    out.append(f"unknown environment variable {var}: " + _nearest(name, fields))
+        return out
+
+    def replace(self, **changes: Any) -> ObservabilityConfig:
+        """Return a copy with ``changes`` applied (validated again); sources say ``keyword``."""
+        fields = {f.name: f for f in _public_fields()}
+        for k in changes:
+            if k not in fields:
+                raise TypeError(_unknown_message(k, fields))
+        new = dataclasses.replace(self, **changes)
+        sources = dict(self._sources) or {n: "config" for n in fields}
+        sources.update({k: "keyword" for k in changes})
+        object.__setattr__(new, "_sources", sources)
+        return new
+
+    def source_of(self, name: str) -> str:
+        """Where a setting's value came from: ``keyword``, ``env NAME``, ``config`` or ``default``."""
+        return self._sources.get(name, "config")
+
+    def as_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        """The settings as a plain dict; secrets replaced by ``[REDACTED]`` unless ``redact=False``."""
+        out: dict[str, Any] = {}
+        for f in _public_fields():
+            v = getattr(self, f.name)
+            if redact and f.metadata["secret"] and v:
+                v = "[REDACTED]"
+            out[f.name] = v
+        return out
+
+    def explain(self) -> str:
+        """A table of every setting, its effective value (secrets redacted) and its source."""
+        rows = [(k, repr(v), self.source_of(k)) for k, v in self.as_dict().items()]
+        w1 = max(len(r[0]) for r in rows)
+        w2 = min(60, max(len(r[1]) for r in rows))
+        return "\n".join(f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"ObservabilityConfig({inner})"
+
+    # ------------------------------------------------------------------
+    def metric_name(self, base: str) -> str:
+        """Apply the namespace prefix to a library metric name."""
+        return f"{self.namespace}_{base}" if self.namespace else base
+
+    def limit_for(self, metric_base: str) -> int:
+        """The cardinality bound for one metric (override or ``max_label_values``)."""
+        return self.label_limits.get(metric_base, self.max_label_values)
+
+    @property
+    def library_paths(self) -> tuple[str, ...]:
+        """The endpoints the library serves itself (metrics and health), those turned on."""
+        return tuple(
+            p for p in (self.metrics_path, self.health_path, self.health_detailed_path,
+                        self.health_readiness_path, self.health_liveness_path) if p
+        )
+
+    @property
+    def effective_excluded_paths(self) -> tuple[str, ...]:
+        """``excluded_paths``, or the library's own endpoints when unset."""
+        return self.library_paths if self.excluded_paths is None else self.excluded_paths
+
+    @property
+    def effective_traces_exporter(self) -> str:
+        """The exporter in force: the setting, else ``otlp`` when an endpoint is set, else ``none``."""
+        if not self.tracing_enabled:
+            return "none"
+        if self.traces_exporter is not None:
+            return self.traces_exporter
+        if self.otlp_endpoint or self.otlp_traces_endpoint:
+            return "otlp"
+        return "none"
+
+    @property
+    def metrics_credentials(self) -> tuple[str, str] | None:
+        """``("bearer", token)`` or ``("basic", "user:password")`` from ``metrics_auth``."""
+        return None if self.metrics_auth is None else _parse_metrics_auth(self.metrics_auth)
+
+
+# ----------------------------------------------------------------------
+def _public_fields() -> tuple[dataclasses.Field[Any], ...]:
+    return tuple(
+        f for f in dataclasses.fields(ObservabilityConfig) if not f.metadata.get("internal")
+    )
+
+
+def _nearest(name: str, fields: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
+    if close:
+        return f"did you mean {ENV_PREFIX}{close[0].upper()} (setting {close[0]!r})?"
+    return "no setting has that name; see ObservabilityConfig for the list"
+
+
+def _unknown_message(name: str, fields: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}{hint}"
+
+
+def _parse_metrics_auth(value: str) -> tuple[str, str]:
+    scheme, _, rest = value.partition(":")
+    scheme = scheme.lower()
+    if scheme == "bearer" and rest:
+        return ("bearer", rest)
+    if scheme == "basic" and ":" in rest and rest.split(":", 1)[0]:
+        return ("basic", rest)
+    raise ConfigurationError(
+        "metrics_auth", "[REDACTED]",
+        "use 'bearer:<token>' or 'basic:<user>:<password>'",
+    )
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
+    """Validate and normalise one value (from Python or from a variable's text)."""
+    meta = f.metadata
+    kind: str = meta["kind"]
+    name = f.name
+    shown = "[REDACTED]" if meta["secret"] else raw
+
+    def bad(problem: str) -> ConfigurationError:
+        return ConfigurationError(name, shown, problem, env=env)
+
+    if raw is None or (isinstance(raw, str) and raw.strip() == "" and meta["optional"]):
+        if meta["optional"]:
+            return None
+        raise bad("a value is required")
+    from_text = isinstance(raw, str)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if from_text and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise bad("expected a boolean (true/false, 1/0, yes/no, on/off)")
+    if kind in ("str", "choice"):
+        if not isinstance(raw, str):
+            raise bad("expected a string")
+        value = raw.strip()
+        if kind == "choice":
+            choices: tuple[str, ...] = meta["choices"]
+            norm = value.upper() if choices == _LEVELS else value.lower()
+            if norm not in choices:
+                raise bad(f"expected one of {', '.join(choices)}")
+            return norm
+        if not value and not meta["optional"] and name not in ("namespace",):
+            raise bad("must not be empty")
+        return value
+    if kind in ("int", "float"):
+        if isinstance(raw, bool):
+            raise bad("expected a number, not a boolean")
+        num: float
+        if kind == "int":
+            if isinstance(raw, int):
+                num = raw
+            elif from_text and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+                num = int(raw)
+            else:
+                raise bad("expected an integer")
+        else:
+            try:
+                num = float(raw)
+            except (TypeError, ValueError):
+                raise bad("expected a number") from None
+        if not math.isfinite(num):
+            raise bad("must be finite")
+        minimum = meta["minimum"]
+        if minimum is not None and num < minimum:
+            raise bad(f"must be at least {minimum}")
+        return num
+    if kind == "strs":
+        items = _split(raw) if from_text else raw
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise bad("expected a list of strings (comma-separated in a variable)")
+        return tuple(i.strip() for i in items if i.strip())
+    if kind == "floats":
+        items = _split(raw) if from_text else raw
+        if not isinstance(items, (list, tuple)):
+            raise bad("expected a list of numbers (comma-separated in a variable)")
+        out = []
+        for i in items:
+            if isinstance(i, bool):
+                raise bad("buckets must be numbers")
+            try:
+                v = float(i)
+            except (TypeError, ValueError):
+                raise bad(f"{i!r} is not a number") from None
+            if not math.isfinite(v):
+                raise bad("buckets must be finite (+Inf is added automatically)")
+            out.append(v)
+        return tuple(out)
+    if kind in ("intmap", "strmap"):
+        if from_text:
+            pairs: dict[str, Any] = {}
+            for part in _split(raw):
+                k, sep, v = part.partition("=")
+                if not sep or not k.strip():
+                    raise bad("expected key=value pairs separated by commas")
+                pairs[k.strip()] = v.strip()
+            raw = pairs
+        if not isinstance(raw, Mapping):
+            raise bad("expected a mapping (key=value,... in a variable)")
+        result: dict[str, Any] = {}
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                raise bad("keys must be strings")
+            if kind == "intmap":
+                try:
+                    if isinstance(v, bool):
+                        raise ValueError
+                    result[k] = int(v)
+                except (TypeError, ValueError):
+                    raise bad(f"{k}: expected an integer") from None
+            else:
+                if not isinstance(v, str):
+                    raise bad(f"{k}: expected a string")
+                result[k] = v
+        return result
+    raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
+
+
+def _from_otel(f: dataclasses.Field[Any], var: str, text: str) -> Any:
+    """Translate a standard ``OTEL_*`` variable into our setting's terms."""
+    if var == "OTEL_SDK_DISABLED":
+        disabled = _coerce(f, text, env=var)
+        return not disabled
+    if var == "OTEL_EXPORTER_OTLP_TIMEOUT":
+        ms = _coerce(f, text, env=var)
+        return float(ms) / 1000.0
+    if var == "OTEL_TRACES_EXPORTER":
+        first = _split(text)[0] if _split(text) else text
+        return _coerce(f, first, env=var)
+    if var in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"):
+        parsed = _coerce(f, text, env=var)
+        return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in parsed.items()}
+    return _coerce(f, text, env=var)
+
+
+ObservabilityConfig.SETTINGS = tuple(f.name for f in _public_fields())
+
+
+def settings_table() -> str:
+    """Markdown table of every setting: name, variables, type, default, meaning.
+
+    The configuration reference page of the docs is generated from it.
+    """
+    lines = [
+        "| setting | environment | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    defaults = ObservabilityConfig()
+    for f in _public_fields():
+        env = f"`{ENV_PREFIX}{f.name.upper()}`"
+        if f.metadata["otel"]:
+            env += f"<br>`{f.metadata['otel']}`"
+        d = getattr(defaults, f.name)
+        if f.metadata["secret"]:
+            shown = "unset"
+        elif isinstance(d, tuple):
+            shown = ",".join(str(x) for x in d) or "(empty)"
+        elif isinstance(d, dict):
+            shown = ",".join(f"{k}={v}" for k, v in d.items()) or "(empty)"
+        elif d is None:
+            shown = "unset"
+        else:
+            shown = str(d).lower() if isinstance(d, bool) else str(d)
+        doc = f.metadata["doc"]
+        if f.metadata["choices"]:
+            doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        lines.append(f"| `{f.name}` | {env} | `{shown}` | {doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,436 @@
+"""The library's Prometheus metrics, built per instance on its own registry.
+
+Every metric the library exposes is declared once in :data:`LIBRARY_METRICS`
+(name, type, labels, meaning); :class:`LibraryMetrics` builds them on an
+:class:`~prometheus_client.CollectorRegistry` owned by one
+:class:`~mestres_observability.Observability`, so a second instance can never
+hit a duplicate registration. The metrics reference page of the docs is
+generated from the same table (:func:`metrics_reference`).
+
+Metric and label names are public API: they change only with a major version,
+after a deprecation period in which both names are exposed.
+
+Labels whose values come from data go through a
+:class:`~mestres_observability.cardinality.LabelGuard`.
+
+Exemplars reach tracing only through :attr:`LibraryMetrics.exemplar_provider`,
+a callable that tracing installs; metrics never import tracing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ._fault import FaultReporter
+from .cardinality import LabelGuard
+from .config import ObservabilityConfig
+from .errors import MetricConflictError
+
+__all__ = [
+    "LIBRARY_METRICS",
+    "GuardedCounter",
+    "GuardedGauge",
+    "GuardedHistogram",
+    "LibraryMetrics",
+    "MetricDef",
+    "metrics_reference",
+]
+
+Kind = Literal["counter", "gauge", "histogram"]
+ExemplarProvider = Callable[[], "dict[str, str] | None"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """Declaration of one library metric."""
+
+    name: str
+    kind: Kind
+    doc: str
+    labels: tuple[str, ...] = ()
+    data_labels: tuple[str, ...] = ()
+    buckets: str | None = None  #: name of the config setting holding the buckets
+    prefixed: bool = True
+    multiprocess_mode: str = "all"
+    group: str = "business"
+
+    @property
+    def attr(self) -> str:
+        """Attribute name on :class:`LibraryMetrics`."""
+        return self.name
+
+
+LIBRARY_METRICS: tuple[MetricDef, ...] = (
+    # HTTP (filled by the adapters)
+    MetricDef("http_requests_total", "counter",
+              "HTTP requests handled, by method, route template and status code.",
+              ("method", "endpoint", "status"), ("endpoint",), group="http"),
+    MetricDef("http_request_duration_seconds", "histogram",
+              "HTTP request duration in seconds, until the last body byte is sent.",
+              ("method", "endpoint", "status"), ("endpoint",), buckets="http_buckets",
+              group="http"),
+    MetricDef("http_requests_in_progress", "gauge",
+              "HTTP requests being handled right now.",
+              ("method", "endpoint"), ("endpoint",), multiprocess_mode="livesum", group="http"),
+    # business
+    MetricDef("orders_total", "counter", "Orders returned by @track_order / record_order, by status.",
+              ("status",), ("status",)),
+    MetricDef("order_errors_total", "counter",
+              "Order functions that raised, by exception class name.",
+              ("error_type",), ("error_type",)),
+    MetricDef("revenue_total", "counter",
+              "Revenue of returned orders (currency units), by currency. Narrow it with the "
+              "revenue_statuses setting.",
+              ("currency",), ("currency",)),
+    MetricDef("order_value", "histogram", "Distribution of order totals (currency units).",
+              ("currency",), ("currency",), buckets="order_value_buckets"),
+    MetricDef("products_sold_total", "counter", "Units sold, by product id.",
+              ("product_id",), ("product_id",)),
+    MetricDef("payments_total", "counter", "Payments processed, by method and status.",
+              ("method", "status"), ("method", "status")),
+    MetricDef("payment_amount_total", "counter",
+              "Amount of processed payments (currency units), by method, status and currency.",
+              ("method", "status", "currency"), ("method", "status", "currency")),
+    MetricDef("payment_errors_total", "counter",
+              "Payment functions that raised, by exception class name.",
+              ("error_type",), ("error_type",)),
+    MetricDef("user_actions_total", "counter",
+              "User actions, by action and user type (guest or authenticated).",
+              ("action", "user_type"), ("action",)),
+    MetricDef("inventory_movements_total", "counter",
+              "Units moved in or out of inventory, by product and movement type.",
+              ("product_id", "movement_type"), ("product_id", "movement_type")),
+    MetricDef("inventory_level", "gauge", "Units in stock, by product (last value set).",
+              ("product_id",), ("product_id",), multiprocess_mode="mostrecent"),
+    # infrastructure set by the application
+    MetricDef("active_connections", "gauge",
+              "Active connections (e.g. a database pool), set directly or from a callback.",
+              (), (), multiprocess_mode="livesum", group="infrastructure"),
+    MetricDef("service_info", "gauge", "Always 1; identifies the service.",
+              ("service", "version", "environment"), (), multiprocess_mode="livemax",
+              group="infrastructure"),
+    # health
+    MetricDef("health_check_status", "gauge",
+              "Result of the last run of each health check (1 pass, 0 fail).",
+              ("check",), ("check",), multiprocess_mode="mostrecent", group="health"),
+    MetricDef("health_check_duration_seconds", "gauge",
+              "Duration of the last run of each health check, in seconds.",
+              ("check",), ("check",), multiprocess_mode="mostrecent", group="health"),
+    # self-monitoring
+    MetricDef("mestres_observability_errors_total", "counter",
+              "Faults inside the library, by component; the host was not affected.",
+              ("component",), (), prefixed=False, group="self"),
+    MetricDef("mestres_observability_label_overflow_total", "counter",
+              "Label sets folded into <overflow> (or dropped, for gauges) by the cardinality "
+              "guard, by metric.",
+              ("metric",), ("metric",), prefixed=False, group="self"),
+    MetricDef("mestres_observability_spans_dropped_total", "counter",
+              "Spans ended but never exported (queue full, exporter failure or shutdown).",
+              (), (), prefixed=False, group="self"),
+)
+
+
+def _make(
+    kind: Kind,
+    name: str,
+    doc: str,
+    labels: Sequence[str],
+    registry: CollectorRegistry,
+    *,
+    buckets: Sequence[float] | None = None,
+    multiprocess_mode: str = "all",
+) -> Any:
+    if kind == "counter":
+        return Counter(name, doc, labels, registry=registry)
+    if kind == "gauge":
+        return Gauge(name, doc, labels, registry=registry, multiprocess_mode=multiprocess_mode)
+    return Histogram(name, doc, labels, registry=registry, buckets=tuple(buckets or ()))
+
+
+class _Family:
+    __slots__ = ("_guard", "_metric", "_owner", "definition")
+
+    def __init__(self, owner: LibraryMetrics, definition: MetricDef, metric: Any,
+                 guard: LabelGuard) -> None:
+        self._owner = owner
+        self._metric = metric
+        self._guard = guard
+        self.definition = definition
+
+    @property
+    def metric(self) -> Any:
+        """The underlying prometheus_client metric."""
+        return self._metric
+
+    def child(self, *values: object) -> Any | None:
+        """The prometheus_client child for ``values`` through the cardinality guard."""
+        return self._guard.child(values)
+
+
+class GuardedCounter(_Family):
+    """A labelled counter behind the cardinality guard, with exemplars."""
+
+    __slots__ = ()
+
+    def inc(self, values: tuple[object, ...] = (), amount: float = 1.0) -> None:
+        """Add ``amount`` (finite, >= 0: callers validate) to the series for ``values``."""
+        child = self._guard.child(values) if values else self._metric
+        if child is None:
+            return
+        provider = self._owner.exemplar_provider
+        if provider is not None:
+            exemplar = provider()
+            if exemplar:
+                child.inc(amount, exemplar)
+                return
+        child.inc(amount)
+
+
+class GuardedHistogram(_Family):
+    """A labelled histogram behind the cardinality guard, with exemplars."""
+
+    __slots__ = ()
+
+    def observe(self, values: tuple[object, ...], amount: float) -> None:
+        """Observe ``amount`` in the series for ``values``."""
+        child = self._guard.child(values) if values else self._metric
+        if child is None:
+            return
+        provider = self._owner.exemplar_provider
+        if provider is not None:
+            exemplar = provider()
+            if exemplar:
+                child.observe(amount, exemplar)
+                return
+        child.observe(amount)
+
+
+class GuardedGauge(_Family):
+    """A labelled gauge behind the cardinality guard; excess label sets are dropped."""
+
+    __slots__ = ()
+
+    def set(self, values: tuple[object, ...], value: float) -> None:
+        """Set the series for ``values``."""
+        child = self._guard.child(values) if values else self._metric
+        if child is not None:
+            child.set(value)
+
+    def inc(self, values: tuple[object, ...] = (), amount: float = 1.0) -> None:
+        """Increase the series for ``values``."""
+        child = self._guard.child(values) if values else self._metric
+        if child is not None:
+            child.inc(amount)
+
+    def dec(self, values: tuple[object, ...] = (), amount: float = 1.0) -> None:
+        """Decrease the series for ``values``."""
+        child = self._guard.child(values) if values else self._metric
+        if child is not None:
+            child.dec(amount)
+
+
+class LibraryMetrics:
+    """All library metrics of one instance, plus the user metric factories.
+
+    Attributes are named after :data:`LIBRARY_METRICS` (``http_requests_total``,
+    ``orders_total`` ...) and are :class:`GuardedCounter`,
+    :class:`GuardedHistogram` or :class:`GuardedGauge`.
+    """
+
+    exemplar_provider: ExemplarProvider | None
+    """Returns exemplar labels for the active sampled span, or ``None``; set by tracing."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        config: ObservabilityConfig,
+        faults: FaultReporter,
+        *,
+        maker: Callable[..., Any] = _make,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.faults = faults
+        self.exemplar_provider = None
+        self._maker = maker
+        self._families: dict[str, _Family] = {}
+        self._user: dict[str, tuple[tuple[Any, ...], Any, LabelGuard | None]] = {}
+        self._user_lock = threading.Lock()
+        self._active_conn_cb: Callable[[], float] | None = None
+        self._active_conn_last = 0.0
+
+        overflow_def = next(d for d in LIBRARY_METRICS if d.name.endswith("label_overflow_total"))
+        errors_def = next(d for d in LIBRARY_METRICS if d.name == "mestres_observability_errors_total")
+        self._overflow_metric = self._build_raw(overflow_def)
+        errors_metric = self._build_raw(errors_def)
+        faults.bind(errors_metric)
+        for d in LIBRARY_METRICS:
+            if d is overflow_def:
+                metric = self._overflow_metric
+            elif d is errors_def:
+                metric = errors_metric
+            else:
+                metric = self._build_raw(d)
+            guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
+            cls = {"counter": GuardedCounter, "histogram": GuardedHistogram,
+                   "gauge": GuardedGauge}[d.kind]
+            fam = cls(self, d, metric, guard)
+            self._families[d.name] = fam
+            setattr(self, d.name, fam)
+        # pre-create the label-free series so they appear from the first scrape
+        self.mestres_observability_spans_dropped_total.metric.inc(0)
+        self.service_info.set(
+            (config.service_name, config.service_version, config.environment), 1
+        )
+
+    # typed accessors (attributes are also set dynamically above)
+    http_requests_total: GuardedCounter
+    http_request_duration_seconds: GuardedHistogram
+    http_requests_in_progress: GuardedGauge
+    orders_total: GuardedCounter
+    order_errors_total: GuardedCounter
+    revenue_total: GuardedCounter
+    order_value: GuardedHistogram
+    products_sold_total: GuardedCounter
+    payments_total: GuardedCounter
+    payment_amount_total: GuardedCounter
+    payment_errors_total: GuardedCounter
+    user_actions_total: GuardedCounter
+    inventory_movements_total: GuardedCounter
+    inventory_level: GuardedGauge
+    active_connections: GuardedGauge
+    service_info: GuardedGauge
+    health_check_status: GuardedGauge
+    health_check_duration_seconds: GuardedGauge
+    mestres_observability_errors_total: GuardedCounter
+    mestres_observability_label_overflow_total: GuardedCounter
+    mestres_observability_spans_dropped_total: GuardedCounter
+
+    def _build_raw(self, d: MetricDef) -> Any:
+        name = self.config.metric_name(d.name) if d.prefixed else d.name
+        buckets = getattr(self.config, d.buckets) if d.buckets else None
+        return self._maker(d.kind, name, d.doc, d.labels, self.registry, buckets=buckets,
+                           multiprocess_mode=d.multiprocess_mode)
+
+    def _guard(self, name: str, metric: Any, labels: Sequence[str], data_labels: Sequence[str],
+               drop: bool) -> LabelGuard:
+        overflow_child: list[Any] = []
+
+        def on_overflow() -> None:
+            if not overflow_child:
+                overflow_child.append(self._overflow_metric.labels(name))
+            overflow_child[0].inc()
+
+        return LabelGuard(metric, name, labels, data_labels, self.config.limit_for(name),
+                          drop_excess=drop, on_overflow=on_overflow)
+
+    def family(self, name: str) -> _Family:
+        """A library metric by base name (``"orders_total"``)."""
+        return self._families[name]
+
+    # ---------------------------------------------------------------- active_connections
+    def set_active_connections(self, value: float | Callable[[], float]) -> None:
+        """Set ``active_connections`` to a number, or to a callback read at scrape time.
+
+        A callback must be fast (it runs inside the scrape). If it raises or
+        returns a non-finite value, the last good value is kept and the fault is
+        counted under ``component="metrics"``.
+        """
+        gauge = self.active_connections.metric
+        if callable(value):
+            self._active_conn_cb = value
+
+            def read() -> float:
+                cb = self._active_conn_cb
+                try:
+                    v = float(cb()) if cb is not None else self._active_conn_last
+                    if not math.isfinite(v):
+                        raise ValueError("non-finite value")
+                    self._active_conn_last = v
+                except Exception as exc:
+                    self.faults.report("metrics", "active_connections_callback",
+                                       "active_connections callback failed", exc)
+                return self._active_conn_last
+
+            gauge.set_function(read)
+        else:
+            self._active_conn_cb = None
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"active_connections must be finite, got {value!r}")
+            self._active_conn_last = v
+            gauge.set_function(lambda: self._active_conn_last)
+
+    # ---------------------------------------------------------------- user metrics
+    def user_metric(
+        self,
+        kind: Kind,
+        name: str,
+        documentation: str = "",
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] | None = None,
+        guarded: bool = True,
+    ) -> Any:
+        """Return the user metric ``name``, creating it on first use.
+
+        The same definition returns the same prometheus_client object; a
+        conflicting one (other type, labels or buckets) raises
+        :class:`~mestres_observability.errors.MetricConflictError`.
+        """
+        key_name = name[:-6] if kind == "counter" and name.endswith("_total") else name
+        definition = (kind, tuple(labels), tuple(buckets) if buckets is not None else None)
+        existing = self._user.get(key_name)
+        if existing is not None:
+            if existing[0] != definition:
+                raise MetricConflictError(
+                    f"metric {name!r} already exists as {existing[0][0]} with labels "
+                    f"{list(existing[0][1])}"
+                    + (f" and buckets {list(existing[0][2])}" if existing[0][2] else "")
+                    + f"; requested {kind} with labels {list(labels)}"
+                    + (f" and buckets {list(buckets)}" if buckets else "")
+                )
+            return existing[1]
+        with self._user_lock:
+            existing = self._user.get(key_name)
+            if existing is not None:
+                return self.user_metric(kind, name, documentation, labels, buckets=buckets)
+            doc = documentation or name.replace("_", " ")
+            b = buckets if buckets is not None else (
+                self.config.http_buckets if kind == "histogram" else None)
+            try:
+                metric = self._maker(kind, key_name, doc, labels, self.registry, buckets=b)
+            except ValueError as exc:
+                raise MetricConflictError(f"cannot create metric {name!r}: {exc}") from exc
+            guard = (self._guard(key_name, metric, labels, labels, kind == "gauge")
+                     if labels and guarded else None)
+            self._user[key_name] = (definition, metric, guard)
+            return metric
+
+    def user_guard(self, name: str, kind: Kind) -> LabelGuard | None:
+        """The cardinality guard of a user metric created by :meth:`user_metric`."""
+        key_name = name[:-6] if kind == "counter" and name.endswith("_total") else name
+        entry = self._user.get(key_name)
+        return entry[2] if entry else None
+
+
+def metrics_reference(config: ObservabilityConfig | None = None) -> str:
+    """Markdown table of every library metric (for the docs' metrics reference)."""
+    cfg = config or ObservabilityConfig()
+    lines = [
+        "| metric | type | labels | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for d in LIBRARY_METRICS:
+        name = cfg.metric_name(d.name) if d.prefixed else d.name
+        labels = ", ".join(
+            f"`{lab}`" + ("†" if lab in d.data_labels else "") for lab in d.labels
+        ) or "none"
+        lines.append(f"| `{name}` | {d.kind} | {labels} | {d.doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,330 @@
+"""The :class:`Observability` handle, :func:`init_observability` and the current instance.
+
+One instance is *current* at any time. A default one exists before
+:func:`init_observability` is called, so decorators applied at import time work
+and record into whatever instance is current when the decorated function runs.
+The default instance uses built-in defaults (no environment read, so a bad
+variable never fails at import) and installs nothing global: no logging
+configuration, no tracer provider.
+
+Calling :func:`init_observability` again (tests, app factories, reloads) builds
+a fresh instance with its own :class:`~prometheus_client.CollectorRegistry`, so
+a duplicate-registration error cannot happen; health checks registered on the
+previous instance carry over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from ._fault import FaultReporter
+from .config import ObservabilityConfig
+from .errors import ConfigurationError, MetricConflictError
+from .exposition import MetricsResponse, render_metrics
+from .metrics import LibraryMetrics
+
+if TYPE_CHECKING:
+    import structlog
+    from opentelemetry.trace import Tracer
+
+    from .health import HealthRegistry
+    from .tracing import TracingHandle
+
+__all__ = ["Observability", "get_observability", "init_observability"]
+
+_log = logging.getLogger("mestres_observability")
+
+
+class Observability:
+    """The handle returned by :func:`init_observability`.
+
+    Attributes:
+        config: the effective :class:`~mestres_observability.ObservabilityConfig`.
+        registry: this instance's own ``CollectorRegistry``.
+        metrics: the library's metrics (:class:`~mestres_observability.metrics.LibraryMetrics`).
+        health: the :class:`~mestres_observability.HealthRegistry`.
+    """
+
+    def __init__(
+        self,
+        config: ObservabilityConfig | None = None,
+        *,
+        install_globals: bool = True,
+        previous: Observability | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        from .health import HealthRegistry
+        from .system import register_system_collectors
+        from .tracing import setup_tracing
+
+        self.config = config if config is not None else ObservabilityConfig()
+        self.is_default = not install_globals
+        self.faults = FaultReporter()
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.metrics = LibraryMetrics(self.registry, self.config, self.faults)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._expose_global = self.config.expose_global_registry
+        if self._expose_global:
+            self._check_global_registry()
+        if self.config.enabled:
+            register_system_collectors(self.registry, self.config, self.faults)
+        if install_globals and self.config.configure_logging:
+            from .logs import configure_logging
+
+            configure_logging(self.config, self.faults)
+        self._tracing: TracingHandle = setup_tracing(
+            self.config, self.metrics, self.faults, install_globals=install_globals
+        )
+        self.health: HealthRegistry = HealthRegistry(
+            self.config, self.metrics, self.faults,
+            inherit=previous.health if previous is not None else None,
+        )
+
+    # ------------------------------------------------------------------ signals
+    @property
+    def tracer(self) -> Tracer:
+        """The OpenTelemetry tracer of this instance (a no-op tracer when tracing is off)."""
+        return self._tracing.tracer
+
+    @property
+    def tracing(self) -> TracingHandle:
+        """Tracing state: provider, processors, exporter."""
+        return self._tracing
+
+    @property
+    def logger(self) -> structlog.typing.FilteringBoundLogger:
+        """The library's structlog logger, bound to the request context."""
+        from .logs import get_logger
+
+        return get_logger("mestres_observability")
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` ran."""
+        return self._closed
+
+    # ------------------------------------------------------------------ metrics
+    def counter(self, name: str, documentation: str = "", labels: Sequence[str] = ()) -> Any:
+        """A user counter on this instance's registry (same definition: same object).
+
+        ``name`` may end in ``_total``; it is exposed as ``<name>_total``.
+        Raises :class:`~mestres_observability.errors.MetricConflictError` on a
+        conflicting definition.
+        """
+        return self.metrics.user_metric("counter", name, documentation, labels)
+
+    def gauge(self, name: str, documentation: str = "", labels: Sequence[str] = ()) -> Any:
+        """A user gauge on this instance's registry (same definition: same object)."""
+        return self.metrics.user_metric("gauge", name, documentation, labels)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str = "",
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] | None = None,
+    ) -> Any:
+        """A user histogram (default buckets: ``http_buckets``); same definition: same object."""
+        return self.metrics.user_metric("histogram", name, documentation, labels, buckets=buckets)
+
+    def set_active_connections(self, value: float | Callable[[], float]) -> None:
+        """Set ``active_connections`` directly or from a callback read at scrape time."""
+        self.metrics.set_active_connections(value)
+
+    def metric_sources(self) -> list[Any]:
+        """What ``/metrics`` exposes: this registry, plus the global one when asked."""
+        sources: list[Any] = [self.registry]
+        if self._expose_global:
+            sources.append(REGISTRY)
+        return sources
+
+    def render_metrics(
+        self, accept: str | None = None, accept_encoding: str | None = None
+    ) -> MetricsResponse:
+        """Status, headers and body of one ``/metrics`` scrape (see :func:`render_metrics`)."""
+        return render_metrics(
+            self.metric_sources(), accept, accept_encoding,
+            created=self.config.created_series, faults=self.faults,
+        )
+
+    def _check_global_registry(self) -> None:
+        ours = set(self.registry._names_to_collectors)
+        theirs = set(REGISTRY._names_to_collectors)
+        both = sorted(ours & theirs)
+        if both:
+            raise MetricConflictError(
+                "expose_global_registry: prometheus_client's global REGISTRY already holds "
+                f"{', '.join(both[:5])}, which this library exposes too. Rename your metric "
+                "or set a namespace (e.g. MESTRES_OBS_NAMESPACE=shop)."
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush and stop this instance; idempotent, bounded by ``shutdown_timeout``.
+
+        Readiness starts draining first, then spans are flushed (at most
+        ``timeout`` seconds, default ``config.shutdown_timeout``), then the
+        health executor stops. Never raises.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        budget = self.config.shutdown_timeout if timeout is None else timeout
+        for step, component in (
+            (self.health.start_draining, "health"),
+            (lambda: self._tracing.shutdown(budget), "tracing"),
+            (self.health.close, "health"),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                self.faults.report(component, "shutdown", "error during shutdown", exc)
+
+    def _retire(self) -> None:
+        """Stop a replaced instance without touching process-wide state."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._tracing.retire()
+        except Exception as exc:
+            self.faults.report("tracing", "retire", "error retiring instance", exc)
+        try:
+            self.health.close()
+        except Exception as exc:
+            self.faults.report("health", "retire", "error retiring instance", exc)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("default" if self.is_default else "active")
+        return f"<Observability service={self.config.service_name!r} {state}>"
+
+
+# ---------------------------------------------------------------------- current instance
+_current: Observability | None = None
+_init_lock = threading.RLock()
+
+
+def get_observability() -> Observability:
+    """The current instance; a default one (built-in defaults) exists before init."""
+    obs = _current
+    if obs is not None:
+        return obs
+    with _init_lock:
+        if _current is None:
+            _set_current(Observability(ObservabilityConfig(), install_globals=False))
+        assert _current is not None
+        return _current
+
+
+def _set_current(obs: Observability) -> None:
+    global _current
+    _current = obs
+
+
+def init_observability(
+    app: Any = None,
+    *,
+    service_name: str | None = None,
+    config: ObservabilityConfig | None = None,
+    **settings: Any,
+) -> Observability:
+    """Set up metrics, traces, logs and health for this process, and wire ``app``.
+
+    Args:
+        app: a Flask app or a Starlette/FastAPI app to instrument (optional).
+            Django is wired by ``INSTALLED_APPS`` and the middleware instead.
+        service_name: shortcut for the ``service_name`` setting.
+        config: a complete :class:`ObservabilityConfig`, used as given (no
+            environment read); ``settings`` apply on top.
+        **settings: any :class:`ObservabilityConfig` field.
+
+    Returns:
+        The new current :class:`Observability`.
+
+    Raises:
+        ConfigurationError: a setting or ``MESTRES_OBS_*``/``OTEL_*`` variable is invalid.
+        MissingExtraError: a feature was requested whose extra is not installed.
+
+    Safe to call again: the previous instance is retired (its health checks
+    carry over) and a fresh registry is used, so there is never a
+    duplicate-registration error.
+    """
+    if service_name is not None:
+        settings["service_name"] = service_name
+    if config is not None:
+        cfg = config.replace(**settings) if settings else config
+    else:
+        cfg = ObservabilityConfig.from_env(**settings)
+    _check_app_type(app)
+    with _init_lock:
+        previous = _current
+        obs = Observability(cfg, install_globals=True, previous=previous)
+        _set_current(obs)
+        if previous is not None and not previous.closed:
+            previous._retire()
+    if config is None:
+        for text in ObservabilityConfig.unknown_env_settings():
+            _log.warning(text)
+    _log.info(
+        "mestres_observability initialised",
+        extra={"settings": cfg.as_dict(), "service": cfg.service_name},
+    )
+    if app is not None:
+        instrument_app(app, obs)
+    return obs
+
+
+
+
+def _framework_of(app: Any) -> str | None:
+    for klass in type(app).__mro__:
+        mod = klass.__module__
+        if klass.__name__ == "Flask" and mod.startswith("flask"):
+            return "flask"
+        if klass.__name__ == "Starlette" and mod.startswith("starlette"):
+            return "starlette"
+        if mod.startswith("django."):
+            return "django"
+    return None
+
+
+def _check_app_type(app: Any) -> None:
+    if app is None:
+        return
+    kind = _framework_of(app)
+    if kind == "django":
+        raise ConfigurationError(
+            "app", type(app).__name__,
+            "Django is wired by its installed app and middleware, not by an app object: add "
+            "'mestres_observability.django' to INSTALLED_APPS and "
+            "'mestres_observability.django.ObservabilityMiddleware' to MIDDLEWARE, then call "
+            "init_observability() without an app",
+        )
+    if kind is None:
+        raise ConfigurationError(
+            "app", type(app).__name__,
+            "expected a Flask app or a Starlette/FastAPI app (or None)",
+        )
+
+
+def instrument_app(app: Any, obs: Observability | None = None) -> None:
+    """Wire a Flask or Starlette/FastAPI app (once; later calls only change nothing)."""
+    kind = _framework_of(app)
+    if kind == "flask":
+        from .flask import instrument
+
+        instrument(app, obs)
+    elif kind == "starlette":
+        from .fastapi import instrument as instrument_asgi
+
+        instrument_asgi(app, obs)
+    else:
+        _check_app_type(app)

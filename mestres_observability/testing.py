@@ -1,0 +1,101 @@
+"""Helpers for testing code instrumented with mestres-observability.
+
+Example (pytest)::
+
+    from mestres_observability.testing import fresh_observability, sample_value
+
+    def test_checkout_counts_order():
+        with fresh_observability() as obs:
+            checkout(cart)
+            assert sample_value("orders_total", status="paid") == 1
+
+The ``obs`` pytest fixture does the same: add
+``from mestres_observability.testing import obs`` to your ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from .config import ObservabilityConfig
+from .observability import Observability, _init_lock, _set_current, get_observability
+
+__all__ = ["fresh_observability", "obs", "reset", "sample_value"]
+
+_SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
+
+
+@contextlib.contextmanager
+def fresh_observability(**settings: Any) -> Iterator[Observability]:
+    """An isolated, current :class:`Observability` for the duration of the block.
+
+    Built from ``ObservabilityConfig(**settings)`` (the environment is not
+    read). Logging is left unconfigured unless ``configure_logging=True`` is
+    passed. The previous current instance is restored afterwards.
+    """
+    from .observability import init_observability
+
+    settings.setdefault("configure_logging", False)
+    previous = get_observability()
+    instance = init_observability(config=ObservabilityConfig(**settings))
+    try:
+        yield instance
+    finally:
+        instance.shutdown(timeout=1.0)
+        with _init_lock:
+            _set_current(previous)
+            previous._closed = False  # a retired instance comes back as it was
+
+
+def reset() -> Observability:
+    """Replace the current instance with a fresh default one (built-in defaults) and return it."""
+    instance = Observability(ObservabilityConfig(), install_globals=False)
+    with _init_lock:
+        _set_current(instance)
+    return instance
+
+
+def sample_value(name: str, obs: Observability | None = None, /, **labels: str) -> float:
+    """The value of one exposed sample, as a test wants it.
+
+    Args:
+        name: the exposed sample name (``orders_total``, ``order_value_count``,
+            ``http_request_duration_seconds_bucket`` ...), namespace included.
+        obs: the instance to read (default: the current one).
+        **labels: the sample's labels, exactly (``le="0.5"`` for a bucket).
+
+    Returns:
+        The value, or ``0.0`` when the family exists but these labels were never seen.
+
+    Raises:
+        KeyError: no family exposes a sample called ``name``.
+    """
+    instance = obs if obs is not None else get_observability()
+    wanted = {k: str(v) for k, v in labels.items()}
+    known = False
+    for source in instance.metric_sources():
+        for family in source.collect():
+            if not any(name == family.name + s for s in _SUFFIXES):
+                continue
+            known = True
+            for sample in family.samples:
+                if sample.name == name and sample.labels == wanted:
+                    return float(sample.value)
+    if not known:
+        raise KeyError(f"no metric exposes a sample named {name!r}")
+    return 0.0
+
+
+try:  # the fixture exists only where pytest is installed
+    import pytest
+
+    @pytest.fixture
+    def obs() -> Iterator[Observability]:
+        """pytest fixture: a fresh, current :class:`Observability`, restored afterwards."""
+        with fresh_observability() as instance:
+            yield instance
+
+except ImportError:  # pragma: no cover
+    pass

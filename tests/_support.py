@@ -1,0 +1,59 @@
+"""Shared helpers for the test-suite: free ports, required binaries, polling."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REQUIRE_INTEGRATION = os.environ.get("MESTRES_TEST_REQUIRE_INTEGRATION", "") not in ("", "0")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bind to 0, read it back, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str, *extra_dirs: str) -> str:
+    """Path of ``name``; skip with a clear reason when it is missing.
+
+    Under ``MESTRES_TEST_REQUIRE_INTEGRATION=1`` (set by CI) a missing binary
+    fails the test instead of skipping it, so CI always runs integration tests.
+    """
+    found = shutil.which(name)
+    if found is None:
+        for d in extra_dirs:
+            for candidate in sorted(Path("/").glob(d.lstrip("/")), reverse=True):
+                p = candidate / name
+                if p.exists() and os.access(p, os.X_OK):
+                    found = str(p)
+                    break
+            if found:
+                break
+    if found is None:
+        reason = f"{name!r} is not installed (Debian: see .ci/run for the package)"
+        if REQUIRE_INTEGRATION:
+            pytest.fail(f"MESTRES_TEST_REQUIRE_INTEGRATION=1 but {reason}")
+        pytest.skip(reason)
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {message}")

@@ -1,0 +1,261 @@
+"""track_order & co.: values recorded, host untouched, bad input counted."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from mestres_observability import (
+    Observability,
+    record_order,
+    record_payment,
+    set_inventory_level,
+    track_inventory_movement,
+    track_order,
+    track_payment,
+    track_user_action,
+)
+from mestres_observability.testing import fresh_observability, sample_value
+
+
+@dataclass
+class Item:
+    product_id: str
+    quantity: Any
+
+
+@dataclass
+class Order:
+    id: int
+    status: str
+    total_amount: Any
+    user_id: int | None = 7
+    items: list[Item] = field(default_factory=list)
+
+
+def errors(component: str = "business") -> float:
+    return sample_value("mestres_observability_errors_total", component=component)
+
+
+def test_order_object_recorded(obs: Observability) -> None:
+    @track_order
+    def create(cart: list[Item]) -> Order:
+        return Order(1, "paid", Decimal("19.99"), items=cart)
+
+    cart = [Item("espresso", 2), Item("latte", 1)]
+    result = create(cart)
+    assert result.items is cart
+    assert sample_value("orders_total", status="paid") == 1
+    assert sample_value("revenue_total", currency="BRL") == pytest.approx(19.99)
+    assert sample_value("order_value_count", currency="BRL") == 1
+    assert sample_value("products_sold_total", product_id="espresso") == 2
+    assert sample_value("products_sold_total", product_id="latte") == 1
+    assert errors() == 0
+
+
+def test_mapping_order_with_currency_and_options(obs: Observability) -> None:
+    @track_order(currency="EUR")
+    def create() -> dict[str, Any]:
+        return {"id": "A1", "status": "pending", "total_amount": 10, "items": []}
+
+    @track_order
+    def create_usd() -> dict[str, Any]:
+        return {"status": "paid", "total_amount": 5.5, "currency": "USD"}
+
+    create()
+    create_usd()
+    assert sample_value("revenue_total", currency="EUR") == 10
+    assert sample_value("revenue_total", currency="USD") == 5.5
+
+
+def test_custom_extractor(obs: Observability) -> None:
+    @track_order(extract=lambda r: {"status": r[0], "total_amount": r[1]})
+    def create() -> tuple[str, Decimal]:
+        return ("paid", Decimal("3.10"))
+
+    assert create() == ("paid", Decimal("3.10"))
+    assert sample_value("revenue_total", currency="BRL") == pytest.approx(3.1)
+
+
+def test_revenue_statuses_narrow_revenue_only() -> None:
+    with fresh_observability(revenue_statuses=("paid",)):
+        record_order({"status": "paid", "total_amount": 10})
+        record_order({"status": "cancelled", "total_amount": 99})
+        assert sample_value("revenue_total", currency="BRL") == 10
+        assert sample_value("orders_total", status="cancelled") == 1
+
+
+def test_raise_counts_error_type_and_keeps_exception_identity(obs: Observability) -> None:
+    class OutOfBeans(RuntimeError):
+        pass
+
+    boom = OutOfBeans("no beans")
+
+    @track_order
+    def create() -> None:
+        raise boom
+
+    with pytest.raises(OutOfBeans) as info:
+        create()
+    assert info.value is boom
+    # the traceback still points into the user's function
+    assert any(fr.name == "create" for fr in info.traceback)
+    assert sample_value("order_errors_total", error_type="OutOfBeans") == 1
+    assert sample_value("orders_total", status="paid") == 0
+
+
+@pytest.mark.parametrize(
+    "total",
+    [float("nan"), float("inf"), -float("inf"), Decimal("NaN"), -5, "19.99", None, True,
+     10**400, [], object()],
+)
+def test_bad_totals_rejected_counted_and_host_safe(obs: Observability, total: Any) -> None:
+    order = {"status": "paid", "total_amount": total}
+
+    @track_order
+    def create() -> dict[str, Any]:
+        return order
+
+    assert create() is order
+    assert sample_value("orders_total", status="paid") == 1
+    assert sample_value("revenue_total", currency="BRL") == 0
+    assert math.isfinite(sample_value("order_value_sum", currency="BRL"))
+    assert errors() >= 1
+
+
+@pytest.mark.parametrize("result", [None, 42, "order", b"x", [1, 2], {"items": "abc"}])
+def test_unreadable_returns_pass_through(obs: Observability, result: Any) -> None:
+    @track_order
+    def create() -> Any:
+        return result
+
+    assert create() is result
+
+
+def test_bad_quantities_skip_item_only(obs: Observability) -> None:
+    record_order({"status": "paid", "total_amount": 1,
+                  "items": [{"product_id": "a", "quantity": True},
+                            {"product_id": "b", "quantity": "3"},
+                            {"product_id": "c", "quantity": -1},
+                            {"quantity": 1},
+                            {"product_id": "d", "quantity": Decimal("2")}]})
+    assert sample_value("products_sold_total", product_id="a") == 0
+    assert sample_value("products_sold_total", product_id="b") == 0
+    assert sample_value("products_sold_total", product_id="d") == 2
+    assert errors() == 4
+
+
+def test_property_that_raises_is_treated_as_missing(obs: Observability) -> None:
+    class Weird:
+        status = "paid"
+
+        @property
+        def total_amount(self) -> float:
+            raise RuntimeError("db gone")
+
+    w = Weird()
+    record_order(w)
+    assert sample_value("orders_total", status="paid") == 1
+
+
+def test_async_function_and_method(obs: Observability) -> None:
+    class Service:
+        @track_order
+        async def create(self, n: int) -> dict[str, Any]:
+            await asyncio.sleep(0)
+            return {"status": "paid", "total_amount": n}
+
+    assert inspect.iscoroutinefunction(Service.create)
+    assert inspect.iscoroutinefunction(Service().create)
+    assert list(inspect.signature(Service.create).parameters) == ["self", "n"]
+    assert Service.create.__name__ == "create"
+    asyncio.run(Service().create(3))
+    assert sample_value("revenue_total", currency="BRL") == 3
+
+
+def test_cancelled_error_propagates_untouched(obs: Observability) -> None:
+    @track_order
+    async def create() -> None:
+        raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(create())
+    assert sample_value("order_errors_total", error_type="CancelledError") == 1
+
+
+def test_keyboard_interrupt_propagates(obs: Observability) -> None:
+    @track_payment
+    def pay() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pay()
+    assert sample_value("payment_errors_total", error_type="KeyboardInterrupt") == 1
+
+
+def test_payments(obs: Observability) -> None:
+    @track_payment
+    def pay() -> dict[str, Any]:
+        return {"id": "p1", "order_id": 1, "amount": Decimal("12.50"), "method": "pix",
+                "status": "approved"}
+
+    pay()
+    record_payment({"amount": 1, "method": "card", "status": "declined"})
+    assert sample_value("payments_total", method="pix", status="approved") == 1
+    assert sample_value("payments_total", method="card", status="declined") == 1
+    assert sample_value("payment_amount_total", method="pix", status="approved",
+                        currency="BRL") == 12.5
+
+
+def test_user_actions_and_inventory(obs: Observability) -> None:
+    track_user_action("add_to_cart")
+    track_user_action("add_to_cart", user_id=42)
+    track_inventory_movement("espresso", "out", 3)
+    track_inventory_movement("espresso", "out", Decimal("1"))
+    track_inventory_movement("espresso", "out", float("nan"))
+    set_inventory_level("espresso", 8)
+    set_inventory_level("espresso", 7)
+    set_inventory_level("espresso", float("inf"))
+    assert sample_value("user_actions_total", action="add_to_cart", user_type="guest") == 1
+    assert sample_value("user_actions_total", action="add_to_cart", user_type="authenticated") == 1
+    assert sample_value("inventory_movements_total", product_id="espresso", movement_type="out") == 4
+    assert sample_value("inventory_level", product_id="espresso") == 7
+    assert errors() == 2
+
+
+def test_decorated_before_init_records_in_current_instance() -> None:
+    @track_order
+    def create() -> dict[str, Any]:
+        return {"status": "paid", "total_amount": 1}
+
+    with fresh_observability() as first:
+        create()
+        assert sample_value("orders_total", first, status="paid") == 1
+    with fresh_observability() as second:
+        create()
+        create()
+        assert sample_value("orders_total", second, status="paid") == 2
+        assert sample_value("orders_total", first, status="paid") == 1
+
+
+def test_disabled_is_a_no_op() -> None:
+    with fresh_observability(enabled=False) as obs:
+        @track_order
+        def create() -> dict[str, Any]:
+            return {"status": "paid", "total_amount": 1}
+
+        create()
+        track_user_action("x")
+        assert sample_value("orders_total", obs, status="paid") == 0
+        assert obs.render_metrics().status == 200
+
+
+def test_track_order_rejects_non_callable() -> None:
+    with pytest.raises(TypeError):
+        track_order(42)  # type: ignore[arg-type]
