@@ -20,6 +20,7 @@ CORE_TESTS = [
     "tests/test_exposition.py",
     "tests/test_properties.py",
     "tests/test_public_api.py",
+    "tests/test_system.py",
 ]
 
 
@@ -28,4 +29,4 @@ def core_tests(session: nox.Session) -> None:
     """Core unit tests (no web framework, no external server)."""
     session.install("-e", ".", "pytest>=8", "hypothesis>=6.100")
     session.run("pytest", "-q", "-m", "not integration", "-p", "no:cacheprovider",
-                *[t for t in CORE_TESTS])
+                *list(CORE_TESTS))

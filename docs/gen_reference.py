@@ -14,9 +14,16 @@ sys.path.insert(0, str(HERE.parent))
 
 from mestres_observability.config import settings_table  # noqa: E402
 from mestres_observability.metrics import metrics_reference  # noqa: E402
+from mestres_observability.system import SYSTEM_METRICS  # noqa: E402
 
 CONFIG_PAGE = HERE / "reference" / "configuration.md"
 METRICS_PAGE = HERE / "reference" / "metrics.md"
+CHANGELOG_PAGE = HERE / "changelog.md"
+CHANGELOG = HERE.parent / "CHANGELOG.md"
+
+
+def changelog_page() -> str:
+    return CHANGELOG.read_text(encoding="utf-8")
 
 
 def configuration_page() -> str:
@@ -78,18 +85,10 @@ them; gauges drop the excess instead of merging it.
 
 ## Scrape-time system and process metrics
 
-| metric | type | labels | meaning |
-| --- | --- | --- | --- |
-| `memory_usage_bytes` | gauge | none | Memory in use: the container's (cgroup v2) when limited, else the host's. |
-| `memory_usage_percent` | gauge | none | Memory in use as a percentage of the container limit, or of host memory. |
-| `cpu_usage_percent` | gauge | none | CPU use since the previous scrape, as a percentage of the container's CPU quota or of all host CPUs. |
-| `disk_usage_percent` | gauge | `mountpoint` | Usage of each configured mount point (`system_mountpoints`). |
-| `process_cpu_seconds_total` | counter | none | CPU time of this process. |
-| `process_resident_memory_bytes` | gauge | none | Resident memory of this process. |
-| `process_virtual_memory_bytes` | gauge | none | Virtual memory of this process. |
-| `process_open_fds` / `process_max_fds` | gauge | none | Open and maximum file descriptors. |
-| `process_start_time_seconds` | gauge | none | Start time of this process (Unix epoch). |
-| `process_threads` | gauge | none | Threads of this process. |
+{metrics_reference(defs=SYSTEM_METRICS)}
+
+With several worker processes (gunicorn, uvicorn workers) the `process_*`
+families carry a `pid` label, one series per live worker.
 
 ## Differences from the seed
 
@@ -109,6 +108,7 @@ def main() -> None:
     CONFIG_PAGE.parent.mkdir(parents=True, exist_ok=True)
     CONFIG_PAGE.write_text(configuration_page(), encoding="utf-8")
     METRICS_PAGE.write_text(metrics_page(), encoding="utf-8")
+    CHANGELOG_PAGE.write_text(changelog_page(), encoding="utf-8")
 
 
 if __name__ == "__main__":

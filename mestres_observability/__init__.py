@@ -31,8 +31,9 @@ from .config import ObservabilityConfig
 from .errors import ConfigurationError, MetricConflictError, MissingExtraError, ObservabilityError
 from .health import HealthRegistry, health_check
 from .instrument import counted, timed, timer
-from .logs import bind_context, get_logger, log_event
+from .logs import bind_context, get_logger, log_event, set_user_id
 from .observability import Observability, get_observability, init_observability
+from .tracing import span, traced
 
 __all__ = [
     "ConfigurationError",
@@ -52,9 +53,12 @@ __all__ = [
     "log_event",
     "record_order",
     "record_payment",
+    "set_user_id",
     "set_inventory_level",
+    "span",
     "timed",
     "timer",
+    "traced",
     "track_inventory_movement",
     "track_order",
     "track_payment",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,7 +74,7 @@ def around(fn: F, hooks: Hooks) -> F:
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             state = start(args, kwargs)
             try:
                 result = yield from fn(*args, **kwargs)

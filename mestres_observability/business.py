@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Real
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from . import logs as _logs
 from . import tracing as _tracing
@@ -55,6 +55,8 @@ UNKNOWN = "unknown"
 # ---------------------------------------------------------------------- reading values
 def _field(obj: Any, key: str) -> Any:
     """``obj[key]`` for mappings, ``obj.key`` otherwise; ``_MISSING`` when absent."""
+    if type(obj) is dict:  # fast path: the common case, no ABC check
+        return obj.get(key, _MISSING)
     if isinstance(obj, Mapping):
         return obj.get(key, _MISSING)
     try:
@@ -63,8 +65,26 @@ def _field(obj: Any, key: str) -> Any:
         return _MISSING
 
 
+_INF = float("inf")
+
+
+def _int_to_float(value: int) -> float | None:
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _amount(value: Any) -> tuple[float | None, str | None]:
     """A money or quantity value as a finite non-negative float, or a fault kind."""
+    kind = type(value)
+    if kind is int or kind is float:  # fast path (bool is excluded: its type is bool)
+        f = float(value) if kind is float else _int_to_float(value)
+        if f is None:
+            return None, "invalid_amount"
+        if f != f or f in (_INF, -_INF):
+            return None, "non_finite_amount"
+        return (None, "negative_amount") if f < 0 else (f + 0.0, None)
     if value is _MISSING or value is None:
         return None, "missing_amount"
     if isinstance(value, bool) or not isinstance(value, (Real, Decimal)):
@@ -386,6 +406,16 @@ def _business_decorator(kind: str, fn: Any, currency: str | None,
     return decorate
 
 
+@overload
+def track_order(fn: F, /) -> F: ...
+
+
+@overload
+def track_order(
+    *, extract: Extractor | None = None, currency: str | None = None
+) -> Callable[[F], F]: ...
+
+
 def track_order(
     fn: F | None = None, /, *, extract: Extractor | None = None, currency: str | None = None
 ) -> Any:
@@ -410,6 +440,16 @@ def track_order(
         ...             "items": [{"product_id": "espresso", "quantity": 2}]}
     """
     return _business_decorator("order", fn, currency, extract)
+
+
+@overload
+def track_payment(fn: F, /) -> F: ...
+
+
+@overload
+def track_payment(
+    *, extract: Extractor | None = None, currency: str | None = None
+) -> Callable[[F], F]: ...
 
 
 def track_payment(

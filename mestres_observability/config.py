@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import logging
 import math
 import os
@@ -391,7 +392,7 @@ class ObservabilityConfig:
             buckets: tuple[float, ...] = getattr(self, name)
             if not buckets:
                 raise ConfigurationError(name, buckets, "needs at least one bucket")
-            if any(b <= a for a, b in zip(buckets, buckets[1:])):
+            if any(b <= a for a, b in itertools.pairwise(buckets)):
                 raise ConfigurationError(name, buckets, "buckets must be strictly increasing")
         if self.traces_sampler_arg is not None and not 0.0 <= self.traces_sampler_arg <= 1.0:
             raise ConfigurationError(
@@ -487,8 +488,8 @@ class ObservabilityConfig:
             if k not in fields:
                 raise TypeError(_unknown_message(k, fields))
         new = dataclasses.replace(self, **changes)
-        sources = dict(self._sources) or {n: "config" for n in fields}
-        sources.update({k: "keyword" for k in changes})
+        sources = dict(self._sources) or dict.fromkeys(fields, "config")
+        sources.update(dict.fromkeys(changes, "keyword"))
         object.__setattr__(new, "_sources", sources)
         return new
 
@@ -678,10 +679,10 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
         if from_text:
             pairs: dict[str, Any] = {}
             for part in _split(raw):
-                k, sep, v = part.partition("=")
+                k, sep, text_value = part.partition("=")
                 if not sep or not k.strip():
                     raise bad("expected key=value pairs separated by commas")
-                pairs[k.strip()] = v.strip()
+                pairs[k.strip()] = text_value.strip()
             raw = pairs
         if not isinstance(raw, Mapping):
             raise bad("expected a mapping (key=value,... in a variable)")

@@ -134,10 +134,10 @@ def render_metrics(
     view = _View(sources, created)
     try:
         if openmetrics:
-            body = _om_latest(view)
+            body = _om_latest(view)  # type: ignore[no-untyped-call]
             ctype = OPENMETRICS_CONTENT_TYPE
         else:
-            body = _text_latest(view)  # type: ignore[arg-type]
+            body = _text_latest(view)  # type: ignore[arg-type,unused-ignore]
             ctype = TEXT_CONTENT_TYPE
     except Exception as exc:
         if faults is not None:

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._wrapping import around
 from .observability import Observability, get_observability
@@ -133,6 +133,19 @@ def _observe(target: _MetricRef | Any, elapsed: float) -> None:
         obs.faults.report("instrument", "timed", "recording a duration failed", exc)
 
 
+@overload
+def counted(name: F, /) -> F: ...
+
+
+@overload
+def counted(
+    name: str | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+    documentation: str = "",
+) -> Callable[[F], F]: ...
+
+
 def counted(
     name: str | Callable[..., Any] | None = None,
     *,
@@ -211,7 +224,7 @@ def timed(
     return decorate
 
 
-class timer:  # noqa: N801 - used like a function: ``with timer("x_seconds"):``
+class timer:
     """Context manager timing a block into a histogram; ``with`` or ``async with``.
 
     Same arguments as :func:`timed`. The duration is available afterwards as

@@ -23,7 +23,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -149,7 +149,8 @@ def _make(
     if kind == "counter":
         return Counter(name, doc, labels, registry=registry)
     if kind == "gauge":
-        return Gauge(name, doc, labels, registry=registry, multiprocess_mode=multiprocess_mode)
+        return Gauge(name, doc, labels, registry=registry,
+                     multiprocess_mode=cast(Any, multiprocess_mode))
     return Histogram(name, doc, labels, registry=registry, buckets=tuple(buckets or ()))
 
 
@@ -420,14 +421,16 @@ class LibraryMetrics:
         return entry[2] if entry else None
 
 
-def metrics_reference(config: ObservabilityConfig | None = None) -> str:
-    """Markdown table of every library metric (for the docs' metrics reference)."""
+def metrics_reference(
+    config: ObservabilityConfig | None = None, defs: Sequence[MetricDef] = LIBRARY_METRICS
+) -> str:
+    """Markdown table of metric definitions (for the docs' metrics reference)."""
     cfg = config or ObservabilityConfig()
     lines = [
         "| metric | type | labels | meaning |",
         "| --- | --- | --- | --- |",
     ]
-    for d in LIBRARY_METRICS:
+    for d in defs:
         name = cfg.metric_name(d.name) if d.prefixed else d.name
         labels = ", ".join(
             f"`{lab}`" + ("†" if lab in d.data_labels else "") for lab in d.labels

@@ -66,7 +66,16 @@ class Observability:
         self.is_default = not install_globals
         self.faults = FaultReporter()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.metrics = LibraryMetrics(self.registry, self.config, self.faults)
+        from . import multiprocess as mp
+
+        # multiprocess mode (PROMETHEUS_MULTIPROC_DIR): values live in per-process files
+        mp_dir = (mp.check_environment(self.config) if install_globals
+                  else mp.multiprocess_dir() if mp.is_multiprocess() else None)
+        mp_maker = mp.MultiprocessMetricMaker() if mp_dir is not None else None
+        if mp_maker is not None:
+            self.metrics = LibraryMetrics(self.registry, self.config, self.faults, maker=mp_maker)
+        else:
+            self.metrics = LibraryMetrics(self.registry, self.config, self.faults)
         self._closed = False
         self._lock = threading.Lock()
         self._expose_global = self.config.expose_global_registry
@@ -74,6 +83,10 @@ class Observability:
             self._check_global_registry()
         if self.config.enabled:
             register_system_collectors(self.registry, self.config, self.faults)
+        self._multiprocess = (
+            mp.build_collector(mp_dir, self.registry, self.config, self.faults, mp_maker)
+            if mp_dir is not None and mp_maker is not None else None
+        )
         if install_globals and self.config.configure_logging:
             from .logs import configure_logging
 
@@ -102,7 +115,8 @@ class Observability:
         """The library's structlog logger, bound to the request context."""
         from .logs import get_logger
 
-        return get_logger("mestres_observability")
+        logger: structlog.typing.FilteringBoundLogger = get_logger("mestres_observability")
+        return logger
 
     @property
     def closed(self) -> bool:
@@ -138,7 +152,13 @@ class Observability:
         self.metrics.set_active_connections(value)
 
     def metric_sources(self) -> list[Any]:
-        """What ``/metrics`` exposes: this registry, plus the global one when asked."""
+        """What ``/metrics`` exposes: this registry, plus the global one when asked.
+
+        In multiprocess mode: the collector of every worker's files plus this
+        process's own scrape-time families (see :mod:`mestres_observability.multiprocess`).
+        """
+        if self._multiprocess is not None:
+            return [self._multiprocess]
         sources: list[Any] = [self.registry]
         if self._expose_global:
             sources.append(REGISTRY)

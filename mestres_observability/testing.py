@@ -22,7 +22,10 @@ from typing import Any
 from .config import ObservabilityConfig
 from .observability import Observability, _init_lock, _set_current, get_observability
 
-__all__ = ["fresh_observability", "obs", "reset", "sample_value"]
+__all__ = [
+    "CapturedSpans", "capture_logs", "captured_spans", "fresh_observability", "obs", "reset",
+    "sample_value",
+]
 
 _SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
 
@@ -99,3 +102,84 @@ try:  # the fixture exists only where pytest is installed
 
 except ImportError:  # pragma: no cover
     pass
+
+
+@contextlib.contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture the log events emitted in the block, as the processed dicts.
+
+    Each entry is what would be rendered: ``event``, ``level``, ``logger``,
+    ``service``, ``timestamp``, ``trace_id``/``span_id`` when a span was current,
+    bound context fields, with redaction and truncation applied. Works whether or
+    not the library configured logging (when it did, lines are still written).
+
+    Example:
+        >>> with capture_logs() as events:
+        ...     log_event("order_created", order_id="o-1")  # doctest: +SKIP
+        >>> events[0]["event"]  # doctest: +SKIP
+        'order_created'
+    """
+    from .logs import _capture
+
+    with _capture(get_observability().config) as sink:
+        yield sink
+
+
+class CapturedSpans:
+    """Finished spans collected by :func:`captured_spans` (an OpenTelemetry in-memory exporter)."""
+
+    def __init__(self, exporter: Any) -> None:
+        self.exporter = exporter
+
+    @property
+    def spans(self) -> list[Any]:
+        """Finished spans (``ReadableSpan``), in the order they ended."""
+        return list(self.exporter.get_finished_spans())
+
+    def names(self) -> list[str]:
+        """Names of the finished spans, in the order they ended."""
+        return [s.name for s in self.spans]
+
+    def by_name(self, name: str) -> Any:
+        """The first finished span called ``name``; ``KeyError`` when there is none."""
+        for s in self.spans:
+            if s.name == name:
+                return s
+        raise KeyError(f"no finished span named {name!r}; have {self.names()}")
+
+    def clear(self) -> None:
+        """Forget the spans collected so far."""
+        self.exporter.clear()
+
+
+@contextlib.contextmanager
+def captured_spans() -> Iterator[CapturedSpans]:
+    """Collect the spans that end in the block (synchronously, nothing exported).
+
+    Needs the library's tracer provider, which the first
+    :func:`~mestres_observability.init_observability` installs: use it inside
+    :func:`fresh_observability` or with the ``obs`` fixture.
+
+    Example:
+        >>> with fresh_observability(), captured_spans() as spans:  # doctest: +SKIP
+        ...     checkout(cart)
+        ...     assert spans.by_name("process_order").status.is_ok
+    """
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from .tracing import _GLOBAL
+
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    delegate = _GLOBAL.delegate
+    if delegate is None:
+        raise RuntimeError(
+            "captured_spans() needs init_observability() (or fresh_observability()) first"
+        )
+    delegate.extra.append(processor)
+    try:
+        yield CapturedSpans(exporter)
+    finally:
+        delegate.extra.remove(processor)
+

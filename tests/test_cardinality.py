@@ -7,7 +7,12 @@ import json
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mestres_observability import Observability, record_order, set_inventory_level
-from mestres_observability.cardinality import MAX_LABEL_LENGTH, OVERFLOW, LabelGuard, clean_label_value
+from mestres_observability.cardinality import (
+    MAX_LABEL_LENGTH,
+    OVERFLOW,
+    LabelGuard,
+    clean_label_value,
+)
 from mestres_observability.testing import fresh_observability, sample_value
 
 

@@ -118,7 +118,9 @@ def test_secrets_are_redacted_in_repr_explain_and_dict() -> None:
     cfg = ObservabilityConfig(otlp_headers={"api-key": "topsecret"}, metrics_auth="bearer:tok3n",
                               health_detailed_token="h3alth")
     for text in (repr(cfg), cfg.explain(), str(cfg.as_dict())):
-        assert "topsecret" not in text and "tok3n" not in text and "h3alth" not in text
+        assert "topsecret" not in text
+        assert "tok3n" not in text
+        assert "h3alth" not in text
         assert "[REDACTED]" in text
     assert cfg.metrics_credentials == ("bearer", "tok3n")
     with pytest.raises(ConfigurationError) as info:

@@ -1,0 +1,415 @@
+"""Per-request overhead of the HTTP adapters against the bare app and the peers.
+
+Run: ``python benchmarks/bench_http.py`` (about 30-60 s). Apps are driven
+in-process (a WSGI callable with a prepared environ, an ASGI app with a
+prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
+measure middleware, not a test client. Each variant serves ``GET /orders/42``
+with a W3C ``traceparent`` header; the figure is the best of several rounds,
+in microseconds per request, and the overhead is the difference from the bare
+app in the same run.
+
+Variants per framework:
+
+* ``bare``: the app alone.
+* ``ours metrics``: mestres-observability with tracing and access log off.
+* ``ours full``: metrics + SERVER span (SDK provider, batch processor, parent
+  extracted) + one JSON access-log line + request id.
+* ``peer metrics``: prometheus_flask_exporter / prometheus-fastapi-instrumentator
+  (and starlette_exporter) / django-prometheus.
+* ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
+* ``peer metrics+otel+log``: both, plus one structlog JSON line per request.
+
+Peers that are not installed are shown as ``n/a``. Figures are reported, not
+gated: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from prometheus_client import CollectorRegistry
+
+warnings.simplefilter("ignore")
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "700"))
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _setup_globals() -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=65536))
+    trace.set_tracer_provider(provider)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sink),
+        cache_logger_on_first_use=True,
+    )
+
+
+_log = None
+
+
+def log_line() -> None:
+    """One structlog JSON line, as a peer set-up would add per request."""
+    global _log
+    if _log is None:
+        _log = structlog.get_logger("bench")
+    _log.info("http_request", method="GET", url="/orders/42", status_code=200)
+
+
+def _init(full: bool) -> Any:
+    from mestres_observability import init_observability
+
+    return init_observability(
+        configure_logging=False, tracing_enabled=full, access_log=full,
+        system_metrics=False, process_metrics=False, service_name="bench",
+    )
+
+
+# ---------------------------------------------------------------------- drivers
+def wsgi_runner(app: Callable[..., Any]) -> Callable[[int], None]:
+    base = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/orders/42", "SCRIPT_NAME": "",
+        "QUERY_STRING": "", "SERVER_NAME": "bench", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "bench",
+        "HTTP_USER_AGENT": "bench/1", "HTTP_TRACEPARENT": TRACEPARENT,
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        if not status.startswith("200"):
+            raise RuntimeError(f"unexpected status {status}")
+        return None
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            environ = dict(base)
+            environ["wsgi.input"] = io.BytesIO(b"")
+            result = app(environ, start_response)
+            for _chunk in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    return run
+
+
+def asgi_runner(app: Any) -> Callable[[int], None]:
+    loop = asyncio.new_event_loop()
+    headers = [(b"host", b"bench"), (b"user-agent", b"bench/1"),
+               (b"traceparent", TRACEPARENT.encode())]
+    base = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": "/orders/42", "raw_path": b"/orders/42", "root_path": "",
+            "query_string": b"", "headers": headers, "client": ("127.0.0.1", 5000),
+            "server": ("bench", 80)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"unexpected status {message['status']}")
+
+    async def many(n: int) -> None:
+        for _ in range(n):
+            await app(dict(base), receive, send)
+
+    def run(n: int) -> None:
+        loop.run_until_complete(many(n))
+
+    return run
+
+
+# ---------------------------------------------------------------------- Flask
+def flask_variants() -> dict[str, Callable[[], Any] | None]:
+    from flask import Flask
+
+    def make(log: bool = False) -> Any:
+        app = Flask("bench")
+
+        @app.get("/orders/<int:order_id>")
+        def order(order_id: int) -> Any:
+            if log:
+                log_line()
+            return {"id": order_id}
+
+        return app
+
+    def ours(full: bool) -> Any:
+        from mestres_observability.flask import instrument
+
+        app = make()
+        obs = _init(full)
+        instrument(app, obs)
+        return app, obs
+
+    def exporter(app: Any) -> Any:
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        PrometheusMetrics(app, registry=CollectorRegistry())
+        return app
+
+    def otel(app: Any) -> Any:
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(app)
+        return app
+
+    return {
+        "bare": make,
+        "ours metrics": lambda: ours(False),
+        "ours full": lambda: ours(True),
+        "peer metrics": _optional(lambda: exporter(make())),
+        "peer otel": _optional(lambda: otel(make())),
+        "peer metrics+otel+log": _optional(lambda: otel(exporter(make(log=True)))),
+    }
+
+
+# ---------------------------------------------------------------------- FastAPI
+def fastapi_variants() -> dict[str, Callable[[], Any] | None]:
+    from fastapi import FastAPI
+
+    def make(log: bool = False) -> Any:
+        # FastAPI >= 0.16x traces natively whenever a global tracer provider is set
+        # (several spans per request); turned off so every variant measures only itself
+        try:
+            app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+        except TypeError:
+            app = FastAPI()
+
+        @app.get("/orders/{order_id}")
+        async def order(order_id: int) -> dict[str, int]:
+            if log:
+                log_line()
+            return {"id": order_id}
+
+        return app
+
+    def ours(full: bool) -> Any:
+        from mestres_observability.fastapi import instrument
+
+        app = make()
+        obs = _init(full)
+        instrument(app, obs)
+        return app, obs
+
+    def instrumentator(app: Any) -> Any:
+        from prometheus_fastapi_instrumentator import Instrumentator
+
+        Instrumentator(registry=CollectorRegistry()).instrument(app)
+        return app
+
+    def starlette_exporter(app: Any) -> Any:
+        from starlette_exporter import PrometheusMiddleware
+
+        app.add_middleware(PrometheusMiddleware, app_name="bench", group_paths=True)
+        return app
+
+    def otel(app: Any) -> Any:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app)
+        return app
+
+    return {
+        "bare": make,
+        "ours metrics": lambda: ours(False),
+        "ours full": lambda: ours(True),
+        "peer metrics": _optional(lambda: instrumentator(make())),
+        "peer metrics (starlette_exporter)": _optional(lambda: starlette_exporter(make())),
+        "peer otel": _optional(lambda: otel(make())),
+        "peer metrics+otel+log": _optional(lambda: otel(instrumentator(make(log=True)))),
+    }
+
+
+# ---------------------------------------------------------------------- Django
+def _django_view(request: Any, order_id: int) -> Any:
+    from django.http import JsonResponse
+
+    if getattr(request, "_bench_log", False) or _DJANGO_LOG[0]:
+        log_line()
+    return JsonResponse({"id": order_id})
+
+
+_DJANGO_LOG = [False]
+
+
+def _django_urls() -> Any:
+    from django.urls import path
+
+    return [path("orders/<int:order_id>", _django_view)]
+
+
+urlpatterns: list[Any] = []
+
+
+def django_variants() -> dict[str, Callable[[], Any] | None]:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+            INSTALLED_APPS=[], MIDDLEWARE=[], USE_TZ=True, LOGGING_CONFIG=None,
+        )
+        django.setup()
+        urlpatterns[:] = _django_urls()
+
+    def handler(middleware: list[str], otel: bool = False, log: bool = False) -> Any:
+        from django.core.handlers.wsgi import WSGIHandler
+        from django.test.utils import override_settings
+
+        with override_settings(MIDDLEWARE=list(middleware)):
+            instrumentor = None
+            if otel:
+                from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+                instrumentor = DjangoInstrumentor()
+                instrumentor.instrument()
+            h = WSGIHandler()
+            if instrumentor is not None:
+                instrumentor.uninstrument()
+
+        def app(environ: Any, start_response: Any) -> Any:
+            _DJANGO_LOG[0] = log
+            return h(environ, start_response)
+
+        return app
+
+    def ours(full: bool) -> Any:
+        obs = _init(full)
+        return handler(["mestres_observability.django.ObservabilityMiddleware"]), obs
+
+    prom = ["django_prometheus.middleware.PrometheusBeforeMiddleware",
+            "django_prometheus.middleware.PrometheusAfterMiddleware"]
+    return {
+        "bare": lambda: handler([]),
+        "ours metrics": lambda: ours(False),
+        "ours full": lambda: ours(True),
+        "peer metrics": _optional(lambda: handler(prom), "django_prometheus"),
+        "peer otel": _optional(lambda: handler([], otel=True),
+                               "opentelemetry.instrumentation.django"),
+        "peer metrics+otel+log": _optional(lambda: handler(prom, otel=True, log=True),
+                                           "django_prometheus"),
+    }
+
+
+# ---------------------------------------------------------------------- main
+def _optional(factory: Callable[[], Any], module: str | None = None) -> Callable[[], Any] | None:
+    if module is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            return None
+    return factory
+
+
+def measure(name: str, variants: dict[str, Callable[[], Any] | None],
+            runner: Callable[[Any], Callable[[int], None]]) -> dict[str, float | None]:
+    """Best round per variant; rounds interleave the variants so drift hits all alike."""
+    from mestres_observability.observability import _set_current
+
+    runs: dict[str, tuple[Callable[[int], None], Any]] = {}
+    out: dict[str, float | None] = {}
+    for label, factory in variants.items():
+        out[label] = None
+        if factory is None:
+            continue
+        try:
+            built = factory()
+        except ImportError:
+            continue
+        app, obs = built if isinstance(built, tuple) else (built, None)
+        runs[label] = (runner(app), obs)
+    best = {label: float("inf") for label in runs}
+    for round_no in range(ROUNDS + 1):
+        for label, (run, obs) in runs.items():
+            if obs is not None:
+                _set_current(obs)  # requests use the current instance (bound late)
+            gc.collect()
+            t0 = time.perf_counter()
+            run(PER_ROUND if round_no else 200)
+            elapsed = (time.perf_counter() - t0) / PER_ROUND
+            if round_no:  # round 0 warms up
+                best[label] = min(best[label], elapsed)
+    for label, value in best.items():
+        out[label] = value * 1e6
+    return out
+
+
+def report(name: str, figures: dict[str, float | None]) -> None:
+    bare = figures["bare"] or 0.0
+    print(f"\n{name}: us per request (overhead over bare)")
+    for label, value in figures.items():
+        if value is None:
+            print(f"  {label:<36} n/a (peer not installed)")
+        else:
+            print(f"  {label:<36} {value:8.1f}   (+{value - bare:6.1f})")
+    over = {k: (v - bare) for k, v in figures.items() if v is not None and k != "bare"}
+    combined = over.get("peer metrics+otel+log")
+    metric_peers = [v for k, v in over.items() if k.startswith("peer metrics") and "+" not in k]
+    if combined:
+        print(f"  ratio ours full / peers metrics+otel+log: "
+              f"{over['ours full'] / combined:5.2f}  (target <= 0.33)")
+    if metric_peers:
+        cheapest = min(metric_peers)
+        print(f"  ratio ours metrics / cheapest metrics peer: "
+              f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.50)")
+
+
+def main() -> None:
+    _setup_globals()
+    t0 = time.perf_counter()
+    for name, variants, runner in (
+        ("Flask", flask_variants, wsgi_runner),
+        ("FastAPI", fastapi_variants, asgi_runner),
+        ("Django (WSGI)", django_variants, wsgi_runner),
+    ):
+        try:
+            figures = measure(name, variants(), runner)
+        except ImportError as exc:
+            print(f"\n{name}: skipped ({exc})")
+            continue
+        report(name, figures)
+    print(f"\n({ROUNDS} rounds x {PER_ROUND} requests, best round; "
+          f"{time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Overhead of the spans API and of a rendered log line, as ratios from one run.
+
+Run: ``python benchmarks/bench_tracing.py``
+
+* ``@traced`` against a hand-written ``tracer.start_as_current_span`` on the same
+  SDK tracer (target: at most 1.2x), with no exporter and with the collector
+  down (closed port: spans queue and drop, the caller must not notice);
+* ``span()`` context manager against the same raw call;
+* one log line rendered by the library (structlog -> stdlib handler -> JSON,
+  redaction, trace ids) against plain structlog running the same processors
+  straight into a ``PrintLogger`` (no stdlib hop).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import sys
+import timeit
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import structlog
+
+from mestres_observability import init_observability
+from mestres_observability import logs as logs_module
+from mestres_observability.logs import configure_logging, get_logger
+from mestres_observability.tracing import span, traced
+
+N = 20_000
+REPEAT = 5
+
+
+def best(fn: Any, n: int = N) -> float:
+    """Best per-call time in microseconds."""
+    return min(timeit.repeat(fn, number=n, repeat=REPEAT)) / n * 1e6
+
+
+def interleaved(fns: dict[str, Any], n: int, rounds: int = 7) -> dict[str, float]:
+    """Best per-call time (us) of each function, measured in alternation so that
+    load from other processes hits every contender alike."""
+    out = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            out[k] = min(out[k], timeit.timeit(fn, number=n) / n * 1e6)
+    return out
+
+
+def closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def bench_spans(label: str, **settings: Any) -> None:
+    logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+    obs = init_observability(configure_logging=False, **settings)
+    tracer = obs.tracer
+
+    def work(x: int) -> int:
+        return x + 1
+
+    @traced("work")
+    def decorated(x: int) -> int:
+        return x + 1
+
+    def raw(x: int) -> int:
+        with tracer.start_as_current_span("work"):
+            return x + 1
+
+    def with_cm(x: int) -> int:
+        with span("work"):
+            return x + 1
+
+    best(lambda: raw(1), 2000)  # warm-up
+    t = interleaved({"plain": lambda: work(1), "raw": lambda: raw(1),
+                     "traced": lambda: decorated(1), "cm": lambda: with_cm(1)}, 5000)
+    t_plain, t_raw, t_traced, t_cm = t["plain"], t["raw"], t["traced"], t["cm"]
+    print(f"[{label}] plain call           {t_plain:7.2f} us")
+    print(f"[{label}] raw start_as_current {t_raw:7.2f} us")
+    print(f"[{label}] @traced              {t_traced:7.2f} us   ratio {t_traced / t_raw:.2f}x "
+          "(target <= 1.2x)")
+    print(f"[{label}] with span()          {t_cm:7.2f} us   ratio {t_cm / t_raw:.2f}x")
+    obs.shutdown(timeout=1.0)
+
+
+def bench_logs() -> None:
+    sink = io.StringIO()
+    obs = init_observability(configure_logging=False, traces_exporter="none",
+                             service_name="bench")
+    configure_logging(obs.config.replace(log_format="json"), obs.faults, stream=sink)
+    ours = get_logger("bench")
+
+    plain_sink = io.StringIO()
+    plain = structlog.wrap_logger(
+        structlog.PrintLogger(plain_sink),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            logs_module.add_trace_ids,
+            logs_module.structure_exception,
+            logs_module.redact_and_clean,
+            logs_module.add_timestamp,
+            logs_module.add_service,
+            logs_module.finalize,
+            logs_module.render_json,
+        ],
+    )
+    bare = structlog.wrap_logger(
+        structlog.PrintLogger(plain_sink),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    fields = {"order_id": "o-1", "total_amount": 19.99, "items_count": 3, "user_id": "u-1"}
+
+    def reset() -> None:
+        sink.seek(0)
+        sink.truncate()
+        plain_sink.seek(0)
+        plain_sink.truncate()
+
+    def timed_reset(fn: Any) -> Any:
+        def run() -> None:
+            fn()
+            if sink.tell() > 1 << 22 or plain_sink.tell() > 1 << 22:
+                reset()
+        return run
+
+    n = 2000
+    t = interleaved({
+        "ours": timed_reset(lambda: ours.info("order_created", **fields)),
+        "plain": timed_reset(lambda: plain.info("order_created", **fields)),
+        "bare": timed_reset(lambda: bare.info("order_created", **fields)),
+    }, n)
+    t_ours, t_plain, t_bare = t["ours"], t["plain"], t["bare"]
+    reset()
+    with span("process_order"):
+        t_ours_span = best(lambda: ours.info("order_created", **fields), n)
+        reset()
+    print(f"[logs] library line (stdlib handler) {t_ours:7.2f} us")
+    print(f"[logs] plain structlog, same procs   {t_plain:7.2f} us   ratio {t_ours / t_plain:.2f}x")
+    print(f"[logs] bare structlog JSON           {t_bare:7.2f} us   ratio {t_ours / t_bare:.2f}x")
+    print(f"[logs] library line inside a span    {t_ours_span:7.2f} us")
+    for h in list(logging.getLogger().handlers):
+        if getattr(h, "mestres_handler", False):
+            logging.getLogger().removeHandler(h)
+    obs.shutdown(timeout=1.0)
+
+
+if __name__ == "__main__":
+    bench_spans("no exporter", traces_exporter="none")
+    bench_spans("collector down", otlp_endpoint=closed_port(), span_queue_size=2048)
+    bench_logs()

@@ -1,0 +1,271 @@
+"""Mestres Café example service, instrumented with mestres-observability.
+
+    python examples/coffee_shop.py --scripted   # what `make demo` runs
+    python examples/coffee_shop.py --serve      # keep it running (`make serve`)
+
+A small Flask shop: products, orders, payments. One `init_observability(app)`
+call gives it /metrics, traces, JSON logs and health endpoints; `@track_order`
+and `@track_payment` give it business metrics. The scripted mode starts the
+service on a free loopback port, drives a session of orders over real HTTP,
+then prints what an operator gets: a metrics excerpt, the log lines and the
+health report. Embedded defaults, no external server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from flask import Flask, abort, jsonify, request
+
+from mestres_observability import (
+    __version__,
+    health_check,
+    init_observability,
+    set_inventory_level,
+    span,
+    track_inventory_movement,
+    track_order,
+    track_payment,
+    track_user_action,
+)
+
+CATALOGUE: dict[str, Decimal] = {
+    "espresso": Decimal("6.50"),
+    "cappuccino": Decimal("9.90"),
+    "beans-yellow-bourbon-250g": Decimal("42.00"),
+    "beans-catuai-1kg": Decimal("139.00"),
+    "v60-filter-paper": Decimal("24.90"),
+}
+
+
+@dataclass
+class Item:
+    product_id: str
+    quantity: int
+
+
+@dataclass
+class Order:
+    id: int
+    user_id: int | None
+    status: str
+    total_amount: Decimal
+    items: list[Item] = field(default_factory=list)
+
+
+@dataclass
+class Payment:
+    id: str
+    order_id: int
+    amount: Decimal
+    method: str
+    status: str
+
+
+class OutOfStock(Exception):
+    """Raised when an order asks for more than the stock."""
+
+
+stock: dict[str, int] = dict.fromkeys(CATALOGUE, 30)
+orders: dict[int, Order] = {}
+_ids = itertools.count(1001)
+_lock = threading.Lock()
+
+
+@track_order
+def place_order(user_id: int | None, lines: list[dict[str, Any]]) -> Order:
+    """Validate the cart, reserve stock and price it. Raises OutOfStock."""
+    items = [Item(str(line["product_id"]), int(line["quantity"])) for line in lines]
+    with span("validate_inventory", **{"order.lines": len(items)}), _lock:
+        for it in items:
+            if it.product_id not in CATALOGUE:
+                raise KeyError(it.product_id)
+            if stock[it.product_id] < it.quantity:
+                raise OutOfStock(it.product_id)
+        for it in items:
+            stock[it.product_id] -= it.quantity
+            track_inventory_movement(it.product_id, "out", it.quantity)
+            set_inventory_level(it.product_id, stock[it.product_id])
+    with span("calculate_totals"):
+        total = sum((CATALOGUE[it.product_id] * it.quantity for it in items), Decimal("0"))
+    order = Order(next(_ids), user_id, "pending", total, items)
+    orders[order.id] = order
+    return order
+
+
+@track_payment
+def pay(order: Order, method: str) -> Payment:
+    """Charge an order (the gateway declines one card payment in five)."""
+    status = "declined" if method == "card" and random.random() < 0.2 else "approved"
+    if status == "approved":
+        order.status = "paid"
+    return Payment(f"pay-{order.id}", order.id, order.total_amount, method, status)
+
+
+def create_app() -> Flask:
+    """The Flask application (routes only; instrumentation is one call in main)."""
+    app = Flask("mestres-cafe-api")
+
+    @app.get("/products/<product_id>")
+    def product(product_id: str) -> Any:
+        track_user_action("view_product")
+        if product_id not in CATALOGUE:
+            abort(404)
+        return jsonify(id=product_id, price=float(CATALOGUE[product_id]), stock=stock[product_id])
+
+    @app.post("/orders")
+    def create_order() -> Any:
+        body = request.get_json(force=True)
+        user_id = body.get("user_id")
+        track_user_action("checkout", user_id=user_id)
+        try:
+            order = place_order(user_id, body["items"])
+        except OutOfStock:
+            return jsonify(error="out_of_stock"), 409
+        return jsonify(id=order.id, total=float(order.total_amount), status=order.status), 201
+
+    @app.post("/orders/<int:order_id>/payments")
+    def create_payment(order_id: int) -> Any:
+        order = orders.get(order_id)
+        if order is None:
+            abort(404)
+        payment = pay(order, request.get_json(force=True).get("method", "pix"))
+        code = 201 if payment.status == "approved" else 402
+        return jsonify(id=payment.id, status=payment.status), code
+
+    @app.get("/orders/<int:order_id>")
+    def get_order(order_id: int) -> Any:
+        order = orders.get(order_id)
+        if order is None:
+            abort(404)
+        return jsonify(id=order.id, status=order.status, total=float(order.total_amount))
+
+    @app.get("/boom")
+    def boom() -> Any:
+        raise RuntimeError("simulated bug")
+
+    return app
+
+
+@health_check("inventory_db", critical=True, timeout=0.3)
+def inventory_db() -> dict[str, Any]:
+    """Stands in for a database ping: reports the number of products tracked."""
+    return {"products": len(stock)}
+
+
+@health_check("payment_gateway", critical=False, timeout=0.2)
+def payment_gateway() -> bool:
+    """A non-critical dependency: its failure only degrades /health/detailed."""
+    return True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the library logs requests
+        return None
+
+
+def _serve(app: Flask, port: int) -> WSGIServer:
+    server = make_server("127.0.0.1", port, app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _call(base: str, method: str, path: str, body: Any = None,
+          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def scripted_session(base: str, n_customers: int = 12) -> None:
+    """A morning at the shop: browsing, orders, payments, a few failures."""
+    rng = random.Random(7)
+    random.seed(7)
+    products = list(CATALOGUE)
+    for customer in range(n_customers):
+        user_id = 100 + customer if customer % 3 else None
+        _call(base, "GET", f"/products/{rng.choice(products)}")
+        lines = [{"product_id": p, "quantity": rng.randint(1, 3)}
+                 for p in rng.sample(products, rng.randint(1, 3))]
+        status, body = _call(base, "POST", "/orders", {"user_id": user_id, "items": lines},
+                             headers={"X-Request-ID": f"demo-{customer:03d}"})
+        if status == 201:
+            order_id = json.loads(body)["id"]
+            _call(base, "POST", f"/orders/{order_id}/payments",
+                  {"method": rng.choice(["pix", "card", "boleto"])})
+            _call(base, "GET", f"/orders/{order_id}")
+    _call(base, "POST", "/orders", {"items": [{"product_id": "espresso", "quantity": 500}]})
+    _call(base, "GET", "/products/unknown-blend")
+    _call(base, "GET", "/wp-admin/setup.php")  # a scanner: one <unmatched> series, not one per path
+    _call(base, "GET", "/boom")
+
+
+WANTED = ("orders_total", "revenue_total", "order_errors_total", "products_sold_total",
+          "payments_total", "user_actions_total", "inventory_level", "http_requests_total",
+          "http_request_duration_seconds_count", "mestres_observability_errors_total",
+          "memory_usage_bytes", "cpu_usage_percent", "process_resident_memory_bytes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--scripted", action="store_true", help="run a scripted session and exit")
+    mode.add_argument("--serve", action="store_true", help="keep serving until Ctrl-C")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    app = create_app()
+    obs = init_observability(app, service_name="mestres-cafe-api", service_version=__version__,
+                             environment="demo", log_format="json")
+    server = _serve(app, args.port)
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    if args.serve:
+        print(f"Mestres Café API on {base}  (metrics: {base}/metrics, health: {base}/health/detailed)",
+              file=sys.stderr)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        obs.shutdown()
+        return 0
+
+    print("== Service log (one JSON line per request and per business event) ==", flush=True)
+    scripted_session(base)
+    time.sleep(0.05)
+    _, metrics = _call(base, "GET", "/metrics")
+    print("\n== /metrics excerpt ==")
+    for line in metrics.decode().splitlines():
+        if line.startswith(WANTED) and "_created" not in line:
+            print("  " + line)
+    status, health = _call(base, "GET", "/health/detailed")
+    print(f"\n== /health/detailed (HTTP {status}) ==")
+    print(json.dumps(json.loads(health), indent=2))
+    for path in ("/health/liveness", "/health/readiness"):
+        status, body = _call(base, "GET", path)
+        print(f"{path}: HTTP {status} {body.decode().strip()}")
+    server.shutdown()
+    obs.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

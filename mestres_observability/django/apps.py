@@ -1,0 +1,43 @@
+"""Django ``AppConfig``: initialises the library from ``settings.MESTRES_OBSERVABILITY``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig  # type: ignore[import-untyped]
+
+__all__ = ["MestresObservabilityConfig"]
+
+
+class MestresObservabilityConfig(AppConfig):  # type: ignore[misc]
+    """Runs ``init_observability(**settings.MESTRES_OBSERVABILITY)`` in ``ready()``.
+
+    Without the setting, an instance you initialised yourself (e.g. in
+    ``wsgi.py`` before Django starts) is kept; otherwise the library starts
+    from ``MESTRES_OBS_*``/``OTEL_*`` variables and defaults.
+    """
+
+    name = "mestres_observability.django"
+    label = "mestres_observability"
+    verbose_name = "mestres-observability"
+    default = True
+
+    def ready(self) -> None:
+        """Initialise the library and start the separate metrics listener if configured."""
+        from django.conf import settings  # type: ignore[import-untyped]
+
+        from ..http import http_state, warn_unprotected_metrics
+        from ..observability import get_observability, init_observability
+
+        options: Any = getattr(settings, "MESTRES_OBSERVABILITY", None)
+        current = get_observability()
+        if options is None and not current.is_default:
+            obs = current
+        else:
+            obs = init_observability(**dict(options or {}))
+        http_state(obs)
+        warn_unprotected_metrics(obs, "django")
+        if obs.config.metrics_port is not None:
+            from .._metrics_server import start_metrics_server
+
+            start_metrics_server(obs)

@@ -1,0 +1,240 @@
+"""``ObservabilityMiddleware`` for Django, sync (WSGI) and async (ASGI).
+
+Put it first in ``MIDDLEWARE`` so it measures everything below it. The route
+template comes from ``request.resolver_match.route`` (``/orders/<int:pk>``,
+``include()`` prefixes joined); requests that resolve to nothing share
+``<unmatched>``. Streaming responses are timed until Django closes them
+(after the last chunk is sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import (  # type: ignore[import-untyped]
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+)
+
+from ..http import (
+    HttpState,
+    RequestPass,
+    UserIdResolver,
+    aserve_endpoint,
+    http_state,
+    serve_endpoint,
+    start_request,
+)
+from ..observability import get_observability
+
+__all__ = ["ObservabilityMiddleware", "route_of"]
+
+_ATTR = "_mestres_observability_pass"
+_EXC = "_mestres_observability_exc"
+
+
+def route_of(request: HttpRequest) -> str | None:
+    """The resolved route template of ``request`` with a leading ``/`` (or ``None``)."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        return None
+    route = match.route
+    if not isinstance(route, str):
+        return None
+    return "/" + route.replace("^", "").replace("$", "").lstrip("/")
+
+
+class ObservabilityMiddleware:
+    """Request metrics, SERVER span, access log, request id and the library endpoints.
+
+    The setting ``MESTRES_OBSERVABILITY_USER_ID_RESOLVER`` (a callable or its
+    dotted path, ``callable(request) -> user id``) fills the access log's
+    ``user_id`` at the end of each request; its faults are counted. It must
+    not query the database in an async view (Django forbids that there).
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        from django.conf import settings  # type: ignore[import-untyped]
+        from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+
+        self.get_response = get_response
+        resolver: Any = getattr(settings, "MESTRES_OBSERVABILITY_USER_ID_RESOLVER", None)
+        if isinstance(resolver, str):
+            resolver = import_string(resolver)
+        self.user_id_resolver: UserIdResolver | None = resolver
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+            self.process_view: Callable[..., Any] = self._aprocess_view
+        else:
+            self.process_view = self._process_view
+
+    # ---------------------------------------------------------------- entry
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        prepared = self._prepare(request)
+        if prepared is None:
+            return self.get_response(request)
+        state, kind, rp = prepared
+        if kind is not None:
+            return self._endpoint_response(state, rp, request, serve_endpoint(
+                state.obs, kind, request.method or "GET", **_auth_headers(request)))
+        assert rp is not None
+        rp.activate()
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            rp.finish(500, exc, self._user_id(state, request))
+            raise
+        finally:
+            if rp._finished:
+                rp.deactivate()
+        try:
+            return self._respond(state, rp, request, response)
+        finally:
+            rp.deactivate()
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        prepared = self._prepare(request)
+        if prepared is None:
+            return await self.get_response(request)
+        state, kind, rp = prepared
+        if kind is not None:
+            return self._endpoint_response(state, rp, request, await aserve_endpoint(
+                state.obs, kind, request.method or "GET", **_auth_headers(request)))
+        assert rp is not None
+        rp.activate()
+        try:
+            response = await self.get_response(request)
+        except BaseException as exc:
+            rp.finish(500, exc, self._user_id(state, request))
+            raise
+        finally:
+            if rp._finished:
+                rp.deactivate()
+        try:
+            return self._respond(state, rp, request, response)
+        finally:
+            rp.deactivate()
+
+    # ---------------------------------------------------------------- hooks
+    def _process_view(self, request: HttpRequest, view_func: Any, view_args: Any,
+                      view_kwargs: Any) -> None:
+        rp = getattr(request, _ATTR, None)
+        if rp is not None:
+            rp.set_route(route_of(request))
+            rp.track_in_progress()
+
+    async def _aprocess_view(self, request: HttpRequest, view_func: Any, view_args: Any,
+                             view_kwargs: Any) -> None:
+        self._process_view(request, view_func, view_args, view_kwargs)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """Note the view's exception for the span; Django's handling goes on unchanged."""
+        if getattr(request, _ATTR, None) is not None:
+            setattr(request, _EXC, exception)
+
+    # ---------------------------------------------------------------- helpers
+    def _prepare(self, request: HttpRequest
+                 ) -> tuple[HttpState, str | None, RequestPass | None] | None:
+        try:
+            state = http_state()
+            path_info = request.path_info
+            kind = state.endpoints.get(path_info)
+            if kind is None and (not state.enabled or state.excluded(path_info)):
+                return None
+            rp = _start(state, request, path_info)
+            if rp is None and kind is None:
+                return None
+            if rp is not None:
+                setattr(request, _ATTR, rp)
+            return state, kind, rp
+        except Exception as exc:
+            get_observability().faults.report("http", "django", "request pass failed", exc)
+            return None
+
+    def _respond(self, state: HttpState, rp: RequestPass, request: HttpRequest,
+                 response: HttpResponseBase) -> HttpResponseBase:
+        try:
+            if rp.route is None:
+                rp.set_route(route_of(request))
+            response[state.request_id_header] = rp.request_id
+            exc = getattr(request, _EXC, None)
+            uid = self._user_id(state, request)
+            status = response.status_code
+            if response.streaming:
+                inner_close = response.close
+
+                def close() -> None:
+                    try:
+                        inner_close()
+                    finally:
+                        rp.finish(status, exc, uid)
+
+                response.close = close
+            else:
+                rp.finish(status, exc, uid)
+        except Exception as err:
+            state.faults.report("http", "django", "recording the response failed", err)
+        return response
+
+    def _endpoint_response(self, state: HttpState, rp: RequestPass | None,
+                           request: HttpRequest, result: tuple[int, list[tuple[str, str]], bytes]
+                           ) -> HttpResponseBase:
+        status, headers, body = result
+        response = HttpResponse(body, status=status)
+        for k, v in headers:
+            response[k] = v
+        if rp is not None:
+            rp.set_route(request.path_info)
+            response[state.request_id_header] = rp.request_id
+            rp.finish(status)
+        return response
+
+    def _user_id(self, state: HttpState, request: HttpRequest) -> Any:
+        resolver = self.user_id_resolver
+        if resolver is not None:
+            try:
+                return resolver(request)
+            except Exception as exc:
+                state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
+        if state.access_log:
+            return structlog.contextvars.get_contextvars().get("user_id")
+        return None
+
+
+def _auth_headers(request: HttpRequest) -> dict[str, Any]:
+    meta = request.META
+    return {
+        "accept": meta.get("HTTP_ACCEPT"),
+        "accept_encoding": meta.get("HTTP_ACCEPT_ENCODING"),
+        "authorization": meta.get("HTTP_AUTHORIZATION"),
+    }
+
+
+def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:
+    meta = request.META
+    trace_headers = None
+    if state.tracing:
+        trace_headers = {
+            k: meta[e] for k, e in (("traceparent", "HTTP_TRACEPARENT"),
+                                    ("tracestate", "HTTP_TRACESTATE"),
+                                    ("baggage", "HTTP_BAGGAGE")) if e in meta
+        }
+    return start_request(
+        state, request.method or "GET", request.path, query=meta.get("QUERY_STRING", ""),
+        request_id=meta.get(state.request_id_environ), user_agent=meta.get("HTTP_USER_AGENT"),
+        peer=meta.get("REMOTE_ADDR"), forwarded_for=meta.get("HTTP_X_FORWARDED_FOR"),
+        scheme=request.scheme or "http",
+        server_address=meta.get("HTTP_HOST") or meta.get("SERVER_NAME"),
+        trace_headers=trace_headers,
+    )
+

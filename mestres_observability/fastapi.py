@@ -1,0 +1,343 @@
+"""Starlette/FastAPI adapter: a pure ASGI middleware (not ``BaseHTTPMiddleware``).
+
+``init_observability(app)`` (or :func:`instrument`) adds
+:class:`ObservabilityMiddleware` once. It matches the app's routes up front
+(``scope["route"]`` is only set after routing, and the in-progress gauge needs
+the template at the start), joining ``Mount`` prefixes into one template such
+as ``/api/orders/{order_id}``; times each response until its last body chunk
+is sent (streaming included, background tasks excluded); serves the library
+endpoints itself, so nothing appears in the OpenAPI schema; and passes
+``lifespan`` and ``websocket`` scopes through untouched.
+
+Example::
+
+    from fastapi import FastAPI
+    from mestres_observability import init_observability
+
+    app = FastAPI()
+    init_observability(app, service_name="mestres-cafe-api")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import structlog
+from starlette.routing import Host, Match, Mount
+
+from .errors import ConfigurationError
+from .http import (
+    HttpState,
+    RequestPass,
+    UserIdResolver,
+    aserve_endpoint,
+    http_state,
+    start_request,
+    warn_unprotected_metrics,
+)
+from .observability import Observability, get_observability
+
+__all__ = ["ObservabilityMiddleware", "instrument", "route_template"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+STATE_KEY = "mestres_observability"
+_TERMINAL = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
+_HEADERS = {
+    b"user-agent": "user_agent", b"x-forwarded-for": "forwarded_for", b"host": "host",
+    b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage",
+    b"accept": "accept", b"accept-encoding": "accept_encoding",
+    b"authorization": "authorization",
+}
+
+
+class _Wiring:
+    """Per-app settings shared with the middleware instance (built lazily by Starlette)."""
+
+    def __init__(self, user_id_resolver: UserIdResolver | None) -> None:
+        self.user_id_resolver = user_id_resolver
+
+
+def route_template(routes: Any, scope: Scope, prefix: str = "") -> tuple[str | None, bool]:
+    """The template of the route ``scope`` would reach, mount prefixes joined.
+
+    Returns ``(template or None, cacheable)``; a ``Host`` route makes the answer
+    depend on the ``Host`` header, so it is not cacheable by path.
+    """
+    partial: tuple[Any, Scope] | None = None
+    cacheable = True
+    for route in routes:
+        if isinstance(route, Host):
+            cacheable = False
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            return _template_of(route, scope, child, prefix, cacheable)
+        if match is Match.PARTIAL and partial is None:
+            partial = (route, child)
+    if partial is not None:
+        return _template_of(partial[0], scope, partial[1], prefix, cacheable)
+    return None, cacheable
+
+
+def _template_of(route: Any, scope: Scope, child: Scope, prefix: str,
+                 cacheable: bool) -> tuple[str | None, bool]:
+    if isinstance(route, (Mount, Host)):
+        new_prefix = prefix + route.path if isinstance(route, Mount) else prefix
+        sub = getattr(route, "routes", None)
+        if sub:
+            inner, inner_cacheable = route_template(sub, {**scope, **child}, new_prefix)
+            return (inner if inner is not None else new_prefix or "/"), (
+                cacheable and inner_cacheable)
+        return new_prefix or "/", cacheable
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None, cacheable
+    return prefix + path, cacheable
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI middleware: request metrics, SERVER span, access log, request id, endpoints.
+
+    Args:
+        app: the next ASGI app.
+        starlette_app: the Starlette/FastAPI app whose routes give the templates
+            (without it, the template comes from ``scope["route"]`` after routing).
+        wiring: per-app settings (internal; set by :func:`instrument`).
+    """
+
+    def __init__(self, app: ASGIApp, starlette_app: Any = None,
+                 wiring: _Wiring | None = None) -> None:
+        self.app = app
+        self.starlette_app = starlette_app
+        self.wiring = wiring if wiring is not None else _Wiring(None)
+        self._cache: dict[tuple[str, str, str], str | None] = {}
+        self._cache_key: tuple[int, int] = (0, 0)
+
+    def _routes(self) -> Any:
+        sa = self.starlette_app
+        if sa is None:
+            return None
+        router = getattr(sa, "router", sa)
+        return getattr(router, "routes", None)
+
+    def _match(self, scope: Scope, method: str) -> str | None:
+        routes = self._routes()
+        if routes is None:
+            return None
+        marker = (id(routes), len(routes))
+        if marker != self._cache_key:
+            self._cache.clear()
+            self._cache_key = marker
+        key = (scope.get("root_path", ""), scope["path"], method)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        template, cacheable = route_template(routes, scope)
+        if cacheable and template is not None:
+            if len(self._cache) >= 2048:
+                self._cache.clear()
+            self._cache[key] = template
+        return template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            state = http_state()
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            route_path = path[len(root_path):] if root_path and path.startswith(root_path) else path
+            kind = state.endpoints.get(route_path)
+            if kind is None and (not state.enabled or state.excluded(route_path)):
+                await self.app(scope, receive, send)
+                return
+            headers = _read_headers(scope, state)
+            rp = self._start(state, scope, headers, route_path)
+        except Exception as exc:
+            get_observability().faults.report("http", "asgi", "request pass failed", exc)
+            await self.app(scope, receive, send)
+            return
+        if kind is not None:
+            await self._serve(state, kind, scope, send, headers, rp, route_path)
+            return
+        if rp is None:
+            await self.app(scope, receive, send)
+            return
+        await self._measured(state, scope, receive, send, rp)
+
+    def _start(self, state: HttpState, scope: Scope, headers: dict[str, str],
+               route_path: str) -> RequestPass | None:
+        method: str = scope.get("method", "GET")
+        route = None
+        if state.enabled and not state.excluded(route_path) and (
+            route_path not in state.endpoints
+        ):
+            route = self._match(scope, method)
+        client = scope.get("client")
+        trace_headers: dict[str, str] | None = None
+        if state.tracing:
+            trace_headers = {k: headers[k] for k in ("traceparent", "tracestate", "baggage")
+                             if k in headers}
+        query = scope.get("query_string", b"")
+        # FastAPI's native telemetry (0.16x) may have started the SERVER span already
+        native = scope.get("fastapi.telemetry")
+        server_span = getattr(native, "span", None) if native is not None else None
+        if server_span is not None and not server_span.is_recording():
+            server_span = None
+        return start_request(
+            state, method, root_path_join(scope), query=query.decode("latin-1") if query else "",
+            route=route, request_id=headers.get("request_id"),
+            user_agent=headers.get("user_agent"), peer=client[0] if client else None,
+            forwarded_for=headers.get("forwarded_for"), scheme=scope.get("scheme", "http"),
+            server_address=headers.get("host"), trace_headers=trace_headers,
+            server_span=server_span,
+        )
+
+    async def _measured(self, state: HttpState, scope: Scope, receive: Receive, send: Send,
+                        rp: RequestPass) -> None:
+        holder = [0]
+        rid = (state.request_id_bytes, rp.request_id.encode("ascii"))
+        wiring = self.wiring
+        rp.track_in_progress()
+
+        async def send_wrapper(message: Message) -> None:
+            mtype = message["type"]
+            if mtype == "http.response.start":
+                holder[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), rid]}
+                await send(message)
+                return
+            await send(message)
+            if (mtype == "http.response.body" and not message.get("more_body", False)) or (
+                mtype in _TERMINAL
+            ):
+                rp.finish(holder[0] or 200, None, _user_id(wiring, scope, state, rp))
+
+        rp.activate()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            rp.finish(holder[0] or 500, exc, _user_id(wiring, scope, state, rp))
+            raise
+        finally:
+            rp.finish(holder[0] or 500, None, _user_id(wiring, scope, state, rp))
+            rp.deactivate()
+
+    async def _serve(self, state: HttpState, kind: str, scope: Scope, send: Send,
+                     headers: dict[str, str], rp: RequestPass | None, path: str) -> None:
+        method = scope.get("method", "GET")
+        status, out, body = await aserve_endpoint(
+            state.obs, kind, method, accept=headers.get("accept"),
+            accept_encoding=headers.get("accept_encoding"),
+            authorization=headers.get("authorization"),
+        )
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out]
+        if rp is not None:
+            rp.set_route(path)
+            raw.append((state.request_id_bytes, rp.request_id.encode("ascii")))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            if rp is not None:
+                rp.finish(status)
+
+
+def root_path_join(scope: Scope) -> str:
+    """The request path as the client sent it (``path`` already includes ``root_path``)."""
+    path: str = scope["path"]
+    return path
+
+
+def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:
+    found: dict[str, str] = {}
+    wanted = _HEADERS
+    rid = state.request_id_bytes
+    for name, value in scope.get("headers", ()):
+        slot = wanted.get(name)
+        if slot is not None:
+            found[slot] = value.decode("latin-1")
+        elif name == rid:
+            found["request_id"] = value.decode("latin-1")
+    return found
+
+
+def _user_id(wiring: _Wiring, scope: Scope, state: HttpState, rp: RequestPass) -> Any:
+    resolver = wiring.user_id_resolver
+    if resolver is not None:
+        try:
+            from starlette.requests import Request
+
+            return resolver(Request(scope))
+        except Exception as exc:
+            state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
+    if state.access_log:
+        return structlog.contextvars.get_contextvars().get("user_id")
+    return None
+
+
+def instrument(app: Any, obs: Observability | None = None, *,
+               user_id_resolver: UserIdResolver | None = None,
+               keep_fastapi_telemetry: bool = False) -> None:
+    """Wire a Starlette or FastAPI app once (before it starts).
+
+    Args:
+        app: the Starlette/FastAPI application.
+        obs: the instance used for set-up checks (default: the current one);
+            requests use the instance current when they run.
+        user_id_resolver: ``callable(request) -> user id`` run when the
+            response ends, for the access log's ``user_id``.
+        keep_fastapi_telemetry: leave FastAPI's native tracing (0.16x) on even
+            when it would use the global tracer provider. By default it is
+            turned off for this app so each request gets one SERVER span, ours;
+            a native tracer provider you passed explicitly is always kept (the
+            library then correlates logs with FastAPI's span).
+
+    Raises:
+        ConfigurationError: the app already started (Starlette refuses new
+            middleware then); call ``init_observability(app)`` at start-up.
+    """
+    if not keep_fastapi_telemetry:
+        _prefer_our_server_span(app)
+    wiring = getattr(app.state, STATE_KEY, None)
+    if isinstance(wiring, _Wiring):
+        if user_id_resolver is not None:
+            wiring.user_id_resolver = user_id_resolver
+        _setup(obs)
+        return
+    wiring = _Wiring(user_id_resolver)
+    try:
+        app.add_middleware(ObservabilityMiddleware, starlette_app=app, wiring=wiring)
+    except RuntimeError as exc:
+        raise ConfigurationError(
+            "app", type(app).__name__,
+            f"cannot add middleware ({exc}); call init_observability(app) before the app starts",
+        ) from None
+    setattr(app.state, STATE_KEY, wiring)
+    _setup(obs)
+
+
+def _prefer_our_server_span(app: Any) -> None:
+    """Turn FastAPI's native tracing off when it would only use the global provider."""
+    config = getattr(app, "_telemetry", None)
+    if isinstance(config, dict) and config.get("tracing") and (
+        config.get("tracer_provider") is None
+    ):
+        config["tracing"] = False
+
+
+def _setup(obs: Observability | None) -> None:
+    instance = obs if obs is not None else get_observability()
+    http_state(instance)
+    warn_unprotected_metrics(instance, "starlette")
+    if instance.config.metrics_port is not None:
+        from ._metrics_server import start_metrics_server
+
+        start_metrics_server(instance)

@@ -1,0 +1,307 @@
+"""Flask adapter: ``init_observability(app)`` or :func:`instrument` directly.
+
+A WSGI middleware around ``app.wsgi_app`` measures the whole request, to the
+end of the body (the server's ``close()``), and serves the library endpoints
+without registering routes; a ``before_request`` hook (run first) reads the
+route template (``/orders/<int:order_id>``), an ``after_request`` hook notes
+whether the body is complete already, Flask's ``got_request_exception`` signal
+(sent only on failures) hands over unhandled exceptions, and a
+``teardown_request`` hook, added only with a user-id resolver, runs it.
+
+Example::
+
+    from flask import Flask
+    from mestres_observability import init_observability
+
+    app = Flask(__name__)
+    init_observability(app, service_name="mestres-cafe-api")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from flask import Flask, got_request_exception, request
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.wsgi import ClosingIterator
+
+from .http import (
+    HttpState,
+    RequestPass,
+    UserIdResolver,
+    http_state,
+    serve_endpoint,
+    start_request,
+    warn_unprotected_metrics,
+)
+from .observability import Observability, get_observability
+
+__all__ = ["FlaskMiddleware", "instrument"]
+
+EXTENSION_KEY = "mestres_observability"
+_PASS = "mestres_observability.pass"
+_EXC = "mestres_observability.exc"
+_UID = "mestres_observability.user_id"
+_BUFFERED = "mestres_observability.buffered"
+
+StartResponse = Callable[..., Any]
+
+
+def _text(value: str) -> str:
+    """WSGI strings are latin-1 decoded bytes; give the UTF-8 text back."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value
+
+
+def _reason(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+class _Body:
+    """The app's response iterable; records the request when the server closes it."""
+
+    __slots__ = ("_exc", "_holder", "_result", "_rp", "_uid")
+
+    def __init__(self, result: Iterable[bytes], rp: RequestPass, holder: list[int],
+                 uid: Any) -> None:
+        self._result = result
+        self._rp = rp
+        self._holder = holder
+        self._uid = uid
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._rp.finish(self._holder[0], None, self._uid)
+
+
+class FlaskMiddleware:
+    """The WSGI side of the adapter (installed as ``app.wsgi_app`` by :func:`instrument`)."""
+
+    def __init__(self, wsgi_app: Callable[..., Any], app: Flask,
+                 user_id_resolver: UserIdResolver | None = None) -> None:
+        self.wsgi_app = wsgi_app
+        self.app = app
+        self.user_id_resolver = user_id_resolver
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        try:
+            state = http_state()
+            path_info = _text(environ.get("PATH_INFO", "") or "/")
+            kind = state.endpoints.get(path_info)
+            rp = self._start(state, environ, path_info)
+        except Exception as exc:
+            get_observability().faults.report("http", "flask", "request pass failed", exc)
+            return self.wsgi_app(environ, start_response)
+        if kind is not None:
+            return self._serve(state, kind, environ, start_response, rp, path_info)
+        if rp is None:
+            return self.wsgi_app(environ, start_response)
+        environ[_PASS] = rp
+        holder = [500]
+        header = state.request_id_header
+        rid = rp.request_id
+
+        def _start_response(status: str, headers: list[tuple[str, str]],
+                            exc_info: Any = None) -> Any:
+            try:
+                holder[0] = int(status[:3])
+            except ValueError:
+                holder[0] = 500
+            headers.append((header, rid))
+            return start_response(status, headers, exc_info)
+
+        rp.activate()
+        try:
+            result = self.wsgi_app(environ, _start_response)
+        except BaseException as exc:
+            rp.finish(500, exc, self._user_id(state, environ))
+            rp.deactivate()
+            raise
+        uid = self._user_id(state, environ)
+        error = environ.get(_EXC)
+        if error is not None or environ.get(_BUFFERED):
+            # the body is complete already (or the request failed): record now, with
+            # the span current and the request id bound
+            rp.finish(holder[0], error, uid)
+            rp.deactivate()
+            return result
+        rp.deactivate()
+        return _Body(result, rp, holder, uid)
+
+    @staticmethod
+    def _start(state: HttpState, environ: dict[str, Any], path_info: str) -> RequestPass | None:
+        if not state.enabled or state.excluded(path_info):
+            return None
+        trace_headers = None
+        if state.tracing:
+            trace_headers = {
+                k: environ[e] for k, e in (("traceparent", "HTTP_TRACEPARENT"),
+                                           ("tracestate", "HTTP_TRACESTATE"),
+                                           ("baggage", "HTTP_BAGGAGE")) if e in environ
+            }
+        return start_request(
+            state,
+            environ.get("REQUEST_METHOD", "GET"),
+            _text(environ.get("SCRIPT_NAME", "")) + path_info,
+            query=environ.get("QUERY_STRING", ""),
+            request_id=environ.get(state.request_id_environ),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            peer=environ.get("REMOTE_ADDR"),
+            forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            server_address=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
+            trace_headers=trace_headers,
+        )
+
+    def _serve(self, state: HttpState, kind: str, environ: dict[str, Any],
+               start_response: StartResponse, rp: RequestPass | None, path: str) -> Any:
+        method = environ.get("REQUEST_METHOD", "GET")
+        status, headers, body = serve_endpoint(
+            state.obs, kind, method, accept=environ.get("HTTP_ACCEPT"),
+            accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
+            authorization=environ.get("HTTP_AUTHORIZATION"),
+        )
+        if rp is not None:
+            rp.set_route(_text(environ.get("SCRIPT_NAME", "")) + path)
+            headers.append((state.request_id_header, rp.request_id))
+        start_response(_reason(status), headers)
+        if rp is not None:
+            rp.finish(status)
+        return [body]
+
+    def _user_id(self, state: HttpState, environ: dict[str, Any]) -> Any:
+        uid = environ.get(_UID)
+        if uid is None and state.access_log:
+            uid = structlog.contextvars.get_contextvars().get("user_id")
+        return uid
+
+    # ---------------------------------------------------------------- Flask hooks
+    def before_request(self) -> None:
+        """Read the route template (run before the user's own hooks)."""
+        environ = request.environ
+        rp = environ.get(_PASS)
+        if rp is None:
+            return
+        try:
+            rule = request.url_rule
+            template = rule.rule if rule is not None else self._rule_for_405()
+            if template is not None:
+                rp.set_route(_text(environ.get("SCRIPT_NAME", "")) + template)
+            rp.track_in_progress()
+        except Exception as exc:
+            rp.state.faults.report("http", "flask_route", "reading the route failed", exc)
+
+    @staticmethod
+    def _rule_for_405() -> str | None:
+        err = request.routing_exception
+        if not isinstance(err, MethodNotAllowed) or not err.valid_methods:
+            return None
+        from flask.globals import request_ctx
+
+        adapter = request_ctx.url_adapter
+        if adapter is None:
+            return None
+        rule, _args = adapter.match(method=next(iter(err.valid_methods)), return_rule=True)
+        return str(rule.rule)
+
+    def after_request(self, response: Any) -> Any:
+        """Note whether the body is already complete (not streamed)."""
+        try:
+            if not response.is_streamed:
+                request.environ[_BUFFERED] = True
+            elif response.status_code >= 400 and isinstance(response.response, ClosingIterator):
+                # an HTTPException (abort(404), routing errors) turned into a response by
+                # running it as a WSGI app: a short body held in memory
+                response.make_sequence()
+                request.environ[_BUFFERED] = True
+        except Exception as exc:
+            get_observability().faults.report("http", "flask_body", "body check failed", exc)
+        return response
+
+    def on_exception(self, sender: Any, exception: BaseException, **extra: Any) -> None:
+        """``got_request_exception`` receiver: keep the exception for the span."""
+        environ = request.environ
+        if environ.get(_PASS) is not None:
+            environ[_EXC] = exception
+
+    def teardown(self, exc: BaseException | None) -> None:
+        """Run the user-id resolver (registered only when there is one)."""
+        environ = request.environ
+        rp = environ.get(_PASS)
+        if rp is None:
+            return
+        resolver = self.user_id_resolver
+        if resolver is not None:
+            try:
+                environ[_UID] = resolver(request)
+            except Exception as err:
+                rp.state.faults.report("http", "user_id_resolver", "user_id_resolver failed", err)
+
+
+def instrument(app: Flask, obs: Observability | None = None, *,
+               user_id_resolver: UserIdResolver | None = None) -> FlaskMiddleware:
+    """Wire a Flask app once: request metrics, spans, access log, request id, endpoints.
+
+    Args:
+        app: the Flask application.
+        obs: the instance used for set-up checks (default: the current one);
+            requests always use the instance current when they run, so a
+            later ``init_observability`` takes over without re-wiring.
+        user_id_resolver: ``callable(request) -> user id`` run at the end of
+            each request for the access log's ``user_id``; its faults are counted.
+
+    Returns:
+        The middleware (the same object on every call for the same app).
+    """
+    existing = app.extensions.get(EXTENSION_KEY)
+    if isinstance(existing, FlaskMiddleware):
+        if user_id_resolver is not None:
+            existing.user_id_resolver = user_id_resolver
+            _add_teardown(app, existing)
+        _setup(obs)
+        return existing
+    mw = FlaskMiddleware(app.wsgi_app, app, user_id_resolver)
+    app.wsgi_app = mw  # type: ignore[method-assign]
+    # the hook lists are changed directly: Flask refuses its decorators after the first
+    # request, and ours must run before the user's own hooks
+    app.before_request_funcs.setdefault(None, []).insert(0, mw.before_request)
+    app.after_request_funcs.setdefault(None, []).insert(0, mw.after_request)
+    got_request_exception.connect(mw.on_exception, app, weak=False)
+    if user_id_resolver is not None:
+        _add_teardown(app, mw)
+    app.extensions[EXTENSION_KEY] = mw
+    _setup(obs)
+    return mw
+
+
+def _add_teardown(app: Flask, mw: FlaskMiddleware) -> None:
+    funcs = app.teardown_request_funcs.setdefault(None, [])
+    if mw.teardown not in funcs:
+        funcs.append(mw.teardown)
+
+
+def _setup(obs: Observability | None) -> None:
+    instance = obs if obs is not None else get_observability()
+    http_state(instance)  # validates trusted_proxies & co. at set-up
+    warn_unprotected_metrics(instance, "flask")
+    if instance.config.metrics_port is not None:
+        from ._metrics_server import start_metrics_server
+
+        start_metrics_server(instance)

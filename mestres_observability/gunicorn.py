@@ -1,0 +1,135 @@
+"""gunicorn configuration for several workers: ``gunicorn -c python:mestres_observability.gunicorn app:app``.
+
+Importing this module (gunicorn does it in the master, before ``--preload``
+imports the application) makes sure prometheus_client's multiprocess mode is on
+and its directory is clean:
+
+* ``PROMETHEUS_MULTIPROC_DIR`` set: the directory is created (mode 0700) or
+  emptied safely (only the files this mode writes; symlinks never followed).
+* unset: a private directory is made with :func:`tempfile.mkdtemp` (mode 0700,
+  unpredictable name: never a shared ``/tmp`` path) and removed at exit.
+
+The hooks below do the rest. Use the module as is, or import the hooks into
+your own config file::
+
+    # gunicorn.conf.py
+    from mestres_observability.gunicorn import (  # noqa: F401
+        child_exit, on_exit, on_starting, post_fork, when_ready,
+    )
+    workers = 4
+    max_requests = 1000
+
+* :func:`on_starting` gives the directory to gunicorn's ``user``/``group`` when
+  the master runs as root;
+* :func:`child_exit` merges a dead worker's files into the archives so scrapes
+  stay fast however many workers are recycled (``max_requests``);
+* :func:`when_ready` starts the separate ``/metrics`` listener in the master
+  when ``MESTRES_OBS_METRICS_PORT`` is set (one port, every worker's totals);
+* :func:`post_fork` registers each worker so siblings can tell it is alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from . import multiprocess as _mp
+
+__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "prepare", "when_ready"]
+
+_log = logging.getLogger("mestres_observability")
+_temporary_dir: str | None = None
+_prepared_in: int | None = None
+
+
+def prepare() -> str:
+    """Set up the multiprocess directory once per master process; returns its path.
+
+    Runs when this module is imported. Raises
+    :class:`~mestres_observability.errors.ConfigurationError` for an unusable
+    directory (symlink, owned by another user and world-writable).
+    """
+    global _temporary_dir, _prepared_in
+    path = _mp.multiprocess_dir()
+    if _prepared_in == os.getpid() and path:
+        return path
+    if not path:
+        path = tempfile.mkdtemp(prefix="mestres-obs-metrics-")
+        _temporary_dir = path
+        os.environ[_mp.ENV_VAR] = path
+        atexit.register(_remove_temporary_dir)
+    else:
+        _mp.prepare_directory(path, wipe=True)
+    _prepared_in = os.getpid()
+    if not _mp.is_multiprocess():
+        # importing this package imported prometheus_client before the variable could be
+        # set; no metric value exists yet, so switch the value class now
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return path
+
+
+def _remove_temporary_dir() -> None:
+    global _temporary_dir
+    if _temporary_dir is not None and _prepared_in == os.getpid():
+        shutil.rmtree(_temporary_dir, ignore_errors=True)
+        _temporary_dir = None
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn hook (master, before workers): prepare the directory, hand it to ``user``."""
+    path = prepare()
+    uid = getattr(server.cfg, "uid", None)
+    gid = getattr(server.cfg, "gid", None)
+    if os.geteuid() == 0 and (uid, gid) != (os.geteuid(), os.getegid()):
+        _mp.prepare_directory(path, wipe=False, uid=uid, gid=gid)
+
+
+def when_ready(server: Any) -> None:
+    """gunicorn hook (master, listening): start the separate metrics port if configured.
+
+    With several workers a separate port belongs to the master: workers
+    inherit the running listener, so none of them tries to bind it again.
+    """
+    from .config import ObservabilityConfig
+
+    config = ObservabilityConfig.from_env()
+    if config.metrics_port is None:
+        return
+    from ._metrics_server import start_metrics_server
+    from .observability import Observability, _init_lock, _set_current, get_observability
+
+    with _init_lock:
+        current = get_observability()
+        if current.is_default:  # no preloaded app: serve with the environment's settings
+            current = Observability(config, install_globals=False)
+            _set_current(current)
+    address = start_metrics_server(current)
+    if address is not None:
+        server.log.info("mestres_observability: /metrics for all workers on %s:%s", *address)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """gunicorn hook (each new worker): leave the liveness marker siblings check."""
+    _mp.register_process()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook (master, a worker exited): merge and remove its metric files."""
+    try:
+        _mp.mark_process_dead(worker.pid)
+    except Exception:  # never take the master down over metrics
+        _log.exception("mestres_observability: cleaning up worker %s failed", worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """gunicorn hook (master, exiting): remove the directory if this module created it."""
+    _remove_temporary_dir()
+
+
+prepare()

@@ -1,0 +1,685 @@
+"""One framework-agnostic pass over an HTTP request.
+
+The Flask, Starlette/FastAPI and Django adapters only translate their
+framework's request and response into the calls below; everything else
+happens here, once per request:
+
+* the ``endpoint`` label is the route template (``/orders/{order_id}``), or
+  :data:`UNMATCHED` when no route matched, so random paths add one series;
+* methods outside the standard set become ``_OTHER``
+  (:func:`normalize_method`);
+* the status label is the code, or ``2xx``-style with ``group_status_codes``;
+* ``excluded_paths`` (exact or ``*`` patterns) are neither measured, traced
+  nor logged;
+* one SERVER span per request following the OpenTelemetry HTTP semantic
+  conventions, joined to the caller's trace through W3C ``traceparent``;
+  the OpenTelemetry API is not touched at all when tracing is off;
+* the request id (``X-Request-ID``) is kept when safe, else a new UUID4, and
+  bound into the structlog context for the request;
+* one ``http_request`` access-log line, level by status, with the query string
+  redacted and ``X-Forwarded-For`` honoured only from trusted proxies.
+
+:func:`serve_endpoint` / :func:`aserve_endpoint` answer the library's own
+endpoints (``/metrics`` with optional bearer/basic protection, the health
+probes) as a ``(status, headers, body)`` triple.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import logging
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .config import DEFAULT_REDACT_QUERY_PARAMS
+from .errors import ConfigurationError
+from .observability import get_observability
+
+if TYPE_CHECKING:
+    from .observability import Observability
+
+__all__ = [
+    "STANDARD_METHODS",
+    "UNMATCHED",
+    "EndpointResponse",
+    "HttpState",
+    "RequestPass",
+    "aserve_endpoint",
+    "check_metrics_auth",
+    "client_address",
+    "http_state",
+    "new_request_id",
+    "normalize_method",
+    "redact_query",
+    "safe_request_id",
+    "serve_endpoint",
+    "split_host",
+    "start_request",
+    "status_label",
+    "warn_unprotected_metrics",
+]
+
+#: ``endpoint`` label of requests that matched no route.
+UNMATCHED = "<unmatched>"
+#: Methods kept as they are; any other becomes ``_OTHER`` (semantic conventions).
+STANDARD_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# version 4 and RFC 4122 variant bits, as uuid.UUID(version=4) sets them
+_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+_REDACTED = "[REDACTED]"
+_log = logging.getLogger("mestres_observability")
+
+#: ``(status, headers, body)`` of a library endpoint.
+EndpointResponse = tuple[int, list[tuple[str, str]], bytes]
+UserIdResolver = Callable[[Any], Any]
+
+
+def normalize_method(method: str) -> str:
+    """``method`` when standard (case-sensitive, as the conventions say), else ``_OTHER``."""
+    return method if method in STANDARD_METHODS else "_OTHER"
+
+
+def status_label(code: int, grouped: bool = False) -> str:
+    """The ``status`` label: ``"404"``, or ``"4xx"`` when ``grouped``."""
+    return f"{code // 100}xx" if grouped else str(code)
+
+
+def safe_request_id(value: str | None) -> str:
+    """``value`` when it is a safe request id (<= 128 of ``[A-Za-z0-9._-]``), else a UUID4."""
+    if value and len(value) <= 128 and _SAFE_ID.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A random UUID4 in its canonical text form (as ``str(uuid.uuid4())``, faster)."""
+    h = f"{int.from_bytes(os.urandom(16), 'big') & _UUID4_MASK | _UUID4_BITS:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _parse_networks(
+    entries: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigurationError(
+                "trusted_proxies", entry, "each entry must be an IP address or a CIDR range"
+            ) from None
+    return tuple(nets)
+
+
+def _is_trusted(
+    address: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def client_address(
+    peer: str | None,
+    forwarded_for: str | None,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str | None:
+    """The client's address: ``peer``, or from ``X-Forwarded-For`` when ``peer`` is trusted.
+
+    The header is read right to left, skipping trusted proxies; the first
+    untrusted valid address is the client. Anything unparsable stops the walk,
+    so a client cannot smuggle an address past an untrusted hop.
+    """
+    if not trusted or not forwarded_for or peer is None or not _is_trusted(peer, trusted):
+        return peer
+    client = peer
+    for hop in reversed(forwarded_for[:2048].split(",")):
+        hop = hop.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return client
+        client = hop
+        if not _is_trusted(hop, trusted):
+            return hop
+    return client
+
+
+def redact_query(query: str, keys: frozenset[str]) -> str:
+    """``query`` with the values of sensitive parameters replaced by ``[REDACTED]``.
+
+    Parameter names are compared case-insensitively after percent-decoding;
+    the rest of the query is kept as sent.
+    """
+    if not query:
+        return query
+    out = []
+    for part in query.split("&"):
+        name, _sep, _value = part.partition("=")
+        try:
+            key = urllib.parse.unquote_plus(name).strip().lower()
+        except Exception:  # pragma: no cover - unquote_plus does not raise on str
+            key = name.lower()
+        if key.replace("-", "_") in keys:
+            out.append(f"{name}={_REDACTED}")
+        else:
+            out.append(part)
+    return "&".join(out)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """``("example.com", 8080)`` from a ``Host`` header value (IPv6 brackets removed)."""
+    value = value.strip()[:256]
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value, None
+        rest = value[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+        return value[1:end], int(port) if port.isdigit() and len(port) <= 5 else None
+    host, sep, port = value.rpartition(":")
+    if not sep or ":" in host:
+        return value, None
+    return host, int(port) if port.isdigit() and len(port) <= 5 else None
+
+
+def _compile_exclusions(patterns: tuple[str, ...]) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    exact = frozenset(p for p in patterns if "*" not in p)
+    wild = [p for p in patterns if "*" in p]
+    if not wild:
+        return exact, None
+    rx = "|".join(".*".join(re.escape(piece) for piece in p.split("*")) for p in wild)
+    return exact, re.compile(f"(?:{rx})")
+
+
+class HttpState:
+    """Everything the request pass derives from one :class:`Observability`, built once.
+
+    Adapters get it with :func:`http_state` at request time, so a re-init of
+    the library takes over without re-wiring the app.
+    """
+
+    def __init__(self, obs: Observability) -> None:
+        cfg = obs.config
+        self.obs = obs
+        self.config = cfg
+        self.faults = obs.faults
+        self.enabled = cfg.enabled
+        self.metrics = obs.metrics
+        self.requests_total = obs.metrics.http_requests_total
+        self.duration = obs.metrics.http_request_duration_seconds
+        self.in_progress = obs.metrics.http_requests_in_progress
+        self.tracing = bool(cfg.enabled and obs.tracing.enabled)
+        self.tracer = obs.tracer if self.tracing else None
+        self.access_log = bool(cfg.enabled and cfg.access_log)
+        self.grouped = cfg.group_status_codes
+        self.excluded_exact, self.excluded_rx = _compile_exclusions(cfg.effective_excluded_paths)
+        self.trusted = _parse_networks(cfg.trusted_proxies)
+        self.redact_keys = frozenset(
+            k.lower().replace("-", "_") for k in (*DEFAULT_REDACT_QUERY_PARAMS, *cfg.redact_keys)
+        )
+        self.request_id_header = cfg.request_id_header
+        self.request_id_lower = cfg.request_id_header.lower()
+        self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
+        self.request_id_bytes = self.request_id_lower.encode("latin-1")
+        endpoints: dict[str, str] = {}
+        if cfg.metrics_path and cfg.metrics_port is None:
+            endpoints[cfg.metrics_path] = "metrics"
+        for path, kind in (
+            (cfg.health_path, "basic"),
+            (cfg.health_liveness_path, "liveness"),
+            (cfg.health_readiness_path, "readiness"),
+            (cfg.health_detailed_path, "detailed"),
+        ):
+            if path and path not in endpoints:
+                endpoints[path] = kind
+        self.endpoints = endpoints
+        self.logger: Any = None
+        if self.access_log:
+            from .logs import get_logger
+
+            self.logger = get_logger("mestres_observability.access")
+        self._status_labels: dict[int, str] = {}
+
+    def excluded(self, path: str) -> bool:
+        """True when ``path`` is in ``excluded_paths`` (exact or ``*`` pattern)."""
+        if path in self.excluded_exact:
+            return True
+        rx = self.excluded_rx
+        return rx is not None and rx.fullmatch(path) is not None
+
+    def status(self, code: int) -> str:
+        """Cached :func:`status_label` for this configuration."""
+        label = self._status_labels.get(code)
+        if label is None:
+            label = status_label(code, self.grouped)
+            if len(self._status_labels) < 1024:
+                self._status_labels[code] = label
+        return label
+
+
+_cached: tuple[Any, HttpState] | None = None
+
+
+def http_state(obs: Observability | None = None) -> HttpState:
+    """The :class:`HttpState` of ``obs`` (default: the current instance), cached.
+
+    Raises:
+        ConfigurationError: a setting the HTTP pass needs is unusable
+            (e.g. ``trusted_proxies``).
+    """
+    global _cached
+    if obs is None:
+        obs = get_observability()
+    cached = _cached
+    if cached is not None and cached[0] is obs:
+        return cached[1]
+    state = HttpState(obs)
+    _cached = (obs, state)
+    return state
+
+
+def _format_trace_id(value: int) -> str:
+    return f"{value:032x}"
+
+
+def _format_span_id(value: int) -> str:
+    return f"{value:016x}"
+
+
+class RequestPass:
+    """The state of one measured request, from :func:`start_request` to :meth:`finish`.
+
+    Adapters call :meth:`set_route` when the route template is known,
+    :meth:`track_in_progress` once it is, :meth:`activate` /
+    :meth:`deactivate` around the application (binds the request id, makes
+    the span current) and :meth:`finish` exactly when the last body byte is
+    sent (further calls do nothing).
+    """
+
+    __slots__ = (
+        "_ctx_token", "_external_span", "_finished", "_in_progress", "_log_tokens",
+        "_route_at_start", "_span", "client",
+        "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
+        "route", "start", "state", "user_agent",
+    )
+
+    def __init__(self, state: HttpState, method: str, path: str, query: str,
+                 request_id: str, route: str | None) -> None:
+        self.state = state
+        self.method = normalize_method(method)
+        self.method_original = method
+        self.path = path
+        self.query = query
+        self.request_id = request_id
+        self.route = route
+        self.user_agent: str | None = None
+        self.peer: str | None = None
+        self.forwarded_for: str | None = None
+        self.client: str | None = None
+        self._span: Any = None
+        self._external_span: Any = None
+        self._route_at_start = route is not None
+        self._ctx_token: Any = None
+        self._log_tokens: Any = None
+        self._in_progress: tuple[str, str] | None = None
+        self._finished = False
+        self.start = time.perf_counter()
+
+    # ------------------------------------------------------------------ during
+    @property
+    def span(self) -> Any:
+        """The SERVER span (``None`` when tracing is off)."""
+        return self._span
+
+    def set_route(self, template: str | None) -> None:
+        """Record the route template (``None``: nothing matched)."""
+        self.route = template
+
+    def track_in_progress(self) -> None:
+        """Count this request in ``http_requests_in_progress`` (once; undone by :meth:`finish`)."""
+        if self._in_progress is not None or self._finished:
+            return
+        key = (self.method, self.route or UNMATCHED)
+        try:
+            self.state.in_progress.inc(key)
+            self._in_progress = key
+        except Exception as exc:
+            self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
+
+    def activate(self) -> None:
+        """Bind the request id into the log context and make the span current."""
+        try:
+            self._log_tokens = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+            if self._span is not None:
+                self._ctx_token = otel_context.attach(
+                    otel_trace.set_span_in_context(self._span))
+        except Exception as exc:
+            self.state.faults.report("http", "activate", "binding request context failed", exc)
+
+    def deactivate(self) -> None:
+        """Undo :meth:`activate` (call in ``finally``, in the same thread or task)."""
+        try:
+            if self._ctx_token is not None:
+                token, self._ctx_token = self._ctx_token, None
+                otel_context.detach(token)
+            if self._log_tokens is not None:
+                tokens, self._log_tokens = self._log_tokens, None
+                structlog.contextvars.reset_contextvars(**tokens)
+        except Exception as exc:
+            self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
+
+    # ------------------------------------------------------------------ end
+    def finish(self, status: int, exc: BaseException | None = None,
+               user_id: Any = None) -> None:
+        """Record the request: metrics, span end, access log. Runs once; never raises."""
+        if self._finished:
+            return
+        self._finished = True
+        state = self.state
+        duration = time.perf_counter() - self.start
+        endpoint = self.route or UNMATCHED
+        try:
+            label = state.status(status)
+            key = (self.method, endpoint, label)
+            span = self._span
+            token = None
+            if span is not None and self._ctx_token is None and state.metrics.exemplar_provider:
+                token = otel_context.attach(otel_trace.set_span_in_context(span))
+            try:
+                state.requests_total.inc(key)
+                state.duration.observe(key, duration)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+        except Exception as err:
+            state.faults.report("http", "metrics", "recording request metrics failed", err)
+        if self._in_progress is not None:
+            try:
+                state.in_progress.dec(self._in_progress)
+            except Exception as err:
+                state.faults.report("http", "in_progress", "in-progress gauge failed", err)
+            self._in_progress = None
+        if self._span is not None:
+            self._end_span(status, exc)
+        if state.access_log:
+            self._access_log(status, duration, endpoint, user_id)
+
+    def _end_span(self, status: int, exc: BaseException | None) -> None:
+        try:
+            span = self._span
+            attributes: dict[str, Any] = {"http.response.status_code": status}
+            if self.route and not self._route_at_start:
+                span.update_name(f"{self.method if self.method != '_OTHER' else 'HTTP'} "
+                                 f"{self.route}")
+                attributes["http.route"] = self.route
+            if exc is not None:
+                span.record_exception(exc)
+                attributes["error.type"] = type(exc).__qualname__
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            elif status >= 500:
+                attributes["error.type"] = str(status)
+                span.set_status(Status(StatusCode.ERROR))
+            span.set_attributes(attributes)
+            span.end()
+        except Exception as err:
+            self.state.faults.report("http", "span", "ending the server span failed", err)
+
+    def _access_log(self, status: int, duration: float, endpoint: str, user_id: Any) -> None:
+        state = self.state
+        try:
+            url = self.path
+            if self.query:
+                url = f"{url}?{redact_query(self.query, state.redact_keys)}"
+            if user_id is None:
+                user_id = structlog.contextvars.get_contextvars().get("user_id")
+            fields: dict[str, Any] = {
+                "request_id": self.request_id,
+                "method": self.method,
+                "url": url,
+                "endpoint": endpoint,
+                "status_code": status,
+                "duration_seconds": round(duration, 6),
+                "user_agent": self.user_agent,
+                "ip_address": client_address(self.peer, self.forwarded_for, state.trusted),
+                "user_id": user_id,
+            }
+            span = self._span if self._span is not None else self._external_span
+            if span is not None:
+                sc = span.get_span_context()
+                if sc.is_valid:
+                    fields["trace_id"] = _format_trace_id(sc.trace_id)
+                    fields["span_id"] = _format_span_id(sc.span_id)
+            logger = state.logger
+            if status >= 500:
+                logger.error("http_request", **fields)
+            elif status >= 400:
+                logger.warning("http_request", **fields)
+            else:
+                logger.info("http_request", **fields)
+        except Exception as err:
+            state.faults.report("http", "access_log", "writing the access log failed", err)
+
+
+def start_request(
+    state: HttpState,
+    method: str,
+    path: str,
+    *,
+    query: str = "",
+    route: str | None = None,
+    request_id: str | None = None,
+    user_agent: str | None = None,
+    peer: str | None = None,
+    forwarded_for: str | None = None,
+    scheme: str = "http",
+    server_address: str | None = None,
+    trace_headers: Mapping[str, str] | None = None,
+    server_span: Any = None,
+) -> RequestPass | None:
+    """Begin measuring one request; ``None`` when disabled or the path is excluded.
+
+    Args:
+        state: from :func:`http_state`.
+        method: the request method as sent.
+        path: the URL path (without query string).
+        query: the raw query string (redacted before logging).
+        route: the route template when already known (Starlette).
+        request_id: the incoming request id header value, if any.
+        user_agent: the ``User-Agent`` header.
+        peer: the address of the connected peer.
+        forwarded_for: the ``X-Forwarded-For`` header (trusted proxies only).
+        scheme: ``http`` or ``https``.
+        server_address: the ``Host`` header (port included or not).
+        trace_headers: ``traceparent``/``tracestate``/``baggage`` keyed in
+            lower case; read only when tracing is on.
+        server_span: a SERVER span the framework already started for this
+            request (FastAPI's native telemetry); it is used for log
+            correlation instead of starting a second one.
+    """
+    if not state.enabled or state.excluded(path):
+        return None
+    try:
+        rp = RequestPass(state, method, path, query, safe_request_id(request_id), route)
+        rp.user_agent = user_agent
+        rp.peer = peer
+        rp.forwarded_for = forwarded_for
+        if server_span is not None:
+            rp._external_span = server_span
+        elif state.tracing:
+            _start_span(rp, state, scheme, server_address, trace_headers)
+        return rp
+    except Exception as exc:
+        state.faults.report("http", "start", "starting the request pass failed", exc)
+        return None
+
+
+def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: str | None,
+                trace_headers: Mapping[str, str] | None) -> None:
+    ctx = propagate.extract(trace_headers) if trace_headers else None
+    attributes: dict[str, Any] = {
+        "http.request.method": rp.method,
+        "url.path": rp.path,
+        "url.scheme": scheme,
+    }
+    if rp.method == "_OTHER":
+        attributes["http.request.method_original"] = rp.method_original[:64]
+    if server_address:
+        host, port = split_host(server_address)
+        attributes["server.address"] = host
+        if port is not None:
+            attributes["server.port"] = port
+    if rp.user_agent:
+        attributes["user_agent.original"] = rp.user_agent[:512]
+    client = client_address(rp.peer, rp.forwarded_for, state.trusted)
+    if client:
+        attributes["client.address"] = client
+    name = rp.method if rp.method != "_OTHER" else "HTTP"
+    if rp.route:
+        attributes["http.route"] = rp.route
+        name = f"{name} {rp.route}"
+    assert state.tracer is not None
+    rp._span = state.tracer.start_span(
+        name, context=ctx, kind=SpanKind.SERVER, attributes=attributes
+    )
+
+
+# ---------------------------------------------------------------------- library endpoints
+_ALLOW = [("Allow", "GET, HEAD")]
+_NO_STORE = ("Cache-Control", "no-store")
+
+
+def check_metrics_auth(config: Any, authorization: str | None) -> bool:
+    """True when ``metrics_auth`` is unset or ``authorization`` satisfies it (constant time)."""
+    creds = config.metrics_credentials
+    if creds is None:
+        return True
+    if not authorization:
+        return False
+    scheme, _, value = authorization.strip().partition(" ")
+    kind, secret = creds
+    value = value.strip()
+    if kind == "bearer":
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.encode("utf-8", "replace"), secret.encode("utf-8"))
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+    return hmac.compare_digest(given, secret.encode("utf-8"))
+
+
+def _unauthorized(config: Any) -> EndpointResponse:
+    creds = config.metrics_credentials
+    scheme = "Bearer" if creds is not None and creds[0] == "bearer" else "Basic"
+    return (401, [("WWW-Authenticate", f'{scheme} realm="metrics"'),
+                  ("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
+            b"unauthorized\n")
+
+
+def _method_not_allowed() -> EndpointResponse:
+    return (405, [*_ALLOW, ("Content-Type", "text/plain; charset=utf-8")],
+            b"method not allowed\n")
+
+
+def _metrics(obs: Observability, method: str, accept: str | None,
+             accept_encoding: str | None, authorization: str | None) -> EndpointResponse:
+    if method not in ("GET", "HEAD"):
+        return _method_not_allowed()
+    if not check_metrics_auth(obs.config, authorization):
+        return _unauthorized(obs.config)
+    r = obs.render_metrics(accept, accept_encoding)
+    return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
+
+
+def _health_fault(obs: Observability, exc: BaseException) -> EndpointResponse:
+    obs.faults.report("http", "health_endpoint", "health endpoint failed", exc)
+    return (503, [("Content-Type", "application/health+json"), _NO_STORE],
+            b'{"status": "fail"}')
+
+
+def serve_endpoint(obs: Observability, kind: str, method: str, *, accept: str | None = None,
+                   accept_encoding: str | None = None,
+                   authorization: str | None = None) -> EndpointResponse:
+    """Answer a library endpoint: ``metrics``, ``basic``, ``liveness``, ``readiness``, ``detailed``.
+
+    ``GET`` and ``HEAD`` only (405 otherwise). Never raises: a fault gives a
+    generic 500/503 body and is counted.
+    """
+    try:
+        if kind == "metrics":
+            return _metrics(obs, method, accept, accept_encoding, authorization)
+        if method not in ("GET", "HEAD"):
+            return _method_not_allowed()
+        r = obs.health.probe(kind, accept=accept, authorization=authorization)
+        return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
+    except Exception as exc:
+        if kind == "metrics":
+            obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
+            return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
+                    b"metrics collection failed\n")
+        return _health_fault(obs, exc)
+
+
+async def aserve_endpoint(obs: Observability, kind: str, method: str, *,
+                          accept: str | None = None, accept_encoding: str | None = None,
+                          authorization: str | None = None) -> EndpointResponse:
+    """Async :func:`serve_endpoint`: health through ``aprobe``, metrics in a worker thread."""
+    try:
+        if kind == "metrics":
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None, lambda: _metrics(obs, method, accept, accept_encoding, authorization)
+            )
+        if method not in ("GET", "HEAD"):
+            return _method_not_allowed()
+        r = await obs.health.aprobe(kind, accept=accept, authorization=authorization)
+        return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
+    except Exception as exc:
+        if kind == "metrics":
+            obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
+            return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
+                    b"metrics collection failed\n")
+        return _health_fault(obs, exc)
+
+
+_warned: set[str] = set()
+
+
+def warn_unprotected_metrics(obs: Observability, where: str) -> None:
+    """Log once per process when ``/metrics`` is served on the app without protection."""
+    cfg = obs.config
+    if not cfg.metrics_path or cfg.metrics_port is not None or cfg.metrics_auth:
+        return
+    if where in _warned:
+        return
+    _warned.add(where)
+    _log.warning(
+        "%s serves %s without protection: anyone who reaches the app can read it. Set "
+        "metrics_auth (MESTRES_OBS_METRICS_AUTH=bearer:<token>), serve it on a separate port "
+        "(metrics_port) or block the path at the ingress.",
+        where, cfg.metrics_path,
+    )

@@ -1,0 +1,482 @@
+"""Structured logs: structlog and the standard library through one JSON renderer.
+
+:func:`configure_logging` (called by :func:`~mestres_observability.init_observability`
+unless ``configure_logging=False``) sets up structlog on top of the standard
+library's ``logging``, with one handler on the root logger that writes one JSON
+object per line to standard output. Third-party and framework logs
+(``logging.getLogger(...)``) pass through the same processors and renderer.
+
+Every line carries ``timestamp`` (ISO 8601 UTC, ``Z``), ``level``, ``event``,
+``logger`` and ``service``; ``request_id`` and ``user_id`` when bound in the
+request context (:func:`request_context`, :func:`bind_context`,
+:func:`set_user_id`); ``trace_id`` (32 hex) and ``span_id`` (16 hex) whenever a
+span is current. Secrets are redacted before rendering (see
+:mod:`mestres_observability._redact`), long values are truncated with a marker,
+and the JSON is ASCII-only, so no input (newline, NUL, U+2028 ...) can split or
+forge a line. A field whose ``str`` raises is rendered as a marker: logging
+never raises into the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry import trace as _otel_trace
+
+from ._fault import FaultReporter
+from ._redact import Redactor
+from .config import DEFAULT_REDACT_KEYS, ObservabilityConfig
+
+__all__ = [
+    "RESERVED_KEYS",
+    "USER_FIELDS_KEY",
+    "bind_context",
+    "clear_context",
+    "configure_logging",
+    "get_logger",
+    "log_event",
+    "request_context",
+    "set_user_id",
+]
+
+#: Keys the library owns on every line; :func:`log_event` moves colliding user
+#: fields under :data:`USER_FIELDS_KEY` instead of overwriting them.
+RESERVED_KEYS = frozenset({
+    "timestamp", "level", "event", "logger", "service", "trace_id", "span_id",
+    "request_id", "exception", "fields",
+})
+#: Where :func:`log_event` puts user fields whose names are reserved.
+USER_FIELDS_KEY = "fields"
+EVENTS_LOGGER = "mestres_observability.events"
+_HEAD = ("timestamp", "level", "event", "logger", "service")
+
+EventDict = MutableMapping[str, Any]
+
+
+class _State:
+    """Settings read by the processors at run time (swapped on re-init)."""
+
+    def __init__(self) -> None:
+        self.service = "unknown_service"
+        self.redactor = Redactor(DEFAULT_REDACT_KEYS)
+        self.faults: FaultReporter | None = None
+        self.levels_set: list[str] = []
+        self.captures: list[list[dict[str, Any]]] = []
+
+
+_state = _State()
+_lock = threading.Lock()
+
+
+def _report(kind: str, message: str, exc: BaseException | None = None) -> None:
+    faults = _state.faults
+    if faults is not None:
+        faults.report("logging", kind, message, exc)
+
+
+# ---------------------------------------------------------------------- processors
+def add_trace_ids(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Add ``trace_id``/``span_id`` of the current span (unless the caller set them)."""
+    if "trace_id" not in event_dict:
+        try:
+            ctx = _otel_trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                event_dict["trace_id"] = format(ctx.trace_id, "032x")
+                event_dict["span_id"] = format(ctx.span_id, "016x")
+        except Exception as exc:  # pragma: no cover - defensive
+            _report("trace_ids", "reading the current span failed", exc)
+    return event_dict
+
+
+def add_logger_name(logger: Any, _: str, event_dict: EventDict) -> EventDict:
+    """Add ``logger`` from the stdlib logger or the log record."""
+    if "logger" not in event_dict:
+        record = event_dict.get("_record")
+        name = record.name if record is not None else getattr(logger, "name", None)
+        if name:
+            event_dict["logger"] = name
+    return event_dict
+
+
+def add_service(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Set ``service`` to the configured service name (overrides any field)."""
+    event_dict["service"] = _state.service
+    return event_dict
+
+
+def add_timestamp(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Set ``timestamp``: ISO 8601, UTC, millisecond precision, ``Z`` suffix."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    event_dict["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return event_dict
+
+
+def structure_exception(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Render ``exc_info`` as ``exception: {type, message, stacktrace}``."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    try:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if not isinstance(exc_info, tuple) or exc_info[0] is None:
+            return event_dict
+        import traceback
+
+        etype, value, tb = exc_info
+        try:
+            message = str(value)
+        except Exception:
+            message = "<unprintable exception>"
+        event_dict["exception"] = {
+            "type": getattr(etype, "__qualname__", str(etype)),
+            "message": message,
+            "stacktrace": "".join(traceback.format_exception(etype, value, tb)),
+        }
+    except Exception as exc:
+        event_dict["exception"] = {"type": "unknown", "message": "<exception not renderable>"}
+        _report("exception_render", "rendering an exception failed", exc)
+    return event_dict
+
+
+def redact_and_clean(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Redact secrets, truncate long values and make every value JSON-safe.
+
+    Runs in the caller's thread, before the event reaches any ``logging``
+    handler, so other handlers (yours, pytest's) only ever see cleaned values.
+    """
+    record = event_dict.pop("_record", None)
+    from_structlog = event_dict.pop("_from_structlog", None)
+    cleaned = _state.redactor.clean_event(event_dict)
+    if record is not None:
+        cleaned["_record"] = record
+        cleaned["_from_structlog"] = from_structlog
+    return cleaned
+
+
+def clean_foreign(logger: Any, name: str, event_dict: EventDict) -> EventDict:
+    """Formatter step: structure and clean records that came from the stdlib ``logging``."""
+    if event_dict.get("_from_structlog"):
+        return event_dict
+    return redact_and_clean(logger, name, structure_exception(logger, name, event_dict))
+
+
+def finalize(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Put the core keys first and feed test captures."""
+    head = {k: event_dict[k] for k in _HEAD if k in event_dict}
+    for k, v in event_dict.items():
+        if k not in head:
+            head[k] = v
+    if _state.captures:
+        for sink in _state.captures:
+            sink.append(dict(head))
+    return head
+
+
+def render_json(_: Any, __: str, event_dict: EventDict) -> str:
+    """One JSON object, ASCII only (no raw newline, NUL or U+2028), strict (no NaN)."""
+    try:
+        return json.dumps(event_dict, ensure_ascii=True, allow_nan=False, default=_default,
+                          separators=(",", ":"))
+    except Exception as exc:
+        _report("render", "rendering a log line failed", exc)
+        fallback = {
+            "timestamp": event_dict.get("timestamp"), "level": str(event_dict.get("level")),
+            "event": "log_render_failed", "service": _state.service,
+            "original_event": str(event_dict.get("event"))[:200],
+        }
+        return json.dumps(fallback, ensure_ascii=True, default=str)
+
+
+def _default(value: Any) -> Any:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__qualname__}>"
+
+
+class _SafeConsoleRenderer:
+    """structlog's ConsoleRenderer, falling back to JSON when it fails."""
+
+    def __init__(self) -> None:
+        self._inner = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, name: str, event_dict: EventDict) -> str:
+        try:
+            text = self._inner(logger, name, dict(event_dict))
+            return str(text).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        except Exception:
+            return render_json(logger, name, event_dict)
+
+
+def _context_chain() -> list[Any]:
+    """Processors that need the caller's context (contextvars, current span)."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        add_trace_ids,
+    ]
+
+
+def _structlog_chain() -> list[Any]:
+    """What runs in the caller's thread for structlog loggers (cleaned before any handler)."""
+    return [*_context_chain(), structure_exception, redact_and_clean]
+
+
+def _post_chain() -> list[Any]:
+    """Processors that run just before rendering."""
+    return [add_timestamp, add_service, finalize]
+
+
+# ---------------------------------------------------------------------- handler
+class _StdoutHandler(logging.Handler):
+    """Writes formatted records to the *current* ``sys.stdout``, one per line.
+
+    Output failures (closed pipe, full disk) are counted and never raised.
+    """
+
+    mestres_handler = True
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self._stream = stream
+        self._failed_once = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            stream = self._stream if self._stream is not None else sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        except RecursionError:  # pragma: no cover
+            raise
+        except Exception as exc:
+            self.handleError(record, exc)
+
+    def handleError(self, record: logging.LogRecord, exc: BaseException | None = None) -> None:
+        if not self._failed_once:
+            self._failed_once = True
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"mestres_observability: writing a log line failed: {exc!r}\n")
+        _report("output", "writing a log line failed", exc)
+
+
+def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
+                      *, stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard library's ``logging`` from ``config``.
+
+    Safe to call again (re-init): the previous handler is replaced, never
+    stacked, and per-logger levels set earlier are reset.
+
+    Args:
+        config: ``log_level``, ``log_levels``, ``log_format``, ``redact_keys``,
+            ``redact_card_numbers``, ``log_max_value_length`` and ``service_name`` apply.
+        faults: where logging faults are counted.
+        stream: write here instead of the current ``sys.stdout`` (tests).
+    """
+    with _lock:
+        _state.service = config.service_name
+        _state.redactor = Redactor(
+            config.redact_keys, card_numbers=config.redact_card_numbers,
+            max_length=config.log_max_value_length,
+        )
+        _state.faults = faults
+        fmt = config.log_format
+        if fmt == "auto":
+            try:
+                out = stream if stream is not None else sys.stdout
+                fmt = "console" if out.isatty() else "json"
+            except Exception:
+                fmt = "json"
+        renderer: Any = _SafeConsoleRenderer() if fmt == "console" else render_json
+        formatter = structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_context_chain(), structlog.stdlib.ExtraAdder()],
+            processors=[
+                clean_foreign,
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *_post_chain(),
+                renderer,
+            ],
+        )
+        handler = _StdoutHandler(stream)
+        handler.setFormatter(formatter)
+        root = logging.getLogger()
+        for old in list(root.handlers):
+            if getattr(old, "mestres_handler", False):
+                root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(config.log_level)
+        for name in _state.levels_set:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        _state.levels_set = []
+        for name, level in config.log_levels.items():
+            logging.getLogger(name).setLevel(level.upper())
+            _state.levels_set.append(name)
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,
+                *_structlog_chain(),
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+
+
+# ---------------------------------------------------------------------- public API
+def get_logger(name: str | None = None, /, **initial: Any) -> Any:
+    """A structlog logger named ``name`` (the stdlib logger name), with ``initial`` fields bound.
+
+    Example:
+        >>> log = get_logger("shop.checkout")
+        >>> log.info("cart_loaded", items=3)  # doctest: +SKIP
+    """
+    if name is None:
+        return structlog.get_logger(**initial)
+    return structlog.get_logger(name, **initial)
+
+
+_events_logger: Any = None
+
+
+def log_event(event: str, /, **fields: Any) -> None:
+    """Log a business event (``order_created``, ``payment_processed`` ...) at INFO.
+
+    Fields whose names are reserved (:data:`RESERVED_KEYS`: ``level``,
+    ``timestamp``, ``event``, ``trace_id`` ...) cannot overwrite the library's
+    own: they are moved under the ``fields`` key. Emitted inside a span, the
+    line carries that span's ``trace_id``. Never raises.
+    """
+    global _events_logger
+    try:
+        clash = [k for k in fields if k in RESERVED_KEYS]
+        if clash:
+            moved = {k: fields.pop(k) for k in clash}
+            fields[USER_FIELDS_KEY] = moved
+        logger = _events_logger
+        if logger is None:
+            logger = _events_logger = structlog.get_logger(EVENTS_LOGGER)
+        logger.info(str(event), **fields)
+    except Exception as exc:
+        _report("log_event", "logging a business event failed", exc)
+
+
+def bind_context(**fields: Any) -> None:
+    """Bind fields (``user_id``, ``tenant`` ...) for the rest of the current request or task.
+
+    Every line logged afterwards in this context carries them. The HTTP
+    adapters clear the context when the request ends; outside a request, use
+    :func:`request_context` or :func:`clear_context`.
+    """
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def set_user_id(user_id: Any) -> None:
+    """Bind ``user_id`` for the rest of the current request (see :func:`bind_context`)."""
+    structlog.contextvars.bind_contextvars(user_id=user_id)
+
+
+def clear_context() -> None:
+    """Remove every field bound with :func:`bind_context` in the current context."""
+    structlog.contextvars.clear_contextvars()
+
+
+@contextlib.contextmanager
+def request_context(**fields: Any) -> Iterator[None]:
+    """Bind ``fields`` (e.g. ``request_id=...``) for the block, then restore the previous context.
+
+    Fields bound inside the block with :func:`bind_context` or
+    :func:`set_user_id` are removed too, on success and on error, so nothing
+    leaks into the next request served by the same thread or task. Contextvars
+    follow the usual rules: a task or thread started inside the block gets a
+    copy of the context at that moment.
+
+    Example:
+        >>> with request_context(request_id="r-1"):
+        ...     set_user_id(42)
+    """
+    before = structlog.contextvars.get_contextvars()
+    tokens = structlog.contextvars.bind_contextvars(**fields)
+    try:
+        yield
+    finally:
+        try:
+            structlog.contextvars.reset_contextvars(**tokens)
+            now = structlog.contextvars.get_contextvars()
+            extra = [k for k in now if k not in before]
+            if extra:
+                structlog.contextvars.unbind_contextvars(*extra)
+            changed = {k: v for k, v in before.items() if now.get(k, _MISSING) is not v}
+            if changed:
+                structlog.contextvars.bind_contextvars(**changed)
+        except Exception as exc:  # pragma: no cover - defensive
+            _report("context", "restoring the log context failed", exc)
+
+
+_MISSING = object()
+
+
+def _chain_live() -> bool:
+    """True when structlog and the root logger currently use this module's chain."""
+    try:
+        processors = structlog.get_config()["processors"]
+    except Exception:  # pragma: no cover
+        return False
+    return redact_and_clean in processors and any(
+        getattr(h, "mestres_handler", False) for h in logging.getLogger().handlers
+    )
+
+
+@contextlib.contextmanager
+def _capture(config: ObservabilityConfig | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Capture processed event dicts (see :func:`mestres_observability.testing.capture_logs`)."""
+    sink: list[dict[str, Any]] = []
+    previous = (_state.service, _state.redactor)
+    if _chain_live():
+        # our chain is live: just add a sink (lines are still written)
+        _state.captures.append(sink)
+        try:
+            yield sink
+        finally:
+            _state.captures.remove(sink)
+        return
+    old_config = structlog.get_config()
+    if config is not None:
+        _state.service = config.service_name
+        _state.redactor = Redactor(config.redact_keys, card_numbers=config.redact_card_numbers,
+                                   max_length=config.log_max_value_length)
+
+    def drop(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[*_structlog_chain(), *_post_chain(), drop],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )
+    global _events_logger
+    saved_events, _events_logger = _events_logger, None
+    _state.captures.append(sink)
+    try:
+        yield sink
+    finally:
+        _state.captures.remove(sink)
+        _events_logger = saved_events
+        _state.service, _state.redactor = previous
+        structlog.configure(**old_config)

@@ -1,0 +1,910 @@
+"""OpenTelemetry traces: provider set-up, bounded export, spans API, exemplars.
+
+:func:`setup_tracing` runs inside :func:`~mestres_observability.init_observability`.
+
+* **One provider per process.** OpenTelemetry allows one global
+  ``TracerProvider``. The first init installs a library-owned SDK provider
+  (``shutdown_on_exit=False``) with one *delegating* span processor; every later
+  init only repoints that processor at its own exporter pipeline (the SDK
+  cannot remove a processor). The resource and the sampler are therefore fixed
+  by the first init in a process. If you installed an SDK provider yourself,
+  the delegating processor is added to yours instead
+  (``respect_global_tracer_provider``).
+* **Bounded.** Spans go through a ``BatchSpanProcessor`` with a bounded queue
+  (``span_queue_size``); the exporter times out after ``otlp_timeout`` (2 s by
+  default); :meth:`TracingHandle.shutdown` runs on a daemon thread joined for at
+  most its bound, and the library's own ``atexit`` hook uses the same bound, so a
+  hung collector can never hang the process on exit.
+* **Counted.** Spans lost to a full queue, a failed export or a shutdown
+  deadline are counted in ``mestres_observability_spans_dropped_total``.
+
+The spans API (:func:`span`, :func:`traced`) looks up the current instance at
+call time, so decoration at import time is safe.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import importlib
+import inspect
+import json
+import logging
+import math
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from ._fault import FaultReporter
+from .config import ObservabilityConfig
+from .errors import ConfigurationError, MissingExtraError
+from .metrics import LibraryMetrics
+from .observability import get_observability
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import Sampler
+
+__all__ = ["TracingHandle", "setup_tracing", "span", "traced"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_log = logging.getLogger("mestres_observability.tracing")
+
+TRACER_NAME = "mestres_observability"
+#: Longest string attribute value kept on a span (longer values are cut).
+MAX_ATTRIBUTE_LENGTH = 1024
+_MAX_ATTRIBUTES = 64
+#: ``service.instance.id``: one per process, stable across re-inits.
+INSTANCE_ID = str(uuid.uuid4())
+
+_NOOP_TRACER: trace.Tracer = trace.NoOpTracer()
+
+
+# ---------------------------------------------------------------------- attributes
+def _attr_value(value: Any) -> Any:
+    """An OpenTelemetry-compatible attribute value, or ``None`` to skip it."""
+    t = type(value)
+    if t is str:
+        return value if len(value) <= MAX_ATTRIBUTE_LENGTH else value[:MAX_ATTRIBUTE_LENGTH]
+    if t is bool or t is float:
+        return value
+    if t is int:
+        return value if -(2**63) <= value < 2**63 else str(value)[:MAX_ATTRIBUTE_LENGTH]
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        f = float(value)
+        return f if math.isfinite(f) else str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _attr_value(int(value))
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        items = [_attr_value(v) for v in value[:128]]
+        kinds = {type(i) for i in items}
+        if len(kinds) == 1 and None not in items:
+            return tuple(items)
+        return tuple(str(i) for i in items if i is not None)
+    text = str(value)
+    return text[:MAX_ATTRIBUTE_LENGTH]
+
+
+def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Sanitise span attributes: ``Decimal`` as float, strings capped, others as text.
+
+    Never raises; a value whose ``str`` fails is skipped.
+    """
+    out: dict[str, Any] = {}
+    for i, (key, value) in enumerate(attributes.items()):
+        if i >= _MAX_ATTRIBUTES:
+            break
+        try:
+            v = _attr_value(value)
+        except Exception:
+            continue
+        if v is not None:
+            out[str(key)[:256]] = v
+    return out
+
+
+# ---------------------------------------------------------------------- processors
+class _Pipeline:
+    """One instance's exporter behind a BatchSpanProcessor, with drop counting."""
+
+    def __init__(self, exporter: SpanExporter, config: ObservabilityConfig,
+                 metrics: LibraryMetrics, faults: FaultReporter) -> None:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self.metrics = metrics
+        self.faults = faults
+        self.exporter = _CountingExporter(exporter, self)
+        queue = config.span_queue_size
+        self.bsp = BatchSpanProcessor(
+            cast("SpanExporter", self.exporter), max_queue_size=queue, max_export_batch_size=min(512, queue),
+            export_timeout_millis=config.otlp_timeout * 1000,
+        )
+        self._queue: Any = getattr(getattr(self.bsp, "_batch_processor", None), "_queue", None)
+        self.queue_size = queue
+        self.closed = False
+        self.ended = 0
+        self.handed_total = 0
+        self.queue_dropped = 0
+        self._pending_full = 0
+        self.exported = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._shutdown_thread: threading.Thread | None = None
+
+    def drop(self, n: int, kind: str) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            self.dropped += n
+        try:
+            self.metrics.mestres_observability_spans_dropped_total.inc((), n)
+        except Exception as exc:  # pragma: no cover - defensive
+            self.faults.report("tracing", "drop_count", "counting dropped spans failed", exc)
+        self.faults.report("tracing", kind, f"{n} span(s) dropped ({kind})")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.closed:
+            self.drop(1, "after_shutdown")
+            return
+        q = self._queue
+        if q is not None and len(q) >= self.queue_size:
+            # full: drop the new span here (the SDK would drop the oldest and log a
+            # warning per span, which costs the caller a LogRecord each time)
+            with self._lock:  # hot path: count now, publish on the next reconcile
+                self.dropped += 1
+                self._pending_full += 1
+            return
+        try:
+            self.bsp.on_end(span)
+        except Exception as exc:
+            self.drop(1, "processor_error")
+            self.faults.report("tracing", "on_end", "span processor failed", exc)
+            return
+        with self._lock:
+            self.ended += 1  # counted after queueing, so the estimate below never overshoots
+
+    def handed(self, n: int) -> None:
+        """``n`` spans left the queue for the exporter (or were discarded at shutdown)."""
+        with self._lock:
+            self.handed_total += n
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Count queue-full drops: ended - handed to the exporter - still queued."""
+        with self._lock:
+            missing = self.ended - self.handed_total - self.queued() - self.queue_dropped
+            if missing > 0:
+                self.queue_dropped += missing
+            pending, self._pending_full = self._pending_full, 0
+            self.dropped -= pending  # re-added by drop() below, with the metric
+        total = max(missing, 0) + pending
+        if total > 0:
+            self.drop(total, "queue_full")
+
+    def queued(self) -> int:
+        q = self._queue
+        return len(q) if q is not None else 0
+
+    def shutdown(self, timeout: float) -> None:
+        """Flush and stop within ``timeout`` seconds (daemon thread, bounded join)."""
+        with self._lock:
+            first = not self.closed
+            self.closed = True
+            if first:
+                t = threading.Thread(target=self._shutdown_body, args=(timeout,),
+                                     name="mestres-observability-span-shutdown", daemon=True)
+                self._shutdown_thread = t
+                t.start()
+            thread = self._shutdown_thread
+        if thread is not None:
+            thread.join(max(0.0, timeout))
+            self.reconcile()
+            if thread.is_alive() and first:
+                self.faults.report("tracing", "shutdown_timeout",
+                                   f"span export did not finish within {timeout:.1f}s")
+
+    def _shutdown_body(self, timeout: float) -> None:
+        try:
+            self.bsp.shutdown()  # type: ignore[no-untyped-call]  # joins the worker (bounded by the exporter timeout)
+        except Exception as exc:
+            self.faults.report("tracing", "shutdown", "span processor shutdown failed", exc)
+        finally:
+            q = self._queue
+            with self._lock:  # atomic for reconcile(): gone from the queue, counted as handed
+                left = self.queued()
+                if q is not None:
+                    q.clear()
+                self.handed_total += left
+            if left:
+                self.drop(left, "shutdown_deadline")
+            self.reconcile()
+
+
+class _CountingExporter:
+    """Wraps a SpanExporter: counts exported spans and failed batches as drops."""
+
+    def __init__(self, inner: SpanExporter, pipeline: _Pipeline) -> None:
+        self.inner = inner
+        self.pipeline = pipeline
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.pipeline.handed(len(spans))
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:
+            self.pipeline.faults.report("tracing", "export", "span export raised", exc)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            with self.pipeline._lock:
+                self.pipeline.exported += len(spans)
+        else:
+            self.pipeline.drop(len(spans), "export_failed")
+        return result
+
+    def shutdown(self) -> None:
+        try:
+            self.inner.shutdown()
+        except Exception as exc:
+            self.pipeline.faults.report("tracing", "exporter_shutdown", "exporter shutdown", exc)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _make_delegate() -> SpanProcessor:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class DelegatingSpanProcessor(SpanProcessor):
+        """The library's only processor on the provider; repointed on re-init."""
+
+        def __init__(self) -> None:
+            self.target: _Pipeline | None = None
+            self.extra: list[Any] = []
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            for p in self.extra:
+                p.on_start(span, parent_context=parent_context)
+
+        def on_end(self, span: ReadableSpan) -> None:
+            target = self.target
+            if target is not None:
+                target.on_end(span)
+            for p in self.extra:
+                p.on_end(span)
+
+        def shutdown(self) -> None:
+            target = self.target
+            if target is not None:
+                target.shutdown(_GLOBAL.bound)
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    return DelegatingSpanProcessor()
+
+
+class _Global:
+    """Process-wide tracing state (one provider, one delegating processor)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.provider: TracerProvider | None = None
+        self.owned = False
+        self.delegate: Any = None
+        self.active: TracingHandle | None = None
+        self.atexit_registered = False
+        self.bound = 5.0
+        self.instrumented: set[str] = set()
+
+
+_GLOBAL = _Global()
+
+
+def _at_exit() -> None:
+    handle = _GLOBAL.active
+    if handle is not None:
+        handle.shutdown(_GLOBAL.bound)
+
+
+# ---------------------------------------------------------------------- handle
+class TracingHandle:
+    """Tracing state of one :class:`~mestres_observability.Observability` instance.
+
+    Attributes:
+        tracer: the OpenTelemetry tracer (a no-op tracer when tracing is off).
+        enabled: whether spans are created at all.
+        provider: the SDK provider in use (``None`` for the default instance or when off).
+        exporter: ``otlp``, ``console`` or ``none``.
+    """
+
+    def __init__(self, tracer: trace.Tracer, enabled: bool, *, provider: Any = None,
+                 pipeline: _Pipeline | None = None, exporter: str = "none") -> None:
+        self.tracer = tracer
+        self.enabled = enabled
+        self.provider = provider
+        self.exporter = exporter
+        self._pipeline = pipeline
+        self._done = False
+
+    @property
+    def dropped(self) -> int:
+        """Spans this instance dropped so far."""
+        return self._pipeline.dropped if self._pipeline is not None else 0
+
+    @property
+    def exported(self) -> int:
+        """Spans this instance's exporter accepted so far."""
+        return self._pipeline.exported if self._pipeline is not None else 0
+
+    def _detach(self) -> None:
+        with _GLOBAL.lock:
+            d = _GLOBAL.delegate
+            if d is not None and self._pipeline is not None and d.target is self._pipeline:
+                d.target = None
+            if _GLOBAL.active is self:
+                _GLOBAL.active = None
+
+    def shutdown(self, timeout: float) -> None:
+        """Flush pending spans and stop exporting; returns within ``timeout`` seconds.
+
+        Idempotent; never raises. The process-wide provider stays installed
+        (spans are still created for log correlation, but no longer exported).
+        """
+        try:
+            self._detach()
+            self._done = True
+            if self._pipeline is not None:
+                self._pipeline.shutdown(timeout)
+        except Exception:  # pragma: no cover - defensive
+            pass
+
+    def retire(self) -> None:
+        """Stop this instance after a re-init: its pipeline drains in the background."""
+        try:
+            self._detach()
+            if self._pipeline is not None and not self._done:
+                self._done = True
+                p = self._pipeline
+                threading.Thread(target=p.shutdown, args=(_GLOBAL.bound,), daemon=True,
+                                 name="mestres-observability-span-retire").start()
+        except Exception:  # pragma: no cover - defensive
+            pass
+
+
+# ---------------------------------------------------------------------- set-up
+def _sampler(config: ObservabilityConfig) -> Sampler:
+    from opentelemetry.sdk.trace import sampling
+
+    arg = config.traces_sampler_arg
+    name = config.traces_sampler
+    if arg is not None and not 0.0 <= arg <= 1.0:
+        raise ConfigurationError("traces_sampler_arg", arg, "the ratio must be between 0 and 1",
+                                 env=None)
+    ratio = 1.0 if arg is None else float(arg)
+    if name == "always_on":
+        return sampling.ALWAYS_ON
+    if name == "always_off":
+        return sampling.ALWAYS_OFF
+    if name == "traceidratio":
+        return sampling.TraceIdRatioBased(ratio)
+    if name == "parentbased_always_off":
+        return sampling.ParentBased(sampling.ALWAYS_OFF)
+    if name == "parentbased_traceidratio":
+        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+def _resource(config: ObservabilityConfig) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    attrs: dict[str, Any] = dict(config.resource_attributes)
+    attrs.update({
+        "service.name": config.service_name,
+        "service.version": config.service_version,
+        "deployment.environment.name": config.environment,
+        "service.instance.id": INSTANCE_ID,
+    })
+    for key in ("service.name", "service.version", "deployment.environment.name"):
+        source = config.source_of(_SETTING_OF[key])
+        if source == "default" and key in config.resource_attributes:
+            attrs[key] = config.resource_attributes[key]
+    return Resource.create(attrs)
+
+
+_SETTING_OF = {
+    "service.name": "service_name", "service.version": "service_version",
+    "deployment.environment.name": "environment",
+}
+
+
+def _propagator(config: ObservabilityConfig) -> Any:
+    from importlib.metadata import entry_points
+
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    props = []
+    for name in config.propagators:
+        if name == "none":
+            continue
+        found = list(entry_points(group="opentelemetry_propagator", name=name))
+        if not found:
+            raise ConfigurationError(
+                "propagators", name,
+                "unknown propagator: install the package that provides it or use "
+                "tracecontext, baggage",
+            )
+        props.append(found[0].load()())
+    return CompositePropagator(props)
+
+
+def _console_formatter(span: ReadableSpan) -> str:
+    ctx = span.get_span_context()
+    parent = span.parent
+    start, end = span.start_time or 0, span.end_time or 0
+    data = {
+        "span": span.name,
+        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
+        "span_id": format(ctx.span_id, "016x") if ctx else None,
+        "parent_id": format(parent.span_id, "016x") if parent else None,
+        "kind": span.kind.name,
+        "duration_ms": round((end - start) / 1e6, 3),
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+    }
+    return json.dumps(data, ensure_ascii=True, default=str, separators=(",", ":")) + "\n"
+
+
+def _exporter(config: ObservabilityConfig, name: str) -> SpanExporter | None:
+    if name == "none":
+        return None
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter(out=sys.stderr, formatter=_console_formatter)
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise MissingExtraError(
+            "the OTLP trace exporter", "otlp", "opentelemetry-exporter-otlp-proto-http"
+        ) from None
+    endpoint = config.otlp_traces_endpoint
+    if endpoint is None and config.otlp_endpoint:
+        endpoint = config.otlp_endpoint.rstrip("/") + "/v1/traces"
+    if endpoint is None:
+        endpoint = "http://localhost:4318/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint, headers=dict(config.otlp_headers) or None,
+                            timeout=config.otlp_timeout)
+
+
+def _install_provider(config: ObservabilityConfig) -> Any:
+    """The SDK provider carrying the delegating processor (installed once per process)."""
+    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+
+    g = _GLOBAL
+    if g.provider is not None:
+        return g.provider
+    current = trace.get_tracer_provider()
+    if isinstance(current, SdkProvider) and config.respect_global_tracer_provider:
+        provider = current
+        g.owned = False
+    else:
+        provider = SdkProvider(
+            resource=_resource(config), sampler=_sampler(config), shutdown_on_exit=False,
+            span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH),
+        )
+        g.owned = True
+        if not isinstance(current, SdkProvider):
+            trace.set_tracer_provider(provider)
+    g.delegate = _make_delegate()
+    provider.add_span_processor(g.delegate)
+    g.provider = provider
+    if not g.atexit_registered:
+        atexit.register(_at_exit)
+        g.atexit_registered = True
+    return provider
+
+
+_INSTRUMENTORS = {
+    "sqlalchemy": ("opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
+    "redis": ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+    "requests": ("opentelemetry.instrumentation.requests", "RequestsInstrumentor"),
+    "httpx": ("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"),
+    "psycopg": ("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor"),
+    "psycopg2": ("opentelemetry.instrumentation.psycopg2", "Psycopg2Instrumentor"),
+    "urllib3": ("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"),
+}
+
+
+def _auto_instrument(config: ObservabilityConfig, provider: Any, faults: FaultReporter) -> None:
+    for name in config.auto_instrument:
+        key = name.lower()
+        if key in _GLOBAL.instrumented:
+            continue
+        module_name, class_name = _INSTRUMENTORS.get(
+            key, (f"opentelemetry.instrumentation.{key}", "")
+        )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            _log.info(
+                "auto-instrumentation %r skipped: %s is not installed "
+                "(pip install opentelemetry-instrumentation-%s)", name, module_name,
+                key.replace("_", "-"),
+            )
+            _GLOBAL.instrumented.add(key)
+            continue
+        try:
+            cls = getattr(module, class_name, None) if class_name else None
+            if cls is None:
+                cls = next(v for k, v in vars(module).items()
+                           if k.endswith("Instrumentor") and isinstance(v, type))
+            instrumentor = cls()
+            if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
+                instrumentor.instrument(tracer_provider=provider)
+            _GLOBAL.instrumented.add(key)
+        except Exception as exc:
+            faults.report("tracing", "auto_instrument", f"auto-instrumentation {name} failed", exc)
+
+
+def _exemplar() -> dict[str, str] | None:
+    """``trace_id``/``span_id`` of the current sampled, recording span, else ``None``."""
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return None
+    ctx = current.get_span_context()
+    if not (ctx.trace_flags & 1) or not ctx.is_valid:
+        return None
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+def setup_tracing(
+    config: ObservabilityConfig, metrics: LibraryMetrics, faults: FaultReporter,
+    *, install_globals: bool,
+) -> TracingHandle:
+    """Build the tracing state of one instance (see the module docstring).
+
+    Args:
+        config: tracing settings (exporter, endpoints, sampler, queue, bounds).
+        metrics: the instance's metrics (dropped spans, exemplar hook).
+        faults: where run-time faults are counted.
+        install_globals: ``False`` for the default instance, which installs
+            nothing process-wide and uses whatever global provider exists.
+
+    Raises:
+        ConfigurationError: bad sampler argument or unknown propagator.
+        MissingExtraError: ``otlp`` chosen without the ``otlp`` extra.
+    """
+    enabled = bool(config.enabled and config.tracing_enabled)
+    if not enabled:
+        return TracingHandle(_NOOP_TRACER, False)
+    if config.exemplars:
+        metrics.exemplar_provider = _exemplar
+    if not install_globals:
+        return TracingHandle(trace.get_tracer(TRACER_NAME), True)
+
+    exporter_name = config.effective_traces_exporter
+    sampler = _sampler(config)  # validate even when the provider already exists
+    del sampler
+    exporter = _exporter(config, exporter_name)
+    propagator = _propagator(config)
+    from opentelemetry import propagate
+
+    with _GLOBAL.lock:
+        provider = _install_provider(config)
+        _GLOBAL.bound = config.shutdown_timeout
+        pipeline = _Pipeline(exporter, config, metrics, faults) if exporter is not None else None
+        previous = _GLOBAL.active
+        _GLOBAL.delegate.target = pipeline
+        propagate.set_global_textmap(propagator)
+        try:
+            from . import _version
+
+            version = _version.__version__
+        except Exception:  # pragma: no cover
+            version = None
+        handle = TracingHandle(provider.get_tracer(TRACER_NAME, version), True,
+                               provider=provider, pipeline=pipeline, exporter=exporter_name)
+        _GLOBAL.active = handle
+    if previous is not None and previous is not handle:
+        previous.retire()
+    if config.auto_instrument:
+        _auto_instrument(config, provider, faults)
+    return handle
+
+
+# ---------------------------------------------------------------------- spans API
+def _current_tracer() -> trace.Tracer | None:
+    t = get_observability()._tracing
+    if not t.enabled:
+        return None
+    return t.tracer
+
+
+def _fail(sp: Span, exc: BaseException) -> None:
+    try:
+        if isinstance(exc, Exception):
+            sp.record_exception(exc)
+            sp.set_attribute("error.type", type(exc).__qualname__)
+            sp.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        elif not isinstance(exc, GeneratorExit):
+            sp.set_attribute("error.type", type(exc).__qualname__)
+            sp.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+    except Exception:  # pragma: no cover - defensive
+        pass
+
+
+def _start(name: str, attributes: Mapping[str, Any]) -> tuple[Span, Any] | None:
+    """Start a span under the current context; ``None`` when tracing is off or fails."""
+    try:
+        tracer = _current_tracer()
+        if tracer is None:
+            return None
+        sp = tracer.start_span(name, attributes=clean_attributes(attributes) if attributes
+                               else None)
+        return sp, trace.set_span_in_context(sp)
+    except Exception as exc:
+        _report_fault("start_span", exc)
+        return None
+
+
+def _report_fault(kind: str, exc: BaseException) -> None:
+    with contextlib.suppress(Exception):
+        get_observability().faults.report("tracing", kind, "span API failed", exc)
+
+
+class span:
+    """Context manager opening a span named ``name`` (``with`` or ``async with``).
+
+    The span is current inside the block, so nested spans and log lines pick it
+    up. An exception raised in the block is recorded on the span (status
+    ``ERROR``) and re-raised unchanged. Attribute values are sanitised:
+    ``Decimal`` becomes a float, long strings are capped. Never raises on its
+    own account; when tracing is off it yields a non-recording span.
+
+    Example:
+        >>> with span("validate_inventory", **{"order.id": "o-1"}) as sp:
+        ...     sp.set_attribute("items", 3)
+    """
+
+    __slots__ = ("_attributes", "_name", "_span", "_token")
+
+    def __init__(self, name: str, **attributes: Any) -> None:
+        self._name = name
+        self._attributes = attributes
+        self._span: Span | None = None
+        self._token: Any = None
+
+    def __enter__(self) -> Span:
+        started = _start(self._name, self._attributes)
+        if started is None:
+            return trace.INVALID_SPAN
+        self._span, ctx = started
+        self._token = otel_context.attach(ctx)
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        sp = self._span
+        if sp is None:
+            return
+        self._span = None
+        try:
+            if exc is not None:
+                _fail(sp, exc)
+            sp.end()
+        finally:
+            token, self._token = self._token, None
+            if token is not None:
+                otel_context.detach(token)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+@overload
+def traced(name: F, /) -> F: ...
+
+
+@overload
+def traced(name: str | None = None, /, **attributes: Any) -> Callable[[F], F]: ...
+
+
+def traced(name: Any = None, /, **attributes: Any) -> Any:
+    """Decorator: run the function inside a span (sync, async, generators; bare ``@traced`` too).
+
+    Args:
+        name: span name (default: the function's ``__qualname__``).
+        **attributes: attributes set on every span (sanitised like :func:`span`'s).
+
+    The decorated function keeps its signature, name and
+    ``inspect.iscoroutinefunction``; it returns the same object and raises
+    the same exception object, recorded on the span with status ``ERROR``.
+    Generators have the span current only while their body runs.
+
+    Example:
+        >>> @traced("charge_card", provider="stripe")
+        ... def charge(amount): ...
+    """
+    if callable(name) and not attributes:
+        return _decorate(name, None, {})
+    if name is not None and not isinstance(name, str):
+        raise TypeError("traced() takes a span name (str) or is used bare as @traced")
+
+    def decorator(fn: F) -> F:
+        return _decorate(fn, name, attributes)
+
+    return decorator
+
+
+def _decorate(fn: F, name: str | None, attributes: dict[str, Any]) -> F:
+    span_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+    attrs = clean_attributes(attributes) if attributes else None
+    attach, detach = otel_context.attach, otel_context.detach
+
+    if inspect.isasyncgenfunction(fn):
+        return _decorate_async_gen(fn, span_name, attrs)  # type: ignore[return-value]
+    if inspect.isgeneratorfunction(fn):
+        return _decorate_gen(fn, span_name, attrs)  # type: ignore[return-value]
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = _start(span_name, attrs or {})
+            if started is None:
+                return await fn(*args, **kwargs)
+            sp, ctx = started
+            token = attach(ctx)
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                _fail(sp, exc)
+                raise
+            finally:
+                sp.end()
+                detach(token)
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = _start(span_name, attrs or {})
+        if started is None:
+            return fn(*args, **kwargs)
+        sp, ctx = started
+        token = attach(ctx)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            _fail(sp, exc)
+            raise
+        finally:
+            sp.end()
+            detach(token)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _decorate_gen(fn: Callable[..., Generator[Any, Any, Any]], span_name: str,
+                  attrs: dict[str, Any] | None) -> Callable[..., Generator[Any, Any, Any]]:
+    attach, detach = otel_context.attach, otel_context.detach
+
+    @functools.wraps(fn)
+    def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        started = _start(span_name, attrs or {})
+        if started is None:
+            return (yield from fn(*args, **kwargs))
+        sp, ctx = started
+        try:
+            token = attach(ctx)
+            try:
+                gen = fn(*args, **kwargs)
+                value = next(gen)
+            finally:
+                detach(token)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    token = attach(ctx)
+                    try:
+                        gen.close()
+                    finally:
+                        detach(token)
+                    raise
+                except BaseException as thrown:
+                    token = attach(ctx)
+                    try:
+                        value = gen.throw(thrown)
+                    finally:
+                        detach(token)
+                else:
+                    token = attach(ctx)
+                    try:
+                        value = gen.send(sent)
+                    finally:
+                        detach(token)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            _fail(sp, exc)
+            raise
+        finally:
+            sp.end()
+
+    return gen_wrapper
+
+
+def _decorate_async_gen(fn: Callable[..., AsyncIterator[Any]], span_name: str,
+                        attrs: dict[str, Any] | None) -> Callable[..., AsyncIterator[Any]]:
+    attach, detach = otel_context.attach, otel_context.detach
+
+    @functools.wraps(fn)
+    async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        started = _start(span_name, attrs or {})
+        if started is None:
+            async for item in fn(*args, **kwargs):
+                yield item
+            return
+        sp, ctx = started
+        agen: Any = fn(*args, **kwargs)
+        try:
+            token = attach(ctx)
+            try:
+                value = await agen.__anext__()
+            finally:
+                detach(token)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    token = attach(ctx)
+                    try:
+                        await agen.aclose()
+                    finally:
+                        detach(token)
+                    raise
+                except BaseException as thrown:
+                    token = attach(ctx)
+                    try:
+                        value = await agen.athrow(thrown)
+                    finally:
+                        detach(token)
+                else:
+                    token = attach(ctx)
+                    try:
+                        value = await agen.asend(sent)
+                    finally:
+                        detach(token)
+        except StopAsyncIteration:
+            return
+        except BaseException as exc:
+            _fail(sp, exc)
+            raise
+        finally:
+            sp.end()
+
+    return agen_wrapper

@@ -1,0 +1,285 @@
+"""Flask adapter end to end through Flask's test client."""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+flask = pytest.importorskip("flask")
+
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from mestres_observability import init_observability  # noqa: E402
+from mestres_observability.flask import FlaskMiddleware, instrument  # noqa: E402
+from mestres_observability.testing import fresh_observability, sample_value  # noqa: E402
+
+from .conftest import PARENT_ID, TRACE_ID, TRACEPARENT, LogCapture, series, use_memory_tracer  # noqa: E402
+
+SEEN: list[BaseException] = []
+
+
+def make_app() -> Any:
+    app = flask.Flask(__name__)
+
+    @app.get("/orders/<int:order_id>")
+    def order(order_id: int) -> Any:
+        if order_id == 404:
+            flask.abort(404)
+        return {"id": order_id}
+
+    @app.get("/boom")
+    def boom() -> Any:
+        raise RuntimeError("boom")
+
+    @app.get("/slow-stream")
+    def slow_stream() -> Any:
+        def gen() -> Iterator[bytes]:
+            yield b"a"
+            time.sleep(0.05)
+            yield b"b"
+        return flask.Response(gen())
+
+    @app.get("/assets/<path:name>")
+    def static_file(name: str) -> Any:
+        return name
+
+    @app.get("/crash")
+    def crash() -> Any:
+        raise KeyError("unhandled")
+
+    @app.errorhandler(RuntimeError)
+    def on_error(exc: RuntimeError) -> Any:
+        SEEN.append(exc)
+        return "failed", 500
+
+    return app
+
+
+@pytest.fixture
+def app() -> Iterator[Any]:
+    SEEN.clear()
+    with fresh_observability(tracing_enabled=False) as obs:
+        application = make_app()
+        instrument(application, obs)
+        yield application
+
+
+def test_route_templates_and_status(app: Any) -> None:
+    c = app.test_client()
+    assert c.get("/orders/1").status_code == 200
+    assert c.get("/orders/404").status_code == 404
+    assert c.post("/orders/1").status_code == 405
+    ep = "/orders/<int:order_id>"
+    assert sample_value("http_requests_total", method="GET", endpoint=ep, status="200") == 1
+    assert sample_value("http_requests_total", method="GET", endpoint=ep, status="404") == 1
+    assert sample_value("http_requests_total", method="POST", endpoint=ep, status="405") == 1
+    assert sample_value("http_request_duration_seconds_count", method="GET", endpoint=ep,
+                        status="200") == 1
+    assert sample_value("http_requests_in_progress", method="GET", endpoint=ep) == 0
+
+
+def test_random_unmatched_paths_add_at_most_one_series(app: Any) -> None:
+    c = app.test_client()
+    c.get("/orders/1")
+    before = series(flask_obs(), "http_requests_total")
+    rng = random.Random(5)
+    for _ in range(300):
+        path = "/" + "".join(rng.choices(string.ascii_letters + "/.-", k=rng.randint(1, 40)))
+        c.get(path)
+    after = series(flask_obs(), "http_requests_total")
+    assert len(after) - len(before) <= 2  # <unmatched> 404 (+ a possible redirect status)
+    assert {s["endpoint"] for s in after} - {s["endpoint"] for s in before} <= {"<unmatched>"}
+
+
+def flask_obs() -> Any:
+    from mestres_observability import get_observability
+
+    return get_observability()
+
+
+def test_other_method(app: Any) -> None:
+    app.test_client().open("/orders/1", method="FOO")
+    assert sample_value("http_requests_total", method="_OTHER",
+                        endpoint="/orders/<int:order_id>", status="405") == 1
+
+
+def test_exception_counted_once_and_reaches_flask_unchanged(app: Any) -> None:
+    r = app.test_client().get("/boom")
+    assert r.status_code == 500
+    assert len(SEEN) == 1
+    assert str(SEEN[0]) == "boom"
+    assert sample_value("http_requests_total", method="GET", endpoint="/boom", status="500") == 1
+
+
+def test_propagated_exception_is_the_same_object() -> None:
+    raised: list[BaseException] = []
+    with fresh_observability(tracing_enabled=False):
+        application = flask.Flask(__name__)
+        application.testing = True  # PROPAGATE_EXCEPTIONS
+
+        @application.get("/boom")
+        def boom() -> Any:
+            exc = ValueError("x")
+            raised.append(exc)
+            raise exc
+
+        instrument(application)
+        with pytest.raises(ValueError) as info:
+            application.test_client().get("/boom")
+        assert info.value is raised[0]
+        assert sample_value("http_requests_total", method="GET", endpoint="/boom",
+                            status="500") == 1
+        assert sample_value("http_request_duration_seconds_count", method="GET",
+                            endpoint="/boom", status="500") == 1
+
+
+def test_request_id_echo_and_replacement(app: Any) -> None:
+    c = app.test_client()
+    assert c.get("/orders/1", headers={"X-Request-ID": "abc-1"}).headers["X-Request-ID"] == "abc-1"
+    for bad in ("a\r\nSet-Cookie: x=1", "x" * 10_240, "x" * 129):
+        r = c.get("/orders/1", environ_overrides={"HTTP_X_REQUEST_ID": bad})
+        rid = r.headers["X-Request-ID"]
+        assert rid != bad
+        assert len(rid) == 36
+        assert "Set-Cookie" not in r.headers
+
+
+def test_access_log_fields(app: Any, logs: LogCapture) -> None:
+    c = app.test_client()
+    c.get("/orders/404?token=SECRET123&page=2&password=hunter2",
+          headers={"User-Agent": "ua/1", "X-Request-ID": "rid-7"})
+    (line,) = logs.lines()
+    for key in ("timestamp", "request_id", "method", "url", "endpoint", "status_code",
+                "duration_seconds", "user_agent", "ip_address", "user_id"):
+        assert key in line, key
+    assert line["request_id"] == "rid-7"
+    assert line["status_code"] == 404
+    assert isinstance(line["status_code"], int)
+    assert isinstance(line["duration_seconds"], float)
+    assert line["endpoint"] == "/orders/<int:order_id>"
+    assert line["level"] == "warning"
+    assert line["user_agent"] == "ua/1"
+    assert "SECRET123" not in logs.text
+    assert "hunter2" not in logs.text
+    assert "page=2" in line["url"]
+
+
+def test_user_id_resolver_and_faults(logs: LogCapture) -> None:
+    with fresh_observability(tracing_enabled=False):
+        application = make_app()
+        instrument(application, user_id_resolver=lambda request: request.headers.get("X-User"))
+        c = application.test_client()
+        c.get("/orders/1", headers={"X-User": "u-42"})
+        assert logs.lines()[-1]["user_id"] == "u-42"
+        instrument(application, user_id_resolver=lambda request: 1 / 0)
+        assert c.get("/orders/1").status_code == 200
+        assert logs.lines()[-1]["user_id"] is None
+        assert sample_value("mestres_observability_errors_total", component="http") >= 1
+
+
+def test_excluded_paths_are_not_measured(logs: LogCapture) -> None:
+    with fresh_observability(tracing_enabled=False, excluded_paths=("/assets/*",)):
+        application = make_app()
+        instrument(application)
+        assert application.test_client().get("/assets/app.js").status_code == 200
+        assert sample_value("http_requests_total", method="GET",
+                            endpoint="/assets/<path:name>", status="200") == 0
+        assert logs.lines() == []
+
+
+def test_metrics_auth_and_head() -> None:
+    with fresh_observability(tracing_enabled=False, metrics_auth="bearer:tok"):
+        application = make_app()
+        instrument(application)
+        c = application.test_client()
+        r = c.get("/metrics")
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        r = c.get("/metrics", headers={"Authorization": "Bearer tok"})
+        assert r.status_code == 200
+        assert b"http_requests_total" in r.data
+        r = c.head("/metrics", headers={"Authorization": "Bearer tok"})
+        assert r.status_code == 200
+        assert r.data == b""
+        r = c.get("/metrics", headers={"Authorization": "Bearer tok",
+                                       "Accept": "application/openmetrics-text; version=1.0.0"})
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+
+
+def test_streaming_timed_to_end_of_body(app: Any) -> None:
+    r = app.test_client().get("/slow-stream", buffered=False)
+    assert r.get_data() == b"ab"
+    r.close()
+    labels = {"method": "GET", "endpoint": "/slow-stream", "status": "200"}
+    assert sample_value("http_request_duration_seconds_count", **labels) == 1
+    assert sample_value("http_request_duration_seconds_sum", **labels) >= 0.05
+
+
+def test_reinit_with_same_app_does_not_double_register() -> None:
+    application = make_app()
+    with fresh_observability(tracing_enabled=False) as first:
+        mw = instrument(application, first)
+        hooks = len(application.before_request_funcs[None])
+        second = init_observability(application, configure_logging=False, tracing_enabled=False)
+        try:
+            assert application.extensions["mestres_observability"] is mw
+            assert isinstance(application.wsgi_app, FlaskMiddleware)
+            assert not isinstance(application.wsgi_app.wsgi_app, FlaskMiddleware)
+            assert len(application.before_request_funcs[None]) == hooks
+            application.test_client().get("/orders/1")
+            labels = {"method": "GET", "endpoint": "/orders/<int:order_id>", "status": "200"}
+            assert sample_value("http_requests_total", second, **labels) == 1
+            assert sample_value("http_requests_total", first, **labels) == 0
+        finally:
+            second.shutdown()
+
+
+def test_trace_propagation_and_log_correlation(logs: LogCapture) -> None:
+    with fresh_observability() as obs:
+        exporter = use_memory_tracer(obs)
+        application = make_app()
+        instrument(application)
+        c = application.test_client()
+        c.get("/orders/7", headers={"traceparent": TRACEPARENT, "User-Agent": "ua/2"},
+              base_url="https://shop.example:8443")
+        assert c.get("/crash").status_code == 500
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 2
+        span = spans[0]
+        assert span.kind is SpanKind.SERVER
+        assert span.name == "GET /orders/<int:order_id>"
+        assert format(span.context.trace_id, "032x") == TRACE_ID
+        assert span.parent is not None
+        assert format(span.parent.span_id, "016x") == PARENT_ID
+        attrs = dict(span.attributes or {})
+        assert attrs["http.request.method"] == "GET"
+        assert attrs["http.route"] == "/orders/<int:order_id>"
+        assert attrs["http.response.status_code"] == 200
+        assert attrs["url.path"] == "/orders/7"
+        assert attrs["url.scheme"] == "https"
+        assert attrs["server.address"] == "shop.example"
+        assert attrs["server.port"] == 8443
+        assert attrs["user_agent.original"] == "ua/2"
+        assert attrs["client.address"] == "127.0.0.1"
+        line = logs.lines()[0]
+        assert line["trace_id"] == TRACE_ID
+        assert line["span_id"] == format(span.context.span_id, "016x")
+        failed = spans[1]
+        assert failed.status.status_code is StatusCode.ERROR
+        assert any(e.name == "exception" for e in failed.events)
+
+
+def test_health_endpoints(app: Any) -> None:
+    c = app.test_client()
+    for path in ("/health", "/health/liveness", "/health/readiness"):
+        r = c.get(path)
+        assert r.status_code == 200, path
+        assert r.is_json
+    assert c.post("/health").status_code == 405
+    assert sample_value("http_requests_total", method="GET", endpoint="/health",
+                        status="200") == 0  # library endpoints are not measured

@@ -1,0 +1,255 @@
+"""The framework-agnostic request pass (mestres_observability.http)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mestres_observability.config import ObservabilityConfig
+from mestres_observability.errors import ConfigurationError
+from mestres_observability.http import (
+    UNMATCHED,
+    check_metrics_auth,
+    client_address,
+    http_state,
+    normalize_method,
+    redact_query,
+    safe_request_id,
+    serve_endpoint,
+    split_host,
+    start_request,
+    status_label,
+)
+from mestres_observability.testing import fresh_observability, sample_value
+
+_SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("GET", "GET"), ("PATCH", "PATCH"), ("FOO", "_OTHER"), ("get", "_OTHER"), ("", "_OTHER")],
+)
+def test_methods_outside_the_standard_set_become_other(method: str, expected: str) -> None:
+    assert normalize_method(method) == expected
+
+
+def test_status_labels() -> None:
+    assert status_label(404) == "404"
+    assert status_label(404, grouped=True) == "4xx"
+    assert status_label(503, grouped=True) == "5xx"
+
+
+@pytest.mark.parametrize("value", ["abc-123", "A.b_c-9", "x" * 128])
+def test_safe_request_ids_are_kept(value: str) -> None:
+    assert safe_request_id(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "x" * 129, "a\r\nSet-Cookie: x=1", "x" * 10_240, "caf\u00e9", "../etc", "a b"],
+)
+def test_unsafe_request_ids_are_replaced_by_a_uuid4(value: str | None) -> None:
+    out = safe_request_id(value)
+    assert out != value
+    assert _UUID4.fullmatch(out)
+
+
+@given(st.text(max_size=300))
+def test_request_id_is_always_safe(value: str) -> None:
+    out = safe_request_id(value)
+    assert _SAFE.fullmatch(out)
+    assert (out == value) == bool(_SAFE.fullmatch(value))
+
+
+def test_query_secrets_are_redacted() -> None:
+    keys = frozenset({"token", "password", "key", "api_key"})
+    out = redact_query("page=2&token=s3cr3t&Password=hunter2&api-key=k&to%6Ben=x&q=a", keys)
+    assert "s3cr3t" not in out
+    assert "hunter2" not in out
+    assert "=k&" not in out
+    assert "=x" not in out
+    assert out.startswith("page=2&token=[REDACTED]&Password=[REDACTED]")
+    assert out.endswith("&q=a")
+
+
+@given(
+    st.sampled_from(["token", "password", "secret", "api_key", "TOKEN"]),
+    st.text(alphabet=st.characters(codec="ascii", exclude_characters="&"), min_size=6),
+    st.lists(st.tuples(st.sampled_from(["page", "q", "sort"]),
+                       st.text(alphabet="abc123", max_size=5)), max_size=3),
+)
+def test_redaction_never_leaks_a_sensitive_value(
+    key: str, secret: str, others: list[tuple[str, str]]
+) -> None:
+    secret = "SECRET" + secret
+    parts = [f"{k}={v}" for k, v in others] + [f"{key}={secret}"]
+    out = redact_query("&".join(parts), frozenset({"token", "password", "secret", "api_key"}))
+    assert secret not in out
+    for k, v in others:
+        assert f"{k}={v}" in out
+
+
+def test_client_address_honours_forwarded_for_only_from_trusted_proxies() -> None:
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert client_address("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"  # spoofed
+    assert client_address("10.0.0.2", "198.51.100.7", trusted) == "198.51.100.7"
+    assert client_address("10.0.0.2", "6.6.6.6, 198.51.100.7, 10.0.0.5", trusted) == (
+        "198.51.100.7")
+    assert client_address("10.0.0.2", "garbage, 10.0.0.9", trusted) == "10.0.0.9"
+    assert client_address("10.0.0.2", "1.2.3.4", ()) == "10.0.0.2"
+
+
+def test_bad_trusted_proxy_fails_at_setup() -> None:
+    with fresh_observability(trusted_proxies=("not-an-ip",)) as obs, pytest.raises(
+        ConfigurationError, match="trusted_proxies"
+    ):
+        http_state(obs)
+
+
+def test_split_host() -> None:
+    assert split_host("example.com:8080") == ("example.com", 8080)
+    assert split_host("example.com") == ("example.com", None)
+    assert split_host("[::1]:80") == ("::1", 80)
+    assert split_host("::1") == ("::1", None)
+
+
+def test_exclusion_patterns() -> None:
+    with fresh_observability(excluded_paths=("/static/*", "/ping")) as obs:
+        state = http_state(obs)
+        assert state.excluded("/static/app.js")
+        assert state.excluded("/ping")
+        assert not state.excluded("/pingx")
+        assert not state.excluded("/metrics")  # explicit list replaces the default
+        assert start_request(state, "GET", "/static/x") is None
+
+
+def test_library_endpoints_are_excluded_by_default() -> None:
+    with fresh_observability() as obs:
+        state = http_state(obs)
+        for path in ("/metrics", "/health", "/health/readiness", "/health/liveness"):
+            assert state.excluded(path)
+
+
+def test_request_pass_finishes_once_and_restores_in_progress() -> None:
+    with fresh_observability(tracing_enabled=False, access_log=False) as obs:
+        state = http_state(obs)
+        rp = start_request(state, "GET", "/x", route="/x")
+        assert rp is not None
+        rp.track_in_progress()
+        assert sample_value("http_requests_in_progress", method="GET", endpoint="/x") == 1
+        rp.finish(200)
+        rp.finish(500)
+        assert sample_value("http_requests_total", method="GET", endpoint="/x", status="200") == 1
+        assert sample_value("http_requests_total", method="GET", endpoint="/x", status="500") == 0
+        assert sample_value("http_requests_in_progress", method="GET", endpoint="/x") == 0
+        unmatched = start_request(state, "FOO", "/nope")
+        assert unmatched is not None
+        unmatched.finish(404)
+        assert sample_value(
+            "http_requests_total", method="_OTHER", endpoint=UNMATCHED, status="404") == 1
+
+
+def test_grouped_status() -> None:
+    with fresh_observability(group_status_codes=True, access_log=False) as obs:
+        rp = start_request(http_state(obs), "GET", "/x", route="/x")
+        assert rp is not None
+        rp.finish(503)
+        assert sample_value("http_requests_total", method="GET", endpoint="/x", status="5xx") == 1
+
+
+def test_disabled_measures_nothing_but_endpoints_answer() -> None:
+    with fresh_observability(enabled=False) as obs:
+        state = http_state(obs)
+        assert start_request(state, "GET", "/x") is None
+        status, _headers, body = serve_endpoint(obs, "metrics", "GET")
+        assert status == 200
+        assert body.startswith(b"#") or body == b""
+
+
+def _basic(user_pass: str) -> str:
+    return "Basic " + base64.b64encode(user_pass.encode()).decode()
+
+
+def test_metrics_auth_bearer_and_basic() -> None:
+    bearer = ObservabilityConfig(metrics_auth="bearer:tok3n")
+    assert check_metrics_auth(bearer, "Bearer tok3n")
+    assert not check_metrics_auth(bearer, "Bearer tok3")
+    assert not check_metrics_auth(bearer, None)
+    assert not check_metrics_auth(bearer, _basic("a:tok3n"))
+    basic = ObservabilityConfig(metrics_auth="basic:scraper:pa:ss")
+    assert check_metrics_auth(basic, _basic("scraper:pa:ss"))
+    assert not check_metrics_auth(basic, _basic("scraper:nope"))
+    assert not check_metrics_auth(basic, "Basic %%%")
+    assert check_metrics_auth(ObservabilityConfig(), None)
+
+
+def test_metrics_endpoint_statuses() -> None:
+    with fresh_observability(metrics_auth="bearer:tok") as obs:
+        status, headers, _ = serve_endpoint(obs, "metrics", "GET")
+        assert status == 401
+        assert dict(headers)["WWW-Authenticate"].startswith("Bearer")
+        status, headers, body = serve_endpoint(obs, "metrics", "GET", authorization="Bearer tok")
+        assert status == 200
+        assert b"http_requests_total" in body
+        status, headers, head_body = serve_endpoint(obs, "metrics", "HEAD",
+                                                    authorization="Bearer tok")
+        assert status == 200
+        assert head_body == b""
+        assert int(dict(headers)["Content-Length"]) > 0
+        status, headers, _ = serve_endpoint(obs, "metrics", "POST", authorization="Bearer tok")
+        assert status == 405
+        assert dict(headers)["Allow"] == "GET, HEAD"
+
+
+def test_separate_metrics_listener() -> None:
+    from mestres_observability._metrics_server import (
+        metrics_server_address,
+        start_metrics_server,
+        stop_metrics_server,
+    )
+
+    with fresh_observability(metrics_port=0, metrics_auth="bearer:tok") as obs:
+        assert http_state(obs).endpoints.get("/metrics") is None  # not on the app
+        try:
+            address = start_metrics_server(obs)
+            assert address is not None
+            assert start_metrics_server(obs) == address  # started once
+            url = f"http://{address[0]}:{address[1]}/metrics"
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(url, timeout=5)
+            assert err.value.code == 401
+            err.value.close()
+            req = urllib.request.Request(url, headers={"Authorization": "Bearer tok"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200
+                assert b"http_requests_total" in resp.read()
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=5)
+            assert err.value.code == 404
+            err.value.close()
+        finally:
+            stop_metrics_server()
+        assert metrics_server_address() is None
+
+
+def test_unprotected_metrics_warning_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    import mestres_observability.http as http_module
+
+    http_module._warned.discard("unit-test")
+    with fresh_observability() as obs, caplog.at_level("WARNING", "mestres_observability"):
+        http_module.warn_unprotected_metrics(obs, "unit-test")
+        http_module.warn_unprotected_metrics(obs, "unit-test")
+    assert sum("without protection" in r.getMessage() for r in caplog.records) == 1
+    caplog.clear()
+    http_module._warned.discard("unit-test")
+    with fresh_observability(metrics_auth="bearer:x") as obs, caplog.at_level("WARNING"):
+        http_module.warn_unprotected_metrics(obs, "unit-test")
+    assert not any("without protection" in r.getMessage() for r in caplog.records)

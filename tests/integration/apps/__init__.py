@@ -1,0 +1,1 @@
+"""Small applications the multi-worker integration tests run under real servers."""

@@ -1,0 +1,22 @@
+"""Flask app for ``gunicorn -c python:mestres_observability.gunicorn flask_app:app``."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, jsonify
+
+from mestres_observability import init_observability
+
+app = Flask(__name__)
+
+
+@app.get("/orders/<int:order_id>")
+def order(order_id: int) -> object:
+    response = jsonify({"id": order_id})
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
+
+
+init_observability(app, service_name="flask-multiworker", configure_logging=False,
+                   tracing_enabled=False, access_log=False)

@@ -1,0 +1,186 @@
+"""Traces over the real wire: OTLP/HTTP protobuf to a loopback receiver, and its faults."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from mestres_observability import track_order
+from mestres_observability.testing import fresh_observability, sample_value
+from mestres_observability.tracing import span, traced
+from tests.otlp_receiver import OTLPReceiver, otlp_receiver  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+ORDER = {"id": "o-42", "user_id": "u-7", "status": "paid", "total_amount": Decimal("19.99"),
+         "items": [{"product_id": "cafe", "quantity": 2, "price": Decimal("9.995")}]}
+
+
+@track_order
+def create_order() -> dict[str, Any]:
+    with span("validate_inventory", warehouse="sp-1"):
+        pass
+    with span("charge_card"):
+        pass
+    return ORDER
+
+
+class Boom(Exception):
+    pass
+
+
+@traced("risky_step")
+def risky() -> None:
+    raise Boom("nope")
+
+
+def test_spans_links_attributes_resource_and_status(otlp_receiver: OTLPReceiver) -> None:  # noqa: F811
+    rx = otlp_receiver
+    with fresh_observability(otlp_endpoint=rx.endpoint, service_name="otlp-test"):
+        assert create_order() is ORDER
+        with pytest.raises(Boom):
+            risky()
+    rx.wait_for(lambda: {"process_order", "validate_inventory", "charge_card",
+                         "risky_step"} <= rx.span_names())
+    assert rx.bad_requests == []
+    order = rx.by_name("process_order")
+    child = rx.by_name("validate_inventory")
+    assert child.parent_span_id == order.span_id
+    assert child.trace_id == order.trace_id
+    assert rx.by_name("charge_card").parent_span_id == order.span_id
+    assert child.attributes == {"warehouse": "sp-1"}
+    assert order.attributes["order.id"] == "o-42"
+    assert order.attributes["order.user_id"] == "u-7"
+    assert order.attributes["order.items_count"] == 1
+    assert order.attributes["order.total_amount"] == pytest.approx(19.99)
+    assert isinstance(order.attributes["order.total_amount"], float)
+    assert order.attributes["order.status"] == "paid"
+    for key in ("service.name", "service.version", "deployment.environment.name",
+                "service.instance.id"):
+        assert key in order.resource
+    failed = rx.by_name("risky_step")
+    assert failed.status_code == 2  # STATUS_CODE_ERROR
+    assert "exception" in failed.events
+    assert order.status_code != 2
+    assert len({s.span_id for s in rx.spans}) == len(rx.spans)  # each span exactly once
+
+
+def test_retry_after_503_delivers_exactly_once() -> None:
+    with OTLPReceiver("503", failures=1, retry_after="1") as rx:
+        with fresh_observability(otlp_endpoint=rx.endpoint, otlp_timeout=5.0,
+                                 shutdown_timeout=8.0) as obs:
+            for i in range(5):
+                with span(f"step-{i}"):
+                    pass
+            obs.shutdown()
+        rx.wait_for(lambda: len(rx.spans) == 5)
+        assert rx.requests == 2
+        assert sorted(s.name for s in rx.spans) == [f"step-{i}" for i in range(5)]
+
+
+def test_long_retry_after_gives_up_and_counts() -> None:
+    with OTLPReceiver("503", failures=100, retry_after="3600") as rx, \
+            fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+        with span("lost"):
+            pass
+        started = time.monotonic()
+        obs.shutdown()
+        assert time.monotonic() - started < 3.0
+        assert rx.requests == 1
+        assert sample_value("mestres_observability_spans_dropped_total", obs) == 1
+
+
+def test_400_is_not_retried_and_counted() -> None:
+    with OTLPReceiver("400") as rx, fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+        for _ in range(3):
+            with span("rejected"):
+                pass
+        obs.shutdown()
+        assert rx.requests == 1
+        assert sample_value("mestres_observability_spans_dropped_total", obs) == 3
+        assert obs.tracing.dropped == 3
+
+
+def test_partial_success_still_delivers() -> None:
+    with OTLPReceiver("partial") as rx:
+        with fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+            with span("partly"):
+                pass
+            obs.shutdown()
+        assert rx.span_names() == {"partly"}
+
+
+def _time_calls(n: int) -> float:
+    @traced("hot")
+    def hot(x: int) -> int:
+        return x + 1
+
+    started = time.perf_counter()
+    for i in range(n):
+        assert hot(i) == i + 1
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("mode", ["closed", "hang"])
+def test_collector_down_or_hanging_keeps_speed_and_bounded_shutdown(mode: str) -> None:
+    with fresh_observability(traces_exporter="none"):
+        _time_calls(200)  # warm-up
+        baseline = min(_time_calls(2000) for _ in range(3))
+    rx = OTLPReceiver("hang").start() if mode == "hang" else None
+    endpoint = rx.endpoint if rx is not None else OTLPReceiver.closed_port()
+    try:
+        with fresh_observability(otlp_endpoint=endpoint, span_queue_size=512) as obs:
+            elapsed = _time_calls(2000)
+            started = time.monotonic()
+            obs.shutdown()  # default bound: shutdown_timeout = 5 s
+            took = time.monotonic() - started
+            # normal speed: within noise of the exporter-less run
+            assert elapsed < max(3 * baseline, baseline + 0.25), (elapsed, baseline)
+            assert took <= 5.5, took
+            # every span is accounted for: exported + dropped (+ one batch still in flight)
+            dropped = obs.tracing.dropped
+            assert obs.tracing.exported == 0
+            assert 2000 - 512 <= dropped <= 2000
+            assert sample_value("mestres_observability_spans_dropped_total", obs) == dropped
+    finally:
+        if rx is not None:
+            rx.stop()
+
+
+def test_shutdown_twice_and_concurrently_is_bounded() -> None:
+    import threading
+
+    with OTLPReceiver("hang") as rx, fresh_observability(otlp_endpoint=rx.endpoint, otlp_timeout=0.5,
+                             shutdown_timeout=1.0) as obs:
+        with span("x"):
+            pass
+        started = time.monotonic()
+        threads = [threading.Thread(target=obs.tracing.shutdown, args=(1.0,))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        obs.shutdown()
+        assert time.monotonic() - started < 2.0
+
+
+def test_burst_accounting_created_equals_exported_plus_dropped() -> None:
+    from tests._support import wait_until
+
+    with OTLPReceiver("ok") as rx, fresh_observability(
+        otlp_endpoint=rx.endpoint, span_queue_size=16, otlp_timeout=0.5, shutdown_timeout=2.0,
+    ) as obs:
+        for _ in range(3000):
+            with span("burst"):
+                pass
+        obs.shutdown()
+        handle = obs.tracing
+        wait_until(lambda: handle.exported + handle.dropped == 3000, timeout=5.0,
+                   message="every span exported or counted as dropped")
+        assert handle.dropped > 0
+        wait_until(lambda: len(rx.spans) == handle.exported, timeout=5.0)
+        assert sample_value("mestres_observability_spans_dropped_total", obs) == handle.dropped

@@ -1,0 +1,691 @@
+"""Health registry: status model, timeouts, single-flight, formats, security, built-in checks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.server
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mestres_observability import health_check, init_observability
+from mestres_observability.errors import MissingExtraError
+from mestres_observability.health import (
+    HealthRegistry,
+    HealthResponse,
+    disk_check,
+    http_check,
+    redis_check,
+    sql_check,
+    system_check,
+)
+from mestres_observability.observability import Observability
+from mestres_observability.testing import fresh_observability, sample_value
+
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+MARGIN = 0.3
+SECRET = "hunter2"
+
+
+def body(r: HealthResponse) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(r.body, parse_constant=lambda c: pytest.fail(c))
+    return data
+
+
+def header(r: HealthResponse, name: str) -> str | None:
+    for k, v in r.headers:
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+def _obs(**settings: Any) -> Any:
+    # thresholds at 100: a busy test machine must not turn checks.system degraded
+    base: dict[str, Any] = {"service_name": "cafe", "service_version": "1.2.3",
+                            "health_cache_ttl": 0.0, "health_cpu_threshold": 100.0,
+                            "health_memory_threshold": 100.0, "health_disk_threshold": 100.0}
+    return fresh_observability(**{**base, **settings})
+
+
+@pytest.fixture
+def hobs() -> Iterator[Observability]:
+    with _obs() as o:
+        yield o
+
+
+@pytest.fixture
+def xobs() -> Iterator[Observability]:
+    """Details exposed (``health_expose_details=True``)."""
+    with _obs(health_expose_details=True) as o:
+        yield o
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Lets hung checks finish at the end of the test."""
+    ev = threading.Event()
+    yield ev
+    ev.set()
+
+
+# ---------------------------------------------------------------------- shapes
+def check_seed_shape(kind: str, r: HealthResponse) -> dict[str, Any]:
+    """JSON-schema-ish validation of the seed-style JSON."""
+    assert r.status in (200, 503)
+    assert header(r, "Content-Type") == "application/json"
+    assert header(r, "Cache-Control") == "no-store"
+    b = body(r)
+    allowed = {"basic": {"healthy"}, "liveness": {"alive"}, "readiness": {"ready", "not_ready"},
+               "detailed": {"healthy", "degraded", "unhealthy"}}[kind]
+    assert b["status"] in allowed
+    assert isinstance(b["service"], str)
+    assert isinstance(b["version"], str)
+    assert TS_RE.match(b["timestamp"]), b["timestamp"]
+    ts = dt.datetime.fromisoformat(b["timestamp"].replace("Z", "+00:00"))
+    assert abs((dt.datetime.now(dt.timezone.utc) - ts).total_seconds()) < 5
+    assert (r.status == 503) == (b["status"] in ("unhealthy", "not_ready"))
+    for name, entry in b.get("checks", {}).items():
+        assert isinstance(name, str)
+        assert entry["status"] in (("healthy", "degraded") if name == "system"
+                                   else ("healthy", "unhealthy"))
+        assert isinstance(entry["critical"], bool)
+        assert isinstance(entry["response_time_ms"], (int, float))
+        assert entry["response_time_ms"] >= 0
+        assert ("error" in entry) == (entry["status"] != "healthy")
+        if "error" in entry:
+            assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", entry["error"])
+    return b
+
+
+def check_draft_shape(r: HealthResponse) -> dict[str, Any]:
+    """The IETF health-check draft: status enum, checks values are arrays, no output on pass."""
+    assert header(r, "Content-Type") == "application/health+json"
+    assert header(r, "Cache-Control") == "no-store"
+    b = body(r)
+    assert b["status"] in ("pass", "warn", "fail")
+    assert (r.status == 503) == (b["status"] == "fail")
+    for key, items in b.get("checks", {}).items():
+        assert isinstance(key, str)
+        assert isinstance(items, list)
+        assert items
+        for item in items:
+            assert item["status"] in ("pass", "warn", "fail")
+            assert TS_RE.match(item["time"])
+            if item["status"] == "pass":
+                assert "output" not in item
+            else:
+                assert isinstance(item["output"], str)
+    return b
+
+
+def test_basic_and_liveness(hobs: Observability) -> None:
+    for kind, word in (("basic", "healthy"), ("liveness", "alive")):
+        r = hobs.health.probe(kind)
+        b = check_seed_shape(kind, r)
+        assert r.status == 200
+        assert b == {"status": word, "service": "cafe", "version": "1.2.3",
+                     "timestamp": b["timestamp"]}
+
+
+def test_status_model(hobs: Observability) -> None:
+    h = hobs.health
+    h.add("db", lambda: True)
+    h.add("cache", lambda: True, critical=False)
+    r = h.probe("detailed")
+    b = check_seed_shape("detailed", r)
+    assert (r.status, b["status"]) == (200, "healthy")
+    assert set(b["checks"]) == {"db", "cache", "system"}
+    assert b["checks"]["system"]["status"] == "healthy"
+
+    h.add("cache", lambda: False, critical=False)
+    r = h.probe("detailed")
+    b = check_seed_shape("detailed", r)
+    assert (r.status, b["status"]) == (200, "degraded")
+    assert b["checks"]["cache"] == {"status": "unhealthy", "critical": False,
+                                    "response_time_ms": b["checks"]["cache"]["response_time_ms"],
+                                    "error": "failed"}
+    assert h.probe("readiness").status == 200  # non-critical failure: still ready
+
+    def db() -> bool:
+        raise ConnectionRefusedError("nope")
+
+    h.add("db", db)
+    r = h.probe("detailed")
+    b = check_seed_shape("detailed", r)
+    assert (r.status, b["status"]) == (503, "unhealthy")
+    assert b["checks"]["db"]["error"] == "ConnectionRefusedError"
+    r = h.probe("readiness")
+    b = check_seed_shape("readiness", r)
+    assert (r.status, b["status"]) == (503, "not_ready")
+    assert set(b["checks"]) == {"db"}  # readiness runs critical checks only
+    assert h.probe("liveness").status == 200
+    assert h.probe("basic").status == 200
+
+    h.remove("db")
+    assert h.probe("readiness").status == 200
+    with pytest.raises(ValueError):
+        h.probe("bogus")
+
+
+def test_draft_format(hobs: Observability) -> None:
+    h = hobs.health
+    h.add("db", lambda: True)
+    accept = "application/health+json"
+    for kind in ("basic", "liveness", "readiness", "detailed"):
+        b = check_draft_shape(h.probe(kind, accept=accept))
+        assert b["status"] == "pass"
+    b = check_draft_shape(h.probe("detailed", accept=accept))
+    assert b["serviceId"] == "cafe"
+    assert b["version"] == "1.2.3"
+    assert "db:responseTime" in b["checks"]
+    assert "cpu:utilization" in b["checks"]
+    h.add("opt", lambda: False, critical=False)
+    assert check_draft_shape(h.probe("detailed", accept=accept))["status"] == "warn"
+    h.add("db", lambda: False)
+    r = h.probe("detailed", accept=accept)
+    b = check_draft_shape(r)
+    assert (r.status, b["status"]) == (503, "fail")
+    assert b["checks"]["db:responseTime"][0]["output"] == "failed"
+    # kubelet sends */*: plain JSON; q=0 refuses the draft
+    assert header(h.probe("liveness", accept="*/*"), "Content-Type") == "application/json"
+    assert header(h.probe("liveness", accept="application/health+json;q=0, */*"),
+                  "Content-Type") == "application/json"
+    assert header(h.probe("liveness", accept="application/json;q=0.5, application/health+json"),
+                  "Content-Type") == "application/health+json"
+
+
+def test_reserved_keys_win_and_details(xobs: Observability) -> None:
+    h = xobs.health
+    h.add("c", lambda: {"status": "healthy", "response_time_ms": -5, "error": "boom",
+                        "critical": "no", "queue_depth": 3})
+    b = check_seed_shape("detailed", h.probe("detailed"))
+    entry = b["checks"]["c"]
+    assert entry["status"] == "healthy"
+    assert entry["critical"] is True
+    assert entry["response_time_ms"] >= 0
+    assert "error" not in entry
+    assert entry["queue_depth"] == 3
+    h.add("c", lambda: {"status": "fail", "queue_depth": 9})
+    r = h.probe("detailed")
+    b = check_seed_shape("detailed", r)
+    assert r.status == 503
+    assert b["checks"]["c"]["error"] == "failed"
+
+
+def test_details_hidden_by_default(hobs: Observability) -> None:
+    hobs.health.add("c", lambda: {"host": "10.1.2.3", "ok": True})
+    raw = hobs.health.probe("detailed").body.decode()
+    assert "10.1.2.3" not in raw
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    (None, True), (True, True), ("yes", True), (1, True), (False, False), (0, False),
+    ("", False), ({}, True),
+])
+def test_return_values_normalised(hobs: Observability, value: Any, ok: bool) -> None:
+    hobs.health.add("c", lambda: value)
+    b = check_seed_shape("detailed", hobs.health.probe("detailed"))
+    assert (b["checks"]["c"]["status"] == "healthy") is ok
+
+
+def test_hostile_details_are_json_safe_and_bounded(xobs: Observability) -> None:
+    h = xobs.health
+    h.add("odd", lambda: {"when": dt.datetime(2024, 1, 1), "amount": Decimal("1.5"),
+                          "raw": b"\x00\xff", "nan": math.nan, "inf": -math.inf,
+                          "password": SECRET})
+    h.add("huge", lambda: {f"k{i}": "x" * 1000 for i in range(1000)})
+    r = h.probe("detailed")
+    b = check_seed_shape("detailed", r)
+    assert len(r.body) < 64 * 1024
+    assert b["checks"]["huge"]["status"] == "healthy"
+    assert b["checks"]["odd"]["amount"] == 1.5
+    assert b["checks"]["odd"]["nan"] == "nan"
+    assert SECRET not in r.body.decode()
+
+
+class _Hostile:
+    def __bool__(self) -> bool:
+        raise RuntimeError(SECRET)
+
+
+def test_hostile_return_value(hobs: Observability) -> None:
+    hobs.health.add("c", _Hostile)
+    r = hobs.health.probe("detailed")
+    assert r.status == 503
+    assert body(r)["checks"]["c"]["error"] == "RuntimeError"
+
+
+# ---------------------------------------------------------------------- timeouts
+def test_hung_sync_check_times_out_without_piling_threads(
+        hobs: Observability, release: threading.Event) -> None:
+    calls = []
+
+    def hang() -> bool:
+        calls.append(1)
+        release.wait(60)
+        return True
+
+    hobs.health.add("hang", hang, timeout=0.2)
+    t0 = time.monotonic()
+    r = hobs.health.probe("detailed")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 0.2 + MARGIN
+    b = check_seed_shape("detailed", r)
+    assert r.status == 503
+    assert b["checks"]["hang"]["error"] == "timeout"
+    assert b["checks"]["hang"]["response_time_ms"] >= 150
+    assert sample_value("health_check_status", hobs, check="hang") == 0.0
+    before = threading.active_count()
+    t0 = time.monotonic()
+    for _ in range(50):
+        r = hobs.health.probe("readiness")
+        assert r.status == 503
+    assert time.monotonic() - t0 < 50 * 0.05 + 1  # in flight: answered at once
+    assert threading.active_count() <= before
+    assert len(calls) == 1  # never a second run while the first is stuck
+    release.set()
+    from tests._support import wait_until
+
+    wait_until(lambda: hobs.health.probe("readiness").status == 200, timeout=5,
+               message="check runs again once the stuck run returned")
+    assert len(calls) == 2
+
+
+def test_hung_async_check_sync_and_async_probe(hobs: Observability) -> None:
+    async def hang() -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    hobs.health.add("ahang", hang, timeout=0.2)
+    t0 = time.monotonic()
+    r = hobs.health.probe("readiness")
+    assert time.monotonic() - t0 < 0.2 + MARGIN
+    assert r.status == 503
+    assert body(r)["checks"]["ahang"]["error"] == "timeout"
+
+    async def main() -> HealthResponse:
+        return await hobs.health.aprobe("readiness")
+
+    before = threading.active_count()
+    for _ in range(5):
+        t0 = time.monotonic()
+        r = asyncio.run(main())
+        assert time.monotonic() - t0 < 0.2 + MARGIN
+        assert r.status == 503
+        assert body(r)["checks"]["ahang"]["error"] == "timeout"
+    assert threading.active_count() <= before
+
+
+def test_deadline_bounds_slow_check(release: threading.Event) -> None:
+    with fresh_observability(health_deadline=0.15, health_check_timeout=5.0,
+                             health_cache_ttl=0.0) as o:
+        o.health.add("slow", lambda: release.wait(60))
+        t0 = time.monotonic()
+        r = o.health.probe("readiness")
+        assert time.monotonic() - t0 < 0.15 + MARGIN
+        assert body(r)["checks"]["slow"]["error"] == "timeout"
+
+
+def test_slow_result_past_timeout_counts_as_timeout(hobs: Observability) -> None:
+    done = threading.Event()
+
+    def slow() -> bool:
+        time.sleep(0.3)
+        done.set()
+        return True
+
+    hobs.health.add("slow", slow, timeout=0.1)
+    assert body(hobs.health.probe("readiness"))["checks"]["slow"]["error"] == "timeout"
+    assert done.wait(5)
+    time.sleep(0.05)
+    # the late success is recorded as a timeout, not flipped to healthy
+    assert sample_value("health_check_status", hobs, check="slow") == 0.0
+
+
+def test_async_checks_in_aprobe(hobs: Observability) -> None:
+    async def ok() -> dict[str, int]:
+        await asyncio.sleep(0.01)
+        return {"n": 1}
+
+    def sync_ok() -> bool:
+        return True
+
+    hobs.health.add("a", ok)
+    hobs.health.add("s", sync_ok)
+    r = asyncio.run(hobs.health.aprobe("detailed"))
+    b = check_seed_shape("detailed", r)
+    assert r.status == 200
+    assert b["checks"]["a"]["response_time_ms"] >= 5
+    assert sample_value("health_check_duration_seconds", hobs, check="a") >= 0.005
+
+
+# ---------------------------------------------------------------------- cache, single flight
+def test_ttl_cache_and_single_flight() -> None:
+    calls = []
+    lock = threading.Lock()
+
+    def dep() -> bool:
+        with lock:
+            calls.append(1)
+        time.sleep(0.1)
+        return True
+
+    with fresh_observability(health_cache_ttl=30.0) as o:
+        o.health.add("dep", dep)
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda: codes.append(o.health.probe("readiness")
+                                                                 .status)) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert codes == [200] * 200
+        assert len(calls) == 1
+        o.health.probe("detailed")
+        assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------- security
+class OperationalError(Exception):
+    pass
+
+
+def test_password_never_in_any_response(caplog: pytest.LogCaptureFixture) -> None:
+    def db() -> bool:
+        raise OperationalError(f"connection failed: password={SECRET} host=10.1.2.3")
+
+    async def adb() -> bool:
+        raise OperationalError(f"postgresql://u:{SECRET}@10.1.2.3/db")
+
+    def leaky() -> dict[str, str]:
+        return {"dsn": f"postgresql://u:{SECRET}@db/x", "password": SECRET}
+
+    caplog.set_level(logging.DEBUG, logger="mestres_observability.health")
+    for expose in (False, True):
+        with _obs(health_expose_details=expose) as o:
+            o.health.add("db", db)
+            o.health.add("adb", adb, critical=False)
+            o.health.add("leaky", leaky, critical=False)
+            for kind in ("basic", "liveness", "readiness", "detailed"):
+                for accept in (None, "application/health+json"):
+                    for r in (o.health.probe(kind, accept=accept),
+                              asyncio.run(o.health.aprobe(kind, accept=accept))):
+                        text = r.body.decode() + repr(r.headers)
+                        assert SECRET not in text
+                        assert "10.1.2.3" not in text
+            b = body(o.health.probe("detailed"))
+            assert b["checks"]["db"]["error"] == "OperationalError"
+            assert b["checks"]["adb"]["error"] == "OperationalError"
+    assert "OperationalError" in caplog.text  # the detail goes to the log ...
+    assert SECRET not in caplog.text  # ... redacted
+
+
+def test_detailed_token() -> None:
+    with fresh_observability(health_detailed_token="s3cret-token", health_cache_ttl=0.0) as o:
+        o.health.add("c", lambda: {"depth": 4})
+        for auth in (None, "", "Bearer wrong", "Basic s3cret-token", "s3cret-token"):
+            r = o.health.probe("detailed", authorization=auth)
+            assert r.status == 401
+            assert header(r, "WWW-Authenticate", ) == 'Bearer realm="health"'
+            assert b"depth" not in r.body
+        r = o.health.probe("detailed", authorization="Bearer s3cret-token")
+        assert r.status == 200
+        assert body(r)["checks"]["c"]["depth"] == 4
+        assert o.health.probe("readiness").status == 200  # only detailed is protected
+
+
+# ---------------------------------------------------------------------- readiness flag
+def test_readiness_flag() -> None:
+    with fresh_observability(health_start_ready=False) as o:
+        assert not o.health.is_ready
+        r = o.health.probe("readiness")
+        assert r.status == 503
+        assert body(r)["reason"] == "starting"
+        assert o.health.probe("liveness").status == 200
+        o.health.mark_started()
+        assert o.health.is_ready
+        assert o.health.probe("readiness").status == 200
+        o.health.start_draining()
+        r = o.health.probe("readiness")
+        assert r.status == 503
+        assert body(r)["reason"] == "draining"
+        b = check_draft_shape(o.health.probe("readiness", accept="application/health+json"))
+        assert b["status"] == "fail"
+        assert o.health.probe("liveness").status == 200
+
+
+def test_shutdown_drains() -> None:
+    with fresh_observability() as o:
+        assert o.health.probe("readiness").status == 200
+        o.shutdown()
+        assert o.health.probe("readiness").status == 503
+        assert o.health.probe("liveness").status == 200
+
+
+# ---------------------------------------------------------------------- registration
+def test_decorator_binds_to_current_and_survives_reinit() -> None:
+    with fresh_observability() as o:
+        @health_check("deco", critical=False, timeout=0.3)
+        def deco() -> bool:
+            return True
+
+        assert deco() is True  # returned unchanged
+        assert "deco" in o.health.names
+
+        @health_check()
+        async def named_by_function() -> bool:
+            return True
+
+        assert "named_by_function" in o.health.names
+        o2 = init_observability(configure_logging=False)
+        try:
+            assert {"deco", "named_by_function"} <= set(o2.health.names)
+            assert o2.health is not o.health
+        finally:
+            o2.shutdown()
+
+
+def test_add_validates() -> None:
+    with fresh_observability() as o:
+        with pytest.raises(ValueError, match="reserved"):
+            o.health.add("system", lambda: True)
+        with pytest.raises(ValueError):
+            o.health.add("", lambda: True)
+        with pytest.raises(ValueError):
+            o.health.add("x", lambda: True, timeout=0)
+        with pytest.raises(TypeError):
+            o.health.add("x", 42)  # type: ignore[arg-type]
+
+
+def test_inherit_and_close_idempotent() -> None:
+    with fresh_observability(health_cache_ttl=0.0) as o:
+        o.health.add("a", lambda: True)
+        o.health.probe("detailed")
+        reg = HealthRegistry(o.config, o.metrics, o.faults, inherit=o.health)
+        assert reg.names == ("a",)
+        assert reg.probe("readiness").status == 200
+        reg.close()
+        reg.close()
+        assert reg.probe("readiness").status == 200  # workers start again on demand
+        reg.close()
+
+
+def test_close_stops_worker_threads(release: threading.Event) -> None:
+    with fresh_observability(health_cache_ttl=0.0) as o:
+        async def ok() -> bool:
+            return True
+
+        o.health.add("s", lambda: True)
+        o.health.add("a", ok)
+        before = {t.name for t in threading.enumerate()}
+        o.health.probe("detailed")
+        o.health.close()
+        from tests._support import wait_until
+
+        wait_until(lambda: not any(t.name.startswith("mestres-obs-health") and
+                                   t.name not in before for t in threading.enumerate()),
+                   timeout=5, message="health threads to stop")
+
+
+# ---------------------------------------------------------------------- property
+json_ish = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
+              st.binary(max_size=10), st.decimals(), st.datetimes()),
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(st.text(max_size=8), children, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_ish, expose=st.booleans(), draft=st.booleans())
+def test_any_return_value_gives_valid_response(value: Any, expose: bool, draft: bool) -> None:
+    with fresh_observability(health_cache_ttl=0.0, health_expose_details=expose) as o:
+        o.health.add("c", lambda: value, critical=True)
+        r = o.health.probe("detailed", accept="application/health+json" if draft else None)
+        if draft:
+            check_draft_shape(r)
+        else:
+            check_seed_shape("detailed", r)
+
+
+# ---------------------------------------------------------------------- built-in checks
+def test_disk_and_system_checks(hobs: Observability) -> None:
+    assert disk_check("/", max_percent=100)()["status"] == "healthy"
+    assert disk_check("/", max_percent=-1)()["status"] == "unhealthy"
+    strict = system_check(cpu_threshold=-1, memory_threshold=-1, disk_threshold=-1)
+    out = strict()
+    assert out["status"] == "unhealthy"
+    assert "memory" in out["exceeded"]
+    assert system_check(cpu_threshold=101, memory_threshold=101, disk_threshold=101)()[
+        "status"] == "healthy"
+    hobs.health.add("disk", disk_check("/", max_percent=-1), critical=False)
+    b = check_seed_shape("detailed", hobs.health.probe("detailed"))
+    assert b["status"] == "degraded"
+
+
+def test_system_thresholds_degrade() -> None:
+    with fresh_observability(health_memory_threshold=0.0) as o:
+        r = o.health.probe("detailed")
+        b = check_seed_shape("detailed", r)
+        assert r.status == 200
+        assert b["status"] == "degraded"
+        system = b["checks"]["system"]
+        assert system["status"] == "degraded"
+        assert system["error"] == "threshold_exceeded"
+        assert 0 <= system["memory_percent"] <= 100
+        assert o.health.probe("readiness").status == 200
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(500 if self.path == "/bad" else 204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_http_check() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        port = server.server_address[1]
+        assert http_check(f"http://127.0.0.1:{port}/ok")() == {"status": "healthy",
+                                                               "status_code": 204}
+        import urllib.error
+
+        with pytest.raises(urllib.error.HTTPError):
+            http_check(f"http://127.0.0.1:{port}/bad")()
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError):
+        http_check("file:///etc/passwd")
+
+
+def test_sql_check_sqlite() -> None:
+    import sqlite3
+
+    assert sql_check("sqlite://")() is True
+    assert sql_check(lambda: sqlite3.connect(":memory:"))() is True
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine("sqlite://")
+    assert sql_check(engine)() is True
+    with pytest.raises(sqlite3.OperationalError):
+        sql_check(lambda: sqlite3.connect(":memory:"), query="SELECT * FROM nowhere")()
+    with pytest.raises(TypeError):
+        sql_check(42)
+
+
+def test_missing_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(MissingExtraError, match=r"mestres-observability\[sql\]"):
+        sql_check("postgresql://localhost/db")
+    with pytest.raises(MissingExtraError, match=r"mestres-observability\[redis\]"):
+        redis_check("redis://localhost")
+
+
+def test_redis_check_rejects_non_client() -> None:
+    with pytest.raises(TypeError):
+        redis_check(object())
+
+
+def test_optional_drivers_not_imported() -> None:
+    code = ("import sys, mestres_observability.health as h; "
+            "print(sorted(m for m in ('sqlalchemy', 'redis', 'psycopg2', 'psycopg') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_blackhole_dependency_times_out_without_piling_threads() -> None:
+    """A server that accepts TCP but never answers (a black hole): libpq and redis-py wait."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    import socket
+
+    hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    port = hole.getsockname()[1]
+    try:
+        with _obs() as o:
+            o.health.add("pg", sql_check(lambda: psycopg2.connect(
+                host="127.0.0.1", port=port, user="u", password=SECRET, dbname="d",
+                connect_timeout=3)), timeout=0.2)
+            o.health.add("redis", redis_check(f"redis://:{SECRET}@127.0.0.1:{port}/0",
+                                              timeout=3.0), timeout=0.2)
+            before = threading.active_count()
+            t0 = time.monotonic()
+            r = o.health.probe("readiness")
+            assert time.monotonic() - t0 < 0.2 + MARGIN
+            b = body(r)
+            assert r.status == 503
+            assert b["checks"]["pg"]["error"] == "timeout"
+            assert b["checks"]["redis"]["error"] == "timeout"
+            for _ in range(50):
+                t0 = time.monotonic()
+                assert o.health.probe("detailed").status == 503
+                assert time.monotonic() - t0 < 0.2 + MARGIN
+            # one worker per check (pg, redis, system) plus the system disk reader, however many probes
+            assert threading.active_count() <= before + 4, [t.name for t in threading.enumerate()]
+            assert SECRET not in o.health.probe("detailed").body.decode()
+    finally:
+        hole.close()

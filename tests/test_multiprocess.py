@@ -1,0 +1,507 @@
+"""Multiprocess mode: merged dead workers, exact totals, bounded scrapes, init checks.
+
+prometheus_client chooses multiprocess mode when it is imported, so everything
+that needs the mode runs in a fresh interpreter (``_run``); the file-level
+merge and directory handling are tested in-process on real
+prometheus_client files written with ``MmapedDict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from mestres_observability import multiprocess as mp
+from mestres_observability.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+
+
+def _run(code: str, mpdir: Path | None, *, check: bool = True, timeout: float = 120,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ)
+    full.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    full.pop("prometheus_multiproc_dir", None)
+    if mpdir is not None:
+        full["PROMETHEUS_MULTIPROC_DIR"] = str(mpdir)
+    full.update(env or {})
+    full["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _private_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "prom"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def _write(path: Path, entries: dict[str, tuple[float, float]]) -> None:
+    d = MmapedDict(str(path))
+    for key, (value, ts) in entries.items():
+        d.write_value(key, value, ts)
+    d.close()
+
+
+def _key(labels: dict[str, str], name: str = "jobs_total", metric: str = "jobs") -> str:
+    return mmap_key(metric, name, list(labels), list(labels.values()), "Jobs.")
+
+
+def _values(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    files = [str(p) for p in path.glob("*.db")]
+    out = {}
+    for family in MultiProcessCollector.merge(files, accumulate=True):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# ---------------------------------------------------------------- file-level merge (in-process)
+def test_merge_keeps_every_count_and_removes_dead_files(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    for pid in (101, 102, 103):
+        _write(d / f"counter_{pid}.db", {_key({"k": "a"}): (pid - 100.0, 0.0)})
+        _write(d / f"gauge_livesum_{pid}.db", {_key({}, "busy", "busy"): (1.0, 0.0)})
+        _write(d / f"gauge_all_{pid}.db", {_key({}, "g", "g"): (5.0, 0.0)})
+    before = _values(d)[("jobs_total", (("k", "a"),))]
+    assert mp.mark_process_dead([101, 102], str(d)) == 6
+    names = sorted(p.name for p in d.glob("*.db"))
+    assert names == ["counter_103.db", "counter_archive.db", "gauge_all_103.db",
+                     "gauge_livesum_103.db"]
+    after = _values(d)
+    assert after[("jobs_total", (("k", "a"),))] == before == 6.0
+    assert after[("busy", ())] == 1.0  # only the live worker's in-progress value
+    # a second merge folds into the same archive
+    assert mp.mark_process_dead(103, str(d)) == 3
+    assert _values(d)[("jobs_total", (("k", "a"),))] == 6.0
+    assert mp.mark_process_dead(103, str(d)) == 0
+
+
+def test_mostrecent_gauges_merge_by_timestamp_and_max_min_sum_by_mode(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    level = _key({"product_id": "p"}, "inventory_level", "inventory_level")
+    _write(d / "gauge_mostrecent_201.db", {level: (7.0, 2000.0)})
+    _write(d / "gauge_mostrecent_202.db", {level: (3.0, 1000.0)})  # older, merged later
+    _write(d / "gauge_max_201.db", {_key({}, "m", "m"): (4.0, 0.0)})
+    _write(d / "gauge_max_202.db", {_key({}, "m", "m"): (9.0, 0.0)})
+    _write(d / "gauge_sum_201.db", {_key({}, "s", "s"): (4.0, 0.0)})
+    _write(d / "gauge_sum_202.db", {_key({}, "s", "s"): (9.0, 0.0)})
+    mp.mark_process_dead(201, str(d))
+    mp.mark_process_dead(202, str(d))
+    v = _values(d)
+    assert v[("inventory_level", (("product_id", "p"),))] == 7.0
+    assert v[("m", ())] == 9.0
+    assert v[("s", ())] == 13.0
+
+
+def test_histogram_buckets_are_merged_exactly(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    for pid, n in ((301, 2.0), (302, 5.0)):
+        _write(d / f"histogram_{pid}.db", {
+            mmap_key("lat", "lat_bucket", ["le"], ["0.5"], "L"): (n, 0.0),
+            mmap_key("lat", "lat_bucket", ["le"], ["+Inf"], "L"): (1.0, 0.0),
+            mmap_key("lat", "lat_sum", [], [], "L"): (n / 10, 0.0),
+        })
+    before = _values(d)
+    mp.mark_process_dead([301, 302], str(d))
+    assert _values(d) == before
+    assert before[("lat_count", ())] == 9.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    workers=st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from(["a", "b", "c"]),
+                            st.integers(min_value=0, max_value=10**6), max_size=3),
+            st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+            st.floats(min_value=1.0, max_value=2e9, allow_nan=False),
+        ),
+        min_size=1, max_size=8,
+    ),
+    batches=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=8),
+)
+def test_merging_in_any_grouping_preserves_totals_and_newest_gauge(
+    workers: list[tuple[dict[str, int], float, float]], batches: list[int],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        level = _key({}, "level", "level")
+        for i, (counts, value, ts) in enumerate(workers):
+            pid = 1000 + i
+            _write(d / f"counter_{pid}.db",
+                   {_key({"k": k}): (float(n), 0.0) for k, n in counts.items()})
+            _write(d / f"gauge_mostrecent_{pid}.db", {level: (value, ts)})
+        before = _values(d)
+        pids = [1000 + i for i in range(len(workers))]
+        for size in batches:  # merge the dead in arbitrary groups, the rest at the end
+            group, pids = pids[:size], pids[size:]
+            mp.mark_process_dead(group, tmp)
+        mp.mark_process_dead(pids, tmp)
+        after = _values(d)
+        newest = max(workers, key=lambda w: w[2])[2]
+        assert {k: v for k, v in after.items() if k[0] != "level"} == \
+            {k: v for k, v in before.items() if k[0] != "level"}
+        assert after[("level", ())] in {w[1] for w in workers if w[2] == newest}
+        assert {p.name for p in d.glob("*.db")} == {"counter_archive.db",
+                                                   "gauge_mostrecent_archive.db"}
+
+
+def test_interrupted_merge_is_finished_without_double_counting(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    key = _key({"k": "a"})
+    _write(d / "counter_401.db", {key: (4.0, 0.0)})
+    _write(d / "counter_402.db", {key: (10.0, 0.0)})
+    # simulate a crash after the archive was renamed into place, before the sources went
+    journal = {"sources": {"counter": ["counter_401.db"]}, "targets": {"counter": 1},
+               "remove": ["counter_401.db"]}
+    (d / "merge.journal").write_text(json.dumps(journal))
+    mp._write_archive(str(d / "counter_archive.db"), {key: (4.0, 0.0)}, 1)
+    mp.mark_process_dead(402, str(d))  # recovers first, then merges 402
+    assert not (d / "merge.journal").exists()
+    assert sorted(p.name for p in d.glob("*.db")) == ["counter_archive.db"]
+    assert _values(d)[("jobs_total", (("k", "a"),))] == 14.0
+
+
+def test_interrupted_merge_before_the_rename_is_redone(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    key = _key({"k": "a"})
+    _write(d / "counter_501.db", {key: (4.0, 0.0)})
+    journal = {"sources": {"counter": ["counter_501.db"]}, "targets": {"counter": 1},
+               "remove": ["counter_501.db"]}
+    (d / "merge.journal").write_text(json.dumps(journal))
+    mp.mark_process_dead(999999, str(d))
+    assert sorted(p.name for p in d.glob("*.db")) == ["counter_archive.db"]
+    assert _values(d)[("jobs_total", (("k", "a"),))] == 4.0
+
+
+def test_pid_reuse_is_detected_from_the_start_time(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid = sleeper.pid
+        _write(d / f"counter_{pid}.db", {_key({}): (1.0, 0.0)})
+        created = mp._create_time(pid)
+        assert created is not None
+        (d / f"proc_{pid}_{created}.alive").touch()
+        assert pid in mp.live_pids(str(d))
+        (d / f"proc_{pid}_{created}.alive").unlink()
+        (d / f"proc_{pid}_{created - 500}.alive").touch()  # written by an earlier process
+        assert pid not in mp.live_pids(str(d))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert pid not in mp.live_pids(str(d))
+
+
+# ---------------------------------------------------------------- directory handling
+def test_prepare_directory_creates_0700_and_wipes_only_its_own_files(tmp_path: Path) -> None:
+    d = tmp_path / "new"
+    mp.prepare_directory(d)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    (d / "counter_1.db").write_bytes(b"x")
+    (d / "proc_1_2.alive").touch()
+    (d / "merge.lock").touch()
+    (d / "notes.txt").write_text("keep me")
+    outside = tmp_path / "outside.db"
+    outside.write_text("keep")
+    (d / "link.db").symlink_to(outside)
+    mp.prepare_directory(d)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+    assert outside.read_text() == "keep"
+
+
+def test_prepare_directory_refuses_a_symlink(tmp_path: Path) -> None:
+    real = _private_dir(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR"):
+        mp.prepare_directory(link)
+
+
+def _foreign_world_writable(tmp_path: Path) -> Path:
+    if os.geteuid() == 0:
+        d = tmp_path / "shared"
+        d.mkdir()
+        os.chown(d, 65534, 65534)
+        os.chmod(d, 0o1777)
+        return d
+    import tempfile
+
+    t = Path(tempfile.gettempdir())
+    st = t.stat()
+    if not st.st_mode & stat.S_IWOTH or st.st_uid == os.geteuid():
+        pytest.skip("no world-writable directory owned by another user to test with")
+    return t
+
+
+def test_world_writable_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    d = _foreign_world_writable(tmp_path)
+    with pytest.raises(ConfigurationError, match="world-writable"):
+        mp.prepare_directory(d, wipe=False)
+    proc = _run("""
+        from mestres_observability import init_observability
+        try:
+            init_observability(configure_logging=False)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, d)
+    assert "ConfigurationError" in proc.stdout
+    assert "PROMETHEUS_MULTIPROC_DIR" in proc.stdout
+
+
+# ---------------------------------------------------------------- init checks (subprocesses)
+def test_missing_directory_fails_at_init_naming_the_variable(tmp_path: Path) -> None:
+    proc = _run("""
+        from mestres_observability.multiprocess import check_environment
+        from mestres_observability import ObservabilityConfig
+        try:
+            check_environment(ObservabilityConfig())
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, tmp_path / "missing")
+    assert "ConfigurationError" in proc.stdout
+    assert "PROMETHEUS_MULTIPROC_DIR" in proc.stdout
+    assert "does not exist" in proc.stdout
+
+
+def test_variable_set_after_import_fails_loudly(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    proc = _run(f"""
+        import os
+        from mestres_observability import init_observability
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(d)!r}
+        try:
+            init_observability(configure_logging=False)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, None)
+    assert "ConfigurationError" in proc.stdout
+    assert "after prometheus_client" in proc.stdout
+
+
+def test_expose_global_registry_is_refused(tmp_path: Path) -> None:
+    proc = _run("""
+        from mestres_observability import init_observability
+        try:
+            init_observability(configure_logging=False, expose_global_registry=True)
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+    """, _private_dir(tmp_path))
+    assert "ConfigurationError" in proc.stdout
+    assert "expose_global_registry" in proc.stdout
+
+
+# ---------------------------------------------------------------- real workers (subprocesses)
+_WORKERS = """
+import os, time, json, statistics
+from mestres_observability import init_observability
+from mestres_observability.testing import sample_value
+from mestres_observability import multiprocess as mp
+from prometheus_client.multiprocess import MultiProcessCollector
+obs = init_observability(service_name="svc", configure_logging=False, system_metrics=False,
+                         process_metrics=False)
+DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+LABELS = ("GET", "/orders/{id}", "200")
+
+def worker(n):
+    pid = os.fork()
+    if pid == 0:
+        obs.metrics.http_requests_total.inc(LABELS, n)
+        obs.metrics.http_request_duration_seconds.observe(LABELS, 0.01 * (n % 7))
+        obs.metrics.inventory_level.set(("beans",), n)
+        obs.metrics.http_requests_in_progress.inc(LABELS[:2])
+        os._exit(0)
+    return pid
+
+def scrape_seconds(collect, repeat=5):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        list(collect())
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+def in_progress():
+    try:
+        return sample_value("http_requests_in_progress", method="GET", endpoint="/orders/{id}")
+    except KeyError:  # no live worker has the series
+        return 0.0
+
+def total():
+    try:
+        return sample_value("http_requests_total", method="GET", endpoint="/orders/{id}",
+                            status="200")
+    except KeyError:  # nothing counted yet
+        return 0.0
+"""
+
+
+@pytest.mark.slow
+def test_hundreds_of_recycled_workers_keep_scrapes_bounded_and_totals_exact(
+    tmp_path: Path,
+) -> None:
+    d = _private_dir(tmp_path)
+    proc = _run(_WORKERS + """
+raw = MultiProcessCollector(None)  # prometheus_client alone, for comparison
+base = scrape_seconds(obs.metric_sources()[0].collect)
+expected = 0
+pids = []
+for n in range(1, 301):
+    pids.append(worker(n))
+    expected += n
+for p in pids:
+    os.waitpid(p, 0)
+files_before = len([f for f in os.listdir(DIR) if f.endswith(".db")])
+raw_time = scrape_seconds(raw.collect, repeat=3)
+for p in pids:  # what the gunicorn child_exit hook does
+    mp.mark_process_dead(p)
+merged_time = scrape_seconds(obs.metric_sources()[0].collect)
+files_after = len([f for f in os.listdir(DIR) if f.endswith(".db")])
+print(json.dumps({"base": base, "raw": raw_time, "merged": merged_time, "expected": expected,
+                  "total": total(), "files_before": files_before, "files_after": files_after,
+                  "in_progress": in_progress(),
+                  "count": sample_value("http_request_duration_seconds_count", method="GET",
+                                        endpoint="/orders/{id}", status="200")}))
+""", d)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["total"] == r["expected"] == 45150
+    assert r["count"] == 300
+    assert r["in_progress"] == 0  # dead workers' live gauges are gone
+    assert r["files_before"] >= 1200
+    assert r["files_after"] <= 10
+    # prometheus_client alone reads 1200 files; merged, the scrape is back near the baseline
+    assert r["merged"] < r["raw"] / 5
+    assert r["merged"] < max(5 * r["base"], r["base"] + 0.02)
+
+
+@pytest.mark.slow
+def test_scrape_time_detection_without_hooks_and_no_dip_under_concurrent_merges(
+    tmp_path: Path,
+) -> None:
+    d = _private_dir(tmp_path)
+    proc = _run(_WORKERS + """
+import threading
+seen = []
+stop = threading.Event()
+reader_pid = os.fork()
+if reader_pid == 0:  # a sibling worker that scrapes continuously (reaping included)
+    try:
+        values = []
+        for _ in range(400):
+            values.append(total())
+        dips = sum(1 for a, b in zip(values, values[1:]) if b < a)
+        print(json.dumps({"dips": dips, "last": values[-1]}), flush=True)
+    except BaseException as exc:
+        import traceback; print(json.dumps({"error": traceback.format_exc()}), flush=True)
+    finally:
+        os._exit(0)
+expected = 0
+for n in range(1, 151):
+    os.waitpid(worker(n), 0)
+    expected += n
+    if n % 10 == 0:
+        obs.metric_sources()[0].collect()  # scrape-time reaping from this worker too
+os.waitpid(reader_pid, 0)
+final = total()
+files = len([f for f in os.listdir(DIR) if f.endswith(".db")])
+print(json.dumps({"expected": expected, "final": final, "files": files}))
+""", d)
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
+    assert not [x for x in lines if "error" in x], [x["error"] for x in lines if "error" in x]
+    reader = next(x for x in lines if "dips" in x)
+    main = next(x for x in lines if "final" in x)
+    assert reader["dips"] == 0
+    assert main["final"] == main["expected"] == 11325
+    assert main["files"] <= 10  # dead workers were merged at scrape time
+
+
+def test_callback_gauges_process_metrics_and_exemplars_are_served(tmp_path: Path) -> None:
+    d = _private_dir(tmp_path)
+    proc = _run("""
+import os, json
+from mestres_observability import init_observability
+obs = init_observability(service_name="svc", configure_logging=False)
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+    os.close(w)
+    os.read(r, 1)  # stay alive until the parent has scraped
+    os._exit(0)
+obs.set_active_connections(lambda: 7)
+obs.metrics.exemplar_provider = lambda: {"trace_id": "abc123"}
+obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+obs.metrics.http_request_duration_seconds.observe(("GET", "/a", "200"), 0.2)
+import time
+from mestres_observability import multiprocess as mp
+deadline = time.time() + 10
+while child not in mp.live_pids() and time.time() < deadline:
+    time.sleep(0.05)
+body = obs.render_metrics(accept="application/openmetrics-text; version=1.0.0").body.decode()
+kept = f"counter_{child}.db" in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+os.close(w)
+os.waitpid(child, 0)
+print(json.dumps({"body": body, "child": child, "me": os.getpid(), "kept": kept}))
+""", d)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    body = r["body"]
+    lines = body.splitlines()
+    assert r["kept"], "a scrape must never merge a live sibling's files"
+    # the total of both processes, with the exemplar this (scraping) process recorded
+    assert any(ln.startswith('http_requests_total{endpoint="/a",method="GET",status="200"} 2.0 '
+                             '# {trace_id="abc123"} 1.0') for ln in lines), body
+    assert any(ln.startswith("http_request_duration_seconds_bucket") and 'le="0.25"' in ln
+               and 'trace_id="abc123"' in ln for ln in lines)
+    assert "active_connections 7.0" in lines
+    assert body.count("# TYPE active_connections gauge") == 1
+    for pid in (r["child"], r["me"]):
+        assert any(ln.startswith(f'process_resident_memory_bytes{{pid="{pid}"}}') for ln in lines)
+    assert any(ln.startswith("memory_usage_bytes ") for ln in lines)
+
+
+def test_instances_share_metric_objects_so_no_count_is_lost(tmp_path: Path) -> None:
+    proc = _run("""
+from mestres_observability import init_observability
+from mestres_observability.testing import sample_value
+a = init_observability(configure_logging=False)
+a.metrics.orders_total.inc(("paid",), 2)
+b = init_observability(configure_logging=False)
+b.metrics.orders_total.inc(("paid",), 3)
+a.metrics.orders_total.inc(("paid",), 1)
+c1 = b.counter("jobs_done", "Jobs.", ["kind"])
+assert c1 is init_observability(configure_logging=False).counter("jobs_done", "Jobs.", ["kind"])
+print(sample_value("orders_total", status="paid"))
+""", _private_dir(tmp_path))
+    assert proc.stdout.strip().splitlines()[-1] == "6.0"
+
+
+def test_gunicorn_module_makes_a_private_directory_when_unset(tmp_path: Path) -> None:
+    proc = _run("""
+import os, stat
+import mestres_observability.gunicorn as g
+d = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+print(d, oct(stat.S_IMODE(os.stat(d).st_mode)), os.path.basename(d).startswith("mestres-obs-"))
+g._remove_temporary_dir()
+print(os.path.exists(d))
+""", None)
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    assert first.endswith("0o700 True")
+    assert second == "False"

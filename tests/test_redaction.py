@@ -1,0 +1,108 @@
+"""Redaction of secrets in log fields: keys at any depth, card numbers, tokens in text."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mestres_observability._redact import REDACTED, Redactor, luhn_ok
+from mestres_observability.config import DEFAULT_REDACT_KEYS
+
+R = Redactor(DEFAULT_REDACT_KEYS)
+
+
+@pytest.mark.parametrize("key", [
+    "password", "PASSWORD", "Set-Cookie", "set_cookie", "api-key", "X_API_KEY", "access_token",
+    "card_number", "cvv", "Authorization", "db_password",
+])
+def test_sensitive_keys(key: str) -> None:
+    assert R.clean_event({key: "s3cr3t-value"})[key] == REDACTED
+
+
+@pytest.mark.parametrize("key", ["tokens_used", "passwordless", "author", "cookies_accepted_at",
+                                 "event", "level"])
+def test_similar_keys_survive(key: str) -> None:
+    assert R.clean_event({key: "visible"})[key] == "visible"
+
+
+def test_nested_and_in_lists() -> None:
+    out = R.clean_event({
+        "payment": {"card_number": "4111111111111111", "meta": [{"token": "t"}]},
+        "headers": [("Set-Cookie", "a=b")],
+        "ok": {"tokens_used": 5},
+    })
+    assert out["payment"]["card_number"] == REDACTED
+    assert out["payment"]["meta"][0]["token"] == REDACTED
+    assert out["ok"]["tokens_used"] == 5
+    assert "a=b" not in json.dumps(out)
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("paid with 4111 1111 1111 1111 today", "4111 1111 1111 1111"),
+    ("card=5500-0000-0000-0004", "5500-0000-0000-0004"),
+    ("Authorization: Bearer abcdef123456", "abcdef123456"),
+    ("connect postgres://app:hunter2@db:5432/shop", "hunter2"),
+    ("GET /cb?code=1&token=s3cr3tvalue&x=1", "s3cr3tvalue"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", "eyJzdWIiOiIxIn0"),
+    ('{"password": "hunter2"}', "hunter2"),
+])
+def test_secrets_inside_text(text: str, secret: str) -> None:
+    assert secret not in R.clean(text)
+
+
+def test_luhn_only_for_valid_numbers_and_never_for_ids() -> None:
+    assert luhn_ok("4111111111111111")
+    assert not luhn_ok("4111111111111112")
+    assert R.clean("order 4111111111111112") == "order 4111111111111112"
+    assert R.clean(4111111111111111) == REDACTED  # an int card number too
+    ids = {"trace_id": "4111111111111111", "span_id": "4111111111111111",
+           "request_id": "4111111111111111"}
+    assert R.clean_event(ids) == ids
+    off = Redactor(DEFAULT_REDACT_KEYS, card_numbers=False)
+    assert off.clean("4111111111111111") == "4111111111111111"
+
+
+def test_cleaning_makes_values_json_safe() -> None:
+    class Bad:
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    out = R.clean_event({"money": Decimal("19.99"), "nan": float("nan"), "inf": Decimal("Infinity"),
+                         "bad": Bad(), "loop": loop, "bytes": b"\x00\xff", "big": 10**400})
+    text = json.dumps(out, allow_nan=False)
+    assert out["money"] == 19.99
+    assert out["nan"] == "nan"
+    assert out["bad"].startswith("<unrepresentable")
+    assert "<max depth>" in text
+
+
+def test_truncation_marker() -> None:
+    r = Redactor((), max_length=16)
+    out = r.clean("a" * 100)
+    assert out.startswith("a" * 16)
+    assert out.endswith("[truncated 84 chars]")
+
+
+secrets = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=12,
+                  max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=secrets, noise=st.text(max_size=200),
+       key=st.sampled_from(["password", "api_key", "Authorization", "session", "x-auth-token"]),
+       depth=st.integers(0, 5))
+def test_property_redacted_value_never_in_output(secret: str, noise: str, key: str,
+                                                 depth: int) -> None:
+    assume(secret not in key)
+    value: object = {key: secret, "note": noise}
+    for _ in range(depth):
+        value = {"nested": [value]}
+    out = json.dumps(R.clean_event({"event": noise, "data": value}), ensure_ascii=True)
+    if secret not in noise and secret not in json.dumps(noise):
+        assert secret not in out

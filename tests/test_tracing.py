@@ -1,0 +1,268 @@
+"""Spans API, provider set-up and exemplars (in-memory spans; the wire is in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
+from mestres_observability import ConfigurationError, MissingExtraError, track_order
+from mestres_observability.testing import captured_spans, fresh_observability, reset
+from mestres_observability.tracing import _GLOBAL, MAX_ATTRIBUTE_LENGTH, span, traced
+
+
+class Boom(Exception):
+    pass
+
+
+def test_traced_sync_keeps_result_signature_and_nests() -> None:
+    sentinel = object()
+
+    @traced
+    def outer(a: int, *, b: str = "x") -> object:
+        """Doc."""
+        return inner()
+
+    @traced("inner-step", kind="db")
+    def inner() -> object:
+        return sentinel
+
+    assert inspect.signature(outer).parameters.keys() == {"a", "b"}
+    assert outer.__doc__ == "Doc."
+    with fresh_observability(), captured_spans() as spans:
+        assert outer(1) is sentinel
+    assert spans.names() == ["inner-step", "test_traced_sync_keeps_result_signature_and_nests."
+                             "<locals>.outer"]
+    child, parent = spans.spans
+    assert child.parent is not None
+    assert child.parent.span_id == parent.context.span_id
+    assert dict(child.attributes or {}) == {"kind": "db"}
+
+
+def test_exception_recorded_and_reraised_unchanged() -> None:
+    err = Boom("bad")
+
+    @traced("fails")
+    def fails() -> None:
+        raise err
+
+    with fresh_observability(), captured_spans() as spans:
+        with pytest.raises(Boom) as info:
+            fails()
+        assert info.value is err
+        with pytest.raises(Boom) as info2, span("ctx"):
+            raise err
+        assert info2.value is err
+    for s in spans.spans:
+        assert s.status.status_code is StatusCode.ERROR
+        assert [e.name for e in s.events] == ["exception"]
+        assert (s.attributes or {})["error.type"] == "Boom"
+
+
+def test_async_function_and_async_with() -> None:
+    @traced("async-op")
+    async def op(x: int) -> int:
+        async with span("inside"):
+            await asyncio.sleep(0)
+        return x * 2
+
+    assert inspect.iscoroutinefunction(op)
+    with fresh_observability(), captured_spans() as spans:
+        assert asyncio.run(op(21)) == 42
+    inside, outer = spans.by_name("inside"), spans.by_name("async-op")
+    assert inside.parent is not None
+    assert inside.parent.span_id == outer.context.span_id
+
+
+def test_generator_span_is_current_only_inside_the_body() -> None:
+    seen: list[bool] = []
+
+    @traced("gen")
+    def numbers() -> Iterator[int]:
+        seen.append(trace.get_current_span().is_recording())
+        yield 1
+        seen.append(trace.get_current_span().is_recording())
+        yield 2
+
+    with fresh_observability(), captured_spans() as spans:
+        gen = numbers()
+        assert next(gen) == 1
+        assert not trace.get_current_span().is_recording()  # not leaked to the consumer
+        assert list(gen) == [2]
+    assert seen == [True, True]
+    assert spans.names() == ["gen"]
+
+
+def test_generator_close_and_error() -> None:
+    @traced("gen-err")
+    def broken() -> Iterator[int]:
+        yield 1
+        raise Boom("x")
+
+    with fresh_observability(), captured_spans() as spans:
+        g = broken()
+        next(g)
+        with pytest.raises(Boom):
+            next(g)
+        g2 = broken()
+        next(g2)
+        g2.close()
+    errs = [s.status.status_code for s in spans.spans]
+    assert errs == [StatusCode.ERROR, StatusCode.UNSET]
+
+
+def test_async_generator() -> None:
+    @traced("agen")
+    async def items() -> AsyncIterator[int]:
+        for i in range(3):
+            async with span(f"item-{i}"):
+                yield i
+
+    async def main() -> list[int]:
+        return [i async for i in items()]
+
+    with fresh_observability(), captured_spans() as spans:
+        assert asyncio.run(main()) == [0, 1, 2]
+    parent = spans.by_name("agen")
+    for i in range(3):
+        child = spans.by_name(f"item-{i}")
+        assert child.parent is not None
+        assert child.parent.span_id == parent.context.span_id
+
+
+def test_attributes_are_sanitised_never_raise() -> None:
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    with fresh_observability(), captured_spans() as spans, span(
+        "attrs", money=Decimal("19.99"), big="x" * 100_000, hostile=Hostile(),
+        none=None, huge=10**30, seq=[1, 2], flag=True,
+    ):
+        pass
+    attrs = dict(spans.by_name("attrs").attributes or {})
+    assert attrs["money"] == pytest.approx(19.99)
+    assert isinstance(attrs["money"], float)
+    assert len(attrs["big"]) == MAX_ATTRIBUTE_LENGTH
+    assert "hostile" not in attrs
+    assert "none" not in attrs
+    assert attrs["huge"] == str(10**30)
+    assert attrs["seq"] == (1, 2)
+    assert attrs["flag"] is True
+
+
+def test_business_span_is_parent_of_user_spans_and_log_carries_trace() -> None:
+    from mestres_observability.testing import capture_logs
+
+    @track_order
+    def create() -> dict[str, object]:
+        with span("validate_inventory"):
+            pass
+        return {"id": "o1", "user_id": "u1", "status": "paid", "total_amount": Decimal("5.5")}
+
+    with fresh_observability(), captured_spans() as spans, capture_logs() as events:
+        create()
+    order = spans.by_name("process_order")
+    child = spans.by_name("validate_inventory")
+    assert child.parent is not None
+    assert child.parent.span_id == order.context.span_id
+    created = [e for e in events if e["event"] == "order_created"]
+    assert created
+    assert created[0]["trace_id"] == format(order.context.trace_id, "032x")
+    assert created[0]["total_amount"] == 5.5
+
+
+def test_disabled_tracing_creates_no_spans_and_costs_nothing() -> None:
+    @traced("off")
+    def f() -> int:
+        return 1
+
+    with fresh_observability(tracing_enabled=False) as obs, captured_spans() as spans:
+        assert not obs.tracing.enabled
+        assert f() == 1
+        with span("also-off") as sp:
+            assert not sp.is_recording()
+    assert spans.names() == []
+
+
+def test_exemplar_provider_only_for_sampled_recording_span() -> None:
+    with fresh_observability() as obs:
+        provider = obs.metrics.exemplar_provider
+        assert provider is not None
+        assert provider() is None
+        with span("s") as sp:
+            ex = provider()
+            assert ex is not None
+            assert ex["trace_id"] == format(sp.get_span_context().trace_id, "032x")
+            assert len(ex["trace_id"]) == 32
+            assert len(ex["span_id"]) == 16
+            assert len(ex["trace_id"]) + len(ex["span_id"]) + len("trace_idspan_id") <= 128
+    with fresh_observability(exemplars=False) as obs:
+        assert obs.metrics.exemplar_provider is None
+
+
+def test_reinit_keeps_one_processor_and_repoints_it() -> None:
+    with fresh_observability():
+        provider = _GLOBAL.provider
+        assert provider is not None
+        before = len(provider._active_span_processor._span_processors)
+    for _ in range(20):
+        with fresh_observability(traces_exporter="console"):
+            pass
+    assert _GLOBAL.provider is provider
+    assert len(provider._active_span_processor._span_processors) == before
+    assert trace.get_tracer_provider() is provider
+
+
+def test_default_instance_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda p: calls.append(p))
+    previous = _GLOBAL.provider
+    obs = reset()
+    assert obs.tracing.provider is None
+    assert _GLOBAL.provider is previous
+    assert calls == []
+
+
+def test_bad_sampler_arg_and_propagator_fail_at_init() -> None:
+    with pytest.raises(ConfigurationError, match="traces_sampler_arg"), fresh_observability(
+        traces_sampler="traceidratio", traces_sampler_arg=1.5
+    ):
+        pass
+    with pytest.raises(ConfigurationError, match="propagators"), fresh_observability(
+        propagators=("no-such-propagator",)
+    ):
+        pass
+
+
+def test_otlp_without_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(MissingExtraError, match=r"mestres-observability\[otlp\]"), \
+            fresh_observability(traces_exporter="otlp"):
+        pass
+
+
+def test_console_exporter_writes_compact_lines_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    with fresh_observability(traces_exporter="console") as obs:
+        with span("printed", k="v"):
+            pass
+        obs.shutdown()
+    out, err = capfd.readouterr()
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(d["span"] == "printed" and d["attributes"] == {"k": "v"} for d in lines)
+    assert "printed" not in out
+
+
+def test_missing_auto_instrumentation_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="mestres_observability.tracing"), \
+            fresh_observability(auto_instrument=("surely_not_installed_lib",)):
+        pass
+    assert "surely_not_installed_lib" in caplog.text
