@@ -330,6 +330,8 @@ class SystemCollector(Collector):
             if current_text is None:
                 raise OSError(f"{self._cgroup / 'memory.current'} is missing")
             used = float(int(current_text))
+            if used < 0:
+                raise OSError(f"{self._cgroup / 'memory.current'} holds a negative value")
             stat = _read_text(self._cgroup / "memory.stat")
             if stat:
                 inactive = _parse_kv(stat).get("inactive_file", 0)
