@@ -22,7 +22,9 @@ def test_demo_scripted_session() -> None:
     assert rest, out[-2000:]
     records = [json.loads(line) for line in log_part.splitlines() if line.startswith("{")]
     events = [r.get("event") for r in records]
-    assert "order_created" in events and "payment_processed" in events and "http_request" in events
+    assert "order_created" in events
+    assert "payment_processed" in events
+    assert "http_request" in events
     access = [r for r in records if r.get("event") == "http_request"]
     assert any(r.get("request_id") == "demo-000" for r in access)
     created = next(r for r in records if r.get("event") == "order_created")
