@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +45,22 @@ def require_binary(name: str, *extra_dirs: str) -> str:
             pytest.fail(f"MESTRES_TEST_REQUIRE_INTEGRATION=1 but {reason}")
         pytest.skip(reason)
     return found
+
+
+def require_module(name: str) -> Any:
+    """Import ``name``; skip with a clear reason when it is missing.
+
+    Like :func:`require_binary`, a missing module fails the test under
+    ``MESTRES_TEST_REQUIRE_INTEGRATION=1``: CI installs every extra the suite
+    needs, so a skip there would hide a missing dependency.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reason = f"could not import {name!r} ({exc}); install the dev extras: make venv"
+        if REQUIRE_INTEGRATION:
+            pytest.fail(f"MESTRES_TEST_REQUIRE_INTEGRATION=1 but {reason}")
+        pytest.skip(reason, allow_module_level=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05,

@@ -34,6 +34,7 @@ from mestres_observability.health import (
 )
 from mestres_observability.observability import Observability
 from mestres_observability.testing import fresh_observability, sample_value
+from tests._support import require_module
 
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 MARGIN = 0.3
@@ -658,7 +659,7 @@ def test_optional_drivers_not_imported() -> None:
 
 def test_blackhole_dependency_times_out_without_piling_threads() -> None:
     """A server that accepts TCP but never answers (a black hole): libpq and redis-py wait."""
-    psycopg2 = pytest.importorskip("psycopg2")
+    psycopg2 = require_module("psycopg2")
     import socket
 
     hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

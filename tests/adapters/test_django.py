@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-django = pytest.importorskip("django")
+from tests._support import require_module
+
+django = require_module("django")
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.adapters.django_settings")
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-fastapi = pytest.importorskip("fastapi")
+from tests._support import require_module
+
+fastapi = require_module("fastapi")
 
 from fastapi import BackgroundTasks, FastAPI, WebSocket  # noqa: E402
 from fastapi.responses import PlainTextResponse, StreamingResponse  # noqa: E402

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-flask = pytest.importorskip("flask")
+from tests._support import require_module
+
+flask = require_module("flask")
 
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 
 from mestres_observability.health import redis_check, sql_check
 from mestres_observability.testing import fresh_observability, sample_value
-from tests._support import wait_until
+from tests._support import require_module, wait_until
 from tests.servers import PostgresServer, RedisServer, running_postgres, running_redis
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_postgres_and_redis_down_and_back(postgres_server: PostgresServer,
 
 
 def test_dbapi_connect_callable(postgres_server: PostgresServer) -> None:
-    psycopg2 = pytest.importorskip("psycopg2")
+    psycopg2 = require_module("psycopg2")
     check = sql_check(lambda: psycopg2.connect(postgres_server.dsn()))
     assert check() is True
     postgres_server.stop()
@@ -110,7 +110,7 @@ def test_dbapi_connect_callable(postgres_server: PostgresServer) -> None:
 
 def test_aprobe_with_real_servers(postgres_server: PostgresServer,
                                   redis_server: RedisServer) -> None:
-    redis_asyncio = pytest.importorskip("redis.asyncio")
+    redis_asyncio = require_module("redis.asyncio")
 
     async def main() -> None:
         client = redis_asyncio.Redis.from_url(redis_server.url, socket_timeout=0.3,
