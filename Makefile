@@ -11,7 +11,7 @@ help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
 	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
 	@echo "make test           ruff + mypy --strict + pytest + mkdocs build --strict"
-	@echo "make test-versions  core unit tests on the oldest and newest Python present (nox)"
+	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
 	@echo "make bench          benchmarks (ratios measured in one run)"
 
 $(STAMP): pyproject.toml
@@ -37,10 +37,11 @@ docs: $(STAMP)
 
 test: lint typecheck unit docs
 
-# pyenv keeps 3.10 and 3.13 out of PATH unless they are listed in PYENV_VERSION.
+# pyenv keeps 3.10, 3.11 and 3.13 out of PATH unless they are listed in PYENV_VERSION.
+# core_tests: 3.10 and 3.13; adapter_tests: 3.11 + Django 5.2 and 3.13 + Django 6.1.
 test-versions: $(STAMP)
-	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(10|13)\.[0-9]+$$' | tr '\n' ':')" \
-	  $(VENV)/bin/nox --error-on-missing-interpreters -s core_tests
+	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(10|11|13)\.[0-9]+$$' | tr '\n' ':')" \
+	  $(VENV)/bin/nox --error-on-missing-interpreters -s core_tests adapter_tests
 
 demo: $(STAMP)
 	$(PY) examples/coffee_shop.py --scripted

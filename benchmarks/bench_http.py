@@ -1,12 +1,16 @@
 """Per-request overhead of the HTTP adapters against the bare app and the peers.
 
-Run: ``python benchmarks/bench_http.py`` (about 30-60 s). Apps are driven
+Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django]`` (all three by
+default; about 1-2 minutes). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
-with a W3C ``traceparent`` header; the figure is the best of several rounds,
-in microseconds per request, and the overhead is the difference from the bare
-app in the same run.
+with a W3C ``traceparent`` header, in many short rounds (``BENCH_ROUNDS`` x
+``BENCH_REQUESTS``, 60 x 50 by default) that interleave all variants. Each
+variant shows its best round in microseconds per request and its overhead: the
+median over rounds of (variant - bare app, same round). Paired, short rounds
+keep a shared, noisy machine from favouring whichever variant ran in a quiet
+moment; the ratios are computed from those overheads.
 
 Variants per framework:
 
@@ -29,6 +33,7 @@ import asyncio
 import gc
 import io
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -50,8 +55,8 @@ from prometheus_client import CollectorRegistry
 warnings.simplefilter("ignore")
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
-PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "700"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "60"))
+PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "50"))
 
 
 class _Discard(SpanExporter):
@@ -97,6 +102,16 @@ def _init(full: bool) -> Any:
         configure_logging=False, tracing_enabled=full, access_log=full,
         system_metrics=False, process_metrics=False, service_name="bench",
     )
+
+
+def _ours(adapter: str, make: Callable[[], Any], full: bool) -> tuple[Any, Any]:
+    """A fresh app wired by ``mestres_observability.<adapter>.instrument``, and its instance."""
+    import importlib
+
+    app = make()
+    obs = _init(full)
+    importlib.import_module(f"mestres_observability.{adapter}").instrument(app, obs)
+    return app, obs
 
 
 # ---------------------------------------------------------------------- drivers
@@ -171,14 +186,6 @@ def flask_variants() -> dict[str, Callable[[], Any] | None]:
 
         return app
 
-    def ours(full: bool) -> Any:
-        from mestres_observability.flask import instrument
-
-        app = make()
-        obs = _init(full)
-        instrument(app, obs)
-        return app, obs
-
     def exporter(app: Any) -> Any:
         from prometheus_flask_exporter import PrometheusMetrics
 
@@ -193,8 +200,8 @@ def flask_variants() -> dict[str, Callable[[], Any] | None]:
 
     return {
         "bare": make,
-        "ours metrics": lambda: ours(False),
-        "ours full": lambda: ours(True),
+        "ours metrics": lambda: _ours("flask", make, False),
+        "ours full": lambda: _ours("flask", make, True),
         "peer metrics": _optional(lambda: exporter(make())),
         "peer otel": _optional(lambda: otel(make())),
         "peer metrics+otel+log": _optional(lambda: otel(exporter(make(log=True)))),
@@ -221,14 +228,6 @@ def fastapi_variants() -> dict[str, Callable[[], Any] | None]:
 
         return app
 
-    def ours(full: bool) -> Any:
-        from mestres_observability.fastapi import instrument
-
-        app = make()
-        obs = _init(full)
-        instrument(app, obs)
-        return app, obs
-
     def instrumentator(app: Any) -> Any:
         from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -249,8 +248,8 @@ def fastapi_variants() -> dict[str, Callable[[], Any] | None]:
 
     return {
         "bare": make,
-        "ours metrics": lambda: ours(False),
-        "ours full": lambda: ours(True),
+        "ours metrics": lambda: _ours("fastapi", make, False),
+        "ours full": lambda: _ours("fastapi", make, True),
         "peer metrics": _optional(lambda: instrumentator(make())),
         "peer metrics (starlette_exporter)": _optional(lambda: starlette_exporter(make())),
         "peer otel": _optional(lambda: otel(make())),
@@ -341,12 +340,18 @@ def _optional(factory: Callable[[], Any], module: str | None = None) -> Callable
 
 
 def measure(name: str, variants: dict[str, Callable[[], Any] | None],
-            runner: Callable[[Any], Callable[[int], None]]) -> dict[str, float | None]:
-    """Best round per variant; rounds interleave the variants so drift hits all alike."""
+            runner: Callable[[Any], Callable[[int], None]]
+            ) -> dict[str, tuple[float, float] | None]:
+    """Per variant: best round (us/request) and overhead over the bare app (us/request).
+
+    Rounds interleave the variants, so drift hits all alike; the overhead is the
+    median over rounds of (variant - bare) in the same round, which a burst of
+    load on a shared machine moves far less than a difference of two minima.
+    """
     from mestres_observability.observability import _set_current
 
     runs: dict[str, tuple[Callable[[int], None], Any]] = {}
-    out: dict[str, float | None] = {}
+    out: dict[str, tuple[float, float] | None] = {}
     for label, factory in variants.items():
         out[label] = None
         if factory is None:
@@ -357,31 +362,35 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
             continue
         app, obs = built if isinstance(built, tuple) else (built, None)
         runs[label] = (runner(app), obs)
-    best = {label: float("inf") for label in runs}
+    times: dict[str, list[float]] = {label: [] for label in runs}
     for round_no in range(ROUNDS + 1):
         for label, (run, obs) in runs.items():
             if obs is not None:
                 _set_current(obs)  # requests use the current instance (bound late)
             gc.collect()
+            n = PER_ROUND if round_no else 200  # round 0 warms up
             t0 = time.perf_counter()
-            run(PER_ROUND if round_no else 200)
-            elapsed = (time.perf_counter() - t0) / PER_ROUND
-            if round_no:  # round 0 warms up
-                best[label] = min(best[label], elapsed)
-    for label, value in best.items():
-        out[label] = value * 1e6
+            run(n)
+            if round_no:
+                times[label].append((time.perf_counter() - t0) / n * 1e6)
+    bare = times["bare"]
+    for label, values in times.items():
+        overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
+        out[label] = (min(values), overhead)
     return out
 
 
-def report(name: str, figures: dict[str, float | None]) -> None:
-    bare = figures["bare"] or 0.0
-    print(f"\n{name}: us per request (overhead over bare)")
+def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
+    print(f"\n{name}: us per request, best round (overhead over bare, median of rounds)")
+    over: dict[str, float] = {}
     for label, value in figures.items():
         if value is None:
             print(f"  {label:<36} n/a (peer not installed)")
-        else:
-            print(f"  {label:<36} {value:8.1f}   (+{value - bare:6.1f})")
-    over = {k: (v - bare) for k, v in figures.items() if v is not None and k != "bare"}
+            continue
+        best, overhead = value
+        print(f"  {label:<36} {best:8.1f}   (+{overhead:6.1f})")
+        if label != "bare":
+            over[label] = overhead
     combined = over.get("peer metrics+otel+log")
     metric_peers = [v for k, v in over.items() if k.startswith("peer metrics") and "+" not in k]
     if combined:
@@ -396,19 +405,21 @@ def report(name: str, figures: dict[str, float | None]) -> None:
 def main() -> None:
     _setup_globals()
     t0 = time.perf_counter()
+    only = {a.lower() for a in sys.argv[1:]}
     for name, variants, runner in (
         ("Flask", flask_variants, wsgi_runner),
         ("FastAPI", fastapi_variants, asgi_runner),
         ("Django (WSGI)", django_variants, wsgi_runner),
     ):
+        if only and name.split()[0].lower() not in only:
+            continue
         try:
             figures = measure(name, variants(), runner)
         except ImportError as exc:
             print(f"\n{name}: skipped ({exc})")
             continue
         report(name, figures)
-    print(f"\n({ROUNDS} rounds x {PER_ROUND} requests, best round; "
-          f"{time.perf_counter() - t0:.0f} s)")
+    print(f"\n({ROUNDS} rounds x {PER_ROUND} requests; {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

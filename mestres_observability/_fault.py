@@ -10,8 +10,10 @@ that is down) the fault is counted in
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any, Protocol
 
 __all__ = ["COMPONENTS", "FaultReporter"]
@@ -23,6 +25,18 @@ COMPONENTS: tuple[str, ...] = (
 )
 
 _log = logging.getLogger("mestres_observability")
+
+_reporters: weakref.WeakSet[FaultReporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
+    """A lock held by another thread at ``fork()`` stays held forever in the child: replace it."""
+    for reporter in list(_reporters):
+        reporter._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Counter(Protocol):
@@ -43,6 +57,7 @@ class FaultReporter:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._logging = threading.local()
+        _reporters.add(self)
 
     def bind(self, counter: _Counter) -> None:
         """Attach the ``mestres_observability_errors_total`` counter (one child per component)."""

@@ -4,10 +4,33 @@ One daemon thread per process serves ``metrics_path`` on
 ``metrics_host:metrics_port`` with the same content negotiation and
 protection as the in-app endpoint, for whatever instance is current when a
 scrape arrives. It is started once; later calls return the running address.
+
+Several workers, one port:
+
+* **gunicorn**: the master serves the port (the ``when_ready`` hook of
+  :mod:`mestres_observability.gunicorn`, or the preloaded application). A
+  forked worker closes its inherited copy of the listening socket and never
+  binds the port itself.
+* **no master hook** (``uvicorn --workers N``): in multiprocess mode the first
+  worker that binds the port serves every worker's totals (the files are
+  shared). A worker that finds the port taken (``EADDRINUSE``) does not fail:
+  it logs once at info level and keeps retrying on a daemon thread every
+  :data:`RETRY_INTERVAL` seconds, so when the serving worker exits or is
+  recycled, a sibling takes the port over. If what holds the port is not a
+  mestres-observability listener, the standby logs a warning instead (still
+  once) and keeps retrying.
+
+Outside multiprocess mode a port that cannot be bound is a configuration error
+raised at start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
+import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -17,15 +40,25 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .observability import Observability
 
-__all__ = ["metrics_server_address", "start_metrics_server", "stop_metrics_server"]
+__all__ = ["RETRY_INTERVAL", "metrics_server_address", "metrics_server_role",
+           "start_metrics_server", "stop_metrics_server"]
+
+_log = logging.getLogger("mestres_observability")
+
+#: Seconds between two bind attempts of a worker standing by for the port.
+RETRY_INTERVAL = 5.0
+_SERVER_NAME = "mestres-observability"
 
 _lock = threading.Lock()
 _server: ThreadingHTTPServer | None = None
 _thread: threading.Thread | None = None
+_standby: _Standby | None = None
+#: ``(host, port)`` a parent process served when this process was forked from it.
+_inherited: tuple[str, int] | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server_version = "mestres-observability"
+    server_version = _SERVER_NAME
     sys_version = ""
 
     def _answer(self, method: str) -> None:
@@ -66,15 +99,110 @@ class _Handler(BaseHTTPRequestHandler):
         return  # scrapes are not access-logged
 
 
+class _Standby:
+    """A daemon thread retrying the bind while a sibling worker holds the port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mestres-observability-metrics-standby",
+                                       daemon=True)
+
+    def _run(self) -> None:
+        announced = False
+        while not self.stop.is_set():
+            if not announced:
+                announced = True
+                self._announce()
+            if self.stop.wait(RETRY_INTERVAL):
+                return
+            try:
+                if _take_over(self):
+                    _log.info("mestres_observability: this worker (pid %s) now serves /metrics "
+                              "on %s:%s", os.getpid(), self.host, self.port)
+                    return
+            except Exception:  # never let the standby thread die noisily or take the worker
+                _log.debug("mestres_observability: metrics port retry failed", exc_info=True)
+
+    def _announce(self) -> None:
+        """Log once why this worker is not serving: a sibling serves, or something else holds it."""
+        if _held_by_us(self.host, self.port):
+            _log.info("mestres_observability: %s:%s is served by another worker (it serves every "
+                      "worker's totals); pid %s stands by and retries every %ss",
+                      self.host, self.port, os.getpid(), RETRY_INTERVAL)
+        else:
+            _log.warning("mestres_observability: metrics_port %s:%s is held by another program; "
+                         "pid %s keeps retrying every %ss (pick a free port)",
+                         self.host, self.port, os.getpid(), RETRY_INTERVAL)
+
+
+def _held_by_us(host: str, port: int) -> bool:
+    """True when a mestres-observability listener answers on ``host:port``."""
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    conn = http.client.HTTPConnection(target, port, timeout=2)
+    try:
+        conn.request("HEAD", "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return (resp.getheader("Server") or "").strip() == _SERVER_NAME
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _bind(host: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), _Handler)
+    server.daemon_threads = True
+    return server
+
+
+def _serve(server: ThreadingHTTPServer) -> None:
+    """Start serving ``server`` (the caller holds ``_lock``)."""
+    global _server, _thread
+    thread = threading.Thread(target=server.serve_forever, name="mestres-observability-metrics",
+                              daemon=True)
+    thread.start()
+    _server, _thread = server, thread
+
+
+def _take_over(standby: _Standby) -> bool:
+    """One retry of a standby: bind and serve when the port is free."""
+    global _standby
+    with _lock:
+        if _standby is not standby or standby.stop.is_set():
+            return True  # stopped or replaced meanwhile: end this thread
+        try:
+            server = _bind(standby.host, standby.port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+        _serve(server)
+        _standby = None
+        return True
+
+
+def _multiprocess() -> bool:
+    from .multiprocess import is_multiprocess, multiprocess_dir
+
+    return bool(multiprocess_dir()) and is_multiprocess()
+
+
 def start_metrics_server(obs: Observability | None = None) -> tuple[str, int] | None:
     """Start the listener for ``obs`` (default: current) once; its ``(host, port)``.
 
-    Returns ``None`` when ``metrics_port`` is unset.
+    Returns ``None`` when ``metrics_port`` is unset, and when another process
+    serves the port for this one: the parent this process was forked from
+    (gunicorn's master), or, in multiprocess mode, a sibling worker that bound
+    it first (this process then stands by; see the module documentation).
 
     Raises:
-        ConfigurationError: the address cannot be bound (names ``metrics_port``).
+        ConfigurationError: the address cannot be bound (names ``metrics_port``),
+            except for a port held by a sibling in multiprocess mode.
     """
-    global _server, _thread
+    global _standby
     if obs is None:
         from .observability import get_observability
 
@@ -85,24 +213,29 @@ def start_metrics_server(obs: Observability | None = None) -> tuple[str, int] | 
             return metrics_server_address()
         if cfg.metrics_port is None:
             return None
+        if _inherited is not None and cfg.metrics_port in (0, _inherited[1]):
+            return None  # the parent (gunicorn's master) serves it
+        if _standby is not None:
+            return None
         try:
-            server = ThreadingHTTPServer((cfg.metrics_host, cfg.metrics_port), _Handler)
+            server = _bind(cfg.metrics_host, cfg.metrics_port)
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and cfg.metrics_port != 0 and _multiprocess():
+                standby = _Standby(cfg.metrics_host, cfg.metrics_port)
+                _standby = standby
+                standby.thread.start()
+                return None
             raise ConfigurationError(
                 "metrics_port", cfg.metrics_port,
                 f"cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc.strerror or exc}); "
                 "pick a free port or unset it to serve /metrics on the app",
             ) from None
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, name="mestres-observability-metrics",
-                                  daemon=True)
-        thread.start()
-        _server, _thread = server, thread
+        _serve(server)
         return metrics_server_address()
 
 
 def metrics_server_address() -> tuple[str, int] | None:
-    """``(host, port)`` of the running listener, or ``None``."""
+    """``(host, port)`` of the listener this process runs, or ``None``."""
     server = _server
     if server is None:
         return None
@@ -110,14 +243,59 @@ def metrics_server_address() -> tuple[str, int] | None:
     return (str(host), int(port))
 
 
+def metrics_server_role() -> str:
+    """What this process does for ``metrics_port``.
+
+    ``"serving"`` (it runs the listener), ``"standby"`` (a sibling holds the
+    port; retrying), ``"parent"`` (forked from the process that serves it) or
+    ``"off"``.
+    """
+    if _server is not None:
+        return "serving"
+    if _standby is not None:
+        return "standby"
+    if _inherited is not None:
+        return "parent"
+    return "off"
+
+
 def stop_metrics_server() -> None:
-    """Stop the listener (tests; at exit the daemon thread simply ends)."""
-    global _server, _thread
+    """Stop the listener or the standby thread (tests; at exit the daemon threads simply end)."""
+    global _server, _thread, _standby, _inherited
     with _lock:
-        server, thread = _server, _thread
-        _server = _thread = None
+        server, thread, standby = _server, _thread, _standby
+        _server = _thread = _standby = None
+        _inherited = None
+    if standby is not None:
+        standby.stop.set()
+        standby.thread.join(timeout=5)
     if server is not None:
         server.shutdown()
         server.server_close()
     if thread is not None:
         thread.join(timeout=5)
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
+    """The serving thread and the standby thread did not survive the fork: forget them.
+
+    The parent keeps serving; the child closes its copy of the listening socket
+    (so the port is not held open by workers if the parent dies) and remembers
+    that its parent serves. ``server.shutdown()`` must never run here: it would
+    wait forever for a ``serve_forever`` loop that only exists in the parent.
+    """
+    global _lock, _server, _thread, _standby, _inherited
+    _lock = threading.Lock()
+    server, _server, _thread = _server, None, None
+    if server is not None:
+        host, port = server.server_address[:2]
+        _inherited = (str(host), int(port))
+        with contextlib.suppress(OSError):
+            server.socket.close()
+    if _standby is not None:
+        # the parent stands by and retries; a child's own start call starts its own standby
+        _standby = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

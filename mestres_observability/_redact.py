@@ -33,6 +33,9 @@ REDACTED = "[REDACTED]"
 #: Keys never scanned for card numbers or tokens (correlation ids).
 EXEMPT_KEYS = frozenset({"trace_id", "span_id", "request_id", "parent_span_id"})
 _MAX_DEPTH = 8
+_SMALL_INT = 10**12  # ints below this have at most 12 digits
+_CACHE_TEXT_LENGTH = 64
+_CACHE_TEXT_ITEMS = 1024
 _MAX_ITEMS = 200
 
 _CARD_RE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
@@ -82,6 +85,9 @@ class Redactor:
         self.card_numbers = card_numbers
         self.max_length = max_length
         self._key_cache: dict[str, bool] = {}
+        # short strings already scanned and found free of secrets (event and logger
+        # names, statuses ...): a set lookup instead of a scan; never holds a redacted one
+        self._clean_text: set[str] = set()
         alternatives = "|".join(sorted((re.escape(k) for k in self.keys), key=len, reverse=True))
         self._pair_re: re.Pattern[str] | None = None
         self._header_re: re.Pattern[str] | None = None
@@ -193,12 +199,41 @@ class Redactor:
         return self.truncate(self.scrub_text(str(value)))
 
     def clean_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Clean a whole event dict (top-level keys redacted like nested ones)."""
+        """Clean a whole event dict (top-level keys redacted like nested ones).
+
+        Same result as :meth:`clean` on each value; the common scalar types are
+        handled inline (this runs once per log line).
+        """
         out: dict[str, Any] = {}
+        cache = self._key_cache
+        known_clean = self._clean_text
+        max_length = self.max_length
         for k, v in event.items():
             ks = k if type(k) is str else str(k)
-            if self.sensitive_key(ks) and ks not in EXEMPT_KEYS:
+            hit = cache.get(ks)
+            if hit is None:
+                hit = self.sensitive_key(ks)
+            if hit and ks not in EXEMPT_KEYS:
                 out[ks] = REDACTED
+                continue
+            t = type(v)
+            if t is str:
+                if v in known_clean or ks in EXEMPT_KEYS:
+                    pass
+                elif len(v) <= _CACHE_TEXT_LENGTH:
+                    scrubbed = self.scrub_text(v)
+                    if scrubbed == v:
+                        if len(known_clean) >= _CACHE_TEXT_ITEMS:
+                            known_clean.clear()
+                        known_clean.add(v)
+                    v = scrubbed
+                else:
+                    v = self.scrub_text(v)
+                out[ks] = v if len(v) <= max_length else self.truncate(v)
+            elif v is None or t is bool or (t is int and -_SMALL_INT < v < _SMALL_INT):
+                out[ks] = v  # fewer than 13 digits: never a card number
+            elif t is float and v - v == 0.0:  # finite
+                out[ks] = v
             else:
                 out[ks] = self.clean(v, ks, 0)
         return out

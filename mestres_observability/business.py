@@ -78,11 +78,17 @@ def _int_to_float(value: int) -> float | None:
 def _amount(value: Any) -> tuple[float | None, str | None]:
     """A money or quantity value as a finite non-negative float, or a fault kind."""
     kind = type(value)
-    if kind is int or kind is float:  # fast path (bool is excluded: its type is bool)
-        f = float(value) if kind is float else _int_to_float(value)
-        if f is None:
-            return None, "invalid_amount"
-        if f != f or f in (_INF, -_INF):
+    if kind is int or kind is float or kind is Decimal:  # fast path (bool's type is bool)
+        if kind is int:
+            f = _int_to_float(value)
+            if f is None:
+                return None, "invalid_amount"
+        else:
+            try:
+                f = float(value)
+            except (ValueError, ArithmeticError):  # Decimal("sNaN")
+                return None, "invalid_amount"
+        if f != f or f == _INF or f == -_INF:
             return None, "non_finite_amount"
         return (None, "negative_amount") if f < 0 else (f + 0.0, None)
     if value is _MISSING or value is None:
@@ -142,12 +148,67 @@ def _optional_text(value: Any) -> str | None:
     return None if value is _MISSING or value is None else _text(value)
 
 
+def _read_plain_order(order: dict[str, Any], info: OrderInfo) -> bool:
+    """Fast path of :func:`read_order` for a ``dict`` whose items are ``dict``s.
+
+    Returns ``False`` (and leaves ``info`` untouched) for any other shape, so
+    the general path decides; the result is the same either way.
+    """
+    items = order.get("items")
+    if items is not None and type(items) is not list:
+        return False
+    if items:
+        for item in items:
+            if type(item) is not dict:
+                return False
+    get = order.get
+    oid = get("id")
+    uid = get("user_id")
+    status = get("status")
+    if (oid is not None and type(oid) is not str and type(oid) is not int) or (
+        uid is not None and type(uid) is not str and type(uid) is not int
+    ) or (status is not None and type(status) is not str):
+        return False
+    info.id = None if oid is None else ((oid or UNKNOWN) if type(oid) is str else str(oid))
+    info.user_id = None if uid is None else ((uid or UNKNOWN) if type(uid) is str else str(uid))
+    info.status = status or UNKNOWN
+    cur = get("currency")
+    if isinstance(cur, str) and cur:
+        info.currency = cur
+    total = get("total_amount", _MISSING)
+    if total is _MISSING:
+        total = get("total", _MISSING)
+    info.total, fault = _amount(total)
+    faults = info.faults
+    if fault:
+        faults.append(fault)
+    if items:
+        info.items_count = len(items)
+        out = info.items
+        for item in items:
+            pid = item.get("product_id")
+            qty, qfault = _amount(item.get("quantity", _MISSING))
+            if pid is None:
+                faults.append("missing_product_id")
+            elif qfault or qty is None:
+                faults.append("invalid_quantity")
+            else:
+                out.append((pid if type(pid) is str and pid else _text(pid), qty))
+    return True
+
+
 def read_order(order: Any, currency: str) -> OrderInfo:
     """Read an order (object or mapping) into an :class:`OrderInfo`; never raises."""
     info = OrderInfo(currency=currency)
     if order is None:
         info.faults.append("no_order")
         return info
+    if type(order) is dict:
+        try:
+            if _read_plain_order(order, info):
+                return info
+        except Exception:  # a hostile __str__ or __float__: the general path copes
+            info = OrderInfo(currency=currency)
     info.id = _optional_text(_field(order, "id"))
     info.user_id = _optional_text(_field(order, "user_id"))
     info.status = _text(_field(order, "status"))
@@ -220,13 +281,18 @@ def _record_order(obs: Observability, order: Any, currency: str | None,
         cfg = obs.config
         info = read_order(_apply_extractor(obs, extract, order), currency or cfg.default_currency)
         m = obs.metrics
-        m.orders_total.inc((info.status,))
-        if info.total is not None:
+        exemplar = m.current_exemplar()  # once per call, not once per series
+        m.orders_total.inc((info.status,), 1.0, exemplar)
+        total = info.total
+        if total is not None:
+            cur = (info.currency,)
             if not cfg.revenue_statuses or info.status in cfg.revenue_statuses:
-                m.revenue_total.inc((info.currency,), info.total)
-            m.order_value.observe((info.currency,), info.total)
-        for pid, qty in info.items:
-            m.products_sold_total.inc((pid,), qty)
+                m.revenue_total.inc(cur, total, exemplar)
+            m.order_value.observe(cur, total, exemplar)
+        if info.items:
+            sold = m.products_sold_total
+            for pid, qty in info.items:
+                sold.inc((pid,), qty, exemplar)
         for kind in info.faults:
             obs.faults.report("business", kind, f"order field rejected: {kind}")
         return info
@@ -249,14 +315,18 @@ def _log(obs: Observability, event: str, fields: dict[str, Any]) -> None:
         obs.faults.report("logging", "log_event", f"logging {event} failed", exc)
 
 
-def _set_span_attributes(span_cm: Any, attributes: Mapping[str, Any]) -> None:
-    if span_cm is None:
-        return
-    from opentelemetry import trace
+def _recording(sp: Any) -> bool:
+    """True when ``sp`` (the span the decorator opened, or ``None``) records attributes."""
+    if sp is None:
+        return False
+    try:
+        return bool(sp.is_recording())
+    except Exception:  # pragma: no cover - defensive
+        return False
 
-    current = trace.get_current_span()
-    if current.is_recording():
-        current.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+def _set_span_attributes(sp: Any, attributes: Mapping[str, Any]) -> None:
+    sp.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
 
 def record_order(order: Any, *, currency: str | None = None,
@@ -279,9 +349,11 @@ def _record_payment(obs: Observability, payment: Any, currency: str | None,
         info = read_payment(_apply_extractor(obs, extract, payment),
                             currency or obs.config.default_currency)
         m = obs.metrics
-        m.payments_total.inc((info.method, info.status))
+        exemplar = m.current_exemplar()
+        m.payments_total.inc((info.method, info.status), 1.0, exemplar)
         if info.amount is not None:
-            m.payment_amount_total.inc((info.method, info.status, info.currency), info.amount)
+            m.payment_amount_total.inc((info.method, info.status, info.currency), info.amount,
+                                       exemplar)
         for kind in info.faults:
             obs.faults.report("business", kind, f"payment field rejected: {kind}")
         return info
@@ -323,41 +395,44 @@ class _BusinessHooks:
         obs = get_observability()
         if not obs.config.enabled:
             return None
-        cm = None
+        cm = sp = None
         if obs.tracing.enabled:
             try:
                 cm = _tracing.span("process_order" if self.kind == "order" else "process_payment")
-                cm.__enter__()
+                sp = cm.__enter__()
             except Exception as exc:
                 obs.faults.report("tracing", "business_span", "could not open span", exc)
-                cm = None
-        return (obs, cm)
+                cm = sp = None
+        return (obs, cm, sp)
 
     def success(self, state: Any, result: Any) -> None:
         if state is None:
             return
-        obs, cm = state
+        obs, cm, sp = state
         try:
             if self.kind == "order":
                 info = _record_order(obs, result, self.currency, self.extract)
                 if info is not None:
-                    fields = _order_event(info)
-                    _set_span_attributes(cm, {
-                        "order.id": info.id, "order.user_id": info.user_id,
-                        "order.items_count": info.items_count,
-                        "order.total_amount": info.total, "order.status": info.status,
-                        "order.currency": info.currency,
-                    })
-                    _log(obs, "order_created", fields)
+                    if _recording(sp):
+                        _set_span_attributes(sp, {
+                            "order.id": info.id, "order.user_id": info.user_id,
+                            "order.items_count": info.items_count,
+                            "order.total_amount": info.total, "order.status": info.status,
+                            "order.currency": info.currency,
+                        })
+                    if _logs.event_enabled():
+                        _log(obs, "order_created", _order_event(info))
             else:
                 pinfo = _record_payment(obs, result, self.currency, self.extract)
                 if pinfo is not None:
-                    _set_span_attributes(cm, {
-                        "payment.id": pinfo.id, "payment.order_id": pinfo.order_id,
-                        "payment.amount": pinfo.amount, "payment.method": pinfo.method,
-                        "payment.status": pinfo.status, "payment.currency": pinfo.currency,
-                    })
-                    _log(obs, "payment_processed", _payment_event(pinfo))
+                    if _recording(sp):
+                        _set_span_attributes(sp, {
+                            "payment.id": pinfo.id, "payment.order_id": pinfo.order_id,
+                            "payment.amount": pinfo.amount, "payment.method": pinfo.method,
+                            "payment.status": pinfo.status, "payment.currency": pinfo.currency,
+                        })
+                    if _logs.event_enabled():
+                        _log(obs, "payment_processed", _payment_event(pinfo))
         except Exception as exc:  # pragma: no cover - _record_* already guard
             obs.faults.report("business", "success_hook", "recording failed", exc)
         finally:
@@ -366,7 +441,7 @@ class _BusinessHooks:
     def failure(self, state: Any, exc: BaseException) -> None:
         if state is None:
             return
-        obs, cm = state
+        obs, cm, _sp = state
         try:
             error_type = type(exc).__name__
             if self.kind == "order":

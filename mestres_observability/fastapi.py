@@ -20,10 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import structlog
 from starlette.routing import Host, Match, Mount
 
 from .errors import ConfigurationError
@@ -47,6 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATE_KEY = "mestres_observability"
+_log = logging.getLogger("mestres_observability")
 _TERMINAL = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
 _HEADERS = {
     b"user-agent": "user_agent", b"x-forwarded-for": "forwarded_for", b"host": "host",
@@ -159,7 +160,7 @@ class ObservabilityMiddleware:
                 await self.app(scope, receive, send)
                 return
             headers = _read_headers(scope, state)
-            rp = self._start(state, scope, headers, route_path)
+            rp = self._start(state, scope, headers, route_path, kind)
         except Exception as exc:
             get_observability().faults.report("http", "asgi", "request pass failed", exc)
             await self.app(scope, receive, send)
@@ -173,26 +174,27 @@ class ObservabilityMiddleware:
         await self._measured(state, scope, receive, send, rp)
 
     def _start(self, state: HttpState, scope: Scope, headers: dict[str, str],
-               route_path: str) -> RequestPass | None:
+               route_path: str, kind: str | None) -> RequestPass | None:
         method: str = scope.get("method", "GET")
-        route = None
-        if state.enabled and not state.excluded(route_path) and (
-            route_path not in state.endpoints
-        ):
-            route = self._match(scope, method)
+        # the library's own endpoints get their path as route once served
+        route = self._match(scope, method) if kind is None else None
         client = scope.get("client")
         trace_headers: dict[str, str] | None = None
         if state.tracing:
             trace_headers = {k: headers[k] for k in ("traceparent", "tracestate", "baggage")
                              if k in headers}
+        server_span = None
+        if state.tracing or state.access_log:
+            # FastAPI's native telemetry (0.16x) may have started the SERVER span already:
+            # the access log is correlated with it even when our tracing is off
+            native = scope.get("fastapi.telemetry")
+            if native is not None:
+                server_span = getattr(native, "span", None)
+                if server_span is not None and not server_span.is_recording():
+                    server_span = None
         query = scope.get("query_string", b"")
-        # FastAPI's native telemetry (0.16x) may have started the SERVER span already
-        native = scope.get("fastapi.telemetry")
-        server_span = getattr(native, "span", None) if native is not None else None
-        if server_span is not None and not server_span.is_recording():
-            server_span = None
         return start_request(
-            state, method, root_path_join(scope), query=query.decode("latin-1") if query else "",
+            state, method, scope["path"], query=query.decode("latin-1") if query else "",
             route=route, request_id=headers.get("request_id"),
             user_agent=headers.get("user_agent"), peer=client[0] if client else None,
             forwarded_for=headers.get("forwarded_for"), scheme=scope.get("scheme", "http"),
@@ -202,32 +204,33 @@ class ObservabilityMiddleware:
 
     async def _measured(self, state: HttpState, scope: Scope, receive: Receive, send: Send,
                         rp: RequestPass) -> None:
-        holder = [0]
+        status = 0
         rid = (state.request_id_bytes, rp.request_id.encode("ascii"))
-        wiring = self.wiring
+        resolver = self.wiring.user_id_resolver
         rp.track_in_progress()
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status
             mtype = message["type"]
             if mtype == "http.response.start":
-                holder[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), rid]}
-                await send(message)
+                status = message["status"]
+                await send({**message, "headers": [*message.get("headers", ()), rid]})
                 return
             await send(message)
             if (mtype == "http.response.body" and not message.get("more_body", False)) or (
                 mtype in _TERMINAL
             ):
-                rp.finish(holder[0] or 200, None, _user_id(wiring, scope, state, rp))
+                rp.finish(status or 200, None, _user_id(resolver, scope, state))
 
         rp.activate()
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
-            rp.finish(holder[0] or 500, exc, _user_id(wiring, scope, state, rp))
+            rp.finish(status or 500, exc, _user_id(resolver, scope, state))
             raise
         finally:
-            rp.finish(holder[0] or 500, None, _user_id(wiring, scope, state, rp))
+            if not rp.finished:
+                rp.finish(status or 500, None, _user_id(resolver, scope, state))
             rp.deactivate()
 
     async def _serve(self, state: HttpState, kind: str, scope: Scope, send: Send,
@@ -250,12 +253,6 @@ class ObservabilityMiddleware:
                 rp.finish(status)
 
 
-def root_path_join(scope: Scope) -> str:
-    """The request path as the client sent it (``path`` already includes ``root_path``)."""
-    path: str = scope["path"]
-    return path
-
-
 def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:
     found: dict[str, str] = {}
     wanted = _HEADERS
@@ -269,18 +266,17 @@ def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:
     return found
 
 
-def _user_id(wiring: _Wiring, scope: Scope, state: HttpState, rp: RequestPass) -> Any:
-    resolver = wiring.user_id_resolver
-    if resolver is not None:
-        try:
-            from starlette.requests import Request
+def _user_id(resolver: UserIdResolver | None, scope: Scope, state: HttpState) -> Any:
+    """The resolver's answer (the access log falls back on a bound ``user_id``)."""
+    if resolver is None:
+        return None
+    try:
+        from starlette.requests import Request
 
-            return resolver(Request(scope))
-        except Exception as exc:
-            state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
-    if state.access_log:
-        return structlog.contextvars.get_contextvars().get("user_id")
-    return None
+        return resolver(Request(scope))
+    except Exception as exc:
+        state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
+        return None
 
 
 def instrument(app: Any, obs: Observability | None = None, *,
@@ -324,13 +320,29 @@ def instrument(app: Any, obs: Observability | None = None, *,
     _setup(obs)
 
 
-def _prefer_our_server_span(app: Any) -> None:
-    """Turn FastAPI's native tracing off when it would only use the global provider."""
-    config = getattr(app, "_telemetry", None)
-    if isinstance(config, dict) and config.get("tracing") and (
-        config.get("tracer_provider") is None
-    ):
-        config["tracing"] = False
+def _prefer_our_server_span(app: Any) -> bool:
+    """Turn FastAPI's native tracing off for ``app`` when it would only use the global provider.
+
+    FastAPI (0.16x) takes ``FastAPI(telemetry={"tracing": False})`` at construction and has
+    no public setter afterwards; its native telemetry reads the app's ``_telemetry``
+    mapping on every request. That mapping is feature-detected here: only a mutable
+    mapping with ``tracing`` on and no explicit ``tracer_provider`` is changed, anything
+    else (another FastAPI version, a plain Starlette app) is left alone and this never
+    raises. When native tracing stays on, the middleware reuses FastAPI's SERVER span
+    for log correlation instead of starting a second one.
+
+    Returns:
+        True when native tracing was turned off here.
+    """
+    try:
+        config = getattr(app, "_telemetry", None)
+        if (isinstance(config, MutableMapping) and config.get("tracing") is True
+                and config.get("tracer_provider") is None):
+            config["tracing"] = False
+            return True
+    except Exception as exc:  # an unexpected shape must not break set-up
+        _log.debug("leaving FastAPI native telemetry as it is: %r", exc)
+    return False
 
 
 def _setup(obs: Observability | None) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from flask import Flask, got_request_exception, request
@@ -103,7 +103,9 @@ class FlaskMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
             state = http_state()
-            path_info = _text(environ.get("PATH_INFO", "") or "/")
+            path_info = environ.get("PATH_INFO") or "/"
+            if not path_info.isascii():
+                path_info = _text(path_info)
             kind = state.endpoints.get(path_info)
             rp = self._start(state, environ, path_info)
         except Exception as exc:
@@ -131,10 +133,10 @@ class FlaskMiddleware:
         try:
             result = self.wsgi_app(environ, _start_response)
         except BaseException as exc:
-            rp.finish(500, exc, self._user_id(state, environ))
+            rp.finish(500, exc, environ.get(_UID))
             rp.deactivate()
             raise
-        uid = self._user_id(state, environ)
+        uid = environ.get(_UID)
         error = environ.get(_EXC)
         if error is not None or environ.get(_BUFFERED):
             # the body is complete already (or the request failed): record now, with
@@ -142,6 +144,9 @@ class FlaskMiddleware:
             rp.finish(holder[0], error, uid)
             rp.deactivate()
             return result
+        if uid is None and state.access_log:
+            # the body ends after this context is gone: keep a bound user_id now
+            uid = structlog.contextvars.get_contextvars().get("user_id")
         rp.deactivate()
         return _Body(result, rp, holder, uid)
 
@@ -156,10 +161,11 @@ class FlaskMiddleware:
                                            ("tracestate", "HTTP_TRACESTATE"),
                                            ("baggage", "HTTP_BAGGAGE")) if e in environ
             }
+        script = environ.get("SCRIPT_NAME", "")
         return start_request(
             state,
             environ.get("REQUEST_METHOD", "GET"),
-            _text(environ.get("SCRIPT_NAME", "")) + path_info,
+            (script if script.isascii() else _text(script)) + path_info if script else path_info,
             query=environ.get("QUERY_STRING", ""),
             request_id=environ.get(state.request_id_environ),
             user_agent=environ.get("HTTP_USER_AGENT"),
@@ -186,24 +192,21 @@ class FlaskMiddleware:
             rp.finish(status)
         return [body]
 
-    def _user_id(self, state: HttpState, environ: dict[str, Any]) -> Any:
-        uid = environ.get(_UID)
-        if uid is None and state.access_log:
-            uid = structlog.contextvars.get_contextvars().get("user_id")
-        return uid
-
     # ---------------------------------------------------------------- Flask hooks
     def before_request(self) -> None:
         """Read the route template (run before the user's own hooks)."""
-        environ = request.environ
+        # one context lookup (LocalProxy._get_current_object), not one per attribute
+        req = cast(Any, request)._get_current_object()
+        environ = req.environ
         rp = environ.get(_PASS)
         if rp is None:
             return
         try:
-            rule = request.url_rule
+            rule = req.url_rule
             template = rule.rule if rule is not None else self._rule_for_405()
             if template is not None:
-                rp.set_route(_text(environ.get("SCRIPT_NAME", "")) + template)
+                script = environ.get("SCRIPT_NAME")
+                rp.set_route(_text(script) + template if script else template)
             rp.track_in_progress()
         except Exception as exc:
             rp.state.faults.report("http", "flask_route", "reading the route failed", exc)

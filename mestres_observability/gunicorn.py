@@ -93,8 +93,11 @@ def on_starting(server: Any) -> None:
 def when_ready(server: Any) -> None:
     """gunicorn hook (master, listening): start the separate metrics port if configured.
 
-    With several workers a separate port belongs to the master: workers
-    inherit the running listener, so none of them tries to bind it again.
+    With several workers a separate port belongs to the master: workers are
+    forked from it, close their copy of the listening socket and never bind
+    the port themselves. If the port is still taken (say, by the previous
+    master during a restart), the master stands by and retries instead of
+    failing (see :mod:`mestres_observability._metrics_server`).
     """
     from .config import ObservabilityConfig
 

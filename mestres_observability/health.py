@@ -19,7 +19,11 @@ How checks run:
 * **at most one run per check at a time** (single-flight). Python cannot stop a
   thread, so a hung check keeps its one thread; later probes do not start a
   second run but report ``timeout`` at once, and concurrent probes share one run;
-* a finished result is reused for ``health_cache_ttl`` seconds.
+* a finished result is reused for ``health_cache_ttl`` seconds;
+* fork-safe (``gunicorn --preload``): a forked child starts its own thread pool
+  and event-loop thread on its first probe, with a fresh lock and fresh
+  single-flight state, so a run still in flight in the parent at the fork
+  (hung or not) is run again in the child rather than reported as ``timeout``.
 
 Responses carry a status and an error *kind* only (the exception class name or
 ``timeout``); the full, redacted detail goes to the

@@ -20,6 +20,7 @@ returns: failures surface as the exception class name only.
 from __future__ import annotations
 
 import inspect
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -71,9 +72,9 @@ def sql_check(target: Any, *, query: str = "SELECT 1", connect_timeout: int = 2,
             pool = {"pool_size": 1, "max_overflow": 1}
         engine = sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args,
                                           **pool)
-        return _engine_check(engine, query)
+        return _engine_check(engine, query, owned=True)
     if hasattr(target, "connect") and hasattr(target, "dialect"):
-        return _engine_check(target, query)
+        return _engine_check(target, query, owned=False)
     if callable(target):
         connect: Callable[[], Any] = target
 
@@ -95,14 +96,28 @@ def sql_check(target: Any, *, query: str = "SELECT 1", connect_timeout: int = 2,
                     f"callable, got {type(target).__name__}")
 
 
-def _engine_check(engine: Any, query: str) -> Callable[[], bool]:
+def _engine_check(engine: Any, query: str, *, owned: bool) -> Callable[[], bool]:
+    """The check for an engine; ``owned``: built here from a URL, so its pool is ours to reset.
+
+    A pool built before a fork (``gunicorn --preload``) holds connections the
+    parent also uses: sharing one socket between two processes corrupts both
+    sides' protocol state. In a new process, the first run of a check on an
+    owned engine therefore replaces the pool without closing the parent's
+    connections (SQLAlchemy's ``dispose(close=False)``). An engine the
+    application passed in is left to the application (same call, in its own
+    post-fork hook).
+    """
     try:
         from sqlalchemy import text
     except ImportError as exc:  # pragma: no cover - an Engine implies SQLAlchemy
         raise MissingExtraError("sql_check", "sql", "sqlalchemy") from exc
     statement = text(query)
+    pool_pid = [os.getpid()]
 
     def check_sql() -> bool:
+        if owned and pool_pid[0] != os.getpid():  # runs are single-flight: no race here
+            engine.dispose(close=False)
+            pool_pid[0] = os.getpid()
         with engine.connect() as conn:
             conn.execute(statement).fetchall()
         return True

@@ -79,9 +79,12 @@ STANDARD_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# version 4 and RFC 4122 variant bits, as uuid.UUID(version=4) sets them
-_UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+# RFC 4122 variant: the first hex digit of the fourth group is 8, 9, a or b
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+# random hex drawn 64 ids at a time (one getrandom call); emptied in a forked child so
+# workers never share ids
+_ID_POOL: list[str] = []
+_POOL_IDS = 64
 _REDACTED = "[REDACTED]"
 _log = logging.getLogger("mestres_observability")
 
@@ -108,9 +111,22 @@ def safe_request_id(value: str | None) -> str:
 
 
 def new_request_id() -> str:
-    """A random UUID4 in its canonical text form (as ``str(uuid.uuid4())``, faster)."""
-    h = f"{int.from_bytes(os.urandom(16), 'big') & _UUID4_MASK | _UUID4_BITS:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random UUID4 in its canonical text form (as ``str(uuid.uuid4())``, faster).
+
+    The 122 random bits come from :func:`os.urandom`, drawn for 64 ids at a
+    time; a forked child discards what its parent drew.
+    """
+    try:
+        h = _ID_POOL.pop()
+    except IndexError:
+        raw = os.urandom(16 * _POOL_IDS).hex()
+        _ID_POOL.extend([raw[i:i + 32] for i in range(32, len(raw), 32)])
+        h = raw[:32]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ID_POOL.clear)
 
 
 def _parse_networks(
@@ -258,6 +274,16 @@ class HttpState:
 
             self.logger = get_logger("mestres_observability.access")
         self._status_labels: dict[int, str] = {}
+        self._hosts: dict[str, tuple[str, int | None]] = {}
+
+    def host(self, value: str) -> tuple[str, int | None]:
+        """Cached :func:`split_host` (a service answers under a handful of ``Host`` values)."""
+        hit = self._hosts.get(value)
+        if hit is None:
+            hit = split_host(value)
+            if len(self._hosts) < 256:
+                self._hosts[value] = hit
+        return hit
 
     def excluded(self, path: str) -> bool:
         """True when ``path`` is in ``excluded_paths`` (exact or ``*`` pattern)."""
@@ -297,12 +323,12 @@ def http_state(obs: Observability | None = None) -> HttpState:
     return state
 
 
-def _format_trace_id(value: int) -> str:
-    return f"{value:032x}"
-
-
-def _format_span_id(value: int) -> str:
-    return f"{value:016x}"
+def _span_ids(span: Any) -> tuple[str, str, bool] | None:
+    """``(trace_id, span_id, sampled)`` of ``span`` as hex, or ``None`` when invalid."""
+    sc = span.get_span_context()
+    if not sc.is_valid:
+        return None
+    return f"{sc.trace_id:032x}", f"{sc.span_id:016x}", bool(sc.trace_flags & 1)
 
 
 class RequestPass:
@@ -317,7 +343,7 @@ class RequestPass:
 
     __slots__ = (
         "_ctx_token", "_external_span", "_finished", "_in_progress", "_log_tokens",
-        "_route_at_start", "_span", "client",
+        "_parent", "_route_at_start", "_span", "client",
         "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
         "route", "start", "state", "user_agent",
     )
@@ -325,7 +351,7 @@ class RequestPass:
     def __init__(self, state: HttpState, method: str, path: str, query: str,
                  request_id: str, route: str | None) -> None:
         self.state = state
-        self.method = normalize_method(method)
+        self.method = method if method in STANDARD_METHODS else "_OTHER"
         self.method_original = method
         self.path = path
         self.query = query
@@ -336,11 +362,12 @@ class RequestPass:
         self.forwarded_for: str | None = None
         self.client: str | None = None
         self._span: Any = None
+        self._parent: Any = None
         self._external_span: Any = None
         self._route_at_start = route is not None
         self._ctx_token: Any = None
         self._log_tokens: Any = None
-        self._in_progress: tuple[str, str] | None = None
+        self._in_progress: Any = None
         self._finished = False
         self.start = time.perf_counter()
 
@@ -350,6 +377,11 @@ class RequestPass:
         """The SERVER span (``None`` when tracing is off)."""
         return self._span
 
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` ran."""
+        return self._finished
+
     def set_route(self, template: str | None) -> None:
         """Record the route template (``None``: nothing matched)."""
         self.route = template
@@ -358,10 +390,11 @@ class RequestPass:
         """Count this request in ``http_requests_in_progress`` (once; undone by :meth:`finish`)."""
         if self._in_progress is not None or self._finished:
             return
-        key = (self.method, self.route or UNMATCHED)
         try:
-            self.state.in_progress.inc(key)
-            self._in_progress = key
+            child = self.state.in_progress.child(self.method, self.route or UNMATCHED)
+            if child is not None:
+                child.inc()
+                self._in_progress = child
         except Exception as exc:
             self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
 
@@ -370,8 +403,9 @@ class RequestPass:
         try:
             self._log_tokens = structlog.contextvars.bind_contextvars(request_id=self.request_id)
             if self._span is not None:
+                # the extracted context, so the caller's baggage reaches the app too
                 self._ctx_token = otel_context.attach(
-                    otel_trace.set_span_in_context(self._span))
+                    otel_trace.set_span_in_context(self._span, self._parent))
         except Exception as exc:
             self.state.faults.report("http", "activate", "binding request context failed", exc)
 
@@ -397,31 +431,44 @@ class RequestPass:
         state = self.state
         duration = time.perf_counter() - self.start
         endpoint = self.route or UNMATCHED
+        span = self._span if self._span is not None else self._external_span
+        ids = None
         try:
-            label = state.status(status)
-            key = (self.method, endpoint, label)
-            span = self._span
-            token = None
-            if span is not None and self._ctx_token is None and state.metrics.exemplar_provider:
-                token = otel_context.attach(otel_trace.set_span_in_context(span))
-            try:
-                state.requests_total.inc(key)
-                state.duration.observe(key, duration)
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
+            if span is not None:
+                ids = _span_ids(span)
+            key = (self.method, endpoint, state.status(status))
+            exemplar = None
+            provider = state.metrics.exemplar_provider
+            if provider is not None:
+                # one exemplar for both series, from our span when there is one
+                if self._span is None:
+                    exemplar = provider()
+                elif ids is not None and ids[2] and self._span.is_recording():
+                    exemplar = {"trace_id": ids[0], "span_id": ids[1]}
+            counter = state.requests_total.child(*key)
+            histogram = state.duration.child(*key)
+            if exemplar:
+                if counter is not None:
+                    counter.inc(1, exemplar)
+                if histogram is not None:
+                    histogram.observe(duration, exemplar)
+            else:
+                if counter is not None:
+                    counter.inc()
+                if histogram is not None:
+                    histogram.observe(duration)
         except Exception as err:
             state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:
             try:
-                state.in_progress.dec(self._in_progress)
+                self._in_progress.dec()
             except Exception as err:
                 state.faults.report("http", "in_progress", "in-progress gauge failed", err)
             self._in_progress = None
         if self._span is not None:
             self._end_span(status, exc)
         if state.access_log:
-            self._access_log(status, duration, endpoint, user_id)
+            self._access_log(status, duration, endpoint, user_id, ids)
 
     def _end_span(self, status: int, exc: BaseException | None) -> None:
         try:
@@ -438,12 +485,13 @@ class RequestPass:
             elif status >= 500:
                 attributes["error.type"] = str(status)
                 span.set_status(Status(StatusCode.ERROR))
-            span.set_attributes(attributes)
+            span.set_attributes(attributes)  # one call: the SDK locks once per call
             span.end()
         except Exception as err:
             self.state.faults.report("http", "span", "ending the server span failed", err)
 
-    def _access_log(self, status: int, duration: float, endpoint: str, user_id: Any) -> None:
+    def _access_log(self, status: int, duration: float, endpoint: str, user_id: Any,
+                    ids: tuple[str, str, bool] | None) -> None:
         state = self.state
         try:
             url = self.path
@@ -459,15 +507,13 @@ class RequestPass:
                 "status_code": status,
                 "duration_seconds": round(duration, 6),
                 "user_agent": self.user_agent,
-                "ip_address": client_address(self.peer, self.forwarded_for, state.trusted),
+                "ip_address": (client_address(self.peer, self.forwarded_for, state.trusted)
+                               if state.trusted else self.peer),
                 "user_id": user_id,
             }
-            span = self._span if self._span is not None else self._external_span
-            if span is not None:
-                sc = span.get_span_context()
-                if sc.is_valid:
-                    fields["trace_id"] = _format_trace_id(sc.trace_id)
-                    fields["span_id"] = _format_span_id(sc.span_id)
+            if ids is not None:
+                fields["trace_id"] = ids[0]
+                fields["span_id"] = ids[1]
             logger = state.logger
             if status >= 500:
                 logger.error("http_request", **fields)
@@ -518,7 +564,9 @@ def start_request(
     if not state.enabled or state.excluded(path):
         return None
     try:
-        rp = RequestPass(state, method, path, query, safe_request_id(request_id), route)
+        rid = (request_id if request_id and len(request_id) <= 128
+               and _SAFE_ID.fullmatch(request_id) else new_request_id())
+        rp = RequestPass(state, method, path, query, rid, route)
         rp.user_agent = user_agent
         rp.peer = peer
         rp.forwarded_for = forwarded_for
@@ -543,13 +591,14 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     if rp.method == "_OTHER":
         attributes["http.request.method_original"] = rp.method_original[:64]
     if server_address:
-        host, port = split_host(server_address)
+        host, port = state.host(server_address)
         attributes["server.address"] = host
         if port is not None:
             attributes["server.port"] = port
     if rp.user_agent:
         attributes["user_agent.original"] = rp.user_agent[:512]
-    client = client_address(rp.peer, rp.forwarded_for, state.trusted)
+    client = (client_address(rp.peer, rp.forwarded_for, state.trusted) if state.trusted
+              else rp.peer)
     if client:
         attributes["client.address"] = client
     name = rp.method if rp.method != "_OTHER" else "HTTP"
@@ -557,6 +606,7 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
         attributes["http.route"] = rp.route
         name = f"{name} {rp.route}"
     assert state.tracer is not None
+    rp._parent = ctx
     rp._span = state.tracer.start_span(
         name, context=ctx, kind=SpanKind.SERVER, attributes=attributes
     )
@@ -613,7 +663,12 @@ def _metrics(obs: Observability, method: str, accept: str | None,
     return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
 
 
-def _health_fault(obs: Observability, exc: BaseException) -> EndpointResponse:
+def _endpoint_fault(obs: Observability, kind: str, exc: BaseException) -> EndpointResponse:
+    """Count a library endpoint's fault; a generic 500 (metrics) or 503 (health) body."""
+    if kind == "metrics":
+        obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
+        return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
+                b"metrics collection failed\n")
     obs.faults.report("http", "health_endpoint", "health endpoint failed", exc)
     return (503, [("Content-Type", "application/health+json"), _NO_STORE],
             b'{"status": "fail"}')
@@ -635,11 +690,7 @@ def serve_endpoint(obs: Observability, kind: str, method: str, *, accept: str | 
         r = obs.health.probe(kind, accept=accept, authorization=authorization)
         return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
     except Exception as exc:
-        if kind == "metrics":
-            obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
-            return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
-                    b"metrics collection failed\n")
-        return _health_fault(obs, exc)
+        return _endpoint_fault(obs, kind, exc)
 
 
 async def aserve_endpoint(obs: Observability, kind: str, method: str, *,
@@ -659,11 +710,7 @@ async def aserve_endpoint(obs: Observability, kind: str, method: str, *,
         r = await obs.health.aprobe(kind, accept=accept, authorization=authorization)
         return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
     except Exception as exc:
-        if kind == "metrics":
-            obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
-            return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
-                    b"metrics collection failed\n")
-        return _health_fault(obs, exc)
+        return _endpoint_fault(obs, kind, exc)
 
 
 _warned: set[str] = set()

@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any, TextIO
 
@@ -41,6 +42,7 @@ __all__ = [
     "bind_context",
     "clear_context",
     "configure_logging",
+    "event_enabled",
     "get_logger",
     "log_event",
     "request_context",
@@ -70,6 +72,12 @@ class _State:
         self.faults: FaultReporter | None = None
         self.levels_set: list[str] = []
         self.captures: list[list[dict[str, Any]]] = []
+        #: the structlog processor list installed by :func:`configure_logging`
+        self.chain: list[Any] | None = None
+        #: the stdlib logger of business events (its level decides :func:`event_enabled`)
+        self.events_std: logging.Logger | None = None
+        #: the library's handler, its formatter and the renderer (for :func:`write_direct`)
+        self.output: tuple[_StdoutHandler, logging.Formatter, Any] | None = None
 
 
 _state = _State()
@@ -83,14 +91,22 @@ def _report(kind: str, message: str, exc: BaseException | None = None) -> None:
 
 
 # ---------------------------------------------------------------------- processors
+_ids: tuple[int, int, str, str] = (0, 0, "", "")  # last span's ids, formatted once
+
+
 def add_trace_ids(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """Add ``trace_id``/``span_id`` of the current span (unless the caller set them)."""
+    global _ids
     if "trace_id" not in event_dict:
         try:
             ctx = _otel_trace.get_current_span().get_span_context()
             if ctx.is_valid:
-                event_dict["trace_id"] = format(ctx.trace_id, "032x")
-                event_dict["span_id"] = format(ctx.span_id, "016x")
+                ids = _ids
+                if ids[0] != ctx.span_id or ids[1] != ctx.trace_id:
+                    ids = _ids = (ctx.span_id, ctx.trace_id, format(ctx.trace_id, "032x"),
+                                  format(ctx.span_id, "016x"))
+                event_dict["trace_id"] = ids[2]
+                event_dict["span_id"] = ids[3]
         except Exception as exc:  # pragma: no cover - defensive
             _report("trace_ids", "reading the current span failed", exc)
     return event_dict
@@ -112,10 +128,26 @@ def add_service(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+_second: tuple[int, str] = (-1, "")  # (whole second, "YYYY-mm-ddTHH:MM:SS.") formatted once
+
+
+def _timestamp() -> str:
+    global _second
+    now = time.time()
+    sec = int(now)
+    cached = _second
+    if cached[0] == sec:
+        prefix = cached[1]
+    else:
+        prefix = _dt.datetime.fromtimestamp(sec, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second = (sec, prefix)
+    ms = int((now - sec) * 1000)
+    return f"{prefix}{ms if ms < 1000 else 999:03d}Z"
+
+
 def add_timestamp(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """Set ``timestamp``: ISO 8601, UTC, millisecond precision, ``Z`` suffix."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    event_dict["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    event_dict["timestamp"] = _timestamp()
     return event_dict
 
 
@@ -174,9 +206,19 @@ def clean_foreign(logger: Any, name: str, event_dict: EventDict) -> EventDict:
 def finalize(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """Put the core keys first and feed test captures."""
     head = {k: event_dict[k] for k in _HEAD if k in event_dict}
-    for k, v in event_dict.items():
-        if k not in head:
-            head[k] = v
+    head.update(event_dict)  # existing keys keep their (leading) place
+    if _state.captures:
+        for sink in _state.captures:
+            sink.append(dict(head))
+    return head
+
+
+def _finish(event_dict: EventDict) -> dict[str, Any]:
+    """``add_timestamp``, ``add_service`` and ``finalize`` in one step (same result)."""
+    event_dict["timestamp"] = _timestamp()
+    event_dict["service"] = _state.service
+    head = {k: event_dict[k] for k in _HEAD if k in event_dict}
+    head.update(event_dict)
     if _state.captures:
         for sink in _state.captures:
             sink.append(dict(head))
@@ -186,8 +228,7 @@ def finalize(_: Any, __: str, event_dict: EventDict) -> EventDict:
 def render_json(_: Any, __: str, event_dict: EventDict) -> str:
     """One JSON object, ASCII only (no raw newline, NUL or U+2028), strict (no NaN)."""
     try:
-        return json.dumps(event_dict, ensure_ascii=True, allow_nan=False, default=_default,
-                          separators=(",", ":"))
+        return _ENCODER.encode(event_dict)
     except Exception as exc:
         _report("render", "rendering a log line failed", exc)
         fallback = {
@@ -203,6 +244,11 @@ def _default(value: Any) -> Any:
         return str(value)
     except Exception:
         return f"<unrepresentable {type(value).__qualname__}>"
+
+
+# built once: json.dumps with options builds a new encoder on every call
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_default,
+                            separators=(",", ":"))
 
 
 class _SafeConsoleRenderer:
@@ -265,12 +311,81 @@ class _StdoutHandler(logging.Handler):
         except Exception as exc:
             self.handleError(record, exc)
 
-    def handleError(self, record: logging.LogRecord, exc: BaseException | None = None) -> None:
+    def write_line(self, line: str) -> None:
+        """Write one rendered line (the direct path, :func:`write_direct`); never raises."""
+        try:
+            with self.lock:  # type: ignore[union-attr]  # the same lock emit() runs under
+                stream = self._stream if self._stream is not None else sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+        except RecursionError:  # pragma: no cover
+            raise
+        except Exception as exc:
+            self.handleError(None, exc)
+
+    def handleError(self, record: logging.LogRecord | None,
+                    exc: BaseException | None = None) -> None:
         if not self._failed_once:
             self._failed_once = True
             with contextlib.suppress(Exception):
                 sys.stderr.write(f"mestres_observability: writing a log line failed: {exc!r}\n")
         _report("output", "writing a log line failed", exc)
+
+
+_LEVELNO = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+            "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+            "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def _sole_handler(logger: Any, levelno: int, handler: logging.Handler,
+                  formatter: logging.Formatter) -> bool:
+    """True when ``handler`` alone would receive a ``levelno`` record of ``logger``."""
+    if not isinstance(logger, logging.Logger) or logger.disabled:
+        return False
+    found = False
+    c: logging.Logger | None = logger
+    while c is not None:
+        if c.filters:
+            return False
+        for h in c.handlers:
+            if h is not handler or found:
+                return False
+            found = True
+        if not c.propagate:
+            break
+        c = c.parent
+    return (found and not handler.filters and levelno >= handler.level
+            and handler.formatter is formatter)
+
+
+def write_direct(logger: Any, name: str, event_dict: EventDict) -> Any:
+    """Last structlog processor: render a structlog event and write it straight out.
+
+    A structlog event is already filtered by level, carries its context and is
+    cleaned by the time it gets here. When the library's handler is the only
+    one that would see the record (no other handler or filter on the way from
+    the logger up to the root, the handler keeps the library's formatter),
+    building a ``logging.LogRecord`` and going through ``ProcessorFormatter``
+    would produce the very same line, so this renders it with the same
+    processors and writes it under the handler's lock, skipping the standard
+    library. Otherwise (``caplog``, your own handler or filter) the event goes
+    to ``logging`` as before, and those handlers see it. The handler is looked
+    up at each call, so loggers cached before a re-configuration keep the fast
+    path.
+    """
+    output = _state.output
+    levelno = _LEVELNO.get(name)
+    if output is None or levelno is None or not _sole_handler(logger, levelno, output[0],
+                                                              output[1]):
+        return structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, name, event_dict)
+    handler, _, renderer = output
+    try:
+        line = str(renderer(logger, name, _finish(event_dict)))
+    except Exception as exc:
+        handler.handleError(None, exc)
+    else:
+        handler.write_line(line)
+    raise structlog.DropEvent
 
 
 def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
@@ -286,6 +401,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         faults: where logging faults are counted.
         stream: write here instead of the current ``sys.stdout`` (tests).
     """
+    global _events_logger
     with _lock:
         _state.service = config.service_name
         _state.redactor = Redactor(
@@ -312,6 +428,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         )
         handler = _StdoutHandler(stream)
         handler.setFormatter(formatter)
+        _state.output = (handler, formatter, renderer)
         root = logging.getLogger()
         for old in list(root.handlers):
             if getattr(old, "mestres_handler", False):
@@ -324,17 +441,17 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         for name, level in config.log_levels.items():
             logging.getLogger(name).setLevel(level.upper())
             _state.levels_set.append(name)
+        chain: list[Any] = [structlog.stdlib.filter_by_level, *_structlog_chain(), write_direct]
         structlog.configure(
-            processors=[
-                structlog.stdlib.filter_by_level,
-                *_structlog_chain(),
-                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-            ],
+            processors=chain,
             logger_factory=structlog.stdlib.LoggerFactory(),
             wrapper_class=structlog.stdlib.BoundLogger,
             context_class=dict,
             cache_logger_on_first_use=True,
         )
+        _state.chain = chain
+        _state.events_std = logging.getLogger(EVENTS_LOGGER)
+        _events_logger = None
 
 
 # ---------------------------------------------------------------------- public API
@@ -353,6 +470,19 @@ def get_logger(name: str | None = None, /, **initial: Any) -> Any:
 _events_logger: Any = None
 
 
+def event_enabled(level: int = logging.INFO) -> bool:
+    """False when a business event at ``level`` would be dropped by the configured log level.
+
+    Lets callers skip building an event nobody will see. Known only while the
+    library's own logging configuration is in place; otherwise ``True`` (your
+    structlog configuration decides).
+    """
+    std = _state.events_std
+    if std is None or structlog.get_config()["processors"] is not _state.chain:
+        return True
+    return std.isEnabledFor(level)
+
+
 def log_event(event: str, /, **fields: Any) -> None:
     """Log a business event (``order_created``, ``payment_processed`` ...) at INFO.
 
@@ -363,14 +493,31 @@ def log_event(event: str, /, **fields: Any) -> None:
     """
     global _events_logger
     try:
-        clash = [k for k in fields if k in RESERVED_KEYS]
-        if clash:
+        if not RESERVED_KEYS.isdisjoint(fields):
+            clash = [k for k in fields if k in RESERVED_KEYS]
             moved = {k: fields.pop(k) for k in clash}
             fields[USER_FIELDS_KEY] = moved
+        event = event if type(event) is str else str(event)
+        chain = _state.chain
+        std = _state.events_std
+        if std is not None and chain is not None and structlog.get_config()["processors"] is chain:
+            # the library's chain is live: run it as structlog's logger would, minus the
+            # wrapper (no bound context on this logger; level checked here)
+            if std.isEnabledFor(logging.INFO):
+                fields["event"] = event
+                out: Any = fields
+                try:
+                    for proc in chain[1:]:  # [0] is filter_by_level
+                        out = proc(std, "info", out)
+                except structlog.DropEvent:
+                    return
+                args, kwargs = out
+                std.info(*args, **kwargs)
+            return
         logger = _events_logger
         if logger is None:
             logger = _events_logger = structlog.get_logger(EVENTS_LOGGER)
-        logger.info(str(event), **fields)
+        logger.info(event, **fields)
     except Exception as exc:
         _report("log_event", "logging a business event failed", exc)
 

@@ -33,6 +33,7 @@ from .config import ObservabilityConfig
 from .errors import MetricConflictError
 
 __all__ = [
+    "CURRENT",
     "LIBRARY_METRICS",
     "GuardedCounter",
     "GuardedGauge",
@@ -44,6 +45,20 @@ __all__ = [
 
 Kind = Literal["counter", "gauge", "histogram"]
 ExemplarProvider = Callable[[], "dict[str, str] | None"]
+
+
+class _Current:
+    """Type of :data:`CURRENT`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CURRENT"
+
+
+#: Default ``exemplar=`` of :meth:`GuardedCounter.inc` and
+#: :meth:`GuardedHistogram.observe`: ask the exemplar provider (the current span).
+CURRENT: Any = _Current()
 
 
 @dataclass(frozen=True)
@@ -179,18 +194,24 @@ class GuardedCounter(_Family):
 
     __slots__ = ()
 
-    def inc(self, values: tuple[object, ...] = (), amount: float = 1.0) -> None:
-        """Add ``amount`` (finite, >= 0: callers validate) to the series for ``values``."""
+    def inc(self, values: tuple[object, ...] = (), amount: float = 1.0,
+            exemplar: dict[str, str] | object | None = CURRENT) -> None:
+        """Add ``amount`` (finite, >= 0: callers validate) to the series for ``values``.
+
+        ``exemplar``: labels of the exemplar to attach; by default the current
+        span's (see :meth:`LibraryMetrics.current_exemplar`), ``None`` for none.
+        Callers recording several series in one call read it once and pass it.
+        """
         child = self._guard.child(values) if values else self._metric
         if child is None:
             return
-        provider = self._owner.exemplar_provider
-        if provider is not None:
-            exemplar = provider()
-            if exemplar:
-                child.inc(amount, exemplar)
-                return
-        child.inc(amount)
+        if exemplar is CURRENT:
+            provider = self._owner.exemplar_provider
+            exemplar = provider() if provider is not None else None
+        if exemplar:
+            child.inc(amount, exemplar)
+        else:
+            child.inc(amount)
 
 
 class GuardedHistogram(_Family):
@@ -198,18 +219,20 @@ class GuardedHistogram(_Family):
 
     __slots__ = ()
 
-    def observe(self, values: tuple[object, ...], amount: float) -> None:
-        """Observe ``amount`` in the series for ``values``."""
+    def observe(self, values: tuple[object, ...], amount: float,
+                exemplar: dict[str, str] | object | None = CURRENT) -> None:
+        """Observe ``amount`` in the series for ``values`` (``exemplar`` as in
+        :meth:`GuardedCounter.inc`)."""
         child = self._guard.child(values) if values else self._metric
         if child is None:
             return
-        provider = self._owner.exemplar_provider
-        if provider is not None:
-            exemplar = provider()
-            if exemplar:
-                child.observe(amount, exemplar)
-                return
-        child.observe(amount)
+        if exemplar is CURRENT:
+            provider = self._owner.exemplar_provider
+            exemplar = provider() if provider is not None else None
+        if exemplar:
+            child.observe(amount, exemplar)
+        else:
+            child.observe(amount)
 
 
 class GuardedGauge(_Family):
@@ -330,6 +353,12 @@ class LibraryMetrics:
 
         return LabelGuard(metric, name, labels, data_labels, self.config.limit_for(name),
                           drop_excess=drop, on_overflow=on_overflow)
+
+    def current_exemplar(self) -> dict[str, str] | None:
+        """Exemplar labels of the current sampled span, or ``None`` (read once per call,
+        then passed to each ``inc``/``observe`` of that call)."""
+        provider = self.exemplar_provider
+        return provider() if provider is not None else None
 
     def family(self, name: str) -> _Family:
         """A library metric by base name (``"orders_total"``)."""

@@ -269,11 +269,47 @@ def register_process(path: str | None = None) -> None:
         pass  # without a marker, liveness falls back to "pid exists" (conservative)
 
 
+_LOCK_TYPE = type(threading.Lock())
+
+
+def _replace_value_lock() -> None:
+    """Give prometheus_client's multiprocess value lock a fresh lock in a forked child.
+
+    prometheus_client guards every value of the process with one module-level
+    lock (a closure variable of ``values.MultiProcessValue``) and registers no
+    fork hook: a child forked while another thread of the parent (e.g. the
+    gunicorn master's metrics listener) held it would block forever at its
+    first increment. The methods of the value class share the closure cell.
+    """
+    from prometheus_client import values
+
+    method = getattr(values.ValueClass, "inc", None)
+    for cell in getattr(method, "__closure__", None) or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # pragma: no cover - an empty cell
+            continue
+        if type(contents) is _LOCK_TYPE:
+            cell.cell_contents = threading.Lock()
+
+
 def _after_fork() -> None:  # pragma: no cover - runs in forked children
     # locks another thread may have held at fork time are replaced, then the child registers
     global _state_lock, _cache_lock
     _state_lock = threading.Lock()
     _cache_lock = threading.Lock()
+    for _definition, metric in list(_cache.values()):
+        if hasattr(metric, "_lock"):  # labelled parents: .labels() takes it
+            metric._lock = threading.Lock()
+    if is_multiprocess():
+        with suppress(Exception):
+            _replace_value_lock()
+    # merge-lock descriptors a parent thread had open at the fork: the parent unlocks them;
+    # the child's copies would only leak (and keep a lock alive if the parent died)
+    for fd in list(_lock_fds):
+        with suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
     for where in list(_registered):
         _registered.pop(where, None)
         register_process(where)
@@ -331,13 +367,19 @@ def live_pids(path: str | None = None) -> list[int]:
 
 
 # ---------------------------------------------------------------------- locking and merging
+#: Descriptors of the merge lock file this process has open right now.
+_lock_fds: set[int] = set()
+
+
 @contextmanager
 def _flock(path: str, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
     fcntl = _fcntl
     if fcntl is None:  # pragma: no cover
         yield True
         return
-    fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(os.path.join(path, _LOCK_NAME),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    _lock_fds.add(fd)
     try:
         flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
@@ -352,6 +394,7 @@ def _flock(path: str, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        _lock_fds.discard(fd)
         os.close(fd)
 
 

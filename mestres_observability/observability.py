@@ -293,9 +293,16 @@ def init_observability(
     if config is None:
         for text in ObservabilityConfig.unknown_env_settings():
             _log.warning(text)
+    # only what differs from the defaults (plus the service identity), secrets redacted
+    defaults = ObservabilityConfig().as_dict()
+    changed = {
+        k: v for k, v in cfg.as_dict().items()
+        if k in ("service_name", "service_version", "environment")
+        or k not in defaults or defaults[k] != v
+    }
     _log.info(
         "mestres_observability initialised",
-        extra={"settings": cfg.as_dict(), "service": cfg.service_name},
+        extra={"settings": changed, "service": cfg.service_name},
     )
     if app is not None:
         instrument_app(app, obs)

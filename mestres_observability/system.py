@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,17 @@ def _worker_for(mountpoint: str) -> _MountWorker:
         return worker
 
 
+#: Collectors whose locks a forked child replaces (a scrape thread of the parent, e.g. the
+#: gunicorn master's metrics listener, may hold them at the moment of the fork).
+_collectors: weakref.WeakSet[SystemCollector | ProcessCollector] = weakref.WeakSet()
+
+
 def _reset_workers_after_fork() -> None:  # pragma: no cover - exercised in forked children
     global _workers_lock
     _workers_lock = threading.Lock()
-    _workers.clear()
+    _workers.clear()  # their threads (and any pending disk read) stayed in the parent
+    for collector in list(_collectors):
+        collector._reset_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -287,6 +295,7 @@ class SystemCollector(Collector):
             else _own_cgroup_dir(Path(DEFAULT_CGROUP_ROOT))
         )
         self._lock = threading.Lock()
+        _collectors.add(self)
         # CPU baseline: (mode, busy-or-usage seconds, total-or-wall seconds)
         self._cpu_prev: tuple[str, float, float] | None = None
         self._cpu_last: float | None = None
@@ -371,6 +380,10 @@ class SystemCollector(Collector):
             return "cgroup", usage / 1e6, self._clock(), cores
         busy, total = _host_cpu(psutil.cpu_times())
         return "host", busy, total, None
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (never inherited held)."""
+        self._lock = threading.Lock()
 
     def _prime_cpu(self) -> None:
         try:
@@ -503,6 +516,13 @@ class ProcessCollector(Collector):
         self._procs: dict[int, psutil.Process] = {}
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        _collectors.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: fresh locks (never inherited held) and no parent handles."""
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._procs = {}
 
     def describe(self) -> Iterable[Metric]:
         """The families this collector may expose (no reads)."""

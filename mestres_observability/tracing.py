@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import importlib
 import inspect
 import json
@@ -35,7 +34,7 @@ import math
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -45,6 +44,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ._fault import FaultReporter
+from ._wrapping import around
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
 from .metrics import LibraryMetrics
@@ -761,150 +761,68 @@ def traced(name: Any = None, /, **attributes: Any) -> Any:
 
 def _decorate(fn: F, name: str | None, attributes: dict[str, Any]) -> F:
     span_name = name or getattr(fn, "__qualname__", None) or repr(fn)
-    attrs = clean_attributes(attributes) if attributes else None
-    attach, detach = otel_context.attach, otel_context.detach
+    attrs = clean_attributes(attributes) if attributes else {}
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return around(fn, _StepSpanHooks(span_name, attrs))
+    return around(fn, _CallSpanHooks(span_name, attrs))
 
-    if inspect.isasyncgenfunction(fn):
-        return _decorate_async_gen(fn, span_name, attrs)  # type: ignore[return-value]
-    if inspect.isgeneratorfunction(fn):
-        return _decorate_gen(fn, span_name, attrs)  # type: ignore[return-value]
 
-    if inspect.iscoroutinefunction(fn):
+class _CallSpanHooks:
+    """:func:`around` hooks of ``@traced`` on a function or coroutine: current for the call."""
 
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = _start(span_name, attrs or {})
-            if started is None:
-                return await fn(*args, **kwargs)
-            sp, ctx = started
-            token = attach(ctx)
-            try:
-                return await fn(*args, **kwargs)
-            except BaseException as exc:
-                _fail(sp, exc)
-                raise
-            finally:
-                sp.end()
-                detach(token)
+    __slots__ = ("attrs", "name")
 
-        return async_wrapper  # type: ignore[return-value]
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        self.name = name
+        self.attrs = attrs
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = _start(span_name, attrs or {})
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Span, Any] | None:
+        started = _start(self.name, self.attrs)
         if started is None:
-            return fn(*args, **kwargs)
-        sp, ctx = started
-        token = attach(ctx)
-        try:
-            return fn(*args, **kwargs)
-        except BaseException as exc:
+            return None
+        return started[0], otel_context.attach(started[1])
+
+    def success(self, state: tuple[Span, Any] | None, result: Any) -> None:
+        if state is not None:
+            _end(state[0], None, state[1])
+
+    def failure(self, state: tuple[Span, Any] | None, exc: BaseException) -> None:
+        if state is not None:
+            _end(state[0], exc, state[1])
+
+
+class _StepSpanHooks(_CallSpanHooks):
+    """Hooks of ``@traced`` on a generator: the span is current only while its body runs."""
+
+    __slots__ = ()
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Span, Any] | None:
+        return _start(self.name, self.attrs)
+
+    def enter(self, state: tuple[Span, Any] | None) -> Any:
+        return otel_context.attach(state[1]) if state is not None else None
+
+    def leave(self, token: Any) -> None:
+        if token is not None:
+            otel_context.detach(token)
+
+    def success(self, state: tuple[Span, Any] | None, result: Any) -> None:
+        if state is not None:
+            _end(state[0], None, None)
+
+    def failure(self, state: tuple[Span, Any] | None, exc: BaseException) -> None:
+        if state is not None:
+            _end(state[0], exc, None)
+
+
+def _end(sp: Span, exc: BaseException | None, token: Any) -> None:
+    """Record ``exc`` (if any), end ``sp`` and detach ``token`` (if any); never raises."""
+    try:
+        if exc is not None:
             _fail(sp, exc)
-            raise
-        finally:
-            sp.end()
-            detach(token)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _decorate_gen(fn: Callable[..., Generator[Any, Any, Any]], span_name: str,
-                  attrs: dict[str, Any] | None) -> Callable[..., Generator[Any, Any, Any]]:
-    attach, detach = otel_context.attach, otel_context.detach
-
-    @functools.wraps(fn)
-    def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        started = _start(span_name, attrs or {})
-        if started is None:
-            return (yield from fn(*args, **kwargs))
-        sp, ctx = started
-        try:
-            token = attach(ctx)
-            try:
-                gen = fn(*args, **kwargs)
-                value = next(gen)
-            finally:
-                detach(token)
-            while True:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    token = attach(ctx)
-                    try:
-                        gen.close()
-                    finally:
-                        detach(token)
-                    raise
-                except BaseException as thrown:
-                    token = attach(ctx)
-                    try:
-                        value = gen.throw(thrown)
-                    finally:
-                        detach(token)
-                else:
-                    token = attach(ctx)
-                    try:
-                        value = gen.send(sent)
-                    finally:
-                        detach(token)
-        except StopIteration as stop:
-            return stop.value
-        except BaseException as exc:
-            _fail(sp, exc)
-            raise
-        finally:
-            sp.end()
-
-    return gen_wrapper
-
-
-def _decorate_async_gen(fn: Callable[..., AsyncIterator[Any]], span_name: str,
-                        attrs: dict[str, Any] | None) -> Callable[..., AsyncIterator[Any]]:
-    attach, detach = otel_context.attach, otel_context.detach
-
-    @functools.wraps(fn)
-    async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        started = _start(span_name, attrs or {})
-        if started is None:
-            async for item in fn(*args, **kwargs):
-                yield item
-            return
-        sp, ctx = started
-        agen: Any = fn(*args, **kwargs)
-        try:
-            token = attach(ctx)
-            try:
-                value = await agen.__anext__()
-            finally:
-                detach(token)
-            while True:
-                try:
-                    sent = yield value
-                except GeneratorExit:
-                    token = attach(ctx)
-                    try:
-                        await agen.aclose()
-                    finally:
-                        detach(token)
-                    raise
-                except BaseException as thrown:
-                    token = attach(ctx)
-                    try:
-                        value = await agen.athrow(thrown)
-                    finally:
-                        detach(token)
-                else:
-                    token = attach(ctx)
-                    try:
-                        value = await agen.asend(sent)
-                    finally:
-                        detach(token)
-        except StopAsyncIteration:
-            return
-        except BaseException as exc:
-            _fail(sp, exc)
-            raise
-        finally:
-            sp.end()
-
-    return agen_wrapper
+        sp.end()
+    except Exception as err:  # pragma: no cover - the SDK does not raise here
+        _report_fault("end_span", err)
+    finally:
+        if token is not None:
+            otel_context.detach(token)

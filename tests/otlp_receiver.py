@@ -126,6 +126,11 @@ class OTLPReceiver:
         return f"http://127.0.0.1:{port}"
 
     # ------------------------------------------------------------------ queries
+    def received(self) -> list[ReceivedSpan]:
+        """A copy of every span received so far, in arrival order."""
+        with self._lock:
+            return list(self.spans)
+
     def span_names(self) -> set[str]:
         with self._lock:
             return {s.name for s in self.spans}

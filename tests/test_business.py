@@ -10,6 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mestres_observability import (
     Observability,
@@ -21,7 +23,8 @@ from mestres_observability import (
     track_payment,
     track_user_action,
 )
-from mestres_observability.testing import fresh_observability, sample_value
+from mestres_observability.business import read_order
+from mestres_observability.testing import capture_logs, fresh_observability, sample_value
 
 
 @dataclass
@@ -259,3 +262,100 @@ def test_disabled_is_a_no_op() -> None:
 def test_track_order_rejects_non_callable() -> None:
     with pytest.raises(TypeError):
         track_order(42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- fast paths (issue 2)
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.decimals(allow_nan=True, allow_infinity=True), st.just(""), st.lists(st.integers(), max_size=2),
+)
+_item = st.dictionaries(st.sampled_from(["product_id", "quantity", "other"]), _values, max_size=3)
+_order = st.dictionaries(
+    st.sampled_from(["id", "user_id", "status", "currency", "total_amount", "total", "items"]),
+    st.one_of(_values, st.lists(st.one_of(_item, _values), max_size=4)),
+    max_size=7,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(order=_order)
+def test_property_plain_dict_fast_path_reads_like_general_path(order: dict[str, Any]) -> None:
+    from types import MappingProxyType
+
+    fast = read_order(order, "BRL")  # type(order) is dict: fast path when the shape allows
+    items = order.get("items")
+    general_items = ([MappingProxyType(i) if isinstance(i, dict) else i for i in items]
+                     if isinstance(items, list) else items)
+    general = read_order(MappingProxyType({**order, "items": general_items}
+                                          if "items" in order else order), "BRL")
+    for name in ("id", "user_id", "status", "total", "currency", "items", "items_count", "faults"):
+        assert _same(getattr(fast, name), getattr(general, name)), name
+
+
+def test_exemplar_of_the_order_span_on_every_series() -> None:
+    from mestres_observability.testing import captured_spans
+
+    @track_order
+    def create() -> dict[str, Any]:
+        return {"id": 1, "status": "paid", "total_amount": Decimal("12.5"),
+                "items": [{"product_id": "espresso", "quantity": 2}]}
+
+    with fresh_observability() as obs, captured_spans() as spans:
+        create()
+        trace_id = format(spans.by_name("process_order").context.trace_id, "032x")
+        seen = {}
+        for metric in obs.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.exemplar is not None:
+                    seen[sample.name] = sample.exemplar.labels["trace_id"]
+    for name in ("orders_total", "revenue_total", "products_sold_total", "order_value_bucket"):
+        assert seen.get(name) == trace_id, (name, seen)
+
+
+def test_filtered_business_event_still_counts_and_logs_nothing() -> None:
+    @track_order
+    def create() -> dict[str, Any]:
+        return {"id": 1, "status": "paid", "total_amount": 3}
+
+    with fresh_observability(configure_logging=True, log_level="WARNING", log_format="json"), \
+            capture_logs() as events:
+        create()
+        assert sample_value("orders_total", status="paid") == 1
+    assert [e for e in events if e["event"] == "order_created"] == []
+    with fresh_observability(configure_logging=True, log_level="INFO", log_format="json"), \
+            capture_logs() as events:
+        create()
+    assert [e["order_id"] for e in events if e["event"] == "order_created"] == ["1"]
+
+
+def test_span_attributes_set_on_the_decorator_span() -> None:
+    from mestres_observability.testing import captured_spans
+
+    @track_payment
+    def pay() -> dict[str, Any]:
+        return {"id": "p1", "order_id": "o1", "amount": Decimal("9.9"), "method": "pix",
+                "status": "approved"}
+
+    with fresh_observability(), captured_spans() as spans:
+        pay()
+    attrs = dict(spans.by_name("process_payment").attributes or {})
+    assert attrs == {"payment.id": "p1", "payment.order_id": "o1", "payment.amount": 9.9,
+                     "payment.method": "pix", "payment.status": "approved",
+                     "payment.currency": "BRL"}
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(amount=st.decimals(allow_nan=True, allow_infinity=True))
+def test_property_decimal_amounts_never_raise(amount: Decimal) -> None:
+    from mestres_observability.business import _amount
+
+    value, fault = _amount(amount)
+    assert (value is None) != (fault is None)
+    if value is not None:
+        assert math.isfinite(value)
+        assert value >= 0

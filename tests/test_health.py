@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -632,6 +633,49 @@ def test_sql_check_sqlite() -> None:
         sql_check(lambda: sqlite3.connect(":memory:"), query="SELECT * FROM nowhere")()
     with pytest.raises(TypeError):
         sql_check(42)
+
+
+_SQL_AFTER_FORK = """
+import json, os, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+import sqlalchemy
+made = []
+real = sqlalchemy.create_engine
+
+def spy(*args, **kwargs):
+    made.append(real(*args, **kwargs))
+    return made[-1]
+
+sqlalchemy.create_engine = spy
+from mestres_observability.health import sql_check
+user_engine = real("sqlite://")
+owned_check, user_check = sql_check("sqlite://"), sql_check(user_engine)
+assert owned_check() and user_check()
+owned_pool, user_pool = made[0].pool, user_engine.pool
+child = os.fork()
+if child == 0:
+    ok = owned_check() and user_check()
+    fresh = made[0].pool
+    ok = ok and owned_check()
+    print(json.dumps({"ok": ok, "replaced": fresh is not owned_pool, "once": made[0].pool is fresh,
+                      "user_kept": user_engine.pool is user_pool}), flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+assert owned_check()
+print(json.dumps({"parent_kept": made[0].pool is owned_pool}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_sql_check_replaces_its_own_pool_in_a_forked_worker() -> None:
+    """A URL-built engine's pool is not shared with the parent after a fork (--preload)."""
+    require_module("sqlalchemy")
+    out = subprocess.run([sys.executable, "-c", _SQL_AFTER_FORK], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    child, parent = (json.loads(x) for x in out.stdout.strip().splitlines())
+    assert child == {"ok": True, "replaced": True, "once": True, "user_kept": True}
+    assert parent == {"parent_kept": True}
 
 
 def test_missing_extras(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -272,3 +273,174 @@ def test_property_one_object_per_line_and_no_leak(sink: Sink, event: str, key: s
         assert isinstance(d, dict)
     if secret not in event + key + value:
         assert secret not in raw
+
+
+# ---------------------------------------------------------------- direct path (issue 2)
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _without_timestamp(line: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in line.items() if k != "timestamp"}
+
+
+@contextlib.contextmanager
+def _only_ours() -> Iterator[list[str]]:
+    """Root keeps only the library's handler (pytest adds its own); yields emit() calls."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if not getattr(h, "mestres_handler", False)]
+    ours = next(h for h in root.handlers if getattr(h, "mestres_handler", False))
+    emitted: list[str] = []
+    real_emit = ours.emit
+
+    def spy(record: logging.LogRecord) -> None:
+        emitted.append(record.name)
+        real_emit(record)
+
+    ours.emit = spy  # type: ignore[method-assign]
+    for h in others:
+        root.removeHandler(h)
+    try:
+        yield emitted
+    finally:
+        del ours.emit
+        for h in others:
+            root.addHandler(h)
+
+
+def test_direct_path_writes_the_same_line_as_the_logging_path(sink: Sink) -> None:
+    log = get_logger("shop.checkout")
+    other = _Recorder()
+    with _only_ours() as emitted, request_context(request_id="r-1"), span("process_order"):
+        log.info("paid", card="4111 1111 1111 1111", token="t", amount=1.5)
+        log_event("order_created", order_id="o-1", level="x")
+        assert emitted == []  # written directly, no LogRecord
+        logging.getLogger().addHandler(other)  # a foreign handler: the record must reach it
+        try:
+            log.info("paid", card="4111 1111 1111 1111", token="t", amount=1.5)
+            log_event("order_created", order_id="o-1", level="x")
+        finally:
+            logging.getLogger().removeHandler(other)
+    assert emitted == ["shop.checkout", "mestres_observability.events"]
+    raw = sink.raw()
+    lines = sink.lines()
+    assert len(lines) == 4
+    assert _without_timestamp(lines[0]) == _without_timestamp(lines[2])
+    assert _without_timestamp(lines[1]) == _without_timestamp(lines[3])
+    assert [list(d) for d in lines[:2]] == [list(d) for d in lines[2:]]  # same key order
+    assert raw[0].startswith('{"timestamp":')
+    assert '"logger":"shop.checkout"' in raw[0]
+    assert (lines[0]["card"], lines[0]["token"]) == ("[REDACTED]", "[REDACTED]")
+    assert (lines[1]["fields"], lines[1]["request_id"]) == ({"level": "x"}, "r-1")
+    assert len(lines[1]["trace_id"]) == 32
+    assert [r.name for r in other.records] == ["shop.checkout", "mestres_observability.events"]
+    assert "4111" not in str(other.records[0].msg)  # other handlers only see cleaned values
+
+
+def test_direct_path_honours_levels_filters_and_propagation(sink: Sink) -> None:
+    quiet = logging.getLogger("quiet")
+    filtered = logging.getLogger("filtered")
+    disabled = logging.getLogger("off")
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "mestres_handler", False))
+    with _only_ours() as emitted:
+        get_logger("noisy.lib").warning("dropped")  # noisy.lib is at ERROR
+        get_logger("noisy.lib").error("kept")
+        quiet.propagate = False
+        filtered.addFilter(lambda record: False)
+        disabled.disabled = True
+        handler.setLevel(logging.CRITICAL)
+        try:
+            get_logger("quiet").info("nowhere")
+            get_logger("filtered").error("filtered out")
+            get_logger("off").error("disabled")
+            get_logger("shop").error("below the handler level")
+        finally:
+            quiet.propagate = True
+            filtered.filters.clear()
+            disabled.disabled = False
+            handler.setLevel(logging.NOTSET)
+    assert [d["event"] for d in sink.lines()] == ["kept"]
+    assert emitted == []  # the handler level stops "shop" on the logging way too
+
+
+def test_event_enabled_follows_the_events_logger_level(sink: Sink) -> None:
+    from mestres_observability.logs import EVENTS_LOGGER, event_enabled
+
+    assert event_enabled()
+    logging.getLogger(EVENTS_LOGGER).setLevel(logging.WARNING)
+    try:
+        assert not event_enabled()
+        log_event("order_created", order_id="o-1")
+        assert sink.lines() == []
+    finally:
+        logging.getLogger(EVENTS_LOGGER).setLevel(logging.NOTSET)
+    log_event("order_created", order_id="o-2")
+    assert [d["order_id"] for d in sink.lines()] == ["o-2"]
+
+
+def test_event_enabled_is_true_under_another_structlog_configuration(sink: Sink) -> None:
+    from mestres_observability.logs import event_enabled
+
+    logging.getLogger().setLevel(logging.CRITICAL)
+    saved = structlog.get_config()
+    try:
+        assert not event_enabled()
+        structlog.configure(processors=[structlog.processors.JSONRenderer()])
+        assert event_enabled()  # not our chain: the user's configuration decides
+    finally:
+        structlog.configure(**saved)
+
+
+def test_caplog_sees_library_lines_and_they_are_still_written(
+    sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        log_event("order_created", order_id="o-1")
+        get_logger("shop").info("hello")
+    assert [r.name for r in caplog.records] == ["mestres_observability.events", "shop"]
+    assert [d["event"] for d in sink.lines()] == ["order_created", "hello"]
+
+
+def test_capture_logs_with_the_direct_path(sink: Sink) -> None:
+    with _only_ours() as emitted, capture_logs() as events:
+        log_event("order_created", order_id="o-1", password="p")
+    assert [(e["event"], e["password"]) for e in events] == [("order_created", "[REDACTED]")]
+    assert sink.event("order_created")["password"] == "[REDACTED]"
+    assert emitted == []
+
+
+def test_logger_cached_before_a_reconfigure_writes_directly_to_the_new_handler(
+    sink: Sink,
+) -> None:
+    log = get_logger("cached")
+    log.info("first")  # structlog caches the logger with the chain of that moment
+    second = io.StringIO()
+    configure_logging(ObservabilityConfig(service_name="again", log_format="json"),
+                      FaultReporter(), stream=second)
+    with _only_ours() as emitted:
+        log.info("second")
+    assert emitted == []
+    assert [d["event"] for d in sink.lines()] == ["first"]
+    assert json.loads(second.getvalue())["service"] == "again"
+
+
+def test_init_line_lists_only_settings_that_differ_from_the_defaults(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="mestres_observability"), fresh_observability(
+        service_name="shop", health_detailed_token="s3cret-token", max_label_values=50,
+    ):
+        pass
+    record = next(r for r in caplog.records if r.getMessage() == "mestres_observability initialised")
+    settings_logged = record.settings  # type: ignore[attr-defined]
+    assert settings_logged == {
+        "service_name": "shop", "service_version": "0.0.0", "environment": "production",
+        "max_label_values": 50, "health_detailed_token": "[REDACTED]",
+        "configure_logging": False,  # fresh_observability's default
+    }
+    assert "s3cret-token" not in str(record.__dict__)

@@ -505,3 +505,263 @@ print(os.path.exists(d))
     first, second = proc.stdout.strip().splitlines()[-2:]
     assert first.endswith("0o700 True")
     assert second == "False"
+
+
+# ---------------------------------------------------------------- fork safety (gunicorn --preload)
+_FORK_WITH_LOCKS_HELD = """
+import json, os, signal, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+from mestres_observability import init_observability
+from mestres_observability import multiprocess as mp
+from mestres_observability import system
+from prometheus_client import values
+
+obs = init_observability(service_name="svc", configure_logging=False, tracing_enabled=False)
+obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+PARENT = os.getpid()
+gate = threading.Event()
+
+def hung_in_parent():
+    if os.getpid() == PARENT:
+        gate.wait(30)
+    return True
+
+obs.health.add("db", hung_in_parent, timeout=0.5)
+obs.health.probe("detailed")  # the run is now in flight (single-flight) and hangs in the parent
+
+# what a scrape thread of the parent (the gunicorn master's metrics listener) may hold at a fork
+value_lock = next(c.cell_contents for c in values.ValueClass.inc.__closure__
+                  if type(c.cell_contents) is type(threading.Lock()))
+locks = [value_lock, obs.health._lock, mp._state_lock, mp._cache_lock, system._workers_lock]
+locks += [m._lock for _d, m in mp._cache.values() if hasattr(m, "_lock")]
+locks += [lk for c in list(system._collectors) for lk in (c._lock, getattr(c, "_read_lock", None))
+          if lk is not None]
+held = threading.Event()
+release = threading.Event()
+
+def holder():
+    with mp._flock(os.environ["PROMETHEUS_MULTIPROC_DIR"], exclusive=False):
+        for lk in locks:
+            lk.acquire()
+        held.set()
+        release.wait(60)
+        for lk in reversed(locks):
+            lk.release()
+
+threading.Thread(target=holder, daemon=True).start()
+assert held.wait(10)
+child = os.fork()
+if child == 0:
+    signal.alarm(20)  # a deadlock ends the child with SIGALRM
+    out = {}
+    obs.metrics.http_requests_total.inc(("GET", "/b", "200"))  # a new child series: metric + value locks
+    out["open_lock_fds"] = len(mp._lock_fds)
+    t = time.monotonic()
+    resp = obs.health.probe("detailed")
+    out["probe_s"] = time.monotonic() - t
+    out["probe"] = resp.status
+    out["db"] = json.loads(resp.body)["checks"]["db"]["status"]
+    body = obs.render_metrics().body.decode()
+    out["scraped"] = 'http_requests_total{endpoint="/b",method="GET",status="200"} 1.0' in body
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+release.set()
+gate.set()
+print(json.dumps({"child_status": status}))
+"""
+
+
+def test_a_forked_worker_never_inherits_a_held_lock_or_an_in_flight_check(tmp_path: Path) -> None:
+    """RELIABILITY #33: every lock a parent thread may hold at the fork is fresh in the child.
+
+    A thread of the parent holds the health registry lock, prometheus_client's
+    value lock, the metric locks, the system collectors' locks and a shared
+    merge ``flock`` while the process forks, and a health check is in flight
+    (hung) in the parent. The child must count, probe and scrape without
+    waiting for any of them, and run the check itself.
+    """
+    proc = _run(_FORK_WITH_LOCKS_HELD, _private_dir(tmp_path), timeout=60)
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
+    status = next(x["child_status"] for x in lines if "child_status" in x)
+    assert os.WIFEXITED(status), (status, proc.stderr)
+    assert os.WEXITSTATUS(status) == 0, (status, proc.stderr)
+    child = next(x for x in lines if "probe" in x)
+    assert child["open_lock_fds"] == 0
+    assert child["probe"] == 200
+    assert child["db"] == "healthy"  # run again in the child, not reported as a timeout
+    assert child["probe_s"] < 1.0
+    assert child["scraped"]
+
+
+# ---------------------------------------------------------------- metrics_port with several workers
+_PORT_WORKER = """
+import json, logging, os, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+from mestres_observability import init_observability
+from mestres_observability import _metrics_server as ms
+ms.RETRY_INTERVAL = 0.2
+obs = init_observability(service_name="svc", configure_logging=False, tracing_enabled=False,
+                         metrics_port=int(sys.argv[1]))
+obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+print(json.dumps({"started": ms.start_metrics_server(obs), "role": ms.metrics_server_role(),
+                  "again": ms.start_metrics_server(obs)}), flush=True)
+deadline = time.monotonic() + 60
+while ms.metrics_server_role() != "serving" and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"role": ms.metrics_server_role()}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def _port_worker(mpdir: Path, port: int, log: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop("prometheus_multiproc_dir", None)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(mpdir)
+    env["PYTHONPATH"] = str(ROOT)
+    with log.open("a") as err:
+        return subprocess.Popen([sys.executable, "-c", textwrap.dedent(_PORT_WORKER), str(port)],
+                                env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+
+
+def _end(proc: subprocess.Popen[str] | None) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+def _line(proc: subprocess.Popen[str]) -> dict[str, object]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, f"worker exited ({proc.poll()})"
+    return dict(json.loads(line))
+
+
+def _scrape(port: int) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+@pytest.mark.slow
+def test_metrics_port_second_worker_stands_by_and_takes_over(tmp_path: Path) -> None:
+    """uvicorn-style workers (no master hook): one serves the port, a sibling takes it over."""
+    from tests._support import free_port
+
+    d = _private_dir(tmp_path)
+    port = free_port()
+    first = _port_worker(d, port, tmp_path / "first.log")
+    second = None
+    try:
+        assert _line(first) == {"started": ["127.0.0.1", port], "role": "serving",
+                                "again": ["127.0.0.1", port]}
+        assert _line(first) == {"role": "serving"}
+        second = _port_worker(d, port, tmp_path / "second.log")
+        assert _line(second) == {"started": None, "role": "standby", "again": None}
+        status, body = _scrape(port)
+        assert status == 200
+        # both workers' counts, whichever of them serves
+        assert 'http_requests_total{endpoint="/a",method="GET",status="200"} 2.0' in body
+        first.kill()  # the serving worker dies (or is recycled)
+        first.wait(10)
+        assert _line(second) == {"role": "serving"}  # within a few retries
+        status, body = _scrape(port)
+        assert status == 200
+        assert 'http_requests_total{endpoint="/a",method="GET",status="200"} 2.0' in body
+    finally:
+        _end(first)
+        _end(second)
+    log = (tmp_path / "second.log").read_text()
+    assert log.count("is served by another worker") == 1, log
+    assert log.count("now serves /metrics") == 1, log
+    assert "Traceback" not in log, log
+    assert "WARNING" not in log, log
+
+
+@pytest.mark.slow
+def test_metrics_port_held_by_another_program_warns_once_and_keeps_the_worker(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    d = _private_dir(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        worker = _port_worker(d, port, tmp_path / "worker.log")
+        try:
+            assert _line(worker) == {"started": None, "role": "standby", "again": None}
+            from tests._support import wait_until
+
+            wait_until(lambda: "held by another program" in (tmp_path / "worker.log").read_text(),
+                       timeout=15, message="the standby's warning")
+        finally:
+            _end(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert log.count("held by another program") == 1, log
+    assert "Traceback" not in log, log
+
+
+def test_metrics_port_taken_outside_multiprocess_mode_is_a_configuration_error() -> None:
+    import socket
+
+    from mestres_observability._metrics_server import metrics_server_role, start_metrics_server
+    from mestres_observability.testing import fresh_observability
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        with fresh_observability(metrics_port=port) as obs:
+            with pytest.raises(ConfigurationError, match="metrics_port"):
+                start_metrics_server(obs)
+            assert metrics_server_role() == "off"
+
+
+_FORK_SERVING_PARENT = """
+import json, os, signal, time, urllib.request, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+from mestres_observability import init_observability
+from mestres_observability import _metrics_server as ms
+obs = init_observability(service_name="svc", configure_logging=False, tracing_enabled=False,
+                         metrics_port=0)
+host, port = ms.start_metrics_server(obs)
+child = os.fork()
+if child == 0:
+    signal.alarm(20)  # stop_metrics_server() waiting for the parent's loop would hang here
+    out = {"role": ms.metrics_server_role(), "start": ms.start_metrics_server(obs),
+           "fds": sorted(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None}
+    out["listening_fd_open"] = any(
+        os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") for fd in (out["fds"] or [])
+        if os.path.exists(f"/proc/self/fd/{fd}"))
+    ms.stop_metrics_server()
+    out["after_stop"] = ms.metrics_server_role()
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    code = resp.status
+print(json.dumps({"child_status": status, "parent_scrape": code}))
+"""
+
+
+def test_a_worker_forked_from_the_serving_master_never_binds_or_blocks(tmp_path: Path) -> None:
+    proc = _run(_FORK_SERVING_PARENT, _private_dir(tmp_path), timeout=60)
+    lines = [json.loads(x) for x in proc.stdout.strip().splitlines()]
+    parent = next(x for x in lines if "child_status" in x)
+    child = next(x for x in lines if "role" in x)
+    assert parent["child_status"] == 0, proc.stderr
+    assert parent["parent_scrape"] == 200  # closing the child's copy left the parent serving
+    assert child["role"] == "parent"
+    assert child["start"] is None
+    assert child["after_stop"] == "off"
+    if child["fds"] is not None:
+        assert not child["listening_fd_open"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mestres_observability._redact import REDACTED, Redactor, luhn_ok
+from mestres_observability._redact import EXEMPT_KEYS, REDACTED, Redactor, luhn_ok
 from mestres_observability.config import DEFAULT_REDACT_KEYS
 
 R = Redactor(DEFAULT_REDACT_KEYS)
@@ -106,3 +106,31 @@ def test_property_redacted_value_never_in_output(secret: str, noise: str, key: s
     out = json.dumps(R.clean_event({"event": noise, "data": value}), ensure_ascii=True)
     if secret not in noise and secret not in json.dumps(noise):
         assert secret not in out
+
+
+_event_values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(),
+    st.text(max_size=90), st.decimals(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["4111 1111 1111 1111", "Bearer abcdefghijklmnop", "token=abc123",
+                     "https://u:pw@h/x", "eyJhbGciOi.eyJzdWIiOiIx.sig", "paid", "BRL",
+                     "x" * 70, 4111111111111111, -(10**12), 10**12 - 1]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=st.dictionaries(
+    st.one_of(st.sampled_from(["event", "trace_id", "request_id", "password", "note", "card"]),
+              st.text(max_size=10)),
+    _event_values, max_size=8))
+def test_property_clean_event_matches_clean_and_caches_only_clean_text(
+    event: dict[str, object],
+) -> None:
+    r = Redactor(DEFAULT_REDACT_KEYS, max_length=64)
+    reference = {k: REDACTED if r.sensitive_key(k) and k not in EXEMPT_KEYS else r.clean(v, k)
+                 for k, v in event.items()}
+    first = r.clean_event(event)
+    second = r.clean_event(event)  # answered from the clean-text cache where it applies
+    assert json.dumps(first, sort_keys=True) == json.dumps(reference, sort_keys=True)
+    assert json.dumps(second, sort_keys=True) == json.dumps(reference, sort_keys=True)
+    assert all(r.scrub_text(text) == text for text in r._clean_text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -501,3 +502,53 @@ def test_process_collector_pids_callable_raising_is_counted() -> None:
     faults = _Faults()
     assert _values(ProcessCollector(faults, pids=broken)) == {}
     assert faults.kinds == ["process_pids"]
+
+
+_FORK_DURING_SCRAPE = """
+import json, os, signal, threading, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+from mestres_observability import system
+from mestres_observability._fault import FaultReporter
+from mestres_observability.config import ObservabilityConfig
+
+cfg = ObservabilityConfig(system_mountpoints=("/",))
+sys_col = system.SystemCollector(cfg, FaultReporter())
+proc_col = system.ProcessCollector(FaultReporter(), pids=lambda: [os.getpid()])
+list(sys_col.collect()), list(proc_col.collect())  # disk worker thread started, handles cached
+held, release = threading.Event(), threading.Event()
+
+def scrape_in_progress():  # what a parent's scrape thread holds at the moment of the fork
+    with system._workers_lock, sys_col._lock, proc_col._lock, proc_col._read_lock:
+        held.set()
+        release.wait(60)
+
+threading.Thread(target=scrape_in_progress, daemon=True).start()
+assert held.wait(10)
+child = os.fork()
+if child == 0:
+    signal.alarm(20)  # an inherited held lock ends the child with SIGALRM
+    names = {m.name for m in sys_col.collect()} | {m.name for m in proc_col.collect()}
+    pid_labels = {s.labels.get("pid") for m in proc_col.collect() for s in m.samples}
+    print(json.dumps({"names": sorted(names), "pids": sorted(p for p in pid_labels if p)}),
+          flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+release.set()
+print(json.dumps({"status": status, "child": child}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_collectors_work_in_a_child_forked_during_a_scrape() -> None:
+    """gunicorn --preload: the master's scrape thread may hold the collectors' locks at a fork."""
+    out = subprocess.run([sys.executable, "-c", _FORK_DURING_SCRAPE], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.strip().splitlines()]
+    parent = next(x for x in lines if "status" in x)
+    assert parent["status"] == 0, out.stderr
+    child = next(x for x in lines if "names" in x)
+    assert "cpu_usage_percent" in child["names"]
+    assert "disk_usage_percent" in child["names"]
+    assert "process_resident_memory_bytes" in child["names"]
+    assert child["pids"] == [str(parent["child"])]  # the child reads itself, not the parent

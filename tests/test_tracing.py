@@ -136,6 +136,66 @@ def test_async_generator() -> None:
         assert child.parent.span_id == parent.context.span_id
 
 
+def test_generator_send_throw_and_return_reach_the_body() -> None:
+    from collections.abc import Generator
+
+    @traced("echo")
+    def echo() -> Generator[int, int, str]:
+        total = 0
+        while total < 10:
+            try:
+                total += yield total
+            except Boom:
+                assert trace.get_current_span().is_recording()
+                total += 100
+        return f"total={total}"
+
+    def consume() -> Generator[int, int, str]:
+        return (yield from echo())
+
+    with fresh_observability(), captured_spans() as spans:
+        g = consume()
+        assert next(g) == 0
+        assert g.send(3) == 3
+        with pytest.raises(StopIteration) as stop:
+            g.throw(Boom("x"))
+        assert stop.value.value == "total=103"
+        assert not trace.get_current_span().is_recording()
+    (done,) = spans.spans
+    assert done.name == "echo"
+    assert done.status.status_code is StatusCode.UNSET
+
+
+def test_async_generator_asend_athrow_and_aclose() -> None:
+    from collections.abc import AsyncGenerator
+
+    closed: list[bool] = []
+
+    @traced("aecho")
+    async def aecho() -> AsyncGenerator[int, int]:
+        total = 0
+        try:
+            while True:
+                try:
+                    total += yield total
+                except Boom:
+                    total += 100
+        finally:
+            closed.append(trace.get_current_span().is_recording())
+
+    async def main() -> list[int]:
+        g = aecho()
+        out = [await g.__anext__(), await g.asend(2), await g.athrow(Boom("x"))]
+        assert not trace.get_current_span().is_recording()
+        await g.aclose()
+        return out
+
+    with fresh_observability(), captured_spans() as spans:
+        assert asyncio.run(main()) == [0, 2, 102]
+    assert closed == [True]  # the body's clean-up ran with its span current
+    assert [s.name for s in spans.spans] == ["aecho"]
+
+
 def test_attributes_are_sanitised_never_raise() -> None:
     class Hostile:
         def __str__(self) -> str:

@@ -92,15 +92,9 @@ class ObservabilityMiddleware:
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            rp.finish(500, exc, self._user_id(state, request))
+            self._failed(state, rp, request, exc)
             raise
-        finally:
-            if rp._finished:
-                rp.deactivate()
-        try:
-            return self._respond(state, rp, request, response)
-        finally:
-            rp.deactivate()
+        return self._respond(state, rp, request, response)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         prepared = self._prepare(request)
@@ -115,15 +109,9 @@ class ObservabilityMiddleware:
         try:
             response = await self.get_response(request)
         except BaseException as exc:
-            rp.finish(500, exc, self._user_id(state, request))
+            self._failed(state, rp, request, exc)
             raise
-        finally:
-            if rp._finished:
-                rp.deactivate()
-        try:
-            return self._respond(state, rp, request, response)
-        finally:
-            rp.deactivate()
+        return self._respond(state, rp, request, response)
 
     # ---------------------------------------------------------------- hooks
     def _process_view(self, request: HttpRequest, view_func: Any, view_args: Any,
@@ -161,8 +149,20 @@ class ObservabilityMiddleware:
             get_observability().faults.report("http", "django", "request pass failed", exc)
             return None
 
+    def _failed(self, state: HttpState, rp: RequestPass, request: HttpRequest,
+                exc: BaseException) -> None:
+        """The view stack raised: record it as a 500 and leave the request context."""
+        try:
+            rp.finish(500, exc, self._user_id(state, request))
+        finally:
+            rp.deactivate()
+
     def _respond(self, state: HttpState, rp: RequestPass, request: HttpRequest,
                  response: HttpResponseBase) -> HttpResponseBase:
+        """Add the request id and record the response (streamed ones when Django closes them).
+
+        Runs with the request context still active and leaves it.
+        """
         try:
             if rp.route is None:
                 rp.set_route(route_of(request))
@@ -171,6 +171,9 @@ class ObservabilityMiddleware:
             uid = self._user_id(state, request)
             status = response.status_code
             if response.streaming:
+                if uid is None and state.access_log:
+                    # the body ends after this context is gone: keep a bound user_id now
+                    uid = structlog.contextvars.get_contextvars().get("user_id")
                 inner_close = response.close
 
                 def close() -> None:
@@ -184,6 +187,8 @@ class ObservabilityMiddleware:
                 rp.finish(status, exc, uid)
         except Exception as err:
             state.faults.report("http", "django", "recording the response failed", err)
+        finally:
+            rp.deactivate()
         return response
 
     def _endpoint_response(self, state: HttpState, rp: RequestPass | None,
@@ -206,8 +211,6 @@ class ObservabilityMiddleware:
                 return resolver(request)
             except Exception as exc:
                 state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
-        if state.access_log:
-            return structlog.contextvars.get_contextvars().get("user_id")
         return None
 
 

@@ -1,10 +1,13 @@
-"""Fixtures shared by the adapter tests: JSON log capture and in-memory spans."""
+"""Fixtures and checks shared by the adapter tests: JSON logs, in-memory spans, request ids."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+import random
+import re
+import string
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -85,3 +88,52 @@ def series(obs: Observability, family: str) -> list[dict[str, str]]:
             if sample.name == family:
                 out.append(dict(sample.labels))
     return out
+
+
+#: Request ids an adapter must not echo: header injection, oversized, one past the limit.
+UNSAFE_REQUEST_IDS = ("a\r\nSet-Cookie: x=1", "x" * 10_240, "x" * 129)
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def _request_id_rules(echo: Callable[[str | None], str]) -> None:
+    """The request-id rules through one adapter.
+
+    ``echo(value)`` sends a request with ``X-Request-ID: value`` (no header for
+    ``None``) and returns the ``X-Request-ID`` of the response. A safe id comes
+    back as sent; an unsafe or missing one is replaced by a fresh UUID4.
+    """
+    for safe in ("abc-1", "ok.1", "abc_1", "A" * 128):
+        assert echo(safe) == safe
+    fresh = {echo(bad) for bad in (*UNSAFE_REQUEST_IDS, None, None)}
+    assert len(fresh) == len(UNSAFE_REQUEST_IDS) + 2  # a new id every time
+    assert all(UUID4.fullmatch(rid) for rid in fresh), fresh
+
+
+def _unmatched_paths_rule(get: Callable[[str], object], obs: Observability, *, seed: int,
+                          alphabet: str = string.ascii_letters + "-.", new_series: int = 1) -> None:
+    """300 random paths through one adapter add at most ``new_series`` series, all ``<unmatched>``.
+
+    ``get(path)`` sends one GET request; ``new_series`` allows for a redirect
+    status next to the 404.
+    """
+    get("/orders/1")
+    before = series(obs, "http_requests_total")
+    rng = random.Random(seed)
+    for _ in range(300):
+        get("/" + "".join(rng.choices(alphabet, k=rng.randint(1, 40))))
+    after = series(obs, "http_requests_total")
+    assert len(after) - len(before) <= new_series
+    assert {s["endpoint"] for s in after} - {s["endpoint"] for s in before} <= {"<unmatched>"}
+    assert any(s["endpoint"] == "<unmatched>" for s in after)
+
+
+@pytest.fixture
+def check_request_ids() -> Callable[..., None]:
+    """:func:`_request_id_rules`, for a test to run through its adapter."""
+    return _request_id_rules
+
+
+@pytest.fixture
+def check_unmatched_paths() -> Callable[..., None]:
+    """:func:`_unmatched_paths_rule`, for a test to run through its adapter."""
+    return _unmatched_paths_rule

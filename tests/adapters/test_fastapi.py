@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import string
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -124,16 +122,9 @@ def test_route_templates_mounts_and_status(app: FastAPI) -> None:
                         endpoint="/orders/{order_id}") == 0
 
 
-def test_random_unmatched_paths_add_at_most_one_series(app: FastAPI) -> None:
-    c = client(app)
-    c.get("/orders/1")
-    before = series(get_observability(), "http_requests_total")
-    rng = random.Random(7)
-    for _ in range(300):
-        c.get("/" + "".join(rng.choices(string.ascii_letters + "-.", k=rng.randint(1, 40))))
-    after = series(get_observability(), "http_requests_total")
-    assert len(after) - len(before) <= 1
-    assert {s["endpoint"] for s in after} - {s["endpoint"] for s in before} <= {"<unmatched>"}
+def test_random_unmatched_paths_add_at_most_one_series(app: FastAPI,
+                                                        check_unmatched_paths: Any) -> None:
+    check_unmatched_paths(client(app).get, get_observability(), seed=7)
 
 
 def test_other_method(app: FastAPI) -> None:
@@ -188,14 +179,13 @@ async def _raw(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> dict[
     return sent[0]
 
 
-def test_request_id_echo_and_replacement(app: FastAPI) -> None:
-    c = client(app)
-    assert c.get("/orders/1", headers={"X-Request-ID": "ok.1"}).headers["x-request-id"] == "ok.1"
-    for bad in (b"a\r\nSet-Cookie: x=1", b"x" * 10_240, b"x" * 129):
-        start = asyncio.run(_raw(app, "/orders/1", [(b"x-request-id", bad)]))
-        echoed = dict(start["headers"])[b"x-request-id"]
-        assert echoed != bad
-        assert len(echoed) == 36
+def test_request_id_echo_and_replacement(app: FastAPI, check_request_ids: Any) -> None:
+    def echo(value: str | None) -> str:
+        headers = [] if value is None else [(b"x-request-id", value.encode("latin-1"))]
+        start = asyncio.run(_raw(app, "/orders/1", headers))
+        return str(dict(start["headers"])[b"x-request-id"].decode("latin-1"))
+
+    check_request_ids(echo)
 
 
 def test_access_log_fields(app: FastAPI, logs: LogCapture) -> None:
@@ -366,3 +356,37 @@ def test_health_endpoints(app: FastAPI) -> None:
         assert r.status_code == 200, path
         assert r.json()["status"]
     assert "/health" not in app.openapi()["paths"]
+
+
+def test_native_tracing_on_the_global_provider_is_turned_off_once() -> None:
+    from mestres_observability.fastapi import _prefer_our_server_span
+
+    application = FastAPI()
+    config = getattr(application, "_telemetry", None)
+    if not isinstance(config, dict):
+        pytest.skip("this FastAPI has no native telemetry")
+    assert config["tracing"] is True
+    with fresh_observability():
+        instrument(application)
+    assert config["tracing"] is False
+    assert _prefer_our_server_span(application) is False  # nothing left to change
+
+
+@pytest.mark.parametrize("telemetry", [None, "frozen", {"tracing": "yes"}, 42])
+def test_unexpected_native_telemetry_shapes_are_left_alone(telemetry: Any) -> None:
+    from types import MappingProxyType
+
+    from starlette.applications import Starlette
+
+    from mestres_observability.fastapi import _prefer_our_server_span
+
+    application = Starlette()
+    if telemetry == "frozen":
+        telemetry = MappingProxyType({"tracing": True, "tracer_provider": None})
+    if telemetry is not None:
+        application._telemetry = telemetry  # type: ignore[attr-defined]
+    assert _prefer_our_server_span(application) is False
+    with fresh_observability():
+        instrument(application)  # never raises on a shape it does not know
+    if isinstance(telemetry, MappingProxyType):
+        assert telemetry["tracing"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from mestres_observability.http import (
     check_metrics_auth,
     client_address,
     http_state,
+    new_request_id,
     normalize_method,
     redact_query,
     safe_request_id,
@@ -28,6 +30,8 @@ from mestres_observability.http import (
     status_label,
 )
 from mestres_observability.testing import fresh_observability, sample_value
+
+from .conftest import PARENT_ID, TRACE_ID, TRACEPARENT, use_memory_tracer
 
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -253,3 +257,68 @@ def test_unprotected_metrics_warning_is_logged_once(caplog: pytest.LogCaptureFix
     with fresh_observability(metrics_auth="bearer:x") as obs, caplog.at_level("WARNING"):
         http_module.warn_unprotected_metrics(obs, "unit-test")
     assert not any("without protection" in r.getMessage() for r in caplog.records)
+
+
+def test_new_request_ids_are_distinct_uuid4s() -> None:
+    ids = [new_request_id() for _ in range(1000)]  # several draws of the pool
+    assert len(set(ids)) == len(ids)
+    assert all(_UUID4.fullmatch(i) for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_does_not_reuse_the_parents_request_ids() -> None:
+    new_request_id()  # the pool now holds ids drawn by this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write, "".join(new_request_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    parent = "".join(new_request_id() for _ in range(3))
+    assert len(child) == 3 * 36
+    assert child != parent
+    assert not {child[i:i + 36] for i in range(0, 108, 36)} & {
+        parent[i:i + 36] for i in range(0, 108, 36)}
+
+
+def test_server_span_parent_baggage_and_one_exemplar_for_both_series() -> None:
+    from opentelemetry import baggage, trace
+
+    with fresh_observability(access_log=False) as obs:
+        exporter = use_memory_tracer(obs)
+        state = http_state(obs)
+        rp = start_request(state, "GET", "/orders/7", route="/orders/{id}", peer="10.0.0.1",
+                           server_address="shop.example:8443", user_agent="ua/1",
+                           trace_headers={"traceparent": TRACEPARENT, "baggage": "tenant=t1"})
+        assert rp is not None
+        rp.activate()
+        try:
+            assert baggage.get_baggage("tenant") == "t1"
+            assert trace.get_current_span() is rp.span
+        finally:
+            rp.deactivate()
+        rp.finish(503)
+        (sp,) = exporter.get_finished_spans()
+        assert sp.parent is not None
+        assert format(sp.parent.span_id, "016x") == PARENT_ID
+        assert format(sp.context.trace_id, "032x") == TRACE_ID
+        assert sp.name == "GET /orders/{id}"
+        assert sp.attributes is not None
+        assert sp.attributes["server.address"] == "shop.example"
+        assert sp.attributes["server.port"] == 8443
+        assert sp.attributes["client.address"] == "10.0.0.1"
+        assert sp.attributes["http.response.status_code"] == 503
+        assert sp.attributes["error.type"] == "503"
+        exemplars = [
+            sample.exemplar for metric in obs.registry.collect() for sample in metric.samples
+            if sample.name in ("http_requests_total", "http_request_duration_seconds_bucket")
+            and sample.exemplar is not None
+        ]
+        expected = {"trace_id": TRACE_ID, "span_id": format(sp.context.span_id, "016x")}
+        assert len(exemplars) == 2
+        assert all(e.labels == expected for e in exemplars)
