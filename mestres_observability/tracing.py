@@ -31,9 +31,11 @@ import inspect
 import json
 import logging
 import math
+import os
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -120,6 +122,33 @@ def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- processors
+_pipelines: weakref.WeakSet[_Pipeline] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
+    """A forked worker is a service instance of its own, with its own span counts."""
+    global INSTANCE_ID
+    INSTANCE_ID = str(uuid.uuid4())
+    _GLOBAL.lock = threading.Lock()
+    for pipeline in list(_pipelines):
+        pipeline._reset_after_fork()
+
+
+def _resource_after_fork() -> None:  # pragma: no cover - runs in forked children
+    """Give the provider built before the fork this worker's ``service.instance.id``."""
+    provider = _GLOBAL.provider
+    update = getattr(provider, "_update_resource", None)
+    if _GLOBAL.owned and update is not None:
+        from opentelemetry.sdk.resources import Resource
+
+        with contextlib.suppress(Exception):
+            update(Resource({"service.instance.id": INSTANCE_ID}))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Pipeline:
     """One instance's exporter behind a BatchSpanProcessor, with drop counting."""
 
@@ -146,6 +175,13 @@ class _Pipeline:
         self.dropped = 0
         self._lock = threading.Lock()
         self._shutdown_thread: threading.Thread | None = None
+        _pipelines.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the SDK emptied the inherited queue, so the counts start afresh."""
+        self._lock = threading.Lock()
+        self.ended = self.handed_total = self.queue_dropped = self._pending_full = 0
+        self.exported = self.dropped = 0
 
     def drop(self, n: int, kind: str) -> None:
         if n <= 0:
@@ -311,6 +347,7 @@ class _Global:
         self.delegate: Any = None
         self.active: TracingHandle | None = None
         self.atexit_registered = False
+        self.fork_hook_registered = False
         self.bound = 5.0
         self.instrumented: set[str] = set()
 
@@ -517,6 +554,10 @@ def _install_provider(config: ObservabilityConfig) -> Any:
     g.delegate = _make_delegate()
     provider.add_span_processor(g.delegate)
     g.provider = provider
+    if not g.fork_hook_registered and hasattr(os, "register_at_fork"):
+        # registered after the SDK provider's own fork hook, so this id is the one that stays
+        os.register_at_fork(after_in_child=_resource_after_fork)
+        g.fork_hook_registered = True
     if not g.atexit_registered:
         atexit.register(_at_exit)
         g.atexit_registered = True

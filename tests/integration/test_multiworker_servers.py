@@ -263,16 +263,7 @@ def _sample(port: int, name: str) -> float:
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("preload", [
-    pytest.param(True, marks=pytest.mark.xfail(
-        raises=PhantomSpanDropError, strict=True,
-        reason="tracing._Pipeline keeps the master's span counters in each worker while the SDK "
-               "empties the inherited queue: spans queued at the fork count as dropped")),
-    pytest.param(False, marks=pytest.mark.xfail(
-        raises=SharedInstanceIdError, strict=True,
-        reason="tracing.INSTANCE_ID is made when the gunicorn config module imports the package "
-               "in the master, and set explicitly on each worker's resource")),
-], ids=["preload", "no-preload"])
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
 def test_tracing_and_health_work_in_every_gunicorn_worker(server: object, preload: bool) -> None:
     """RELIABILITY #33: ``gunicorn --preload -w 3``, everything initialised in the master.
 
