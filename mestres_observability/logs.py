@@ -302,22 +302,22 @@ class _StdoutHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            stream = self._stream if self._stream is not None else sys.stdout
-            stream.write(line + "\n")
-            stream.flush()
+            self._write(self.format(record))
         except RecursionError:  # pragma: no cover
             raise
         except Exception as exc:
             self.handleError(record, exc)
 
+    def _write(self, line: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stdout
+        stream.write(line + "\n")
+        stream.flush()
+
     def write_line(self, line: str) -> None:
         """Write one rendered line (the direct path, :func:`write_direct`); never raises."""
         try:
             with self.lock:  # type: ignore[union-attr]  # the same lock emit() runs under
-                stream = self._stream if self._stream is not None else sys.stdout
-                stream.write(line + "\n")
-                stream.flush()
+                self._write(line)
         except RecursionError:  # pragma: no cover
             raise
         except Exception as exc:
