@@ -1,7 +1,8 @@
 """Per-request overhead of the HTTP adapters against the bare app and the peers.
 
-Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django]`` (all three by
-default; about 1-2 minutes). Apps are driven
+Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]``
+(all three by default; about 2-3 minutes; ``--markdown`` also prints the table
+as docs/benchmarks.md shows it). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
@@ -22,6 +23,13 @@ Variants per framework:
   (and starlette_exporter) / django-prometheus.
 * ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
 * ``peer metrics+otel+log``: both, plus one structlog JSON line per request.
+* ``primitives by hand``: the floor. The bare app wrapped in a few lines of WSGI
+  or ASGI code doing by hand what the full pass must do at least: a timer, a
+  SERVER span from the SDK with the parent extracted and the same
+  semantic-convention attributes, a counter and a histogram observation with
+  the span's exemplar, one structlog JSON line with the access log's twelve
+  fields. No request id, no in-progress gauge, no route lookup (a constant),
+  no redaction, no fault handling.
 
 Peers that are not installed are shown as ``n/a``. Figures are reported, not
 gated: they depend on the machine.
@@ -43,14 +51,16 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
-from prometheus_client import CollectorRegistry
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 warnings.simplefilter("ignore")
 
@@ -114,6 +124,95 @@ def _ours(adapter: str, make: Callable[[], Any], full: bool) -> tuple[Any, Any]:
     return app, obs
 
 
+# ---------------------------------------------------------------------- the floor
+class _ByHand:
+    """The primitives of one request, written by hand (see ``primitives by hand``)."""
+
+    def __init__(self, route: str) -> None:
+        registry = CollectorRegistry()
+        labels = ["method", "endpoint", "status"]
+        self.counter = Counter("hand_requests", "requests", labels, registry=registry)
+        self.histogram = Histogram("hand_duration_seconds", "duration", labels,
+                                   registry=registry)
+        self.tracer = trace.get_tracer("bench")
+        self.route = route
+        self.name = f"GET {route}"
+
+    def begin(self, headers: dict[str, str], path: str, user_agent: str,
+              client: str) -> tuple[Any, Any, float]:
+        ctx = propagate.extract(headers)
+        span = self.tracer.start_span(self.name, context=ctx, kind=SpanKind.SERVER, attributes={
+            "http.request.method": "GET", "url.path": path, "url.scheme": "http",
+            "server.address": "bench", "user_agent.original": user_agent,
+            "client.address": client, "http.route": self.route,
+        })
+        token = otel_context.attach(trace.set_span_in_context(span, ctx))
+        return span, token, time.perf_counter()
+
+    def end(self, begun: tuple[Any, Any, float], status: int, path: str, user_agent: str,
+            client: str) -> None:
+        span, token, t0 = begun
+        duration = time.perf_counter() - t0
+        otel_context.detach(token)
+        span.set_attributes({"http.response.status_code": status})
+        span.end()
+        sc = span.get_span_context()
+        trace_id, span_id = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
+        exemplar = {"trace_id": trace_id, "span_id": span_id}
+        code = str(status)
+        self.counter.labels("GET", self.route, code).inc(1, exemplar)
+        self.histogram.labels("GET", self.route, code).observe(duration, exemplar)
+        log = _log if _log is not None else structlog.get_logger("bench")
+        log.info("http_request", request_id=None, method="GET", url=path, endpoint=self.route,
+                 status_code=status, duration_seconds=round(duration, 6),
+                 user_agent=user_agent, ip_address=client, user_id=None,
+                 trace_id=trace_id, span_id=span_id)
+
+
+def by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
+    """``app`` with the request primitives written by hand around it (WSGI)."""
+    hand = _ByHand(route)
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path, ua, client = environ["PATH_INFO"], environ["HTTP_USER_AGENT"], environ["REMOTE_ADDR"]
+        begun = hand.begin({"traceparent": environ["HTTP_TRACEPARENT"]}, path, ua, client)
+        status = [500]
+
+        def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = int(code[:3])
+            return start_response(code, headers, exc_info)
+
+        try:
+            return app(environ, capture)
+        finally:
+            hand.end(begun, status[0], path, ua, client)
+
+    return wrapped
+
+
+def by_hand_asgi(app: Any, route: str) -> Any:
+    """``app`` with the request primitives written by hand around it (ASGI)."""
+    hand = _ByHand(route)
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        path, ua, client = scope["path"], headers[b"user-agent"].decode(), scope["client"][0]
+        begun = hand.begin({"traceparent": headers[b"traceparent"].decode()}, path, ua, client)
+        status = [500]
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, capture)
+        finally:
+            hand.end(begun, status[0], path, ua, client)
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------- drivers
 def wsgi_runner(app: Callable[..., Any]) -> Callable[[int], None]:
     base = {
@@ -171,6 +270,26 @@ def asgi_runner(app: Any) -> Callable[[int], None]:
     return run
 
 
+# ---------------------------------------------------------------------- variants
+Wrap = Callable[[Any], Any]
+
+
+def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: Wrap,
+              by_hand: Wrap, more_metrics_peers: dict[str, Callable[[], Any] | None] | None = None,
+              ) -> dict[str, Callable[[], Any] | None]:
+    """The variants of one framework whose app ``make(log=False)`` builds."""
+    return {
+        "bare": make,
+        "ours metrics": lambda: _ours(adapter, make, False),
+        "ours full": lambda: _ours(adapter, make, True),
+        "peer metrics": _optional(lambda: metrics_peer(make())),
+        **(more_metrics_peers or {}),
+        "peer otel": _optional(lambda: otel(make())),
+        "peer metrics+otel+log": _optional(lambda: otel(metrics_peer(make(log=True)))),
+        "primitives by hand": lambda: by_hand(make()),
+    }
+
+
 # ---------------------------------------------------------------------- Flask
 def flask_variants() -> dict[str, Callable[[], Any] | None]:
     from flask import Flask
@@ -198,14 +317,8 @@ def flask_variants() -> dict[str, Callable[[], Any] | None]:
         FlaskInstrumentor().instrument_app(app)
         return app
 
-    return {
-        "bare": make,
-        "ours metrics": lambda: _ours("flask", make, False),
-        "ours full": lambda: _ours("flask", make, True),
-        "peer metrics": _optional(lambda: exporter(make())),
-        "peer otel": _optional(lambda: otel(make())),
-        "peer metrics+otel+log": _optional(lambda: otel(exporter(make(log=True)))),
-    }
+    return _variants("flask", make, exporter, otel,
+                     lambda app: by_hand_wsgi(app, "/orders/<int:order_id>"))
 
 
 # ---------------------------------------------------------------------- FastAPI
@@ -246,15 +359,10 @@ def fastapi_variants() -> dict[str, Callable[[], Any] | None]:
         FastAPIInstrumentor.instrument_app(app)
         return app
 
-    return {
-        "bare": make,
-        "ours metrics": lambda: _ours("fastapi", make, False),
-        "ours full": lambda: _ours("fastapi", make, True),
-        "peer metrics": _optional(lambda: instrumentator(make())),
-        "peer metrics (starlette_exporter)": _optional(lambda: starlette_exporter(make())),
-        "peer otel": _optional(lambda: otel(make())),
-        "peer metrics+otel+log": _optional(lambda: otel(instrumentator(make(log=True)))),
-    }
+    return _variants("fastapi", make, instrumentator, otel,
+                     lambda app: by_hand_asgi(app, "/orders/{order_id}"),
+                     {"peer metrics (starlette_exporter)":
+                      _optional(lambda: starlette_exporter(make()))})
 
 
 # ---------------------------------------------------------------------- Django
@@ -326,6 +434,7 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
                                "opentelemetry.instrumentation.django"),
         "peer metrics+otel+log": _optional(lambda: handler(prom, otel=True, log=True),
                                            "django_prometheus"),
+        "primitives by hand": lambda: by_hand_wsgi(handler([]), "/orders/<int:order_id>"),
     }
 
 
@@ -396,16 +505,55 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
     if combined:
         print(f"  ratio ours full / peers metrics+otel+log: "
               f"{over['ours full'] / combined:5.2f}  (target <= 0.33)")
+    floor = over.get("primitives by hand")
+    if combined and floor:
+        print(f"  ratio primitives by hand / peers metrics+otel+log: {floor / combined:5.2f}"
+              f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}")
     if metric_peers:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
               f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.50)")
 
 
+def _ratio(over: dict[str, float], a: str, b: str) -> str:
+    return f"{over[a] / over[b]:.2f}" if over.get(a) and over.get(b) else "n/a"
+
+
+def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
+    """The run as a Markdown table (``--markdown``), as docs/benchmarks.md shows it."""
+    names = list(results)
+    labels = list(dict.fromkeys(label for figs in results.values() for label in figs))
+    rows = ["| variant | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for label in labels:
+        cells = []
+        for name in names:
+            value = results[name].get(label)
+            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
+             for name, figs in results.items()}
+    for title, a, b in (
+        ("**ours full / peers combined** (target ≤ 0.33)", "ours full", "peer metrics+otel+log"),
+        ("primitives by hand / peers combined", "primitives by hand", "peer metrics+otel+log"),
+        ("ours full / primitives by hand", "ours full", "primitives by hand"),
+    ):
+        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    cheapest = []
+    for n in names:
+        peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
+        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}" if peers else "n/a")
+    rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.50) | "
+                + " | ".join(cheapest) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     _setup_globals()
     t0 = time.perf_counter()
-    only = {a.lower() for a in sys.argv[1:]}
+    args = [a.lower() for a in sys.argv[1:]]
+    as_markdown = "--markdown" in args
+    only = {a for a in args if not a.startswith("--")}
+    results: dict[str, dict[str, tuple[float, float] | None]] = {}
     for name, variants, runner in (
         ("Flask", flask_variants, wsgi_runner),
         ("FastAPI", fastapi_variants, asgi_runner),
@@ -419,7 +567,11 @@ def main() -> None:
             print(f"\n{name}: skipped ({exc})")
             continue
         report(name, figures)
+        results[name] = figures
     print(f"\n({ROUNDS} rounds x {PER_ROUND} requests; {time.perf_counter() - t0:.0f} s)")
+    if as_markdown and results:
+        print()
+        print(markdown(results))
 
 
 if __name__ == "__main__":

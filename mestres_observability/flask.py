@@ -2,11 +2,12 @@
 
 A WSGI middleware around ``app.wsgi_app`` measures the whole request, to the
 end of the body (the server's ``close()``), and serves the library endpoints
-without registering routes; a ``before_request`` hook (run first) reads the
-route template (``/orders/<int:order_id>``), an ``after_request`` hook notes
-whether the body is complete already, Flask's ``got_request_exception`` signal
-(sent only on failures) hands over unhandled exceptions, and a
-``teardown_request`` hook, added only with a user-id resolver, runs it.
+without registering routes; the app's ``full_dispatch_request`` is wrapped on
+the instance to read the route template (``/orders/<int:order_id>``) before
+the user's ``before_request`` hooks run and to note whether the body is
+complete already; Flask's ``got_request_exception`` signal (sent only on
+failures) hands over unhandled exceptions, and a ``teardown_request`` hook,
+added only with a user-id resolver, runs it.
 
 Example::
 
@@ -23,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any, cast
 
-import structlog
 from flask import Flask, got_request_exception, request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
@@ -32,10 +32,12 @@ from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
+    bound_user_id,
     http_state,
     serve_endpoint,
     start_request,
     warn_unprotected_metrics,
+    wsgi_trace_headers,
 )
 from .observability import Observability, get_observability
 
@@ -99,6 +101,7 @@ class FlaskMiddleware:
         self.wsgi_app = wsgi_app
         self.app = app
         self.user_id_resolver = user_id_resolver
+        self._full_dispatch: Callable[[], Any] = app.full_dispatch_request
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
@@ -146,7 +149,7 @@ class FlaskMiddleware:
             return result
         if uid is None and state.access_log:
             # the body ends after this context is gone: keep a bound user_id now
-            uid = structlog.contextvars.get_contextvars().get("user_id")
+            uid = bound_user_id()
         rp.deactivate()
         return _Body(result, rp, holder, uid)
 
@@ -154,13 +157,7 @@ class FlaskMiddleware:
     def _start(state: HttpState, environ: dict[str, Any], path_info: str) -> RequestPass | None:
         if not state.enabled or state.excluded(path_info):
             return None
-        trace_headers = None
-        if state.tracing:
-            trace_headers = {
-                k: environ[e] for k, e in (("traceparent", "HTTP_TRACEPARENT"),
-                                           ("tracestate", "HTTP_TRACESTATE"),
-                                           ("baggage", "HTTP_BAGGAGE")) if e in environ
-            }
+        trace_headers = wsgi_trace_headers(environ) if state.tracing else None
         script = environ.get("SCRIPT_NAME", "")
         return start_request(
             state,
@@ -192,24 +189,47 @@ class FlaskMiddleware:
             rp.finish(status)
         return [body]
 
-    # ---------------------------------------------------------------- Flask hooks
-    def before_request(self) -> None:
-        """Read the route template (run before the user's own hooks)."""
-        # one context lookup (LocalProxy._get_current_object), not one per attribute
-        req = cast(Any, request)._get_current_object()
-        environ = req.environ
-        rp = environ.get(_PASS)
-        if rp is None:
-            return
+    # ---------------------------------------------------------------- inside Flask
+    def full_dispatch_request(self) -> Any:
+        """Installed as the app's ``full_dispatch_request``: reads the route
+        template before the user's ``before_request`` hooks run (the request
+        context is pushed and routing done by then), and notes whether the
+        finished response's body is complete already (not streamed).
+
+        One call around Flask's own, instead of a ``before_request`` and an
+        ``after_request`` hook: Flask resolves every hook through
+        ``ensure_sync``, which cost more than the work the hooks did.
+        """
+        rp = None
         try:
-            rule = req.url_rule
-            template = rule.rule if rule is not None else self._rule_for_405()
-            if template is not None:
-                script = environ.get("SCRIPT_NAME")
-                rp.set_route(_text(script) + template if script else template)
-            rp.track_in_progress()
+            # one context lookup (LocalProxy._get_current_object), not one per attribute
+            req = cast(Any, request)._get_current_object()
+            environ = req.environ
+            rp = environ.get(_PASS)
+            if rp is not None:
+                rule = req.url_rule
+                template = rule.rule if rule is not None else self._rule_for_405()
+                if template is not None:
+                    script = environ.get("SCRIPT_NAME")
+                    rp.set_route(_text(script) + template if script else template)
+                rp.track_in_progress()
         except Exception as exc:
-            rp.state.faults.report("http", "flask_route", "reading the route failed", exc)
+            get_observability().faults.report("http", "flask_route", "reading the route failed",
+                                              exc)
+        response = self._full_dispatch()
+        if rp is not None:
+            try:
+                if not response.is_streamed:
+                    environ[_BUFFERED] = True
+                elif (response.status_code >= 400
+                      and isinstance(response.response, ClosingIterator)):
+                    # an HTTPException (abort(404), routing errors) turned into a response
+                    # by running it as a WSGI app: a short body held in memory
+                    response.make_sequence()
+                    environ[_BUFFERED] = True
+            except Exception as exc:
+                rp.state.faults.report("http", "flask_body", "body check failed", exc)
+        return response
 
     @staticmethod
     def _rule_for_405() -> str | None:
@@ -223,20 +243,6 @@ class FlaskMiddleware:
             return None
         rule, _args = adapter.match(method=next(iter(err.valid_methods)), return_rule=True)
         return str(rule.rule)
-
-    def after_request(self, response: Any) -> Any:
-        """Note whether the body is already complete (not streamed)."""
-        try:
-            if not response.is_streamed:
-                request.environ[_BUFFERED] = True
-            elif response.status_code >= 400 and isinstance(response.response, ClosingIterator):
-                # an HTTPException (abort(404), routing errors) turned into a response by
-                # running it as a WSGI app: a short body held in memory
-                response.make_sequence()
-                request.environ[_BUFFERED] = True
-        except Exception as exc:
-            get_observability().faults.report("http", "flask_body", "body check failed", exc)
-        return response
 
     def on_exception(self, sender: Any, exception: BaseException, **extra: Any) -> None:
         """``got_request_exception`` receiver: keep the exception for the span."""
@@ -282,10 +288,9 @@ def instrument(app: Flask, obs: Observability | None = None, *,
         return existing
     mw = FlaskMiddleware(app.wsgi_app, app, user_id_resolver)
     app.wsgi_app = mw  # type: ignore[method-assign]
-    # the hook lists are changed directly: Flask refuses its decorators after the first
-    # request, and ours must run before the user's own hooks
-    app.before_request_funcs.setdefault(None, []).insert(0, mw.before_request)
-    app.after_request_funcs.setdefault(None, []).insert(0, mw.after_request)
+    # on the instance, around whatever the class (or a subclass) defines; Flask refuses
+    # its hook decorators after the first request, and this needs none
+    app.full_dispatch_request = mw.full_dispatch_request  # type: ignore[method-assign]
     got_request_exception.connect(mw.on_exception, app, weak=False)
     if user_id_resolver is not None:
         _add_teardown(app, mw)

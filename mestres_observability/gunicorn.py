@@ -14,7 +14,7 @@ your own config file::
 
     # gunicorn.conf.py
     from mestres_observability.gunicorn import (  # noqa: F401
-        child_exit, on_exit, on_starting, post_fork, when_ready,
+        child_exit, on_exit, on_starting, post_fork, when_ready, worker_exit,
     )
     workers = 4
     max_requests = 1000
@@ -25,7 +25,10 @@ your own config file::
   stay fast however many workers are recycled (``max_requests``);
 * :func:`when_ready` starts the separate ``/metrics`` listener in the master
   when ``MESTRES_OBS_METRICS_PORT`` is set (one port, every worker's totals);
-* :func:`post_fork` registers each worker so siblings can tell it is alive.
+* :func:`post_fork` registers each worker so siblings can tell it is alive;
+* :func:`worker_exit` shuts the worker's instance down on its way out:
+  readiness turns 503 (draining), queued spans are flushed within
+  ``shutdown_timeout``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import Any
 
 from . import multiprocess as _mp
 
-__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "prepare", "when_ready"]
+__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "prepare", "when_ready",
+           "worker_exit"]
 
 _log = logging.getLogger("mestres_observability")
 _temporary_dir: str | None = None
@@ -120,6 +124,22 @@ def when_ready(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     """gunicorn hook (each new worker): leave the liveness marker siblings check."""
     _mp.register_process()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn hook (each worker, on its way out): drain, then flush.
+
+    Calls ``shutdown()`` on the worker's current instance: readiness answers
+    503 from then on, and the spans still queued are exported within
+    ``shutdown_timeout`` instead of being lost with the process. Never raises.
+    """
+    try:
+        from .observability import get_observability
+
+        get_observability().shutdown()
+    except Exception:  # never break gunicorn's worker exit
+        _log.exception("mestres_observability: shutting down worker %s failed",
+                       getattr(worker, "pid", "?"))
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -439,7 +439,23 @@ class HealthRegistry:
 
     def _acquire(self, check: _Check, running_loop: asyncio.AbstractEventLoop | None,
                  ) -> CheckResult | _Job:
-        """A fresh cached result, the in-flight run, or a newly started run."""
+        """A fresh cached result, the in-flight run, or a newly started run.
+
+        A run that cannot even start (no thread can be started, or a racing
+        :meth:`close` shut the pool) is a failed result with the error kind,
+        never an exception out of the probe.
+        """
+        try:
+            return self._acquire_or_start(check, running_loop)
+        except Exception as exc:
+            self._faults.report("health", "start", f"cannot start health check {check.name!r}",
+                                exc)
+            result = CheckResult(False, 0.0, type(exc).__name__, None, time.monotonic())
+            self._set_metrics(check.name, result)
+            return result
+
+    def _acquire_or_start(self, check: _Check, running_loop: asyncio.AbstractEventLoop | None,
+                          ) -> CheckResult | _Job:
         now = time.monotonic()
         ttl = self._config.health_cache_ttl
         with self._lock:

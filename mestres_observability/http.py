@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import hmac
 import ipaddress
 import logging
@@ -58,6 +59,7 @@ __all__ = [
     "HttpState",
     "RequestPass",
     "aserve_endpoint",
+    "bound_user_id",
     "check_metrics_auth",
     "client_address",
     "http_state",
@@ -70,6 +72,7 @@ __all__ = [
     "start_request",
     "status_label",
     "warn_unprotected_metrics",
+    "wsgi_trace_headers",
 ]
 
 #: ``endpoint`` label of requests that matched no route.
@@ -177,6 +180,18 @@ def client_address(
         if not _is_trusted(hop, trusted):
             return hop
     return client
+
+
+def wsgi_trace_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The W3C trace headers of a WSGI environ (or Django's ``META``), keyed in lower case."""
+    headers: dict[str, str] = {}
+    if "HTTP_TRACEPARENT" in environ:
+        headers["traceparent"] = environ["HTTP_TRACEPARENT"]
+        if "HTTP_TRACESTATE" in environ:
+            headers["tracestate"] = environ["HTTP_TRACESTATE"]
+    if "HTTP_BAGGAGE" in environ:
+        headers["baggage"] = environ["HTTP_BAGGAGE"]
+    return headers
 
 
 def redact_query(query: str, keys: frozenset[str]) -> str:
@@ -323,6 +338,26 @@ def http_state(obs: Observability | None = None) -> HttpState:
     return state
 
 
+# structlog's ContextVar behind ``bind_contextvars(request_id=...)``, found on first use
+_rid_var: list[contextvars.ContextVar[Any] | None] = [None]
+# structlog's registry of its context variables (``structlog_<key>``): reading one key
+# there is cheaper than get_contextvars(), which walks every variable of the context
+_STRUCTLOG_VARS: Any = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+if not isinstance(_STRUCTLOG_VARS, dict):  # pragma: no cover - a structlog without it
+    _STRUCTLOG_VARS = None
+
+
+def bound_user_id() -> Any:
+    """The ``user_id`` bound in structlog's context (``bind_context`` / ``set_user_id``), or ``None``."""
+    if _STRUCTLOG_VARS is None:  # pragma: no cover - a structlog without the registry
+        return structlog.contextvars.get_contextvars().get("user_id")
+    var = _STRUCTLOG_VARS.get("structlog_user_id")
+    if var is None:
+        return None
+    value = var.get(Ellipsis)
+    return None if value is Ellipsis else value
+
+
 def _span_ids(span: Any) -> tuple[str, str, bool] | None:
     """``(trace_id, span_id, sampled)`` of ``span`` as hex, or ``None`` when invalid."""
     sc = span.get_span_context()
@@ -342,7 +377,7 @@ class RequestPass:
     """
 
     __slots__ = (
-        "_ctx_token", "_external_span", "_finished", "_in_progress", "_log_tokens",
+        "_ctx_token", "_external_span", "_finished", "_in_progress", "_log_token",
         "_parent", "_route_at_start", "_span", "client",
         "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
         "route", "start", "state", "user_agent",
@@ -366,7 +401,7 @@ class RequestPass:
         self._external_span: Any = None
         self._route_at_start = route is not None
         self._ctx_token: Any = None
-        self._log_tokens: Any = None
+        self._log_token: Any = None
         self._in_progress: Any = None
         self._finished = False
         self.start = time.perf_counter()
@@ -401,7 +436,17 @@ class RequestPass:
     def activate(self) -> None:
         """Bind the request id into the log context and make the span current."""
         try:
-            self._log_tokens = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+            var = _rid_var[0]
+            if var is None:
+                # structlog's own variable for ``request_id`` (its token names it); later
+                # requests set it directly: bind_contextvars' per-call key formatting and
+                # dicts were a measurable share of the metrics-only pass
+                token = structlog.contextvars.bind_contextvars(request_id=self.request_id)[
+                    "request_id"]
+                _rid_var[0] = token.var
+                self._log_token = token
+            else:
+                self._log_token = var.set(self.request_id)
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
                 self._ctx_token = otel_context.attach(
@@ -415,9 +460,9 @@ class RequestPass:
             if self._ctx_token is not None:
                 token, self._ctx_token = self._ctx_token, None
                 otel_context.detach(token)
-            if self._log_tokens is not None:
-                tokens, self._log_tokens = self._log_tokens, None
-                structlog.contextvars.reset_contextvars(**tokens)
+            if self._log_token is not None:
+                token, self._log_token = self._log_token, None
+                token.var.reset(token)
         except Exception as exc:
             self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
 
@@ -498,7 +543,7 @@ class RequestPass:
             if self.query:
                 url = f"{url}?{redact_query(self.query, state.redact_keys)}"
             if user_id is None:
-                user_id = structlog.contextvars.get_contextvars().get("user_id")
+                user_id = bound_user_id()
             fields: dict[str, Any] = {
                 "request_id": self.request_id,
                 "method": self.method,

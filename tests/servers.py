@@ -7,12 +7,14 @@ reach), runs it as ``postgres`` through ``runuser`` when the tests run as root
 (``initdb`` refuses root, and CI runs as root), with its socket in that folder
 (``-k``) and TCP on a free loopback port. ``redis_server`` starts
 ``redis-server`` on a free port without persistence. Both can be stopped and
-restarted on the same port mid-test. Missing binaries skip locally and fail
-under ``MESTRES_TEST_REQUIRE_INTEGRATION=1`` (CI).
+restarted on the same port mid-test, or frozen (``SIGSTOP``: the port still
+accepts connections but nothing answers) and thawed. Missing binaries skip
+locally with the reason and fail under ``MESTRES_TEST_REQUIRE_INTEGRATION=1``
+(CI).
 
-Use the context managers :func:`running_postgres` and :func:`running_redis`
-in a test module's own fixtures, or the ``postgres_server``/``redis_server``
-fixtures from a ``conftest.py``.
+Use :func:`running` (or its shortcuts :func:`running_postgres` and
+:func:`running_redis`) in a test, or the ``postgres_server``/``redis_server``
+fixtures, which ``tests/integration/conftest.py`` provides.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
+import psutil
 import pytest
 
 from tests._support import free_port, require_binary, wait_until
 
-__all__ = ["PostgresServer", "RedisServer", "postgres_server", "redis_server", "running_postgres",
-           "running_redis"]
+__all__ = ["PostgresServer", "RedisServer", "postgres_server", "redis_server", "running",
+           "running_postgres", "running_redis"]
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
@@ -66,6 +71,7 @@ class PostgresServer:
         self.data = self.base / "data"
         self.log = self.base / "server.log"
         self.port = free_port()
+        self._frozen: list[psutil.Process] = []
         self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres",
                    "-E", "UTF8", "--no-sync"])
 
@@ -96,6 +102,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Stop at once (``-m immediate``: like a crash, clients see the connection drop)."""
+        self.thaw()
         self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
         wait_until(lambda: not port_open(self.port), timeout=30, message="postgres to stop")
 
@@ -103,8 +110,26 @@ class PostgresServer:
         """True while the postmaster is up."""
         return (self.data / "postmaster.pid").exists()
 
+    def freeze(self) -> None:
+        """``SIGSTOP`` the postmaster and every backend: connections hang instead of failing."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        master = psutil.Process(pid)
+        master.suspend()  # first, so that it forks no new backend meanwhile
+        self._frozen = [master, *master.children(recursive=True)]
+        for proc in self._frozen[1:]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend()
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` (``SIGCONT``); harmless when not frozen."""
+        frozen, self._frozen = self._frozen, []
+        for proc in frozen:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+
     def cleanup(self) -> None:
         """Stop if running and delete the cluster."""
+        self.thaw()
         if self.running():
             with contextlib.suppress(Exception):
                 self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
@@ -141,52 +166,75 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server and wait until the port is closed."""
+        self._kill()
+        wait_until(lambda: not port_open(self.port), timeout=10, message="redis to stop")
+
+    def freeze(self) -> None:
+        """``SIGSTOP`` the server: connections are accepted by the kernel, never answered."""
         if self.proc is not None:
-            self.proc.kill()
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze` (``SIGCONT``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # SIGKILL also ends a frozen process
             self.proc.wait(10)
             self.proc = None
-        wait_until(lambda: not port_open(self.port), timeout=10, message="redis to stop")
 
     def cleanup(self) -> None:
         """Stop if running and delete the working folder."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+        self._kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
+def running(make: Callable[[], S]) -> Iterator[S]:
+    """A server made by ``make`` (a server class), started, and removed on exit.
+
+    Making it skips the test, with the reason, when a binary is missing, and
+    fails it instead under ``MESTRES_TEST_REQUIRE_INTEGRATION=1`` (see
+    :func:`tests._support.require_binary`).
+    """
+    server = make()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+def running_postgres() -> contextlib.AbstractContextManager[PostgresServer]:
     """A started throwaway PostgreSQL server, removed on exit."""
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    return running(PostgresServer)
 
 
-@contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis() -> contextlib.AbstractContextManager[RedisServer]:
     """A started throwaway Redis server, stopped on exit."""
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    return running(RedisServer)
 
 
 @pytest.fixture
 def postgres_server() -> Iterator[PostgresServer]:
-    """Fixture form of :func:`running_postgres` (import it into a conftest to use it)."""
-    with running_postgres() as server:
+    """A started :class:`PostgresServer` for one test."""
+    with running(PostgresServer) as server:
         yield server
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    """Fixture form of :func:`running_redis`."""
-    with running_redis() as server:
+    """A started :class:`RedisServer` for one test."""
+    with running(RedisServer) as server:
         yield server

@@ -35,7 +35,7 @@ from mestres_observability.health import (
 )
 from mestres_observability.observability import Observability
 from mestres_observability.testing import fresh_observability, sample_value
-from tests._support import require_module
+from tests._support import require_module, wait_until
 
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 MARGIN = 0.3
@@ -291,16 +291,16 @@ def test_hung_sync_check_times_out_without_piling_threads(
     assert b["checks"]["hang"]["response_time_ms"] >= 150
     assert sample_value("health_check_status", hobs, check="hang") == 0.0
     before = threading.active_count()
-    t0 = time.monotonic()
-    for _ in range(50):
-        r = hobs.health.probe("readiness")
+    for i in range(50):
+        kind = ("readiness", "detailed")[i % 2]
+        t0 = time.monotonic()
+        r = hobs.health.probe(kind)
+        assert time.monotonic() - t0 < 0.2 + MARGIN  # each probe, not only the first
         assert r.status == 503
-    assert time.monotonic() - t0 < 50 * 0.05 + 1  # in flight: answered at once
+        assert body(r)["checks"]["hang"]["error"] == "timeout"
     assert threading.active_count() <= before
     assert len(calls) == 1  # never a second run while the first is stuck
     release.set()
-    from tests._support import wait_until
-
     wait_until(lambda: hobs.health.probe("readiness").status == 200, timeout=5,
                message="check runs again once the stuck run returned")
     assert len(calls) == 2
@@ -328,6 +328,47 @@ def test_hung_async_check_sync_and_async_probe(hobs: Observability) -> None:
         assert time.monotonic() - t0 < 0.2 + MARGIN
         assert r.status == 503
         assert body(r)["checks"]["ahang"]["error"] == "timeout"
+    assert threading.active_count() <= before
+
+
+def test_hung_async_check_never_piles_up_tasks(hobs: Observability) -> None:
+    """50 probes (sync and async) against a hung async check: at most one run at any time."""
+    running = [0]
+    peak = [0]
+    starts = [0]
+
+    async def hang() -> bool:
+        starts[0] += 1
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            await asyncio.Event().wait()
+        finally:
+            running[0] -= 1
+        return True
+
+    hobs.health.add("ahang", hang, timeout=0.05)
+    assert hobs.health.probe("readiness").status == 503
+    before = threading.active_count()
+
+    async def aprobes() -> None:
+        for _ in range(25):
+            t0 = time.monotonic()
+            r = await hobs.health.aprobe("readiness")
+            assert time.monotonic() - t0 < 0.05 + MARGIN
+            assert body(r)["checks"]["ahang"]["error"] == "timeout"
+
+    for _ in range(25):
+        t0 = time.monotonic()
+        r = hobs.health.probe("readiness")
+        assert time.monotonic() - t0 < 0.05 + MARGIN
+        assert body(r)["checks"]["ahang"]["error"] == "timeout"
+    asyncio.run(aprobes())
+    assert peak[0] == 1  # never two runs at once
+    wait_until(lambda: running[0] == 0, timeout=5, message="the hung run to be cancelled")
+    n = starts[0]
+    assert hobs.health.probe("readiness").status == 503
+    assert starts[0] == n + 1  # cancelled at its timeout, so the next probe runs it again
     assert threading.active_count() <= before
 
 
@@ -432,6 +473,8 @@ def test_password_never_in_any_response(caplog: pytest.LogCaptureFixture) -> Non
             assert b["checks"]["db"]["error"] == "OperationalError"
             assert b["checks"]["adb"]["error"] == "OperationalError"
     assert "OperationalError" in caplog.text  # the detail goes to the log ...
+    assert "connection failed: password=" in caplog.text
+    assert "10.1.2.3" in caplog.text
     assert SECRET not in caplog.text  # ... redacted
 
 
@@ -535,8 +578,6 @@ def test_close_stops_worker_threads(release: threading.Event) -> None:
         before = {t.name for t in threading.enumerate()}
         o.health.probe("detailed")
         o.health.close()
-        from tests._support import wait_until
-
         wait_until(lambda: not any(t.name.startswith("mestres-obs-health") and
                                    t.name not in before for t in threading.enumerate()),
                    timeout=5, message="health threads to stop")
@@ -734,3 +775,332 @@ def test_blackhole_dependency_times_out_without_piling_threads() -> None:
             assert SECRET not in o.health.probe("detailed").body.decode()
     finally:
         hole.close()
+
+
+# ---------------------------------------------------------------------- issue 4 audit
+def test_obs_health_is_a_registry(hobs: Observability) -> None:
+    assert isinstance(hobs.health, HealthRegistry)
+    hobs.health.add("c", lambda: True, critical=False, timeout=0.25)
+    assert hobs.health.names == ("c",)
+
+
+def test_defaults_fit_the_kubelet_probe_timeout() -> None:
+    """The kubelet's default ``timeoutSeconds`` is 1 s: defaults and docs agree with it."""
+    from pathlib import Path
+
+    from mestres_observability.config import ObservabilityConfig
+
+    cfg = ObservabilityConfig()
+    assert cfg.health_deadline == 0.8
+    assert cfg.health_check_timeout <= cfg.health_deadline < 1.0
+    assert cfg.health_cache_ttl == 1.0
+    assert (cfg.health_cpu_threshold, cfg.health_memory_threshold,
+            cfg.health_disk_threshold) == (90.0, 90.0, 90.0)
+    assert cfg.health_start_ready is True
+    assert cfg.health_expose_details is False
+    assert cfg.health_detailed_token is None
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    page = (docs / "health.md").read_text()
+    assert "`health_deadline`, 0.8 s" in page
+    assert "`health_check_timeout`, 0.5 s" in page
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe in page
+        assert probe in (docs / "deployment" / "kubernetes.md").read_text()
+
+
+def test_checks_run_concurrently(hobs: Observability) -> None:
+    def slow() -> bool:
+        time.sleep(0.25)
+        return True
+
+    for i in range(4):
+        hobs.health.add(f"slow{i}", slow, timeout=0.6)
+    t0 = time.monotonic()
+    r = hobs.health.probe("readiness")
+    elapsed = time.monotonic() - t0
+    assert r.status == 200, r.body
+    assert elapsed < 0.6  # one after the other would take 1 s
+    for i in range(4):
+        assert body(r)["checks"][f"slow{i}"]["response_time_ms"] >= 200
+
+
+def test_response_time_is_measured_and_the_gauge_holds_the_last_run(hobs: Observability) -> None:
+    delay = [0.12]
+
+    def dep() -> bool:
+        time.sleep(delay[0])
+        return True
+
+    hobs.health.add("dep", dep, timeout=0.5)
+    ms = body(hobs.health.probe("detailed"))["checks"]["dep"]["response_time_ms"]
+    assert 110 <= ms < 500
+    assert 0.11 <= sample_value("health_check_duration_seconds", hobs, check="dep") < 0.5
+    delay[0] = 0.0
+    ms = body(hobs.health.probe("detailed"))["checks"]["dep"]["response_time_ms"]
+    assert ms < 100
+    assert sample_value("health_check_duration_seconds", hobs, check="dep") < 0.1  # last, not sum
+    assert sample_value("health_check_status", hobs, check="dep") == 1.0
+    assert sample_value("health_check_status", hobs, check="system") == 1.0
+
+
+def test_ttl_cache_expires() -> None:
+    calls: list[float] = []
+
+    def dep() -> bool:
+        calls.append(time.monotonic())
+        return True
+
+    with _obs(health_cache_ttl=0.3) as o:
+        o.health.add("dep", dep)
+        for _ in range(20):
+            assert o.health.probe("readiness").status == 200
+        assert len(calls) == 1  # reused within the TTL
+        time.sleep(0.35)
+        assert o.health.probe("readiness").status == 200
+        assert len(calls) == 2  # run again once it expired
+    with _obs(health_cache_ttl=0.0) as o:
+        calls.clear()
+        o.health.add("dep", dep)
+        for _ in range(3):
+            o.health.probe("readiness")
+        assert len(calls) == 3  # TTL 0: no cache
+
+
+def test_liveness_and_basic_never_run_checks(hobs: Observability) -> None:
+    calls: list[str] = []
+
+    def critical_down() -> bool:
+        calls.append("x")
+        raise ConnectionRefusedError("down")
+
+    async def acritical_down() -> bool:
+        calls.append("a")
+        return False
+
+    hobs.health.add("db", critical_down)
+    hobs.health.add("adb", acritical_down)
+    for kind in ("basic", "liveness"):
+        for accept in (None, "application/health+json"):
+            r = hobs.health.probe(kind, accept=accept)
+            assert r.status == 200
+            assert "checks" not in body(r)
+            assert asyncio.run(hobs.health.aprobe(kind, accept=accept)).status == 200
+    assert calls == []
+    assert hobs.health.probe("readiness").status == 503
+    assert sorted(calls) == ["a", "x"]
+
+
+def test_sync_checks_run_on_a_bounded_pool(release: threading.Event) -> None:
+    """More hung checks than workers: at most 16 library threads, the probe still answers."""
+    with _obs(health_deadline=0.3) as o:
+        for i in range(24):
+            o.health.add(f"hang{i}", lambda: release.wait(60))
+        before = set(threading.enumerate())
+        t0 = time.monotonic()
+        r = o.health.probe("detailed")
+        assert time.monotonic() - t0 < 0.3 + MARGIN
+        assert r.status == 503
+        assert {c["error"] for n, c in body(r)["checks"].items() if n != "system"} == {"timeout"}
+        new = [t for t in threading.enumerate() if t not in before
+               and t.name.startswith("mestres-obs-health-")]
+        assert 0 < len(new) <= 16, [t.name for t in new]
+        release.set()
+        wait_until(lambda: o.health.probe("readiness").status == 200, timeout=10,
+                   message="queued checks to run once workers are free")
+
+
+def test_async_checks_share_one_library_loop_thread_under_probe(hobs: Observability) -> None:
+    loops: set[int] = set()
+    threads: set[str] = set()
+
+    def make(n: int) -> Any:
+        async def check() -> bool:
+            await asyncio.sleep(0.01 * n)
+            loops.add(id(asyncio.get_running_loop()))
+            threads.add(threading.current_thread().name)
+            return True
+
+        return check
+
+    for n in range(5):
+        hobs.health.add(f"a{n}", make(n))
+    for _ in range(3):
+        assert hobs.health.probe("readiness").status == 200
+    assert len(loops) == 1
+    assert threads == {"mestres-obs-health-loop"}
+    assert sum(t.name == "mestres-obs-health-loop" for t in threading.enumerate()) == 1
+
+
+def test_a_check_that_cannot_start_is_a_failure_not_an_exception(
+        hobs: Observability, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instrumentation faults never reach the host app: no thread to run on -> error kind."""
+    hobs.health.add("db", lambda: True)
+
+    def no_threads() -> Any:
+        raise RuntimeError(f"can't start new thread {SECRET}")
+
+    monkeypatch.setattr(hobs.health, "_get_executor", no_threads)
+    r = hobs.health.probe("readiness")
+    assert r.status == 503
+    assert body(r)["checks"]["db"]["error"] == "RuntimeError"
+    assert SECRET not in r.body.decode()
+    r = asyncio.run(hobs.health.aprobe("detailed"))
+    assert r.status == 503
+    assert body(r)["checks"]["db"]["error"] == "RuntimeError"
+    assert sample_value("health_check_status", hobs, check="db") == 0.0
+    assert sample_value("mestres_observability_errors_total", hobs, component="health") >= 1
+    monkeypatch.undo()
+    assert hobs.health.probe("readiness").status == 200
+
+
+def test_system_thresholds_for_each_resource() -> None:
+    out = system_check(cpu_threshold=-1, memory_threshold=-1, disk_threshold=-1)()
+    assert set(out["exceeded"]) == {"cpu", "memory", "disk"}
+    for key in ("cpu_percent", "memory_percent", "disk_percent"):
+        assert 0 <= out[key] <= 100
+    with fresh_observability(health_disk_threshold=0.0, health_cpu_threshold=100.0,
+                             health_memory_threshold=100.0, health_cache_ttl=0.0) as o:
+        r = o.health.probe("detailed")
+        b = check_seed_shape("detailed", r)
+        assert (r.status, b["status"]) == (200, "degraded")
+        assert b["checks"]["system"]["exceeded"] == ["disk"]
+        d = check_draft_shape(o.health.probe("detailed", accept="application/health+json"))
+        assert d["status"] == "warn"
+        assert d["checks"]["disk:utilization"][0]["status"] == "warn"
+        assert d["checks"]["memory:utilization"][0]["status"] == "warn"  # one entry, one status
+
+
+def test_http_check_times_out_on_a_silent_server(hobs: Observability) -> None:
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/health"
+        t0 = time.monotonic()
+        with pytest.raises(OSError):  # socket timeout, wrapped or not by urllib
+            http_check(url, timeout=0.2)()
+        assert time.monotonic() - t0 < 0.2 + MARGIN
+        hobs.health.add("upstream", http_check(url, timeout=5.0), timeout=0.2)
+        t0 = time.monotonic()
+        r = hobs.health.probe("readiness")
+        assert time.monotonic() - t0 < 0.2 + MARGIN
+        assert body(r)["checks"]["upstream"]["error"] == "timeout"
+    finally:
+        silent.close()
+
+
+def test_password_never_in_a_token_protected_detailed_response() -> None:
+    def db() -> bool:
+        raise OperationalError(f"FATAL: password authentication failed: {SECRET}@10.1.2.3")
+
+    with _obs(health_detailed_token="tok") as o:
+        o.health.add("db", db)
+        o.health.add("info", lambda: {"url": f"redis://:{SECRET}@10.1.2.3:6379", "depth": 2},
+                     critical=False)
+        for accept in (None, "application/health+json"):
+            for auth in ("Bearer tok", None):
+                for r in (o.health.probe("detailed", accept=accept, authorization=auth),
+                          asyncio.run(o.health.aprobe("detailed", accept=accept,
+                                                      authorization=auth))):
+                    assert SECRET not in r.body.decode() + repr(r.headers)
+        b = body(o.health.probe("detailed", authorization="Bearer tok"))
+        assert b["checks"]["db"] == {"status": "unhealthy", "critical": True, "error":
+                                     "OperationalError",
+                                     "response_time_ms": b["checks"]["db"]["response_time_ms"]}
+        assert b["checks"]["info"]["depth"] == 2  # the token shows details, redacted
+
+
+_PRE_INIT = """
+import json, signal, time
+handlers = {s: signal.getsignal(s) for s in signal.valid_signals() if signal.getsignal(s) is not None}
+from mestres_observability import get_observability, health_check, init_observability
+
+calls = []
+
+@health_check("early", critical=False, timeout=0.1)
+def early():
+    calls.append(1)
+    time.sleep(0.3)
+    return True
+
+@health_check("dep")
+async def dep():
+    return True
+
+default = get_observability()
+settings = dict(configure_logging=False, health_cache_ttl=0.0, health_cpu_threshold=100.0,
+                health_memory_threshold=100.0, health_disk_threshold=100.0)
+out = {"default_is_default": default.is_default}
+for run in ("init", "reinit"):
+    obs = init_observability(**settings)
+    det = json.loads(obs.health.probe("detailed").body)
+    ready = obs.health.probe("readiness")
+    out[run] = {"new": obs is not default and obs.health is not default.health,
+                "names": list(obs.health.names), "detailed": det["status"],
+                "early": det["checks"]["early"].get("error"),
+                "early_critical": det["checks"]["early"]["critical"],
+                "ready": ready.status, "ready_checks": sorted(json.loads(ready.body)["checks"])}
+out["ran"] = len(calls) >= 2
+obs.shutdown()
+out["signals_untouched"] = all(signal.getsignal(s) == h for s, h in handlers.items())
+print(json.dumps(out))
+"""
+
+
+def test_checks_registered_before_init_carry_over_and_survive_reinit() -> None:
+    """In a fresh interpreter: decorate at import time, then init, then init again."""
+    out = subprocess.run([sys.executable, "-c", _PRE_INIT], capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    expected_run = {"new": True, "names": ["early", "dep"], "detailed": "degraded",
+                    "early": "timeout", "early_critical": False, "ready": 200,
+                    "ready_checks": ["dep"]}
+    assert got == {"default_is_default": True, "init": expected_run, "reinit": expected_run,
+                   "ran": True, "signals_untouched": True}
+
+
+@pytest.mark.parametrize("framework", ["flask", "fastapi"])
+def test_adapters_serve_the_four_paths(framework: str) -> None:
+    """The adapters mount what probe()/aprobe() answer, as is, at the four paths."""
+    from mestres_observability.observability import instrument_app
+
+    with _obs(health_detailed_token="tok") as o:
+        o.health.add("db", lambda: True)
+        o.health.add("opt", lambda: False, critical=False)
+        if framework == "flask":
+            flask = require_module("flask")
+            app = flask.Flask("health-adapter")
+            instrument_app(app, o)
+            c = app.test_client()
+
+            def get(path: str, **headers: str) -> tuple[int, str | None, dict[str, Any]]:
+                r = c.get(path, headers=headers)
+                return r.status_code, r.headers.get("Content-Type"), json.loads(r.data)
+        else:
+            fastapi = require_module("fastapi")
+            testclient = require_module("starlette.testclient")
+            app = fastapi.FastAPI()
+            instrument_app(app, o)
+            c = testclient.TestClient(app)
+
+            def get(path: str, **headers: str) -> tuple[int, str | None, dict[str, Any]]:
+                r = c.get(path, headers=headers)
+                return r.status_code, r.headers.get("content-type"), r.json()
+
+        assert get("/health")[2]["status"] == "healthy"
+        assert get("/health/liveness")[2]["status"] == "alive"
+        code, _, b = get("/health/readiness")
+        assert (code, b["status"], sorted(b["checks"])) == (200, "ready", ["db"])
+        assert get("/health/detailed")[0] == 401
+        code, ctype, b = get("/health/detailed", Authorization="Bearer tok")
+        assert (code, ctype, b["status"]) == (200, "application/json", "degraded")
+        assert set(b["checks"]) == {"db", "opt", "system"}
+        code, ctype, b = get("/health/detailed", Authorization="Bearer tok",
+                             Accept="application/health+json")
+        assert (code, ctype, b["status"]) == (200, "application/health+json", "warn")
+        o.health.add("db", lambda: False)
+        assert get("/health/readiness")[0] == 503
+        assert get("/health/liveness")[0] == 200

@@ -252,61 +252,51 @@ def _foreign_world_writable(tmp_path: Path) -> Path:
     return t
 
 
+def _error_in_subprocess(call: str, mpdir: Path | None, *setup: str) -> str:
+    """What a fresh interpreter prints (exception class and message) when ``call``,
+    after the ``setup`` lines, raises with ``PROMETHEUS_MULTIPROC_DIR=mpdir``."""
+    lines = ["from mestres_observability import init_observability", *setup,
+             "try:", f"    {call}", "except Exception as exc:",
+             "    print(type(exc).__name__, exc)"]
+    return _run("\n".join(lines), mpdir).stdout
+
+
 def test_world_writable_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     d = _foreign_world_writable(tmp_path)
     with pytest.raises(ConfigurationError, match="world-writable"):
         mp.prepare_directory(d, wipe=False)
-    proc = _run("""
-        from mestres_observability import init_observability
-        try:
-            init_observability(configure_logging=False)
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-    """, d)
-    assert "ConfigurationError" in proc.stdout
-    assert "PROMETHEUS_MULTIPROC_DIR" in proc.stdout
+    out = _error_in_subprocess("init_observability(configure_logging=False)", d)
+    assert "ConfigurationError" in out
+    assert "PROMETHEUS_MULTIPROC_DIR" in out
 
 
 # ---------------------------------------------------------------- init checks (subprocesses)
 def test_missing_directory_fails_at_init_naming_the_variable(tmp_path: Path) -> None:
-    proc = _run("""
-        from mestres_observability.multiprocess import check_environment
-        from mestres_observability import ObservabilityConfig
-        try:
-            check_environment(ObservabilityConfig())
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-    """, tmp_path / "missing")
-    assert "ConfigurationError" in proc.stdout
-    assert "PROMETHEUS_MULTIPROC_DIR" in proc.stdout
-    assert "does not exist" in proc.stdout
+    out = _error_in_subprocess(
+        "check_environment(ObservabilityConfig())", tmp_path / "missing",
+        "from mestres_observability.multiprocess import check_environment",
+        "from mestres_observability import ObservabilityConfig",
+    )
+    assert "ConfigurationError" in out
+    assert "PROMETHEUS_MULTIPROC_DIR" in out
+    assert "does not exist" in out
 
 
 def test_variable_set_after_import_fails_loudly(tmp_path: Path) -> None:
     d = _private_dir(tmp_path)
-    proc = _run(f"""
-        import os
-        from mestres_observability import init_observability
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(d)!r}
-        try:
-            init_observability(configure_logging=False)
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-    """, None)
-    assert "ConfigurationError" in proc.stdout
-    assert "after prometheus_client" in proc.stdout
+    out = _error_in_subprocess("init_observability(configure_logging=False)", None,
+                               "import os", f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(d)!r}")
+    assert "ConfigurationError" in out
+    assert "after prometheus_client" in out
 
 
 def test_expose_global_registry_is_refused(tmp_path: Path) -> None:
-    proc = _run("""
-        from mestres_observability import init_observability
-        try:
-            init_observability(configure_logging=False, expose_global_registry=True)
-        except Exception as exc:
-            print(type(exc).__name__, exc)
-    """, _private_dir(tmp_path))
-    assert "ConfigurationError" in proc.stdout
-    assert "expose_global_registry" in proc.stdout
+    out = _error_in_subprocess(
+        "init_observability(configure_logging=False, expose_global_registry=True)",
+        _private_dir(tmp_path),
+    )
+    assert "ConfigurationError" in out
+    assert "expose_global_registry" in out
 
 
 # ---------------------------------------------------------------- real workers (subprocesses)
@@ -505,6 +495,30 @@ print(os.path.exists(d))
     first, second = proc.stdout.strip().splitlines()[-2:]
     assert first.endswith("0o700 True")
     assert second == "False"
+
+
+def test_gunicorn_worker_exit_drains_flushes_and_never_raises() -> None:
+    proc = _run("""
+import os
+from types import SimpleNamespace
+import mestres_observability.gunicorn as g
+from mestres_observability import init_observability
+obs = init_observability(configure_logging=False, system_metrics=False, process_metrics=False)
+print(obs.health.probe("readiness").status, obs.closed)
+worker = SimpleNamespace(pid=os.getpid())
+g.worker_exit(None, worker)
+print(obs.health.probe("readiness").status, obs.health.probe("liveness").status, obs.closed)
+again = init_observability(configure_logging=False, system_metrics=False, process_metrics=False)
+def broken(timeout=None):
+    raise RuntimeError("boom")
+again.shutdown = broken
+g.worker_exit(None, worker)  # a failing shutdown is logged, never raised into gunicorn
+print("survived")
+g._remove_temporary_dir()
+""", None)
+    lines = proc.stdout.strip().splitlines()[-3:]
+    assert lines == ["200 False", "503 200 True", "survived"]
+    assert "shutting down worker" in proc.stderr
 
 
 # ---------------------------------------------------------------- fork safety (gunicorn --preload)

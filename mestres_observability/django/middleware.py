@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import (  # type: ignore[import-untyped]
     HttpRequest,
@@ -25,9 +24,11 @@ from ..http import (
     RequestPass,
     UserIdResolver,
     aserve_endpoint,
+    bound_user_id,
     http_state,
     serve_endpoint,
     start_request,
+    wsgi_trace_headers,
 )
 from ..observability import get_observability
 
@@ -173,7 +174,7 @@ class ObservabilityMiddleware:
             if response.streaming:
                 if uid is None and state.access_log:
                     # the body ends after this context is gone: keep a bound user_id now
-                    uid = structlog.contextvars.get_contextvars().get("user_id")
+                    uid = bound_user_id()
                 inner_close = response.close
 
                 def close() -> None:
@@ -225,13 +226,7 @@ def _auth_headers(request: HttpRequest) -> dict[str, Any]:
 
 def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:
     meta = request.META
-    trace_headers = None
-    if state.tracing:
-        trace_headers = {
-            k: meta[e] for k, e in (("traceparent", "HTTP_TRACEPARENT"),
-                                    ("tracestate", "HTTP_TRACESTATE"),
-                                    ("baggage", "HTTP_BAGGAGE")) if e in meta
-        }
+    trace_headers = wsgi_trace_headers(meta) if state.tracing else None
     return start_request(
         state, request.method or "GET", request.path, query=meta.get("QUERY_STRING", ""),
         request_id=meta.get(state.request_id_environ), user_agent=meta.get("HTTP_USER_AGENT"),

@@ -137,3 +137,48 @@ def check_request_ids() -> Callable[..., None]:
 def check_unmatched_paths() -> Callable[..., None]:
     """:func:`_unmatched_paths_rule`, for a test to run through its adapter."""
     return _unmatched_paths_rule
+
+
+#: The access log's fields (the seed's), present on every ``http_request`` line.
+ACCESS_LOG_KEYS = ("timestamp", "request_id", "method", "url", "endpoint", "status_code",
+                   "duration_seconds", "user_agent", "ip_address", "user_id")
+#: A query string with two secrets the access log must never show.
+SECRET_QUERY = "token=SECRET123&page=2&password=hunter2"
+
+
+def check_access_line(logs: LogCapture, endpoint: str, status: int,
+                      level: str | None = None) -> dict[str, Any]:
+    """The one ``http_request`` line of a request sent with :data:`SECRET_QUERY`,
+    ``User-Agent: ua/1`` and ``X-Request-ID: rid-7``, checked; returned for more."""
+    (line,) = logs.lines()
+    for key in ACCESS_LOG_KEYS:
+        assert key in line, key
+    assert line["request_id"] == "rid-7"
+    assert line["status_code"] == status
+    assert isinstance(line["status_code"], int)
+    assert isinstance(line["duration_seconds"], float)
+    assert line["endpoint"] == endpoint
+    assert line["user_agent"] == "ua/1"
+    if level is not None:
+        assert line["level"] == level
+    assert "SECRET123" not in logs.text
+    assert "hunter2" not in logs.text
+    assert "token=[REDACTED]&page=2" in line["url"]
+    return line
+
+
+def check_server_span(span: Any, route: str, attributes: dict[str, Any]) -> None:
+    """A SERVER span named after ``route``, joined to :data:`TRACEPARENT`'s trace,
+    with ``http.route``, status 200 and ``attributes``."""
+    from opentelemetry.trace import SpanKind
+
+    assert span.kind is SpanKind.SERVER
+    assert span.name == f"GET {route}"
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == PARENT_ID
+    attrs = dict(span.attributes or {})
+    assert attrs["http.route"] == route
+    assert attrs["http.response.status_code"] == 200
+    for key, value in attributes.items():
+        assert attrs[key] == value, key

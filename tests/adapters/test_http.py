@@ -17,6 +17,7 @@ from mestres_observability.config import ObservabilityConfig
 from mestres_observability.errors import ConfigurationError
 from mestres_observability.http import (
     UNMATCHED,
+    bound_user_id,
     check_metrics_auth,
     client_address,
     http_state,
@@ -322,3 +323,44 @@ def test_server_span_parent_baggage_and_one_exemplar_for_both_series() -> None:
         expected = {"trace_id": TRACE_ID, "span_id": format(sp.context.span_id, "016x")}
         assert len(exemplars) == 2
         assert all(e.labels == expected for e in exemplars)
+
+
+def test_bound_user_id_and_request_id_binding_follow_the_context() -> None:
+    import contextvars
+
+    import structlog
+
+    from mestres_observability.logs import bind_context, set_user_id
+
+    def scenario() -> list[object]:
+        seen: list[object] = [bound_user_id()]
+        set_user_id("u-1")
+        seen.append(bound_user_id())
+        structlog.contextvars.bind_contextvars(user_id=7)  # structlog's own API works too
+        seen.append(bound_user_id())
+        structlog.contextvars.unbind_contextvars("user_id")
+        seen.append(bound_user_id())
+        bind_context(user_id="u-2")
+        seen.append(bound_user_id())
+        structlog.contextvars.clear_contextvars()
+        seen.append(bound_user_id())
+        return seen
+
+    assert contextvars.copy_context().run(scenario) == [None, "u-1", 7, None, "u-2", None]
+
+    def request_ids() -> list[object]:
+        with fresh_observability(tracing_enabled=False) as obs:
+            state = http_state(obs)
+            seen: list[object] = []
+            structlog.contextvars.bind_contextvars(request_id="outer")
+            for rid in ("first", "second"):
+                rp = start_request(state, "GET", "/x", request_id=rid)
+                assert rp is not None
+                rp.activate()
+                seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+                rp.deactivate()
+                seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+            return seen
+
+    # bound for the request, and the value from before is back after it, every time
+    assert contextvars.copy_context().run(request_ids) == ["first", "outer", "second", "outer"]
