@@ -10,11 +10,11 @@ that is down) the fault is counted in
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from typing import Any, Protocol
+
+from ._forksafe import renew_locks_after_fork
 
 __all__ = ["COMPONENTS", "FaultReporter"]
 
@@ -25,19 +25,6 @@ COMPONENTS: tuple[str, ...] = (
 )
 
 _log = logging.getLogger("mestres_observability")
-
-_reporters: weakref.WeakSet[FaultReporter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
-    """A lock held by another thread at ``fork()`` stays held forever in the child: replace it."""
-    for reporter in list(_reporters):
-        reporter._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class _Counter(Protocol):
     def labels(self, *values: str) -> Any: ...
@@ -57,7 +44,7 @@ class FaultReporter:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._logging = threading.local()
-        _reporters.add(self)
+        renew_locks_after_fork(self, "_lock")  # gunicorn --preload: fresh in a forked child
 
     def bind(self, counter: _Counter) -> None:
         """Attach the ``mestres_observability_errors_total`` counter (one child per component)."""

@@ -6,8 +6,8 @@ One pass over an event dict does three things, at any nesting depth:
   (case-insensitive, ``-`` and ``_`` alike, the whole key or a ``_``-suffix,
   so ``access_token`` matches ``token`` but ``tokens_used`` does not) has its
   value replaced by ``[REDACTED]``;
-* **redaction by value** in strings: payment card numbers (13-19 digits,
-  optionally grouped by spaces or dashes, passing the Luhn check),
+* **redaction by value** in strings (never in numbers): payment card numbers
+  (13-19 digits, optionally grouped by spaces or dashes, passing the Luhn check),
   ``Bearer``/``Basic`` credentials, JSON Web Tokens, the password of a
   ``scheme://user:password@host`` URL, and ``key=value`` pairs whose key is a
   redacted name (``?token=...``). ``trace_id``, ``span_id`` and
@@ -33,7 +33,7 @@ REDACTED = "[REDACTED]"
 #: Keys never scanned for card numbers or tokens (correlation ids).
 EXEMPT_KEYS = frozenset({"trace_id", "span_id", "request_id", "parent_span_id"})
 _MAX_DEPTH = 8
-_SMALL_INT = 10**12  # ints below this have at most 12 digits
+_MAX_INT = 2**63  # larger ints are logged as (truncated) text
 _CACHE_TEXT_LENGTH = 64
 _CACHE_TEXT_ITEMS = 1024
 _MAX_ITEMS = 200
@@ -152,10 +152,9 @@ class Redactor:
                 return self.truncate(value)
             return self.truncate(self.scrub_text(value))
         if t is int:
-            if self.card_numbers and 13 <= len(str(abs(value))) <= 19 and key not in EXEMPT_KEYS \
-                    and luhn_ok(str(abs(value))):
-                return REDACTED
-            if abs(value) > 2**63:
+            # never Luhn-checked: only strings are (epoch-millisecond timestamps and
+            # numeric ids of 13-19 digits would otherwise lose one value in ten)
+            if abs(value) > _MAX_INT:
                 return self.truncate(str(value))
             return value
         if t is float:
@@ -230,9 +229,8 @@ class Redactor:
                 else:
                     v = self.scrub_text(v)
                 out[ks] = v if len(v) <= max_length else self.truncate(v)
-            elif v is None or t is bool or (t is int and -_SMALL_INT < v < _SMALL_INT):
-                out[ks] = v  # fewer than 13 digits: never a card number
-            elif t is float and v - v == 0.0:  # finite
+            elif (v is None or t is bool or (t is int and -_MAX_INT <= v <= _MAX_INT)
+                  or (t is float and v - v == 0.0)):  # finite float
                 out[ks] = v
             else:
                 out[ks] = self.clean(v, ks, 0)

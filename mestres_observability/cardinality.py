@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._forksafe import renew_locks_after_fork
+
 __all__ = ["MAX_LABEL_LENGTH", "OVERFLOW", "LabelGuard", "clean_label_value"]
 
 #: Replacement value for data-derived labels past the bound.
@@ -58,8 +60,8 @@ class LabelGuard:
     """
 
     __slots__ = (
-        "_children", "_data_idx", "_drop", "_fast", "_lock", "_metric", "_on_overflow",
-        "labelnames", "limit", "name",
+        "__weakref__", "_children", "_data_idx", "_drop", "_fast", "_lock", "_metric",
+        "_on_overflow", "labelnames", "limit", "name",
     )
 
     def __init__(
@@ -84,6 +86,7 @@ class LabelGuard:
         # raw (hashable) input tuple -> child; bounded so it cannot grow with input
         self._fast: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")  # gunicorn --preload: fresh in a forked child
 
     @property
     def series_count(self) -> int:

@@ -33,6 +33,7 @@ import structlog
 from opentelemetry import trace as _otel_trace
 
 from ._fault import FaultReporter
+from ._forksafe import renew_locks_after_fork
 from ._redact import Redactor
 from .config import DEFAULT_REDACT_KEYS, ObservabilityConfig
 
@@ -82,6 +83,12 @@ class _State:
 
 _state = _State()
 _lock = threading.Lock()
+
+
+# gunicorn --preload: a fresh ``_lock`` in a forked child. The handler's own lock
+# (``logging.Handler.lock``, taken by write_direct too) is re-initialised by the
+# standard library's ``logging`` at a fork.
+renew_locks_after_fork(sys.modules[__name__], "_lock")
 
 
 def _report(kind: str, message: str, exc: BaseException | None = None) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Literal, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ._fault import FaultReporter
+from ._forksafe import renew_locks_after_fork
 from .cardinality import LabelGuard
 from .config import ObservabilityConfig
 from .errors import MetricConflictError
@@ -286,6 +287,8 @@ class LibraryMetrics:
         self._families: dict[str, _Family] = {}
         self._user: dict[str, tuple[tuple[Any, ...], Any, LabelGuard | None]] = {}
         self._user_lock = threading.Lock()
+        # gunicorn --preload: fresh in a forked child
+        renew_locks_after_fork(self, "_user_lock")
         self._active_conn_cb: Callable[[], float] | None = None
         self._active_conn_last = 0.0
 

@@ -16,6 +16,7 @@ previous instance carry over.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ._fault import FaultReporter
+from ._forksafe import renew_locks_after_fork
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MetricConflictError
 from .exposition import MetricsResponse, render_metrics
@@ -78,6 +80,7 @@ class Observability:
             self.metrics = LibraryMetrics(self.registry, self.config, self.faults)
         self._closed = False
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")  # gunicorn --preload: fresh in a forked child
         self._expose_global = self.config.expose_global_registry
         if self._expose_global:
             self._check_global_registry()
@@ -230,6 +233,7 @@ class Observability:
 # ---------------------------------------------------------------------- current instance
 _current: Observability | None = None
 _init_lock = threading.RLock()
+renew_locks_after_fork(sys.modules[__name__], "_init_lock", factory=threading.RLock)
 
 
 def get_observability() -> Observability:

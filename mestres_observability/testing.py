@@ -19,8 +19,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from . import observability as _observability
 from .config import ObservabilityConfig
-from .observability import Observability, _init_lock, _set_current, get_observability
+from .observability import Observability, _set_current, get_observability
 
 __all__ = [
     "CapturedSpans", "capture_logs", "captured_spans", "fresh_observability", "obs", "reset",
@@ -47,7 +48,7 @@ def fresh_observability(**settings: Any) -> Iterator[Observability]:
         yield instance
     finally:
         instance.shutdown(timeout=1.0)
-        with _init_lock:
+        with _observability._init_lock:  # looked up: a forked child gets a fresh one
             _set_current(previous)
             previous._closed = False  # a retired instance comes back as it was
 
@@ -55,7 +56,7 @@ def fresh_observability(**settings: Any) -> Iterator[Observability]:
 def reset() -> Observability:
     """Replace the current instance with a fresh default one (built-in defaults) and return it."""
     instance = Observability(ObservabilityConfig(), install_globals=False)
-    with _init_lock:
+    with _observability._init_lock:  # looked up: a forked child gets a fresh one
         _set_current(instance)
     return instance
 

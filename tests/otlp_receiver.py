@@ -77,6 +77,8 @@ class OTLPReceiver:
         self.retry_after = retry_after
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        #: the headers of every request, lower-cased names, in arrival order
+        self.headers: list[dict[str, str]] = []
         self.bad_requests: list[str] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -158,6 +160,7 @@ class OTLPReceiver:
         with self._lock:
             self.requests += 1
             n = self.requests
+            self.headers.append({k.lower(): v for k, v in h.headers.items()})
         if self.mode == "hang":
             self._release.wait()
             return

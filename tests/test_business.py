@@ -359,3 +359,98 @@ def test_property_decimal_amounts_never_raise(amount: Decimal) -> None:
     if value is not None:
         assert math.isfinite(value)
         assert value >= 0
+
+
+def test_business_events_carry_their_fields_and_the_span_trace_id() -> None:
+    """issue 3: order_created/payment_processed fields, emitted inside (and correlated with)
+    their span, for the seed's Kibana query on ``event``."""
+    from mestres_observability.testing import captured_spans
+
+    @track_order
+    def create() -> dict[str, Any]:
+        return {"id": "o-1", "user_id": "u-1", "status": "paid", "total_amount": Decimal("19.99"),
+                "items": [{"product_id": "cafe", "quantity": 2},
+                          {"product_id": "pao", "quantity": 1}]}
+
+    @track_payment
+    def pay() -> dict[str, Any]:
+        return {"id": "p-1", "order_id": "o-1", "amount": Decimal("19.99"), "method": "pix",
+                "status": "approved"}
+
+    with fresh_observability(), captured_spans() as spans, capture_logs() as events:
+        create()
+        pay()
+    created = next(e for e in events if e["event"] == "order_created")
+    paid = next(e for e in events if e["event"] == "payment_processed")
+    assert {k: created[k] for k in ("order_id", "user_id", "total_amount", "items_count")} == {
+        "order_id": "o-1", "user_id": "u-1", "total_amount": 19.99, "items_count": 2}
+    assert isinstance(created["total_amount"], float)  # money is a number in logs
+    assert {k: paid[k] for k in ("payment_id", "order_id", "amount", "method", "status")} == {
+        "payment_id": "p-1", "order_id": "o-1", "amount": 19.99, "method": "pix",
+        "status": "approved"}
+    for event, span_name in ((created, "process_order"), (paid, "process_payment")):
+        ctx = spans.by_name(span_name).context
+        assert (event["trace_id"], event["span_id"]) == (format(ctx.trace_id, "032x"),
+                                                         format(ctx.span_id, "016x"))
+
+
+def test_failure_events_are_emitted_inside_the_failed_span() -> None:
+    """``order_failed``/``payment_failed`` carry the error type and the trace id of the span
+    that records the exception with status ERROR."""
+    from opentelemetry.trace import StatusCode
+
+    from mestres_observability.testing import captured_spans
+
+    class OutOfBeans(RuntimeError):
+        pass
+
+    class Declined(RuntimeError):
+        pass
+
+    @track_order
+    def create() -> None:
+        raise OutOfBeans("no beans")
+
+    @track_payment
+    async def pay() -> None:
+        raise Declined("card declined")
+
+    with fresh_observability(), captured_spans() as spans, capture_logs() as events:
+        with pytest.raises(OutOfBeans):
+            create()
+        with pytest.raises(Declined):
+            asyncio.run(pay())
+    by_event = {e["event"]: e for e in events}
+    for event, span_name, error_type in (("order_failed", "process_order", "OutOfBeans"),
+                                         ("payment_failed", "process_payment", "Declined")):
+        sp = spans.by_name(span_name)
+        assert sp.status.status_code is StatusCode.ERROR
+        assert [e.name for e in sp.events] == ["exception"]
+        line = by_event[event]
+        assert line["error_type"] == error_type
+        assert line["trace_id"] == format(sp.context.trace_id, "032x")
+        assert line["span_id"] == format(sp.context.span_id, "016x")
+    assert "order_created" not in by_event
+    assert "payment_processed" not in by_event
+
+
+def test_business_exemplars_are_visible_in_the_openmetrics_exposition() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from mestres_observability.testing import captured_spans
+
+    @track_payment
+    def pay() -> dict[str, Any]:
+        return {"id": "p-1", "amount": Decimal("5"), "method": "pix", "status": "approved"}
+
+    with fresh_observability() as obs, captured_spans() as spans:
+        pay()
+        ctx = spans.by_name("process_payment").context
+        om = obs.render_metrics("application/openmetrics-text;version=1.0.0").body.decode()
+        text = obs.render_metrics("text/plain").body.decode()
+    expected = {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+    found = {s.name: s.exemplar.labels for f in text_string_to_metric_families(om)
+             for s in f.samples if s.exemplar is not None}
+    assert found.get("payments_total") == expected, found
+    assert found.get("payment_amount_total") == expected, found
+    assert "trace_id" not in text  # the classic text format has no exemplars

@@ -444,3 +444,40 @@ def test_init_line_lists_only_settings_that_differ_from_the_defaults(
         "configure_logging": False,  # fresh_observability's default
     }
     assert "s3cret-token" not in str(record.__dict__)
+
+
+# ---------------------------------------------------------------- issue 3 audit
+def test_configure_logging_false_leaves_the_users_structlog_and_logging_alone() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def mine(_: Any, __: str, event_dict: Any) -> str:
+        seen.append(dict(event_dict))
+        raise structlog.DropEvent
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        structlog.configure(processors=[mine], cache_logger_on_first_use=False)
+        processors = structlog.get_config()["processors"]
+        with fresh_observability(service_name="x", configure_logging=False):
+            assert structlog.get_config()["processors"] is processors
+            assert root.handlers == handlers
+            assert root.level == level
+            get_logger("mine").info("untouched", k=1)
+        assert seen == [{"event": "untouched", "k": 1}]
+    finally:
+        structlog.configure(**saved)
+
+
+def test_redact_keys_setting_replaces_the_list(sink: Sink) -> None:
+    cfg = ObservabilityConfig(service_name="shop", log_format="json",
+                              redact_keys=("ssn", "pin-code"))
+    configure_logging(cfg, FaultReporter(), stream=sink.buffer)
+    log_event("kyc", ssn="123-45-6789", customer={"PIN_code": "0000", "name": "Ana"},
+              note="ssn=987654321", password="visible-now")
+    d = sink.lines()[0]
+    assert d["ssn"] == "[REDACTED]"
+    assert d["customer"] == {"PIN_code": "[REDACTED]", "name": "Ana"}
+    assert "987654321" not in d["note"]
+    assert d["password"] == "visible-now"  # the configured list replaces the default one

@@ -7,8 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.otlp_receiver import OTLPReceiver
 
@@ -140,3 +145,109 @@ def test_user_installed_provider_is_respected() -> None:
         rx.wait_for(lambda: "shared" in rx.span_names())
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"same_provider": True, "mine": ["shared"], "processors": 2}
+
+
+# ---------------------------------------------------------------- property, on a real stdout
+LOGGING_CHILD = textwrap.dedent('''
+    import json
+    import logging
+    import sys
+
+    from mestres_observability import get_logger, init_observability, log_event
+
+    init_observability(service_name="prop-svc", log_format="auto")
+    done = get_logger("probe")
+    done.info("ready")
+    for n, request in enumerate(sys.stdin):
+        case = json.loads(request)
+        secret = case["secret"]
+        log_event(case["event"], **{case["key"] or "k": case["value"],
+                                    "nested": {"password": secret}, "secret": secret})
+        logging.getLogger("thirdparty").warning("%s %s", case["value"], case["event"])
+        done.info("case_done", n=n)
+''')
+
+
+class LoggingChild:
+    """One long-lived process that logs each case sent on its stdin to its real stdout."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OTEL_", "MESTRES_OBS_"))}
+        env["PYTHONPATH"] = str(ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LOGGING_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, cwd=ROOT, text=True, encoding="utf-8",
+            errors="strict", bufsize=1,
+        )
+        self.n = 0
+        self._read_until("ready")  # the start-up lines (the init line)
+
+    def _read_until(self, marker: str) -> list[str]:
+        assert self.proc.stdout is not None
+        out: list[str] = []
+        while True:
+            line = self.proc.stdout.readline()
+            assert line.endswith("\n"), f"child ended or wrote a partial line: {line!r}"
+            parsed = json.loads(line)
+            if parsed.get("logger") == "probe" and parsed.get("event") == marker:
+                if marker == "case_done":
+                    assert parsed["n"] == self.n
+                    self.n += 1
+                return out
+            out.append(line[:-1])
+
+    def lines_for(self, case: dict[str, str]) -> list[str]:
+        """The raw stdout lines the child wrote for ``case``, its ``case_done`` marker excluded."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(case, ensure_ascii=True) + "\n")
+        self.proc.stdin.flush()
+        return self._read_until("case_done")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()
+        try:
+            assert self.proc.wait(timeout=30) == 0
+        finally:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def logging_child() -> Iterator[LoggingChild]:
+    child = LoggingChild()
+    try:
+        yield child
+    finally:
+        child.close()
+
+
+hostile = st.text(alphabet=st.characters(codec="utf-8"), max_size=60) | st.sampled_from([
+    "\n", "\r\n", "\r", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x00",
+    "\x1b[31m", '"} {"level":"admin", "event":"forged"}', "\ud800", "\\", "",
+])
+
+
+@settings(max_examples=120, deadline=None)
+@given(event=hostile, key=hostile, value=hostile,
+       secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=12, max_size=20))
+def test_property_stdout_keeps_one_object_per_line_and_never_leaks(
+    logging_child: LoggingChild, event: str, key: str, value: str, secret: str,
+) -> None:
+    """Arbitrary strings in an event name, a field name and a value, through a real process's
+    stdout: exactly one JSON object per line (two lines per case), the event and field survive,
+    and a redacted value never appears unless the caller put it in plain fields too."""
+    lines = logging_child.lines_for({"event": event, "key": key, "value": value,
+                                     "secret": secret})
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert line.isascii(), line
+        assert isinstance(json.loads(line), dict)
+    business, third = (json.loads(x) for x in lines)
+    assert business["service"] == "prop-svc"
+    assert business["logger"] == "mestres_observability.events"
+    assert third["logger"] == "thirdparty"
+    assert third["level"] == "warning"
+    if secret not in event + key + value:
+        assert secret not in "\n".join(lines)

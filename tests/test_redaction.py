@@ -17,7 +17,8 @@ R = Redactor(DEFAULT_REDACT_KEYS)
 
 @pytest.mark.parametrize("key", [
     "password", "PASSWORD", "Set-Cookie", "set_cookie", "api-key", "X_API_KEY", "access_token",
-    "card_number", "cvv", "Authorization", "db_password",
+    "card_number", "cvv", "Authorization", "db_password", "passwd", "secret", "token", "cookie",
+    "api_key", "set-cookie", "Card-Number", "CVV",
 ])
 def test_sensitive_keys(key: str) -> None:
     assert R.clean_event({key: "s3cr3t-value"})[key] == REDACTED
@@ -58,7 +59,13 @@ def test_luhn_only_for_valid_numbers_and_never_for_ids() -> None:
     assert luhn_ok("4111111111111111")
     assert not luhn_ok("4111111111111112")
     assert R.clean("order 4111111111111112") == "order 4111111111111112"
-    assert R.clean(4111111111111111) == REDACTED  # an int card number too
+    # numbers are never Luhn-checked (issue 3: strings only), so epoch-millisecond
+    # timestamps and numeric ids that happen to pass Luhn survive, inline path included
+    assert R.clean(4111111111111111) == 4111111111111111
+    assert R.clean_event({"at_ms": 1764400000006, "id": 4111111111111111,
+                          "nested": {"ids": [4111111111111111]}}) == {
+        "at_ms": 1764400000006, "id": 4111111111111111, "nested": {"ids": [4111111111111111]}}
+    assert R.clean_event({"card_number": 4111111111111111})["card_number"] == REDACTED  # by key
     ids = {"trace_id": "4111111111111111", "span_id": "4111111111111111",
            "request_id": "4111111111111111"}
     assert R.clean_event(ids) == ids

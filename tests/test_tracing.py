@@ -7,6 +7,7 @@ import inspect
 import sys
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -326,3 +327,172 @@ def test_missing_auto_instrumentation_is_logged_not_raised(caplog: pytest.LogCap
             fresh_observability(auto_instrument=("surely_not_installed_lib",)):
         pass
     assert "surely_not_installed_lib" in caplog.text
+
+
+# ---------------------------------------------------------------- set-up read from OTEL_* (issue 3)
+_SETUP_PROBE = """
+import json
+from opentelemetry import baggage, context, propagate, trace
+from mestres_observability import get_logger, init_observability
+from mestres_observability.testing import capture_logs
+from mestres_observability.tracing import span
+
+obs = init_observability(configure_logging=False)
+provider = trace.get_tracer_provider()
+carrier = {}
+token = context.attach(baggage.set_baggage("tenant", "t1"))
+with span("root") as sp, capture_logs() as events:
+    propagate.inject(carrier)
+    recording = sp.is_recording()
+    exemplar = obs.metrics.current_exemplar()
+    get_logger("probe").info("inside")
+context.detach(token)
+ctx = sp.get_span_context()
+print(json.dumps({
+    "ours": obs.tracing.provider is provider,
+    "sampler": provider.sampler.get_description(),
+    "resource": dict(provider.resource.attributes),
+    "recording": recording,
+    "sampled": bool(ctx.trace_flags & 1),
+    "carrier": sorted(carrier),
+    "exemplar": exemplar,
+    "trace_id": format(ctx.trace_id, "032x"),
+    "log_trace_id": events[0].get("trace_id"),
+}))
+"""
+
+
+def _probe(**env: str) -> dict[str, Any]:
+    """Run :data:`_SETUP_PROBE` in a fresh interpreter (the provider's resource and sampler
+    are fixed by the first init of a process) with only ``env`` among the settings."""
+    import json
+    import os
+    import subprocess
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESTRES_OBS_"))}
+    proc = subprocess.run([sys.executable, "-c", _SETUP_PROBE], capture_output=True, text=True,
+                          timeout=60, env={**clean, **env}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_defaults_parent_based_always_on_w3c_and_the_service_resource() -> None:
+    out = _probe(MESTRES_OBS_SERVICE_NAME="cafe", MESTRES_OBS_SERVICE_VERSION="1.2.3",
+                 MESTRES_OBS_ENVIRONMENT="staging")
+    assert out["ours"]
+    assert out["sampler"].startswith("ParentBased{root:AlwaysOnSampler")
+    assert (out["recording"], out["sampled"]) == (True, True)
+    assert out["carrier"] == ["baggage", "traceparent"]  # W3C trace context and baggage
+    resource = out["resource"]
+    assert (resource["service.name"], resource["service.version"],
+            resource["deployment.environment.name"]) == ("cafe", "1.2.3", "staging")
+    assert len(resource["service.instance.id"]) == 36
+    assert out["exemplar"]["trace_id"] == out["trace_id"] == out["log_trace_id"]
+
+
+def test_sampler_resource_and_propagators_from_otel_variables() -> None:
+    out = _probe(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0",
+                 OTEL_RESOURCE_ATTRIBUTES="team=coffee,deployment.environment.name=from-env",
+                 OTEL_SERVICE_NAME="otel-svc", OTEL_PROPAGATORS="baggage")
+    assert out["sampler"] == "TraceIdRatioBased{0.0}"
+    assert (out["recording"], out["sampled"]) == (False, False)
+    assert out["exemplar"] is None  # exemplars only for sampled spans
+    assert out["log_trace_id"] == out["trace_id"]  # an unsampled span still correlates logs
+    assert out["carrier"] == ["baggage"]  # no traceparent: tracecontext is not configured
+    resource = out["resource"]
+    assert resource["team"] == "coffee"
+    assert resource["deployment.environment.name"] == "from-env"  # no setting overrides it
+    assert resource["service.name"] == "otel-svc"
+
+
+# ---------------------------------------------------------------- exporter none, auto-instrumentation
+def test_exporter_none_still_creates_spans_for_log_correlation() -> None:
+    from mestres_observability import get_logger
+    from mestres_observability.testing import capture_logs
+
+    with fresh_observability(traces_exporter="none") as obs, capture_logs() as events:
+        assert obs.tracing.exporter == "none"
+        with span("local") as sp:
+            assert sp.is_recording()
+            get_logger("x").info("correlated")
+    ctx = sp.get_span_context()
+    assert events[0]["trace_id"] == format(ctx.trace_id, "032x")
+    assert events[0]["span_id"] == format(ctx.span_id, "016x")
+    assert obs.tracing.exported == obs.tracing.dropped == 0
+
+
+def test_installed_instrumentation_is_enabled_on_our_provider_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    calls: list[object] = []
+
+    class FakelibInstrumentor:
+        is_instrumented_by_opentelemetry = False
+
+        def instrument(self, **kwargs: object) -> None:
+            calls.append(kwargs.get("tracer_provider"))
+
+    module = types.ModuleType("opentelemetry.instrumentation.fakelib_issue3")
+    module.FakelibInstrumentor = FakelibInstrumentor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    for _ in range(2):
+        with fresh_observability(auto_instrument=("fakelib_issue3",)):
+            pass
+    assert calls == [_GLOBAL.provider]
+
+
+def test_failing_instrumentation_is_counted_never_raised() -> None:
+    import types
+
+    class BrokenInstrumentor:
+        def instrument(self, **kwargs: object) -> None:
+            raise RuntimeError("instrumentation blew up")
+
+    module = types.ModuleType("opentelemetry.instrumentation.broken_issue3")
+    module.BrokenInstrumentor = BrokenInstrumentor  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        with fresh_observability(auto_instrument=("broken_issue3",)) as obs:
+            from mestres_observability.testing import sample_value
+
+            assert sample_value("mestres_observability_errors_total", obs,
+                                component="tracing") == 1
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_missing_auto_instrumentation_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="mestres_observability.tracing"):
+        for _ in range(3):
+            with fresh_observability(auto_instrument=("not_installed_issue3",)):
+                pass
+    said = [r for r in caplog.records if "not_installed_issue3" in r.getMessage()]
+    assert len(said) == 1
+    assert "pip install opentelemetry-instrumentation-not-installed-issue3" in said[0].getMessage()
+
+
+def test_duration_exemplar_is_visible_in_the_openmetrics_exposition() -> None:
+    """What the HTTP adapters record: the duration histogram carries the sampled span's ids as
+    an OpenMetrics exemplar; no exemplar outside a span."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    with fresh_observability() as obs:
+        obs.metrics.http_request_duration_seconds.observe(("GET", "/outside", "200"), 0.01)
+        with span("GET /orders/{id}") as sp:
+            obs.metrics.http_request_duration_seconds.observe(("GET", "/orders/{id}", "200"),
+                                                              0.042)
+        body = obs.render_metrics("application/openmetrics-text;version=1.0.0").body.decode()
+    ctx = sp.get_span_context()
+    exemplars = [(s.labels, s.exemplar) for f in text_string_to_metric_families(body)
+                 for s in f.samples
+                 if s.name == "http_request_duration_seconds_bucket" and s.exemplar is not None]
+    assert len(exemplars) == 1, exemplars
+    labels, exemplar = exemplars[0]
+    assert labels["endpoint"] == "/orders/{id}"
+    assert labels["le"] == "0.05"
+    assert exemplar.labels == {"trace_id": format(ctx.trace_id, "032x"),
+                               "span_id": format(ctx.span_id, "016x")}
+    assert exemplar.value == pytest.approx(0.042)

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mestres_observability.observability import Observability
+from tests.otlp_receiver import OTLPReceiver, otlp_receiver  # noqa: F401 (fixture)
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -182,3 +183,27 @@ def check_server_span(span: Any, route: str, attributes: dict[str, Any]) -> None
     assert attrs["http.response.status_code"] == 200
     for key, value in attributes.items():
         assert attrs[key] == value, key
+
+
+def check_wire_span(rx: OTLPReceiver, logs: LogCapture, route: str,
+                    attributes: dict[str, Any]) -> None:
+    """The SERVER span of one request sent with :data:`TRACEPARENT`, as the OTLP
+    receiver decoded it off the wire, and the access-log line
+    carrying its trace and span ids."""
+    name = f"GET {route}"
+    rx.wait_for(lambda: name in rx.span_names())
+    assert rx.bad_requests == []
+    span = rx.by_name(name)
+    assert span.trace_id == TRACE_ID
+    assert span.parent_span_id == PARENT_ID
+    assert "service.instance.id" in span.resource  # resource: fixed by the first init
+    assert span.status_code != 2  # not ERROR
+    attrs = span.attributes
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["http.route"] == route
+    assert attrs["http.response.status_code"] == 200
+    for key, value in attributes.items():
+        assert attrs[key] == value, key
+    (line,) = logs.lines()
+    assert line["trace_id"] == TRACE_ID
+    assert line["span_id"] == span.span_id

@@ -25,8 +25,10 @@ from .conftest import (  # noqa: E402
     TRACE_ID,
     TRACEPARENT,
     LogCapture,
+    OTLPReceiver,
     check_access_line,
     check_server_span,
+    check_wire_span,
     series,
     use_memory_tracer,
 )
@@ -230,3 +232,17 @@ def test_health_endpoints(obs: Any, mode: str) -> None:
     draft = get("/health/detailed", headers={"Accept": "application/health+json"})
     assert draft["Content-Type"].startswith("application/health+json")
     assert draft.json()["status"] in ("pass", "warn")
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_server_span_on_the_wire_joins_the_callers_trace(
+        otlp_receiver: OTLPReceiver, logs: LogCapture, mode: str) -> None:
+    headers = {"traceparent": TRACEPARENT, "User-Agent": "ua/9"}
+    with fresh_observability(otlp_endpoint=otlp_receiver.endpoint, service_name="wire"):
+        r = (wsgi_client().get("/orders/7?page=2", headers=headers) if mode == "wsgi"
+             else async_get("/orders/7?page=2", headers=headers))
+        assert r.status_code == 200
+    check_wire_span(otlp_receiver, logs, "/orders/<int:order_id>", {
+        "url.path": "/orders/7", "url.scheme": "http", "server.address": "testserver",
+        "user_agent.original": "ua/9",
+    })

@@ -28,8 +28,10 @@ from .conftest import (  # noqa: E402
     TRACE_ID,
     TRACEPARENT,
     LogCapture,
+    OTLPReceiver,
     check_access_line,
     check_server_span,
+    check_wire_span,
     series,
     use_memory_tracer,
 )
@@ -382,3 +384,17 @@ def test_unexpected_native_telemetry_shapes_are_left_alone(telemetry: Any) -> No
         instrument(application)  # never raises on a shape it does not know
     if isinstance(telemetry, MappingProxyType):
         assert telemetry["tracing"] is True
+
+
+def test_server_span_on_the_wire_joins_the_callers_trace(
+        otlp_receiver: OTLPReceiver, logs: LogCapture) -> None:
+    with fresh_observability(otlp_endpoint=otlp_receiver.endpoint, service_name="wire"):
+        application = make_app()
+        instrument(application)
+        r = client(application).get(
+            "/orders/7?page=2", headers={"traceparent": TRACEPARENT, "User-Agent": "ua/9"})
+        assert r.status_code == 200
+    check_wire_span(otlp_receiver, logs, "/orders/{order_id}", {
+        "url.path": "/orders/7", "url.scheme": "http", "server.address": "testserver",
+        "user_agent.original": "ua/9", "client.address": "testclient",
+    })

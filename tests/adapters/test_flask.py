@@ -24,8 +24,10 @@ from .conftest import (  # noqa: E402
     TRACE_ID,
     TRACEPARENT,
     LogCapture,
+    OTLPReceiver,
     check_access_line,
     check_server_span,
+    check_wire_span,
     use_memory_tracer,
 )
 
@@ -266,3 +268,17 @@ def test_health_endpoints(app: Any) -> None:
     assert c.post("/health").status_code == 405
     assert sample_value("http_requests_total", method="GET", endpoint="/health",
                         status="200") == 0  # library endpoints are not measured
+
+
+def test_server_span_on_the_wire_joins_the_callers_trace(
+        otlp_receiver: OTLPReceiver, logs: LogCapture) -> None:
+    with fresh_observability(otlp_endpoint=otlp_receiver.endpoint, service_name="wire"):
+        application = make_app()
+        instrument(application)
+        r = application.test_client().get(
+            "/orders/7?page=2", headers={"traceparent": TRACEPARENT, "User-Agent": "ua/9"})
+        assert r.status_code == 200
+    check_wire_span(otlp_receiver, logs, "/orders/<int:order_id>", {
+        "url.path": "/orders/7", "url.scheme": "http", "server.address": "localhost",
+        "user_agent.original": "ua/9", "client.address": "127.0.0.1",
+    })

@@ -185,3 +185,82 @@ def test_burst_accounting_created_equals_exported_plus_dropped() -> None:
         assert handle.dropped > 0
         wait_until(lambda: len(rx.spans) == handle.exported, timeout=5.0)
         assert sample_value("mestres_observability_spans_dropped_total", obs) == handle.dropped
+
+
+def test_traces_endpoint_and_headers_from_the_environment_reach_the_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used as given (it beats the base endpoint) and
+    ``OTEL_EXPORTER_OTLP_HEADERS`` is sent with every export."""
+    from mestres_observability import ObservabilityConfig
+
+    with OTLPReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", OTLPReceiver.closed_port())
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint + "/v1/traces")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret,x-tenant=cafe")
+        cfg = ObservabilityConfig.from_env()
+        assert cfg.effective_traces_exporter == "otlp"
+        with fresh_observability(otlp_endpoint=cfg.otlp_endpoint,
+                                 otlp_traces_endpoint=cfg.otlp_traces_endpoint,
+                                 otlp_headers=cfg.otlp_headers) as obs:
+            with span("with-headers"):
+                pass
+            obs.shutdown()
+        rx.wait_for(lambda: "with-headers" in rx.span_names())
+        assert rx.bad_requests == []
+        assert rx.headers[0]["x-api-key"] == "s3cret"
+        assert rx.headers[0]["x-tenant"] == "cafe"
+        assert obs.tracing.dropped == 0
+
+
+def test_default_exporter_timeout_bounds_one_hung_export() -> None:
+    """The default ``otlp_timeout`` (2 s) ends an export the collector never answers: the
+    shutdown waits for it, not for its own (longer) bound, and the span is counted."""
+    with OTLPReceiver("hang") as rx, fresh_observability(otlp_endpoint=rx.endpoint,
+                                                         shutdown_timeout=8.0) as obs:
+        with span("never-answered"):
+            pass
+        started = time.monotonic()
+        obs.shutdown()
+        took = time.monotonic() - started
+        assert 1.5 <= took <= 4.0, took
+        assert obs.tracing.dropped == 1
+        assert sample_value("mestres_observability_spans_dropped_total", obs) == 1
+
+
+_EXIT_WITHOUT_SHUTDOWN = """
+import sys, time
+from mestres_observability import init_observability
+from mestres_observability.tracing import span
+
+init_observability(otlp_endpoint=sys.argv[1], configure_logging=False, otlp_timeout=30.0,
+                   shutdown_timeout=1.0)
+for i in range(3):
+    with span(f"at-exit-{i}"):
+        pass
+print(time.time(), flush=True)  # the interpreter exits next: atexit hooks run
+"""
+
+
+@pytest.mark.parametrize("mode", ["ok", "hang"])
+def test_process_exit_flushes_within_the_bound_without_shutdown(mode: str) -> None:
+    """The library's own atexit hook flushes pending spans and never waits longer than
+    ``shutdown_timeout``, even with an export timeout of 30 s against a hung collector
+    (the SDK's own exit hook, which would wait for it, is off)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESTRES_OBS_"))}
+    with OTLPReceiver(mode) as rx:
+        proc = subprocess.run([sys.executable, "-c", _EXIT_WITHOUT_SHUTDOWN, rx.endpoint],
+                              capture_output=True, text=True, timeout=60, env=env, check=False)
+        exited = time.time()
+        assert proc.returncode == 0, proc.stderr
+        at_exit = exited - float(proc.stdout.split()[-1])
+        assert at_exit < 3.0, (at_exit, proc.stderr)
+        if mode == "ok":
+            rx.wait_for(lambda: {f"at-exit-{i}" for i in range(3)} <= rx.span_names())
+        else:
+            rx.wait_for(lambda: rx.requests == 1)  # the flush was attempted, then abandoned
+            assert rx.spans == []
