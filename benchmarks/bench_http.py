@@ -522,7 +522,10 @@ def _ratio(over: dict[str, float], a: str, b: str) -> str:
 def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
     """The run as a Markdown table (``--markdown``), as docs/benchmarks.md shows it."""
     names = list(results)
-    labels = list(dict.fromkeys(label for figs in results.values() for label in figs))
+    # the order of the framework with the most variants (FastAPI has two metrics peers)
+    widest = max(results.values(), key=lambda figs: len(list(figs)))
+    labels = list(widest)
+    labels += [label for figs in results.values() for label in figs if label not in labels]
     rows = ["| variant | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     for label in labels:
         cells = []
