@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
 from flask import Flask, got_request_exception, request
 from werkzeug.exceptions import MethodNotAllowed
@@ -203,7 +203,7 @@ class FlaskMiddleware:
         rp = None
         try:
             # one context lookup (LocalProxy._get_current_object), not one per attribute
-            req = cast(Any, request)._get_current_object()
+            req = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
             rp = environ.get(_PASS)
             if rp is not None:

@@ -258,6 +258,10 @@ class HttpState:
         self.requests_total = obs.metrics.http_requests_total
         self.duration = obs.metrics.http_request_duration_seconds
         self.in_progress = obs.metrics.http_requests_in_progress
+        # the guards' lookups, taking the label tuple as it is (one call per series)
+        self.requests_child = self.requests_total.guard.child
+        self.duration_child = self.duration.guard.child
+        self.in_progress_child = self.in_progress.guard.child
         self.tracing = bool(cfg.enabled and obs.tracing.enabled)
         self.tracer = obs.tracer if self.tracing else None
         self.access_log = bool(cfg.enabled and cfg.access_log)
@@ -426,7 +430,7 @@ class RequestPass:
         if self._in_progress is not None or self._finished:
             return
         try:
-            child = self.state.in_progress.child(self.method, self.route or UNMATCHED)
+            child = self.state.in_progress_child((self.method, self.route or UNMATCHED))
             if child is not None:
                 child.inc()
                 self._in_progress = child
@@ -490,8 +494,8 @@ class RequestPass:
                     exemplar = provider()
                 elif ids is not None and ids[2] and self._span.is_recording():
                     exemplar = {"trace_id": ids[0], "span_id": ids[1]}
-            counter = state.requests_total.child(*key)
-            histogram = state.duration.child(*key)
+            counter = state.requests_child(key)
+            histogram = state.duration_child(key)
             if exemplar:
                 if counter is not None:
                     counter.inc(1, exemplar)

@@ -185,6 +185,12 @@ class _Family:
         """The underlying prometheus_client metric."""
         return self._metric
 
+    @property
+    def guard(self) -> LabelGuard:
+        """The cardinality guard; ``guard.child(values_tuple)`` is :meth:`child` without
+        the argument packing, for per-request paths."""
+        return self._guard
+
     def child(self, *values: object) -> Any | None:
         """The prometheus_client child for ``values`` through the cardinality guard."""
         return self._guard.child(values)
