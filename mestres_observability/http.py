@@ -362,6 +362,20 @@ def bound_user_id() -> Any:
     return None if value is Ellipsis else value
 
 
+def _value_of(child: Any) -> Any:
+    """The value holder behind a prometheus_client counter or gauge child, else the child.
+
+    ``child.inc()`` checks the sign and the label state, then calls the holder's
+    ``inc``; the request pass knows both already (a labelled child, +1 or -1 on a
+    gauge), and those checks were a fifth of the calls of the metrics-only pass.
+    The holder (``MutexValue``, or the mmap-backed value in multiprocess mode)
+    takes its own lock, so this is as thread- and process-safe as ``inc()``.
+    Falls back to the child itself if prometheus_client ever stops exposing it.
+    """
+    value = getattr(child, "_value", None)
+    return value if value is not None and callable(getattr(value, "inc", None)) else child
+
+
 def _span_ids(span: Any) -> tuple[str, str, bool] | None:
     """``(trace_id, span_id, sampled)`` of ``span`` as hex, or ``None`` when invalid."""
     sc = span.get_span_context()
@@ -432,8 +446,9 @@ class RequestPass:
         try:
             child = self.state.in_progress_child((self.method, self.route or UNMATCHED))
             if child is not None:
-                child.inc()
-                self._in_progress = child
+                value = _value_of(child)
+                value.inc(1)
+                self._in_progress = value
         except Exception as exc:
             self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
 
@@ -503,14 +518,14 @@ class RequestPass:
                     histogram.observe(duration, exemplar)
             else:
                 if counter is not None:
-                    counter.inc()
+                    _value_of(counter).inc(1)
                 if histogram is not None:
                     histogram.observe(duration)
         except Exception as err:
             state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:
             try:
-                self._in_progress.dec()
+                self._in_progress.inc(-1)
             except Exception as err:
                 state.faults.report("http", "in_progress", "in-progress gauge failed", err)
             self._in_progress = None
