@@ -493,15 +493,20 @@ def test_detailed_token() -> None:
 
 
 # ---------------------------------------------------------------------- readiness flag
+def _is_ready(o: Any) -> bool:
+    """Read the flag anew (mypy keeps an attribute narrowed across method calls)."""
+    return bool(o.health.is_ready)
+
+
 def test_readiness_flag() -> None:
     with fresh_observability(health_start_ready=False) as o:
-        assert not o.health.is_ready
+        assert not _is_ready(o)
         r = o.health.probe("readiness")
         assert r.status == 503
         assert body(r)["reason"] == "starting"
         assert o.health.probe("liveness").status == 200
         o.health.mark_started()
-        assert o.health.is_ready
+        assert _is_ready(o)
         assert o.health.probe("readiness").status == 200
         o.health.start_draining()
         r = o.health.probe("readiness")
