@@ -32,7 +32,6 @@ from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
-    bound_user_id,
     http_state,
     serve_endpoint,
     start_request,
@@ -106,9 +105,7 @@ class FlaskMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
             state = http_state()
-            path_info = environ.get("PATH_INFO") or "/"
-            if not path_info.isascii():
-                path_info = _text(path_info)
+            path_info = _text(environ.get("PATH_INFO") or "/")
             kind = state.endpoints.get(path_info)
             rp = self._start(state, environ, path_info)
         except Exception as exc:
@@ -147,10 +144,7 @@ class FlaskMiddleware:
             rp.finish(holder[0], error, uid)
             rp.deactivate()
             return result
-        if uid is None and state.access_log:
-            # the body ends after this context is gone: keep a bound user_id now
-            uid = bound_user_id()
-        rp.deactivate()
+        rp.deactivate()  # keeps a bound user_id for the line written when the body ends
         return _Body(result, rp, holder, uid)
 
     @staticmethod
@@ -162,7 +156,7 @@ class FlaskMiddleware:
         return start_request(
             state,
             environ.get("REQUEST_METHOD", "GET"),
-            (script if script.isascii() else _text(script)) + path_info if script else path_info,
+            _text(script) + path_info if script else path_info,
             query=environ.get("QUERY_STRING", ""),
             request_id=environ.get(state.request_id_environ),
             user_agent=environ.get("HTTP_USER_AGENT"),

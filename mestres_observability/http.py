@@ -342,24 +342,39 @@ def http_state(obs: Observability | None = None) -> HttpState:
     return state
 
 
-# structlog's ContextVar behind ``bind_contextvars(request_id=...)``, found on first use
-_rid_var: list[contextvars.ContextVar[Any] | None] = [None]
-# structlog's registry of its context variables (``structlog_<key>``): reading one key
-# there is cheaper than get_contextvars(), which walks every variable of the context
-_STRUCTLOG_VARS: Any = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-if not isinstance(_STRUCTLOG_VARS, dict):  # pragma: no cover - a structlog without it
-    _STRUCTLOG_VARS = None
+def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
+    """structlog's own context variable for ``key`` (what ``bind_contextvars(key=...)`` sets).
+
+    Found through structlog's public API, in a throwaway context so nothing is
+    bound anywhere; setting and reading it directly is what ``bind_contextvars``
+    and ``get_contextvars`` do, minus their per-call key formatting, dicts and
+    (for the latter) the walk over every variable of the context.
+    """
+    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, **{key: None})
+    var: contextvars.ContextVar[Any] = tokens[key].var
+    return var
+
+
+_REQUEST_ID_VAR = _structlog_var("request_id")
+_USER_ID_VAR = _structlog_var("user_id")
+_STRUCTLOG_PREFIX: str = getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_")
+_UNSET: Any = object()
 
 
 def bound_user_id() -> Any:
     """The ``user_id`` bound in structlog's context (``bind_context`` / ``set_user_id``), or ``None``."""
-    if _STRUCTLOG_VARS is None:  # pragma: no cover - a structlog without the registry
-        return structlog.contextvars.get_contextvars().get("user_id")
-    var = _STRUCTLOG_VARS.get("structlog_user_id")
-    if var is None:
-        return None
-    value = var.get(Ellipsis)
+    value = _USER_ID_VAR.get(Ellipsis)  # structlog's "unbound" marker
     return None if value is Ellipsis else value
+
+
+def _restore_log_context(before: contextvars.Context) -> None:
+    """Set structlog's context variables (the request id and whatever the application
+    bound) back to their values in ``before``."""
+    for var, value in contextvars.copy_context().items():
+        if var.name.startswith(_STRUCTLOG_PREFIX):
+            old = before.get(var, Ellipsis)  # Ellipsis: structlog's "unbound"
+            if old is not value:
+                var.set(old)
 
 
 def _value_of(child: Any) -> Any:
@@ -395,8 +410,8 @@ class RequestPass:
     """
 
     __slots__ = (
-        "_ctx_token", "_external_span", "_finished", "_in_progress", "_log_token",
-        "_parent", "_route_at_start", "_span", "client",
+        "_ctx_before", "_ctx_token", "_external_span", "_finished", "_in_progress",
+        "_kept_user_id", "_parent", "_route_at_start", "_span", "client",
         "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
         "route", "start", "state", "user_agent",
     )
@@ -404,7 +419,7 @@ class RequestPass:
     def __init__(self, state: HttpState, method: str, path: str, query: str,
                  request_id: str, route: str | None) -> None:
         self.state = state
-        self.method = method if method in STANDARD_METHODS else "_OTHER"
+        self.method = normalize_method(method)
         self.method_original = method
         self.path = path
         self.query = query
@@ -419,7 +434,8 @@ class RequestPass:
         self._external_span: Any = None
         self._route_at_start = route is not None
         self._ctx_token: Any = None
-        self._log_token: Any = None
+        self._ctx_before: contextvars.Context | None = None
+        self._kept_user_id: Any = _UNSET
         self._in_progress: Any = None
         self._finished = False
         self.start = time.perf_counter()
@@ -455,17 +471,8 @@ class RequestPass:
     def activate(self) -> None:
         """Bind the request id into the log context and make the span current."""
         try:
-            var = _rid_var[0]
-            if var is None:
-                # structlog's own variable for ``request_id`` (its token names it); later
-                # requests set it directly: bind_contextvars' per-call key formatting and
-                # dicts were a measurable share of the metrics-only pass
-                token = structlog.contextvars.bind_contextvars(request_id=self.request_id)[
-                    "request_id"]
-                _rid_var[0] = token.var
-                self._log_token = token
-            else:
-                self._log_token = var.set(self.request_id)
+            self._ctx_before = contextvars.copy_context()  # what deactivate() restores
+            _REQUEST_ID_VAR.set(self.request_id)
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
                 self._ctx_token = otel_context.attach(
@@ -474,14 +481,23 @@ class RequestPass:
             self.state.faults.report("http", "activate", "binding request context failed", exc)
 
     def deactivate(self) -> None:
-        """Undo :meth:`activate` (call in ``finally``, in the same thread or task)."""
+        """Undo :meth:`activate` (call in ``finally``, in the same thread or task).
+
+        Fields the application bound during the request (``bind_context``,
+        ``set_user_id``, structlog's ``bind_contextvars``) are undone too, so
+        they never reach the next request served by the same thread. A request
+        not finished yet (a streamed body, recorded when the server closes it)
+        keeps the bound ``user_id`` for its access-log line.
+        """
         try:
+            if not self._finished and self.state.access_log:
+                self._kept_user_id = bound_user_id()
             if self._ctx_token is not None:
                 token, self._ctx_token = self._ctx_token, None
                 otel_context.detach(token)
-            if self._log_token is not None:
-                token, self._log_token = self._log_token, None
-                token.var.reset(token)
+            if self._ctx_before is not None:
+                before, self._ctx_before = self._ctx_before, None
+                _restore_log_context(before)
         except Exception as exc:
             self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
 
@@ -562,7 +578,8 @@ class RequestPass:
             if self.query:
                 url = f"{url}?{redact_query(self.query, state.redact_keys)}"
             if user_id is None:
-                user_id = bound_user_id()
+                user_id = (bound_user_id() if self._kept_user_id is _UNSET
+                           else self._kept_user_id)
             fields: dict[str, Any] = {
                 "request_id": self.request_id,
                 "method": self.method,
@@ -571,8 +588,7 @@ class RequestPass:
                 "status_code": status,
                 "duration_seconds": round(duration, 6),
                 "user_agent": self.user_agent,
-                "ip_address": (client_address(self.peer, self.forwarded_for, state.trusted)
-                               if state.trusted else self.peer),
+                "ip_address": self.client,
                 "user_id": user_id,
             }
             if ids is not None:
@@ -628,12 +644,11 @@ def start_request(
     if not state.enabled or state.excluded(path):
         return None
     try:
-        rid = (request_id if request_id and len(request_id) <= 128
-               and _SAFE_ID.fullmatch(request_id) else new_request_id())
-        rp = RequestPass(state, method, path, query, rid, route)
+        rp = RequestPass(state, method, path, query, safe_request_id(request_id), route)
         rp.user_agent = user_agent
         rp.peer = peer
         rp.forwarded_for = forwarded_for
+        rp.client = client_address(peer, forwarded_for, state.trusted)  # once: span and log
         if server_span is not None:
             rp._external_span = server_span
         elif state.tracing:
@@ -661,10 +676,8 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
             attributes["server.port"] = port
     if rp.user_agent:
         attributes["user_agent.original"] = rp.user_agent[:512]
-    client = (client_address(rp.peer, rp.forwarded_for, state.trusted) if state.trusted
-              else rp.peer)
-    if client:
-        attributes["client.address"] = client
+    if rp.client:
+        attributes["client.address"] = rp.client
     name = rp.method if rp.method != "_OTHER" else "HTTP"
     if rp.route:
         attributes["http.route"] = rp.route

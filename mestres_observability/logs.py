@@ -220,16 +220,11 @@ def finalize(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return head
 
 
-def _finish(event_dict: EventDict) -> dict[str, Any]:
+def _finish(event_dict: EventDict) -> EventDict:
     """``add_timestamp``, ``add_service`` and ``finalize`` in one step (same result)."""
     event_dict["timestamp"] = _timestamp()
     event_dict["service"] = _state.service
-    head = {k: event_dict[k] for k in _HEAD if k in event_dict}
-    head.update(event_dict)
-    if _state.captures:
-        for sink in _state.captures:
-            sink.append(dict(head))
-    return head
+    return finalize(None, "", event_dict)
 
 
 def render_json(_: Any, __: str, event_dict: EventDict) -> str:
@@ -484,10 +479,18 @@ def event_enabled(level: int = logging.INFO) -> bool:
     library's own logging configuration is in place; otherwise ``True`` (your
     structlog configuration decides).
     """
+    std = _own_events_logger()
+    return True if std is None else std.isEnabledFor(level)
+
+
+def _own_events_logger() -> logging.Logger | None:
+    """The stdlib logger of business events while the library's chain is the live
+    structlog configuration, else ``None`` (someone else configured structlog)."""
     std = _state.events_std
-    if std is None or structlog.get_config()["processors"] is not _state.chain:
-        return True
-    return std.isEnabledFor(level)
+    chain = _state.chain
+    if std is None or chain is None or structlog.get_config()["processors"] is not chain:
+        return None
+    return std
 
 
 def log_event(event: str, /, **fields: Any) -> None:
@@ -505,14 +508,14 @@ def log_event(event: str, /, **fields: Any) -> None:
             moved = {k: fields.pop(k) for k in clash}
             fields[USER_FIELDS_KEY] = moved
         event = event if type(event) is str else str(event)
-        chain = _state.chain
-        std = _state.events_std
-        if std is not None and chain is not None and structlog.get_config()["processors"] is chain:
+        std = _own_events_logger()
+        if std is not None:
             # the library's chain is live: run it as structlog's logger would, minus the
             # wrapper (no bound context on this logger; level checked here)
             if std.isEnabledFor(logging.INFO):
                 fields["event"] = event
                 out: Any = fields
+                chain = _state.chain or []
                 try:
                     for proc in chain[1:]:  # [0] is filter_by_level
                         out = proc(std, "info", out)
@@ -533,8 +536,8 @@ def bind_context(**fields: Any) -> None:
     """Bind fields (``user_id``, ``tenant`` ...) for the rest of the current request or task.
 
     Every line logged afterwards in this context carries them. The HTTP
-    adapters clear the context when the request ends; outside a request, use
-    :func:`request_context` or :func:`clear_context`.
+    adapters undo what was bound during a request when it ends; outside a
+    request, use :func:`request_context` or :func:`clear_context`.
     """
     structlog.contextvars.bind_contextvars(**fields)
 

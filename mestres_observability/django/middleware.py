@@ -24,7 +24,6 @@ from ..http import (
     RequestPass,
     UserIdResolver,
     aserve_endpoint,
-    bound_user_id,
     http_state,
     serve_endpoint,
     start_request,
@@ -172,9 +171,7 @@ class ObservabilityMiddleware:
             uid = self._user_id(state, request)
             status = response.status_code
             if response.streaming:
-                if uid is None and state.access_log:
-                    # the body ends after this context is gone: keep a bound user_id now
-                    uid = bound_user_id()
+                # recorded when Django closes the body; deactivate() below keeps a bound user_id
                 inner_close = response.close
 
                 def close() -> None:

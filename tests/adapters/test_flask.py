@@ -282,3 +282,33 @@ def test_server_span_on_the_wire_joins_the_callers_trace(
         "url.path": "/orders/7", "url.scheme": "http", "server.address": "localhost",
         "user_agent.original": "ua/9", "client.address": "127.0.0.1",
     })
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_user_id_bound_in_the_view_reaches_the_access_log(logs: LogCapture,
+                                                          streamed: bool) -> None:
+    from mestres_observability.logs import set_user_id
+
+    with fresh_observability(tracing_enabled=False):
+        application = flask.Flask(__name__)
+
+        @application.get("/me")
+        def me() -> Any:
+            set_user_id("u-42")
+            if streamed:  # the line is written when the server closes the body
+                return flask.Response(iter([b"a", b"b"]))
+            return {"ok": True}
+
+        @application.get("/anonymous")
+        def anonymous() -> Any:
+            return {"ok": True}
+
+        instrument(application)
+        client = application.test_client()
+        r = client.get("/me", buffered=False)
+        assert r.get_data() in (b"ab", b'{"ok":true}\n')
+        r.close()
+        client.get("/anonymous")  # the same thread: nothing bound by /me is left over
+        first, second = logs.lines()
+        assert (first["endpoint"], first["user_id"]) == ("/me", "u-42")
+        assert (second["endpoint"], second["user_id"]) == ("/anonymous", None)

@@ -387,3 +387,33 @@ def test_value_holder_shortcut_counts_like_the_public_api_and_falls_back() -> No
     assert _value_of(plain) is plain
     odd = SimpleNamespace(_value=3.0, inc=lambda amount=1: None)  # a holder without inc()
     assert _value_of(odd) is odd
+
+
+def test_fields_bound_during_a_request_are_undone_when_it_ends() -> None:
+    import contextvars
+
+    import structlog
+
+    from mestres_observability.logs import bind_context, set_user_id
+
+    def scenario() -> list[dict[str, object]]:
+        with fresh_observability(tracing_enabled=False) as obs:
+            state = http_state(obs)
+            bind_context(tenant="outer")
+            seen = []
+            for rid in ("first", "second"):
+                rp = start_request(state, "GET", "/a", request_id=rid)
+                assert rp is not None
+                rp.activate()
+                seen.append(structlog.contextvars.get_contextvars())
+                set_user_id("u-1")
+                bind_context(tenant="inner", cart=3)
+                rp.deactivate()
+                seen.append(structlog.contextvars.get_contextvars())
+            return seen
+
+    # a thread serving one request after another (WSGI) starts each one clean
+    assert contextvars.copy_context().run(scenario) == [
+        {"tenant": "outer", "request_id": "first"}, {"tenant": "outer"},
+        {"tenant": "outer", "request_id": "second"}, {"tenant": "outer"},
+    ]
