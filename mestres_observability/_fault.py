@@ -26,6 +26,7 @@ COMPONENTS: tuple[str, ...] = (
 
 _log = logging.getLogger("mestres_observability")
 
+
 class _Counter(Protocol):
     def labels(self, *values: str) -> Any: ...
 

@@ -41,17 +41,16 @@ import inspect
 import json
 import logging
 import math
-import os
 import queue
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._fault import FaultReporter
+from ._forksafe import call_after_fork
 from ._redact import Redactor
 from .config import ObservabilityConfig
 from .health_checks import (
@@ -230,18 +229,6 @@ class _Pool:
             self._queue.put(None)
 
 
-_registries: weakref.WeakSet[HealthRegistry] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:  # pragma: no cover - exercised in forked children
-    for reg in list(_registries):
-        reg._reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
@@ -315,7 +302,7 @@ class HealthRegistry:
                                   max_length=512)
         self._system = _Check(SYSTEM, SystemCheck(config=config, faults=faults), False,
                               None, False)
-        _registries.add(self)
+        call_after_fork(self, "_reset_after_fork")  # gunicorn --preload
 
     # ------------------------------------------------------------------ registration
     def add(self, name: str, check: Callable[[], Any], *, critical: bool = True,

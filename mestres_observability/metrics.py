@@ -213,8 +213,7 @@ class GuardedCounter(_Family):
         if child is None:
             return
         if exemplar is CURRENT:
-            provider = self._owner.exemplar_provider
-            exemplar = provider() if provider is not None else None
+            exemplar = self._owner.current_exemplar()
         if exemplar:
             child.inc(amount, exemplar)
         else:
@@ -234,8 +233,7 @@ class GuardedHistogram(_Family):
         if child is None:
             return
         if exemplar is CURRENT:
-            provider = self._owner.exemplar_provider
-            exemplar = provider() if provider is not None else None
+            exemplar = self._owner.current_exemplar()
         if exemplar:
             child.observe(amount, exemplar)
         else:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ._fault import FaultReporter
+from ._forksafe import call_after_fork, renew_locks_after_fork
 from .config import ObservabilityConfig
 from .metrics import MetricDef
 
@@ -179,17 +179,10 @@ def _worker_for(mountpoint: str) -> _MountWorker:
         return worker
 
 
-#: Collectors whose locks a forked child replaces (a scrape thread of the parent, e.g. the
-#: gunicorn master's metrics listener, may hold them at the moment of the fork).
-_collectors: weakref.WeakSet[SystemCollector | ProcessCollector] = weakref.WeakSet()
-
-
 def _reset_workers_after_fork() -> None:  # pragma: no cover - exercised in forked children
     global _workers_lock
     _workers_lock = threading.Lock()
     _workers.clear()  # their threads (and any pending disk read) stayed in the parent
-    for collector in list(_collectors):
-        collector._reset_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -295,7 +288,7 @@ class SystemCollector(Collector):
             else _own_cgroup_dir(Path(DEFAULT_CGROUP_ROOT))
         )
         self._lock = threading.Lock()
-        _collectors.add(self)
+        renew_locks_after_fork(self, "_lock")  # a parent's scrape thread may hold it at fork
         # CPU baseline: (mode, busy-or-usage seconds, total-or-wall seconds)
         self._cpu_prev: tuple[str, float, float] | None = None
         self._cpu_last: float | None = None
@@ -380,10 +373,6 @@ class SystemCollector(Collector):
             return "cgroup", usage / 1e6, self._clock(), cores
         busy, total = _host_cpu(psutil.cpu_times())
         return "host", busy, total, None
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: a fresh lock (never inherited held)."""
-        self._lock = threading.Lock()
 
     def _prime_cpu(self) -> None:
         try:
@@ -516,7 +505,7 @@ class ProcessCollector(Collector):
         self._procs: dict[int, psutil.Process] = {}
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
-        _collectors.add(self)
+        call_after_fork(self, "_reset_after_fork")  # a parent's scrape may hold the locks
 
     def _reset_after_fork(self) -> None:
         """In a forked child: fresh locks (never inherited held) and no parent handles."""

@@ -35,7 +35,6 @@ import os
 import sys
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from types import TracebackType
@@ -46,6 +45,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ._fault import FaultReporter
+from ._forksafe import call_after_fork
 from ._wrapping import around
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
@@ -122,16 +122,11 @@ def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- processors
-_pipelines: weakref.WeakSet[_Pipeline] = weakref.WeakSet()
-
-
 def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
     """A forked worker is a service instance of its own, with its own span counts."""
     global INSTANCE_ID
     INSTANCE_ID = str(uuid.uuid4())
     _GLOBAL.lock = threading.Lock()
-    for pipeline in list(_pipelines):
-        pipeline._reset_after_fork()
 
 
 def _resource_after_fork() -> None:  # pragma: no cover - runs in forked children
@@ -175,7 +170,7 @@ class _Pipeline:
         self.dropped = 0
         self._lock = threading.Lock()
         self._shutdown_thread: threading.Thread | None = None
-        _pipelines.add(self)
+        call_after_fork(self, "_reset_after_fork")  # its own span counts in a worker
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the SDK emptied the inherited queue, so the counts start afresh."""

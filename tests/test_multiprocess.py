@@ -523,7 +523,7 @@ g._remove_temporary_dir()
 
 # ---------------------------------------------------------------- fork safety (gunicorn --preload)
 _FORK_WITH_LOCKS_HELD = """
-import json, os, signal, threading, time, warnings
+import gc, json, os, signal, threading, time, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
 from mestres_observability import init_observability
 from mestres_observability import multiprocess as mp
@@ -548,7 +548,10 @@ value_lock = next(c.cell_contents for c in values.ValueClass.inc.__closure__
                   if type(c.cell_contents) is type(threading.Lock()))
 locks = [value_lock, obs.health._lock, mp._state_lock, mp._cache_lock, system._workers_lock]
 locks += [m._lock for _d, m in mp._cache.values() if hasattr(m, "_lock")]
-locks += [lk for c in list(system._collectors) for lk in (c._lock, getattr(c, "_read_lock", None))
+collectors = [o for o in gc.get_objects()
+              if isinstance(o, (system.SystemCollector, system.ProcessCollector))]
+assert collectors
+locks += [lk for c in collectors for lk in (c._lock, getattr(c, "_read_lock", None))
           if lk is not None]
 held = threading.Event()
 release = threading.Event()
