@@ -457,7 +457,7 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
     median over rounds of (variant - bare) in the same round, which a burst of
     load on a shared machine moves far less than a difference of two minima.
     """
-    from mestres_observability.observability import _set_current
+    from mestres_observability._current import swap
 
     runs: dict[str, tuple[Callable[[int], None], Any]] = {}
     out: dict[str, tuple[float, float] | None] = {}
@@ -475,7 +475,7 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
     for round_no in range(ROUNDS + 1):
         for label, (run, obs) in runs.items():
             if obs is not None:
-                _set_current(obs)  # requests use the current instance (bound late)
+                swap(obs)  # requests use the current instance (bound late)
             gc.collect()
             n = PER_ROUND if round_no else 200  # round 0 warms up
             t0 = time.perf_counter()

@@ -108,14 +108,15 @@ def when_ready(server: Any) -> None:
     config = ObservabilityConfig.from_env()
     if config.metrics_port is None:
         return
+    from . import _current
     from ._metrics_server import start_metrics_server
-    from .observability import Observability, _init_lock, _set_current, get_observability
+    from .observability import Observability
 
-    with _init_lock:
-        current = get_observability()
+    with _current.lock:
+        current = _current.get_observability()
         if current.is_default:  # no preloaded app: serve with the environment's settings
             current = Observability(config, install_globals=False)
-            _set_current(current)
+            _current.swap(current)
     address = start_metrics_server(current)
     if address is not None:
         server.log.info("mestres_observability: /metrics for all workers on %s:%s", *address)

@@ -457,6 +457,11 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
 
 
 # ---------------------------------------------------------------------- public API
+def configured_for(faults: FaultReporter) -> bool:
+    """True when the last :func:`configure_logging` was for the instance counting into ``faults``."""
+    return _state.faults is faults
+
+
 def get_logger(name: str | None = None, /, **initial: Any) -> Any:
     """A structlog logger named ``name`` (the stdlib logger name), with ``initial`` fields bound.
 

@@ -16,17 +16,19 @@ previous instance carry over.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from . import _current
+from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
+from ._wiring import check_app_type, instrument_app
 from .config import ObservabilityConfig
-from .errors import ConfigurationError, MetricConflictError
+from .errors import MetricConflictError
 from .exposition import MetricsResponse, render_metrics
 from .metrics import LibraryMetrics
 
@@ -59,7 +61,20 @@ class Observability:
         install_globals: bool = True,
         previous: Observability | None = None,
         registry: CollectorRegistry | None = None,
+        suspend_previous: bool = False,
     ) -> None:
+        """Build an instance; ``init_observability`` is the usual way (it also makes it current).
+
+        Args:
+            config: the settings (default: built-in defaults).
+            install_globals: install the process-wide parts (log output, the
+                tracer provider and its span pipeline); ``False`` for the
+                default instance.
+            previous: the instance this one replaces (its health checks carry over).
+            registry: a registry to use instead of a new one.
+            suspend_previous: leave the span pipeline that was active running (it
+                resumes when its instance is made current again) instead of retiring it.
+        """
         from .health import HealthRegistry
         from .system import register_system_collectors
         from .tracing import setup_tracing
@@ -90,12 +105,14 @@ class Observability:
             mp.build_collector(mp_dir, self.registry, self.config, self.faults, mp_maker)
             if mp_dir is not None and mp_maker is not None else None
         )
-        if install_globals and self.config.configure_logging:
+        self._owns_logging = bool(install_globals and self.config.configure_logging)
+        if self._owns_logging:
             from .logs import configure_logging
 
             configure_logging(self.config, self.faults)
         self._tracing: TracingHandle = setup_tracing(
-            self.config, self.metrics, self.faults, install_globals=install_globals
+            self.config, self.metrics, self.faults, install_globals=install_globals,
+            retire_previous=not suspend_previous,
         )
         self.health: HealthRegistry = HealthRegistry(
             self.config, self.metrics, self.faults,
@@ -210,6 +227,29 @@ class Observability:
             except Exception as exc:
                 self.faults.report(component, "shutdown", "error during shutdown", exc)
 
+    def _activate(self) -> None:
+        """Re-point the process-wide parts at this instance (called by ``_current.swap``).
+
+        The tracer provider's span pipeline feeds this instance's exporter
+        again, and, if this instance configured logging, the log output takes
+        its service name, redaction and fault counter back. The default
+        instance installs nothing process-wide, so it changes nothing. Never raises.
+        """
+        if self.is_default or self._closed:
+            return
+        try:
+            self._tracing.activate()
+        except Exception as exc:
+            self.faults.report("tracing", "activate", "re-activating the instance failed", exc)
+        if self._owns_logging:
+            try:
+                from .logs import configure_logging, configured_for
+
+                if not configured_for(self.faults):
+                    configure_logging(self.config, self.faults)
+            except Exception as exc:
+                self.faults.report("logs", "activate", "re-activating the instance failed", exc)
+
     def _retire(self) -> None:
         """Stop a replaced instance without touching process-wide state."""
         with self._lock:
@@ -231,26 +271,43 @@ class Observability:
 
 
 # ---------------------------------------------------------------------- current instance
-_current: Observability | None = None
-_init_lock = threading.RLock()
-renew_locks_after_fork(sys.modules[__name__], "_init_lock", factory=threading.RLock)
+def _default_instance() -> Observability:
+    return Observability(ObservabilityConfig(), install_globals=False)
 
 
-def get_observability() -> Observability:
-    """The current instance; a default one (built-in defaults) exists before init."""
-    obs = _current
-    if obs is not None:
-        return obs
-    with _init_lock:
-        if _current is None:
-            _set_current(Observability(ObservabilityConfig(), install_globals=False))
-        assert _current is not None
-        return _current
+_current.set_default_factory(_default_instance)
 
 
-def _set_current(obs: Observability) -> None:
-    global _current
-    _current = obs
+def _start(cfg: ObservabilityConfig, *, suspend_previous: bool = False,
+           read_env: bool = False) -> Observability:
+    """Build an instance from ``cfg``, make it current, then retire (or suspend) the previous one.
+
+    ``suspend_previous`` (``testing.fresh_observability``): the previous
+    instance keeps its span pipeline and health executor, so making it current
+    again (:func:`mestres_observability._current.swap`) resumes it as it was.
+    """
+    with _current.lock:
+        previous = _current.peek()
+        obs = Observability(cfg, install_globals=True, previous=previous,
+                            suspend_previous=suspend_previous)
+        _current.swap(obs)
+        if not suspend_previous and previous is not None and not previous.closed:
+            previous._retire()
+    if read_env:
+        for text in ObservabilityConfig.unknown_env_settings():
+            _log.warning(text)
+    # only what differs from the defaults (plus the service identity), secrets redacted
+    defaults = ObservabilityConfig().as_dict()
+    changed = {
+        k: v for k, v in cfg.as_dict().items()
+        if k in ("service_name", "service_version", "environment")
+        or k not in defaults or defaults[k] != v
+    }
+    _log.info(
+        "mestres_observability initialised",
+        extra={"settings": changed, "service": cfg.service_name},
+    )
+    return obs
 
 
 def init_observability(
@@ -287,75 +344,8 @@ def init_observability(
         cfg = config.replace(**settings) if settings else config
     else:
         cfg = ObservabilityConfig.from_env(**settings)
-    _check_app_type(app)
-    with _init_lock:
-        previous = _current
-        obs = Observability(cfg, install_globals=True, previous=previous)
-        _set_current(obs)
-        if previous is not None and not previous.closed:
-            previous._retire()
-    if config is None:
-        for text in ObservabilityConfig.unknown_env_settings():
-            _log.warning(text)
-    # only what differs from the defaults (plus the service identity), secrets redacted
-    defaults = ObservabilityConfig().as_dict()
-    changed = {
-        k: v for k, v in cfg.as_dict().items()
-        if k in ("service_name", "service_version", "environment")
-        or k not in defaults or defaults[k] != v
-    }
-    _log.info(
-        "mestres_observability initialised",
-        extra={"settings": changed, "service": cfg.service_name},
-    )
+    check_app_type(app)
+    obs = _start(cfg, read_env=config is None)
     if app is not None:
         instrument_app(app, obs)
     return obs
-
-
-
-
-def _framework_of(app: Any) -> str | None:
-    for klass in type(app).__mro__:
-        mod = klass.__module__
-        if klass.__name__ == "Flask" and mod.startswith("flask"):
-            return "flask"
-        if klass.__name__ == "Starlette" and mod.startswith("starlette"):
-            return "starlette"
-        if mod.startswith("django."):
-            return "django"
-    return None
-
-
-def _check_app_type(app: Any) -> None:
-    if app is None:
-        return
-    kind = _framework_of(app)
-    if kind == "django":
-        raise ConfigurationError(
-            "app", type(app).__name__,
-            "Django is wired by its installed app and middleware, not by an app object: add "
-            "'mestres_observability.django' to INSTALLED_APPS and "
-            "'mestres_observability.django.ObservabilityMiddleware' to MIDDLEWARE, then call "
-            "init_observability() without an app",
-        )
-    if kind is None:
-        raise ConfigurationError(
-            "app", type(app).__name__,
-            "expected a Flask app or a Starlette/FastAPI app (or None)",
-        )
-
-
-def instrument_app(app: Any, obs: Observability | None = None) -> None:
-    """Wire a Flask or Starlette/FastAPI app (once; later calls only change nothing)."""
-    kind = _framework_of(app)
-    if kind == "flask":
-        from .flask import instrument
-
-        instrument(app, obs)
-    elif kind == "starlette":
-        from .fastapi import instrument as instrument_asgi
-
-        instrument_asgi(app, obs)
-    else:
-        _check_app_type(app)

@@ -19,9 +19,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from . import _current
 from . import observability as _observability
 from .config import ObservabilityConfig
-from .observability import Observability, _set_current, get_observability
+from .observability import Observability, get_observability
 
 __all__ = [
     "CapturedSpans", "capture_logs", "captured_spans", "fresh_observability", "obs", "reset",
@@ -37,27 +38,28 @@ def fresh_observability(**settings: Any) -> Iterator[Observability]:
 
     Built from ``ObservabilityConfig(**settings)`` (the environment is not
     read). Logging is left unconfigured unless ``configure_logging=True`` is
-    passed. The previous current instance is restored afterwards.
+    passed. The previous current instance is suspended, not retired: it keeps
+    its span pipeline and health checks, and afterwards it is current again
+    and exports its spans as before.
     """
-    from .observability import init_observability
-
     settings.setdefault("configure_logging", False)
     previous = get_observability()
-    instance = init_observability(config=ObservabilityConfig(**settings))
+    instance = _observability._start(ObservabilityConfig(**settings), suspend_previous=True)
     try:
         yield instance
     finally:
         instance.shutdown(timeout=1.0)
-        with _observability._init_lock:  # looked up: a forked child gets a fresh one
-            _set_current(previous)
-            previous._closed = False  # a retired instance comes back as it was
+        with _current.lock:
+            # an init_observability() inside the block replaced ``instance``: retire that one too
+            latest = _current.swap(previous)
+            if latest is not None and latest is not instance and latest is not previous:
+                latest._retire()
 
 
 def reset() -> Observability:
     """Replace the current instance with a fresh default one (built-in defaults) and return it."""
     instance = Observability(ObservabilityConfig(), install_globals=False)
-    with _observability._init_lock:  # looked up: a forked child gets a fresh one
-        _set_current(instance)
+    _current.swap(instance)
     return instance
 
 
@@ -169,18 +171,12 @@ def captured_spans() -> Iterator[CapturedSpans]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from .tracing import _GLOBAL
+    from .tracing import attach_processor
 
     exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    delegate = _GLOBAL.delegate
-    if delegate is None:
-        raise RuntimeError(
-            "captured_spans() needs init_observability() (or fresh_observability()) first"
-        )
-    delegate.extra.append(processor)
+    detach = attach_processor(SimpleSpanProcessor(exporter))
     try:
         yield CapturedSpans(exporter)
     finally:
-        delegate.extra.remove(processor)
+        detach()
 

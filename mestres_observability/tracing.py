@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["TracingHandle", "setup_tracing", "span", "traced"]
+__all__ = ["TracingHandle", "attach_processor", "setup_tracing", "span", "traced"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("mestres_observability.tracing")
@@ -408,6 +408,22 @@ class TracingHandle:
         except Exception:  # pragma: no cover - defensive
             pass
 
+    def activate(self) -> None:
+        """Make this handle's pipeline the one the process-wide provider feeds again.
+
+        Used when an instance becomes current again (``testing.fresh_observability``
+        restoring the instance it suspended). Nothing changes for a handle that
+        installed no provider (the default instance, tracing off) or that was
+        shut down or retired. Never raises.
+        """
+        if self.provider is None or self._done:
+            return
+        with _GLOBAL.lock:
+            d = _GLOBAL.delegate
+            if d is not None:
+                d.target = self._pipeline
+            _GLOBAL.active = self
+
     def retire(self) -> None:
         """Stop this instance after a re-init: its pipeline drains in the background."""
         try:
@@ -614,7 +630,7 @@ def _exemplar() -> dict[str, str] | None:
 
 def setup_tracing(
     config: ObservabilityConfig, metrics: LibraryMetrics, faults: FaultReporter,
-    *, install_globals: bool,
+    *, install_globals: bool, retire_previous: bool = True,
 ) -> TracingHandle:
     """Build the tracing state of one instance (see the module docstring).
 
@@ -624,6 +640,9 @@ def setup_tracing(
         faults: where run-time faults are counted.
         install_globals: ``False`` for the default instance, which installs
             nothing process-wide and uses whatever global provider exists.
+        retire_previous: retire the handle that was active (its pipeline
+            drains in the background); ``False`` suspends it instead, so its
+            :meth:`TracingHandle.activate` resumes it.
 
     Raises:
         ConfigurationError: bad sampler argument or unknown propagator.
@@ -660,11 +679,35 @@ def setup_tracing(
         handle = TracingHandle(provider.get_tracer(TRACER_NAME, version), True,
                                provider=provider, pipeline=pipeline, exporter=exporter_name)
         _GLOBAL.active = handle
-    if previous is not None and previous is not handle:
+    if retire_previous and previous is not None and previous is not handle:
         previous.retire()
     if config.auto_instrument:
         _auto_instrument(config, provider, faults)
     return handle
+
+
+def attach_processor(processor: Any) -> Callable[[], None]:
+    """Feed every span the library's provider starts and ends to ``processor`` as well.
+
+    For ``testing.captured_spans()``: ``processor`` sees spans beside the
+    active pipeline, whichever instance is current. Returns the function that
+    detaches it again.
+
+    Raises:
+        RuntimeError: no ``init_observability`` installed the library's provider yet.
+    """
+    delegate = _GLOBAL.delegate
+    if delegate is None:
+        raise RuntimeError(
+            "captured_spans() needs init_observability() (or fresh_observability()) first"
+        )
+    delegate.extra.append(processor)
+
+    def detach() -> None:
+        with contextlib.suppress(ValueError):
+            delegate.extra.remove(processor)
+
+    return detach
 
 
 # ---------------------------------------------------------------------- spans API

@@ -136,13 +136,13 @@ def works_in_child():
 """
 
 _INIT = r"""
-from mestres_observability import observability as observability_module
+from mestres_observability import _current as current_module
 
 def locks_to_hold():  # a parent thread in the middle of init_observability / shutdown
-    return [observability_module._init_lock, obs._lock]
+    return [current_module.lock, obs._lock]
 
 def locks_in_child():
-    return [observability_module._init_lock, obs._lock]
+    return [current_module.lock, obs._lock]
 
 def works_in_child():
     again = init_observability(service_name="child", configure_logging=False,

@@ -38,15 +38,14 @@ _READY: dict[str, Any] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def django_setup() -> Iterator[None]:
-    from mestres_observability.observability import _init_lock, _set_current
+    from mestres_observability import _current
 
     previous = get_observability()
     django.setup()
     _READY["obs"] = get_observability()
     yield
     _READY["obs"].shutdown(timeout=1.0)
-    with _init_lock:
-        _set_current(previous)
+    _current.swap(previous)
 
 
 @pytest.fixture

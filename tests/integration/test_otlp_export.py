@@ -264,3 +264,22 @@ def test_process_exit_flushes_within_the_bound_without_shutdown(mode: str) -> No
         else:
             rx.wait_for(lambda: rx.requests == 1)  # the flush was attempted, then abandoned
             assert rx.spans == []
+
+
+def test_restored_instance_exports_after_fresh_observability(
+        otlp_receiver: OTLPReceiver) -> None:  # noqa: F811
+    """fresh_observability() suspends the instance it replaces: once the block ends, that
+    instance is current again and its spans reach its collector (they were dropped as
+    after-shutdown when the inner init retired its pipeline)."""
+    rx = otlp_receiver
+    with fresh_observability(otlp_endpoint=rx.endpoint, service_name="outer") as outer:
+        with span("before_suspend"):
+            pass
+        with fresh_observability(service_name="inner", traces_exporter="none"), \
+                span("while_suspended"):
+            pass
+        with span("after_restore"):
+            pass
+        assert outer.tracing.dropped == 0
+    rx.wait_for(lambda: {"before_suspend", "after_restore"} <= rx.span_names())
+    assert "while_suspended" not in rx.span_names()  # the inner instance exports nothing
