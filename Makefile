@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS := dev,flask,fastapi,django,otlp,redis,sql
 STAMP  := $(VENV)/.installed
+# benchmarks compare against the peer exporters: their own venv, so the peers'
+# OpenTelemetry pins never change the development one
+BENCH_VENV  ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: help venv test lint typecheck unit docs demo serve bench test-versions clean
 
@@ -49,8 +53,14 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) examples/coffee_shop.py --serve --port 8000
 
-bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[flask,fastapi,django,otlp]' -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH_VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .nox
+	rm -rf $(VENV) $(BENCH_VENV) site .mypy_cache .pytest_cache .ruff_cache .nox
