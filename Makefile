@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
 	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
-	@echo "make test           ruff + mypy --strict + pytest + mkdocs build --strict"
+	@echo "make test           ruff + lint-imports + mypy --strict + pytest + mkdocs build --strict"
 	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
 	@echo "make bench          benchmarks (ratios measured in one run)"
 
@@ -28,6 +28,7 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict mestres_observability

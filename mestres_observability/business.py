@@ -26,12 +26,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from numbers import Real
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import logs as _logs
 from . import tracing as _tracing
+from ._current import get_observability
 from ._wrapping import around
-from .observability import Observability, get_observability
+
+if TYPE_CHECKING:  # type-only: the request pass finds the instance through _current
+    from .observability import Observability
 
 __all__ = [
     "OrderInfo",

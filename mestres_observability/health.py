@@ -883,7 +883,7 @@ def health_check(name: str | None = None, *, critical: bool = True,
     """
 
     def decorate(fn: F) -> F:
-        from .observability import get_observability
+        from ._current import get_observability
 
         check_name = name if name else str(getattr(fn, "__name__", repr(fn)))
         get_observability().health.add(check_name, fn, critical=critical, timeout=timeout)

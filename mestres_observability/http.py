@@ -45,9 +45,9 @@ from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._current import get_observability
 from .config import DEFAULT_REDACT_QUERY_PARAMS
 from .errors import ConfigurationError
-from .observability import get_observability
 
 if TYPE_CHECKING:
     from .observability import Observability

@@ -23,10 +23,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ._current import get_observability
 from ._wrapping import around
-from .observability import Observability, get_observability
+
+if TYPE_CHECKING:  # type-only: the request pass finds the instance through _current
+    from .observability import Observability
 
 __all__ = ["counted", "timed", "timer"]
 

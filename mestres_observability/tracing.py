@@ -44,13 +44,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork
 from ._wrapping import around
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
 from .metrics import LibraryMetrics
-from .observability import get_observability
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
