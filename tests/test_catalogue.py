@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from mestres_observability import catalogue, metrics, system
@@ -305,6 +307,16 @@ def test_lookup_and_find_sample() -> None:
     info = MetricDef("build_info", "info", "Build.", ("version",))
     assert info.family_name("shop") == "shop_build"
     assert info.sample_names("shop") == ("shop_build_info",)
+
+
+@given(st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True) | st.just(""))
+def test_every_sample_name_leads_back_to_its_entry(namespace: str) -> None:
+    cfg = ObservabilityConfig(namespace=namespace)
+    for d in CATALOGUE:
+        exposed = cfg.metric_name(d.name) if d.prefixed else d.name
+        assert d.exposed_name(namespace) == exposed
+        for sample in d.sample_names(namespace):
+            assert catalogue.find_sample(sample, namespace) is d, (namespace, sample)
 
 
 def test_entries_filters() -> None:
