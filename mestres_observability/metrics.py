@@ -1,11 +1,12 @@
 """The library's Prometheus metrics, built per instance on its own registry.
 
-Every metric the library exposes is declared once in :data:`LIBRARY_METRICS`
-(name, type, labels, meaning); :class:`LibraryMetrics` builds them on an
+Every metric the library exposes is declared once in
+:mod:`mestres_observability.catalogue` (name, type, unit, labels, meaning);
+:class:`LibraryMetrics` builds those it owns (:data:`LIBRARY_METRICS`) on an
 :class:`~prometheus_client.CollectorRegistry` owned by one
 :class:`~mestres_observability.Observability`, so a second instance can never
 hit a duplicate registration. The metrics reference page of the docs is
-generated from the same table (:func:`metrics_reference`).
+generated from the same catalogue (:func:`metrics_reference`).
 
 Metric and label names are public API: they change only with a major version,
 after a deprecation period in which both names are exposed.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
 from .cardinality import LabelGuard
+from .catalogue import MetricDef, entries, lookup, reference_table
 from .config import ObservabilityConfig
 from .errors import MetricConflictError
 
@@ -62,94 +63,9 @@ class _Current:
 CURRENT: Any = _Current()
 
 
-@dataclass(frozen=True)
-class MetricDef:
-    """Declaration of one library metric."""
-
-    name: str
-    kind: Kind
-    doc: str
-    labels: tuple[str, ...] = ()
-    data_labels: tuple[str, ...] = ()
-    buckets: str | None = None  #: name of the config setting holding the buckets
-    prefixed: bool = True
-    multiprocess_mode: str = "all"
-    group: str = "business"
-
-    @property
-    def attr(self) -> str:
-        """Attribute name on :class:`LibraryMetrics`."""
-        return self.name
-
-
-LIBRARY_METRICS: tuple[MetricDef, ...] = (
-    # HTTP (filled by the adapters)
-    MetricDef("http_requests_total", "counter",
-              "HTTP requests handled, by method, route template and status code.",
-              ("method", "endpoint", "status"), ("endpoint",), group="http"),
-    MetricDef("http_request_duration_seconds", "histogram",
-              "HTTP request duration in seconds, until the last body byte is sent.",
-              ("method", "endpoint", "status"), ("endpoint",), buckets="http_buckets",
-              group="http"),
-    MetricDef("http_requests_in_progress", "gauge",
-              "HTTP requests being handled right now.",
-              ("method", "endpoint"), ("endpoint",), multiprocess_mode="livesum", group="http"),
-    # business
-    MetricDef("orders_total", "counter", "Orders returned by @track_order / record_order, by status.",
-              ("status",), ("status",)),
-    MetricDef("order_errors_total", "counter",
-              "Order functions that raised, by exception class name.",
-              ("error_type",), ("error_type",)),
-    MetricDef("revenue_total", "counter",
-              "Revenue of returned orders (currency units), by currency. Narrow it with the "
-              "revenue_statuses setting.",
-              ("currency",), ("currency",)),
-    MetricDef("order_value", "histogram", "Distribution of order totals (currency units).",
-              ("currency",), ("currency",), buckets="order_value_buckets"),
-    MetricDef("products_sold_total", "counter", "Units sold, by product id.",
-              ("product_id",), ("product_id",)),
-    MetricDef("payments_total", "counter", "Payments processed, by method and status.",
-              ("method", "status"), ("method", "status")),
-    MetricDef("payment_amount_total", "counter",
-              "Amount of processed payments (currency units), by method, status and currency.",
-              ("method", "status", "currency"), ("method", "status", "currency")),
-    MetricDef("payment_errors_total", "counter",
-              "Payment functions that raised, by exception class name.",
-              ("error_type",), ("error_type",)),
-    MetricDef("user_actions_total", "counter",
-              "User actions, by action and user type (guest or authenticated).",
-              ("action", "user_type"), ("action",)),
-    MetricDef("inventory_movements_total", "counter",
-              "Units moved in or out of inventory, by product and movement type.",
-              ("product_id", "movement_type"), ("product_id", "movement_type")),
-    MetricDef("inventory_level", "gauge", "Units in stock, by product (last value set).",
-              ("product_id",), ("product_id",), multiprocess_mode="mostrecent"),
-    # infrastructure set by the application
-    MetricDef("active_connections", "gauge",
-              "Active connections (e.g. a database pool), set directly or from a callback.",
-              (), (), multiprocess_mode="livesum", group="infrastructure"),
-    MetricDef("service_info", "gauge", "Always 1; identifies the service.",
-              ("service", "version", "environment"), (), multiprocess_mode="livemax",
-              group="infrastructure"),
-    # health
-    MetricDef("health_check_status", "gauge",
-              "Result of the last run of each health check (1 pass, 0 fail).",
-              ("check",), ("check",), multiprocess_mode="mostrecent", group="health"),
-    MetricDef("health_check_duration_seconds", "gauge",
-              "Duration of the last run of each health check, in seconds.",
-              ("check",), ("check",), multiprocess_mode="mostrecent", group="health"),
-    # self-monitoring
-    MetricDef("mestres_observability_errors_total", "counter",
-              "Faults inside the library, by component; the host was not affected.",
-              ("component",), (), prefixed=False, group="self"),
-    MetricDef("mestres_observability_label_overflow_total", "counter",
-              "Label sets folded into <overflow> (or dropped, for gauges) by the cardinality "
-              "guard, by metric.",
-              ("metric",), ("metric",), prefixed=False, group="self"),
-    MetricDef("mestres_observability_spans_dropped_total", "counter",
-              "Spans ended but never exported (queue full, exporter failure or shutdown).",
-              (), (), prefixed=False, group="self"),
-)
+#: The metrics :class:`LibraryMetrics` builds: the ``"library"`` entries of
+#: :data:`~mestres_observability.catalogue.CATALOGUE`, in registration order.
+LIBRARY_METRICS: tuple[MetricDef, ...] = entries(source="library")
 
 
 def _make(
@@ -264,6 +180,12 @@ class GuardedGauge(_Family):
             child.dec(amount)
 
 
+#: The class of a :class:`LibraryMetrics` attribute, by metric type.
+_GUARDED: dict[str, type[_Family]] = {
+    "counter": GuardedCounter, "histogram": GuardedHistogram, "gauge": GuardedGauge,
+}
+
+
 class LibraryMetrics:
     """All library metrics of one instance, plus the user metric factories.
 
@@ -296,8 +218,8 @@ class LibraryMetrics:
         self._active_conn_cb: Callable[[], float] | None = None
         self._active_conn_last = 0.0
 
-        overflow_def = next(d for d in LIBRARY_METRICS if d.name.endswith("label_overflow_total"))
-        errors_def = next(d for d in LIBRARY_METRICS if d.name == "mestres_observability_errors_total")
+        overflow_def = lookup("mestres_observability_label_overflow_total")
+        errors_def = lookup("mestres_observability_errors_total")
         self._overflow_metric = self._build_raw(overflow_def)
         errors_metric = self._build_raw(errors_def)
         faults.bind(errors_metric)
@@ -309,9 +231,7 @@ class LibraryMetrics:
             else:
                 metric = self._build_raw(d)
             guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
-            cls = {"counter": GuardedCounter, "histogram": GuardedHistogram,
-                   "gauge": GuardedGauge}[d.kind]
-            fam = cls(self, d, metric, guard)
+            fam = _GUARDED[d.kind](self, d, metric, guard)
             self._families[d.name] = fam
             setattr(self, d.name, fam)
         # pre-create the label-free series so they appear from the first scrape
@@ -320,7 +240,8 @@ class LibraryMetrics:
             (config.service_name, config.service_version, config.environment), 1
         )
 
-    # typed accessors (attributes are also set dynamically above)
+    # typed accessors, one per LIBRARY_METRICS entry (the attributes are set above);
+    # tests/test_catalogue.py checks that they match the catalogue
     http_requests_total: GuardedCounter
     http_request_duration_seconds: GuardedHistogram
     http_requests_in_progress: GuardedGauge
@@ -460,16 +381,7 @@ class LibraryMetrics:
 def metrics_reference(
     config: ObservabilityConfig | None = None, defs: Sequence[MetricDef] = LIBRARY_METRICS
 ) -> str:
-    """Markdown table of metric definitions (for the docs' metrics reference)."""
+    """Markdown table of metric definitions (for the docs' metrics reference), with the
+    names ``config``'s namespace gives (see :func:`~mestres_observability.catalogue.reference_table`)."""
     cfg = config or ObservabilityConfig()
-    lines = [
-        "| metric | type | labels | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    for d in defs:
-        name = cfg.metric_name(d.name) if d.prefixed else d.name
-        labels = ", ".join(
-            f"`{lab}`" + ("†" if lab in d.data_labels else "") for lab in d.labels
-        ) or "none"
-        lines.append(f"| `{name}` | {d.kind} | {labels} | {d.doc} |")
-    return "\n".join(lines)
+    return reference_table(defs, cfg.namespace)

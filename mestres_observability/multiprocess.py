@@ -668,7 +668,7 @@ def build_collector(
 
     register_process(path)
     siblings = (ProcessCollector(faults, pids=lambda: live_pids(path))
-                if config.process_metrics else None)
+                if config.enabled and config.process_metrics else None)
 
     def local() -> list[Any]:
         with registry._lock:

@@ -40,8 +40,8 @@ from prometheus_client.registry import Collector
 
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork, renew_locks_after_fork
+from .catalogue import MetricDef, entries
 from .config import ObservabilityConfig
-from .metrics import MetricDef
 
 __all__ = [
     "DEFAULT_CGROUP_ROOT",
@@ -54,42 +54,11 @@ __all__ = [
 #: Where the cgroup v2 hierarchy is mounted on Linux.
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
-#: The metrics of this module (for the docs' metrics reference).
-SYSTEM_METRICS: tuple[MetricDef, ...] = (
-    MetricDef("memory_usage_bytes", "gauge",
-              "Memory in use: the container's working set (cgroup v2 memory.current minus "
-              "inactive file cache) when it has a memory limit, else the host's total minus "
-              "available memory.", group="infrastructure"),
-    MetricDef("memory_usage_percent", "gauge",
-              "memory_usage_bytes as a percentage of the container's memory limit, else of the "
-              "host's total memory.", group="infrastructure"),
-    MetricDef("cpu_usage_percent", "gauge",
-              "CPU busy time since the previous scrape, as a percentage (0-100) of the "
-              "container's CPU quota (cgroup v2 cpu.max) when it has one, else of all the "
-              "host's CPUs.",
-              group="infrastructure"),
-    MetricDef("disk_usage_percent", "gauge",
-              "Used space of each configured mount point (system_mountpoints), in percent, as "
-              "df reports it.", ("mountpoint",), group="infrastructure"),
-    MetricDef("process_cpu_seconds_total", "counter",
-              "Total user and system CPU time spent by the process, in seconds.",
-              prefixed=False, group="process"),
-    MetricDef("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-              prefixed=False, group="process"),
-    MetricDef("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-              prefixed=False, group="process"),
-    MetricDef("process_open_fds", "gauge", "Number of open file descriptors (POSIX only).",
-              prefixed=False, group="process"),
-    MetricDef("process_max_fds", "gauge",
-              "Maximum number of open file descriptors (soft limit; POSIX only).",
-              prefixed=False, group="process"),
-    MetricDef("process_start_time_seconds", "gauge",
-              "Start time of the process since the Unix epoch, in seconds.",
-              prefixed=False, group="process"),
-    MetricDef("process_threads", "gauge", "Number of OS threads in the process.",
-              prefixed=False, group="process"),
-)
+#: The metrics of this module: the ``"system"`` and ``"process"`` entries of
+#: :data:`~mestres_observability.catalogue.CATALOGUE` (for the docs' metrics reference).
+SYSTEM_METRICS: tuple[MetricDef, ...] = entries(source=("system", "process"))
 _DOCS = {d.name: d.doc for d in SYSTEM_METRICS}
+_SYSTEM = tuple(d for d in SYSTEM_METRICS if d.source == "system")
 
 #: A disk worker thread with nothing to do for this long exits (a new one starts on demand).
 _DISK_WORKER_IDLE = 60.0
@@ -278,11 +247,7 @@ class SystemCollector(Collector):
         self._mountpoints = tuple(
             dict.fromkeys(config.system_mountpoints if mountpoints is None else mountpoints)
         )
-        self._names = {
-            base: config.metric_name(base)
-            for base in ("memory_usage_bytes", "memory_usage_percent", "cpu_usage_percent",
-                         "disk_usage_percent")
-        }
+        self._names = {d.name: config.metric_name(d.name) for d in _SYSTEM}
         self._cgroup = (
             Path(cgroup_dir) if cgroup_dir is not None
             else _own_cgroup_dir(Path(DEFAULT_CGROUP_ROOT))
@@ -297,9 +262,8 @@ class SystemCollector(Collector):
     # ------------------------------------------------------------------ protocol
     def describe(self) -> Iterable[Metric]:
         """The families this collector may expose (no reads: registration stays cheap)."""
-        for base, name in self._names.items():
-            labels = ["mountpoint"] if base == "disk_usage_percent" else []
-            yield GaugeMetricFamily(name, _DOCS[base], labels=labels)
+        for d in _SYSTEM:
+            yield GaugeMetricFamily(self._names[d.name], d.doc, labels=list(d.labels))
 
     def collect(self) -> Iterable[Metric]:
         """Read every family within the time budget; faults omit only their family."""
@@ -454,14 +418,9 @@ def _disk_reader(mountpoint: str) -> Callable[[], float]:
 
 
 # ---------------------------------------------------------------------- process collector
-_PROCESS_FAMILIES: tuple[tuple[str, str], ...] = (
-    ("process_cpu_seconds", "counter"),
-    ("process_resident_memory_bytes", "gauge"),
-    ("process_virtual_memory_bytes", "gauge"),
-    ("process_open_fds", "gauge"),
-    ("process_max_fds", "gauge"),
-    ("process_start_time_seconds", "gauge"),
-    ("process_threads", "gauge"),
+#: (family name, type) of each ``process_*`` family, in catalogue order
+_PROCESS_FAMILIES: tuple[tuple[str, str], ...] = tuple(
+    (d.family_name(), d.kind) for d in SYSTEM_METRICS if d.source == "process"
 )
 
 

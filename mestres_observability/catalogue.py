@@ -1,0 +1,478 @@
+"""The catalogue of every metric the library exposes: one declarative table.
+
+Each :class:`MetricDef` entry of :data:`CATALOGUE` says what one metric family
+is (name, type, unit, help text, labels and which of them come from data,
+histogram buckets, gauge multiprocess mode, whether the ``namespace`` prefix
+applies), when it is exposed (the setting that enables it, the process that
+serves it) and how it is documented. Everything else reads this table:
+
+* :class:`~mestres_observability.metrics.LibraryMetrics` builds one attribute
+  per entry whose :attr:`~MetricDef.source` is ``"library"``;
+* the scrape-time collectors of :mod:`mestres_observability.system` take the
+  names, labels and help texts of the ``"system"`` and ``"process"`` entries;
+* the metrics reference page of the docs (``docs/gen_reference.py``) is
+  generated with :func:`reference_table`;
+* alert rules, dashboards and the browser (RUM) and anomaly metrics are to be
+  generated from it, so a renamed metric cannot leave a stale panel or alert.
+
+The module imports the standard library only, so tools beside the library
+(the CLI, rule and dashboard generators) can read it without prometheus_client
+or psutil installed.
+
+Names in the table are *base* names: what is exposed with no ``namespace``
+(counters with their ``_total`` suffix, as PromQL sees them).
+:meth:`MetricDef.exposed_name` applies a namespace the way
+:meth:`ObservabilityConfig.metric_name <mestres_observability.ObservabilityConfig.metric_name>`
+does, and :meth:`MetricDef.sample_names` lists the sample names a family
+produces (``_total``, ``_bucket``/``_sum``/``_count``, ``_created``), for
+static checks of PromQL expressions.
+
+Example::
+
+    from mestres_observability import catalogue
+
+    entry = catalogue.lookup("http_request_duration_seconds")
+    entry.exposed_name("shop")          # 'shop_http_request_duration_seconds'
+    entry.sample_names("shop")          # ('shop_http_request_duration_seconds_bucket', ...)
+    catalogue.find_sample("shop_orders_created", "shop").name   # 'orders_total'
+
+Metric and label names are public API: they change only in a major release,
+after a minor release that exposes both names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
+from typing import Literal
+
+__all__ = [
+    "ALWAYS",
+    "CATALOGUE",
+    "GROUPS",
+    "KINDS",
+    "MULTIPROCESS_MODES",
+    "PROCESSES",
+    "SOURCES",
+    "Group",
+    "MetricDef",
+    "MetricKind",
+    "Source",
+    "entries",
+    "find_sample",
+    "is_enabled",
+    "lookup",
+    "problems",
+    "reference_table",
+]
+
+#: Metric types an entry may declare (the Prometheus/OpenMetrics family types).
+MetricKind = Literal["counter", "gauge", "histogram", "summary", "info"]
+KINDS: tuple[str, ...] = ("counter", "gauge", "histogram", "summary", "info")
+
+#: What a metric is about; dashboards and rule files are organised by group.
+Group = Literal["http", "business", "infrastructure", "health", "self", "process", "system"]
+GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self", "process",
+                           "system")
+
+#: Which part of the library produces a family's values.
+Source = Literal["library", "system", "process"]
+SOURCES: tuple[str, ...] = ("library", "system", "process")
+
+#: Processes that expose metrics: ``"service"`` is the instrumented application
+#: (every worker of it). Later: ``"anomaly-serve"``.
+PROCESSES: tuple[str, ...] = ("service",)
+
+#: :attr:`MetricDef.feature` of a family exposed whatever the settings.
+ALWAYS = "always"
+
+#: prometheus_client's gauge multiprocess modes.
+MULTIPROCESS_MODES: tuple[str, ...] = (
+    "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent",
+    "livemostrecent",
+)
+
+#: Unit suffixes that a base name may end with; the unit must then say the same.
+_UNIT_SUFFIXES: tuple[str, ...] = ("seconds", "bytes", "percent", "ratio")
+_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_RESERVED_LABELS = frozenset({"le", "quantile"})
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """Declaration of one metric family the library exposes.
+
+    The first nine fields keep the order of the original ``MetricDef`` of
+    :mod:`mestres_observability.metrics`, so positional construction still
+    works; the others are keyword-only.
+
+    Attributes:
+        name: base name, before any namespace prefix; counters end in
+            ``_total`` and ``info`` families in ``_info`` (the sample name).
+        kind: ``counter``, ``gauge``, ``histogram``, ``summary`` or ``info``.
+        doc: the HELP text exposed on ``/metrics`` (single-process mode;
+            prometheus_client's multiprocess merge replaces it).
+        labels: label names, in the order values are passed.
+        data_labels: the labels whose values come from data (route templates,
+            product ids, statuses...): they pass the cardinality guard.
+        buckets: name of the :class:`~mestres_observability.ObservabilityConfig`
+            setting that holds a histogram's buckets (``"http_buckets"``).
+        prefixed: whether the ``namespace`` setting prefixes the name.
+        multiprocess_mode: gauges built by the library only: how
+            prometheus_client merges the values of several processes.
+        group: ``http``, ``business``, ``infrastructure``, ``health``,
+            ``self``, ``process`` or ``system``.
+        unit: base unit (``"seconds"``, ``"bytes"``, ``"percent"``), or ``""``
+            for counts, states and currency amounts. A name ending in a unit
+            suffix declares that unit. Informational (docs, generators): it is
+            not sent as OpenMetrics ``# UNIT`` metadata.
+        feature: :data:`ALWAYS`, or the name of the boolean setting that turns
+            the family on (``"system_metrics"``); see :func:`is_enabled`.
+        process: which process exposes it (one of :data:`PROCESSES`).
+        source: ``"library"`` (a prometheus_client metric built by
+            :class:`~mestres_observability.metrics.LibraryMetrics`, attribute
+            of the same name), ``"system"`` or ``"process"`` (computed at
+            scrape time by the collectors of :mod:`mestres_observability.system`).
+        multiprocess_labels: labels added only in multiprocess mode (``pid``
+            on ``process_*``: one series per live worker).
+        created: counters, histograms and summaries: whether the family has a
+            ``_created`` sample (prometheus_client's metrics do, unless the
+            ``created_series`` setting is off or in multiprocess mode;
+            scrape-time collectors' families do not).
+        description: text for the reference docs; empty means :attr:`doc`.
+    """
+
+    name: str
+    kind: MetricKind
+    doc: str
+    labels: tuple[str, ...] = ()
+    data_labels: tuple[str, ...] = ()
+    buckets: str | None = None
+    prefixed: bool = True
+    multiprocess_mode: str = "all"
+    group: Group = "business"
+    _: KW_ONLY
+    unit: str = ""
+    feature: str = ALWAYS
+    process: str = "service"
+    source: Source = "library"
+    multiprocess_labels: tuple[str, ...] = ()
+    created: bool = True
+    description: str = ""
+
+    @property
+    def attr(self) -> str:
+        """Attribute name on :class:`~mestres_observability.metrics.LibraryMetrics`."""
+        return self.name
+
+    @property
+    def docs(self) -> str:
+        """The text of the reference docs: :attr:`description`, else :attr:`doc`."""
+        return self.description or self.doc
+
+    def exposed_name(self, namespace: str = "") -> str:
+        """The name on ``/metrics`` with ``namespace`` (as ``ObservabilityConfig.metric_name``)."""
+        return f"{namespace}_{self.name}" if namespace and self.prefixed else self.name
+
+    def family_name(self, namespace: str = "") -> str:
+        """The family name (OpenMetrics ``# TYPE`` line, ``Metric.name`` in prometheus_client):
+        the exposed name without a counter's ``_total`` or an info's ``_info``."""
+        name = self.exposed_name(namespace)
+        if self.kind == "counter" and name.endswith("_total"):
+            return name[:-6]
+        if self.kind == "info" and name.endswith("_info"):
+            return name[:-5]
+        return name
+
+    def sample_names(self, namespace: str = "", *, created: bool = True) -> tuple[str, ...]:
+        """Every sample name the family can produce (what a PromQL selector may name).
+
+        Args:
+            namespace: the ``namespace`` setting.
+            created: include ``_created`` (when the family has one: see :attr:`created`).
+        """
+        family = self.family_name(namespace)
+        with_created = created and self.created
+        if self.kind == "counter":
+            names = [family + "_total"]
+        elif self.kind == "histogram":
+            names = [family + "_bucket", family + "_sum", family + "_count"]
+        elif self.kind == "summary":
+            names = [family, family + "_sum", family + "_count"]
+        elif self.kind == "info":
+            return (family + "_info",)
+        else:
+            return (family,)
+        if with_created:
+            names.append(family + "_created")
+        return tuple(names)
+
+    def all_labels(self, *, multiprocess: bool = False) -> tuple[str, ...]:
+        """Label names of the series, with the multiprocess-only ones when asked."""
+        return self.labels + self.multiprocess_labels if multiprocess else self.labels
+
+
+#: Every metric family the library exposes, in registration order.
+CATALOGUE: tuple[MetricDef, ...] = (
+    # ---- HTTP (filled by the adapters)
+    MetricDef("http_requests_total", "counter",
+              "HTTP requests handled, by method, route template and status code.",
+              ("method", "endpoint", "status"), ("endpoint",), group="http"),
+    MetricDef("http_request_duration_seconds", "histogram",
+              "HTTP request duration in seconds, until the last body byte is sent.",
+              ("method", "endpoint", "status"), ("endpoint",), buckets="http_buckets",
+              group="http", unit="seconds"),
+    MetricDef("http_requests_in_progress", "gauge",
+              "HTTP requests being handled right now.",
+              ("method", "endpoint"), ("endpoint",), multiprocess_mode="livesum", group="http"),
+    # ---- business
+    MetricDef("orders_total", "counter", "Orders returned by @track_order / record_order, by status.",
+              ("status",), ("status",)),
+    MetricDef("order_errors_total", "counter",
+              "Order functions that raised, by exception class name.",
+              ("error_type",), ("error_type",)),
+    MetricDef("revenue_total", "counter",
+              "Revenue of returned orders (currency units), by currency. Narrow it with the "
+              "revenue_statuses setting.",
+              ("currency",), ("currency",)),
+    MetricDef("order_value", "histogram", "Distribution of order totals (currency units).",
+              ("currency",), ("currency",), buckets="order_value_buckets"),
+    MetricDef("products_sold_total", "counter", "Units sold, by product id.",
+              ("product_id",), ("product_id",)),
+    MetricDef("payments_total", "counter", "Payments processed, by method and status.",
+              ("method", "status"), ("method", "status")),
+    MetricDef("payment_amount_total", "counter",
+              "Amount of processed payments (currency units), by method, status and currency.",
+              ("method", "status", "currency"), ("method", "status", "currency")),
+    MetricDef("payment_errors_total", "counter",
+              "Payment functions that raised, by exception class name.",
+              ("error_type",), ("error_type",)),
+    MetricDef("user_actions_total", "counter",
+              "User actions, by action and user type (guest or authenticated).",
+              ("action", "user_type"), ("action",)),
+    MetricDef("inventory_movements_total", "counter",
+              "Units moved in or out of inventory, by product and movement type.",
+              ("product_id", "movement_type"), ("product_id", "movement_type")),
+    MetricDef("inventory_level", "gauge", "Units in stock, by product (last value set).",
+              ("product_id",), ("product_id",), multiprocess_mode="mostrecent"),
+    # ---- infrastructure set by the application
+    MetricDef("active_connections", "gauge",
+              "Active connections (e.g. a database pool), set directly or from a callback.",
+              (), (), multiprocess_mode="livesum", group="infrastructure"),
+    MetricDef("service_info", "gauge", "Always 1; identifies the service.",
+              ("service", "version", "environment"), (), multiprocess_mode="livemax", group="infrastructure"),
+    # ---- health
+    MetricDef("health_check_status", "gauge",
+              "Result of the last run of each health check (1 pass, 0 fail).",
+              ("check",), ("check",), multiprocess_mode="mostrecent", group="health"),
+    MetricDef("health_check_duration_seconds", "gauge",
+              "Duration of the last run of each health check, in seconds.",
+              ("check",), ("check",), multiprocess_mode="mostrecent", group="health",
+              unit="seconds"),
+    # ---- self-monitoring
+    MetricDef("mestres_observability_errors_total", "counter",
+              "Faults inside the library, by component; the host was not affected.",
+              ("component",), (), prefixed=False, group="self"),
+    MetricDef("mestres_observability_label_overflow_total", "counter",
+              "Label sets folded into <overflow> (or dropped, for gauges) by the cardinality "
+              "guard, by metric.",
+              ("metric",), ("metric",), prefixed=False, group="self"),
+    MetricDef("mestres_observability_spans_dropped_total", "counter",
+              "Spans ended but never exported (queue full, exporter failure or shutdown).",
+              (), (), prefixed=False, group="self"),
+    # ---- host or container, computed at scrape time (system.SystemCollector)
+    MetricDef("memory_usage_bytes", "gauge",
+              "Memory in use: the container's working set (cgroup v2 memory.current minus "
+              "inactive file cache) when it has a memory limit, else the host's total minus "
+              "available memory.",
+              group="system", unit="bytes", feature="system_metrics", source="system"),
+    MetricDef("memory_usage_percent", "gauge",
+              "memory_usage_bytes as a percentage of the container's memory limit, else of the "
+              "host's total memory.",
+              group="system", unit="percent", feature="system_metrics", source="system"),
+    MetricDef("cpu_usage_percent", "gauge",
+              "CPU busy time since the previous scrape, as a percentage (0-100) of the "
+              "container's CPU quota (cgroup v2 cpu.max) when it has one, else of all the "
+              "host's CPUs.",
+              group="system", unit="percent", feature="system_metrics", source="system"),
+    MetricDef("disk_usage_percent", "gauge",
+              "Used space of each configured mount point (system_mountpoints), in percent, as "
+              "df reports it.",
+              ("mountpoint",), group="system", unit="percent", feature="system_metrics",
+              source="system"),
+    # ---- this process (every live worker in multiprocess mode), at scrape time
+    #      (system.ProcessCollector; prometheus_client's standard names)
+    MetricDef("process_cpu_seconds_total", "counter",
+              "Total user and system CPU time spent by the process, in seconds.",
+              prefixed=False, group="process", unit="seconds", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",), created=False),
+    MetricDef("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+              prefixed=False, group="process", unit="bytes", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+    MetricDef("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+              prefixed=False, group="process", unit="bytes", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+    MetricDef("process_open_fds", "gauge", "Number of open file descriptors (POSIX only).",
+              prefixed=False, group="process", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+    MetricDef("process_max_fds", "gauge",
+              "Maximum number of open file descriptors (soft limit; POSIX only).",
+              prefixed=False, group="process", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+    MetricDef("process_start_time_seconds", "gauge",
+              "Start time of the process since the Unix epoch, in seconds.",
+              prefixed=False, group="process", unit="seconds", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+    MetricDef("process_threads", "gauge", "Number of OS threads in the process.",
+              prefixed=False, group="process", feature="process_metrics",
+              source="process", multiprocess_labels=("pid",)),
+)
+
+_BY_NAME: dict[str, MetricDef] = {d.name: d for d in CATALOGUE}
+
+
+def entries(
+    *,
+    source: str | Sequence[str] | None = None,
+    group: str | Sequence[str] | None = None,
+    process: str | None = None,
+) -> tuple[MetricDef, ...]:
+    """The catalogue's entries in order, optionally only those of some sources,
+    groups or one process (``entries(source="library")``)."""
+    sources = (source,) if isinstance(source, str) else source
+    groups = (group,) if isinstance(group, str) else group
+    return tuple(
+        d for d in CATALOGUE
+        if (sources is None or d.source in sources)
+        and (groups is None or d.group in groups)
+        and (process is None or d.process == process)
+    )
+
+
+def lookup(name: str) -> MetricDef:
+    """The entry with base name ``name`` (``"orders_total"``).
+
+    Raises:
+        KeyError: no such metric (the message names the nearest ones).
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        import difflib
+
+        near = difflib.get_close_matches(name, list(_BY_NAME), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise KeyError(f"{name!r} is not a metric of the catalogue{hint}") from None
+
+
+def find_sample(sample: str, namespace: str = "", *, created: bool = True) -> MetricDef | None:
+    """The entry whose family produces the sample name ``sample`` under ``namespace``
+    (``find_sample("shop_http_request_duration_seconds_bucket", "shop")``), or ``None``."""
+    for d in CATALOGUE:
+        if sample in d.sample_names(namespace, created=created):
+            return d
+    return None
+
+
+def is_enabled(entry: MetricDef, settings: object) -> bool:
+    """Whether ``entry`` is exposed under ``settings``.
+
+    ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` or a
+    mapping of setting names to values (missing settings take their default:
+    on). A family whose :attr:`~MetricDef.feature` is :data:`ALWAYS` is exposed
+    whatever the settings; any other needs its setting and the master switch
+    ``enabled`` to be true.
+    """
+    if entry.feature == ALWAYS:
+        return True
+
+    def setting(name: str) -> bool:
+        if isinstance(settings, Mapping):
+            return bool(settings.get(name, True))
+        return bool(getattr(settings, name))
+
+    return setting("enabled") and setting(entry.feature)
+
+
+def problems(entry: MetricDef) -> list[str]:
+    """What is wrong with an entry (empty when it is well-formed).
+
+    Checks what needs no other module: name and label syntax, suffixes
+    (counters end in ``_total``, no other type does), unit against the name,
+    data labels among the labels, kind, group, source, process, gauge mode and
+    histogram buckets. The settings named by ``buckets`` and ``feature`` are
+    checked against ``ObservabilityConfig`` by the test suite.
+    """
+    out: list[str] = []
+    name = entry.name
+    if not _NAME_RE.match(name) or name.startswith("__"):
+        out.append(f"invalid metric name {name!r}")
+    if entry.kind not in KINDS:
+        out.append(f"unknown kind {entry.kind!r}")
+    if (entry.kind == "counter") != name.endswith("_total"):
+        out.append("counters, and only counters, end in _total")
+    if entry.kind == "info" and not name.endswith("_info"):
+        out.append("info families end in _info")
+    for suffix in ("_created", "_bucket", "_count", "_sum", "_gcount", "_gsum"):
+        if name.endswith(suffix):
+            out.append(f"a base name must not end in {suffix} (a sample suffix)")
+    base = name[:-6] if name.endswith("_total") else name
+    named_unit = next((u for u in _UNIT_SUFFIXES if base.endswith("_" + u)), "")
+    if named_unit and entry.unit != named_unit:
+        out.append(f"the name ends in _{named_unit}: unit must be {named_unit!r}")
+    if entry.unit and not base.endswith("_" + entry.unit):
+        out.append(f"unit {entry.unit!r}: the name must end in _{entry.unit}")
+    every = entry.labels + entry.multiprocess_labels
+    for label in every:
+        if not _LABEL_RE.match(label) or label.startswith("__") or label in _RESERVED_LABELS:
+            out.append(f"invalid label name {label!r}")
+    if len(set(every)) != len(every):
+        out.append("duplicate label names")
+    if not set(entry.data_labels) <= set(entry.labels):
+        out.append("data_labels must be a subset of labels")
+    if entry.group not in GROUPS:
+        out.append(f"unknown group {entry.group!r}")
+    if entry.source not in SOURCES:
+        out.append(f"unknown source {entry.source!r}")
+    if entry.process not in PROCESSES:
+        out.append(f"unknown process {entry.process!r}")
+    if entry.multiprocess_mode not in MULTIPROCESS_MODES:
+        out.append(f"unknown multiprocess mode {entry.multiprocess_mode!r}")
+    elif entry.kind != "gauge" and entry.multiprocess_mode != "all":
+        out.append("multiprocess_mode applies to gauges only")
+    if (entry.kind == "histogram") != (entry.buckets is not None):
+        out.append("histograms, and only histograms, name a buckets setting")
+    if entry.source == "library" and entry.kind not in ("counter", "gauge", "histogram"):
+        out.append("LibraryMetrics builds counters, gauges and histograms only")
+    if not entry.doc.strip() or "\n" in entry.doc:
+        out.append("help text must be one non-empty line")
+    if not entry.feature:
+        out.append("feature must be 'always' or a setting name")
+    return out
+
+
+def reference_table(defs: Sequence[MetricDef] | None = None, namespace: str = "") -> str:
+    """Markdown table of ``defs`` (default: the whole catalogue) for the reference docs.
+
+    Columns: exposed name, type, unit, labels (``†``: data-derived, through
+    the cardinality guard; ``‡``: multiprocess mode only) and meaning; plus
+    the setting that enables the family when some entry has one.
+    """
+    rows = CATALOGUE if defs is None else tuple(defs)
+    with_feature = any(d.feature != ALWAYS for d in rows)
+    head = ["metric", "type", "unit", "labels"] + (["enabled by"] if with_feature else [])
+    head.append("meaning")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for d in rows:
+        labels = ", ".join(
+            [f"`{lab}`" + ("†" if lab in d.data_labels else "") for lab in d.labels]
+            + [f"`{lab}`‡" for lab in d.multiprocess_labels]
+        ) or "none"
+        cells = [f"`{d.exposed_name(namespace)}`", d.kind, d.unit or "-", labels]
+        if with_feature:
+            cells.append("-" if d.feature == ALWAYS else f"`{d.feature}`")
+        cells.append(d.docs)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
