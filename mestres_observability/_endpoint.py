@@ -63,6 +63,7 @@ __all__ = [
     "parse_networks",
     "parse_ranges",
     "register_endpoint",
+    "text_response",
     "unregister_endpoint",
 ]
 
@@ -724,10 +725,11 @@ class EndpointKind:
             thread under :meth:`Endpoint.adispatch`.
         methods: the methods answered (others get 405 with ``Allow``).
             ``HEAD`` answers like ``GET`` without the body.
-        cors: the cross-origin policy (default: same origin only).
-        max_body: the body cap the handler reads with; when the sync handler
-            runs in a thread for an ASGI request, the body is read up to it
-            first (0: the kind reads no body).
+        cors: the cross-origin policy (default: same origin only), or
+            ``cors(config) -> CorsPolicy`` for an allowlist that is a setting.
+        max_body: the body cap the handler reads with, or ``max_body(config)``;
+            when the sync handler runs in a thread for an ASGI request, the
+            body is read up to it first (0: the kind reads no body).
         fault: how a handler's exception is counted and answered.
         route_name: the name given to its route where frameworks name routes
             (Django URL names); default :attr:`name`.
@@ -738,8 +740,8 @@ class EndpointKind:
     handler: Handler
     ahandler: AsyncHandler | None = None
     methods: tuple[str, ...] = ("GET", "HEAD")
-    cors: CorsPolicy = SAME_ORIGIN
-    max_body: int = 0
+    cors: CorsPolicy | Callable[[Any], CorsPolicy] = SAME_ORIGIN
+    max_body: int | Callable[[Any], int] = 0
     fault: Fault = Fault()
     route_name: str = ""
 
@@ -747,6 +749,14 @@ class EndpointKind:
     def url_name(self) -> str:
         """:attr:`route_name`, or :attr:`name` when unset."""
         return self.route_name or self.name
+
+    def policy(self, config: Any) -> CorsPolicy:
+        """The CORS policy under ``config``."""
+        return self.cors if isinstance(self.cors, CorsPolicy) else self.cors(config)
+
+    def body_cap(self, config: Any) -> int:
+        """The body cap under ``config``."""
+        return self.max_body if isinstance(self.max_body, int) else self.max_body(config)
 
 
 class Endpoint:
@@ -756,22 +766,32 @@ class Endpoint:
     a wrong method gets 405 with ``Allow``, an unreadable body 413/400, and a
     handler fault the kind's :class:`Fault` answer, counted in
     ``context.faults``.
+
+    Args:
+        kind: what to serve.
+        path: where it is served.
+        context: handed to the handlers (the instance); ``context.faults``
+            counts their faults.
+        config: resolves a kind's ``cors``/``max_body`` given as functions.
     """
 
-    __slots__ = ("_cors", "_methods", "_options", "allow", "context", "kind", "path")
+    __slots__ = ("_methods", "_options", "allow", "context", "cors", "kind", "max_body", "path")
 
-    def __init__(self, kind: EndpointKind, path: str, context: Any) -> None:
+    def __init__(self, kind: EndpointKind, path: str, context: Any, config: Any = None) -> None:
         self.kind = kind
         self.path = path
         self.context = context
+        #: The CORS policy in force.
+        self.cors = kind.policy(config)
+        #: The body cap in force (0: no body).
+        self.max_body = kind.body_cap(config)
         self._methods = frozenset(kind.methods)
-        self._options = "OPTIONS" in self._methods or kind.cors.active
+        self._options = "OPTIONS" in self._methods or self.cors.active
         methods = [m for m in kind.methods if m != "OPTIONS"]
         if self._options:
             methods.append("OPTIONS")
         #: The ``Allow`` header value.
         self.allow = ", ".join(methods)
-        self._cors = kind.cors if kind.cors.active else None
 
     def _early(self, req: Request) -> Response | None:
         """The answer that needs no handler: 405, or ``OPTIONS``/preflight."""
@@ -779,14 +799,14 @@ class Endpoint:
         if method in self._methods and method != "OPTIONS":
             return None
         if method == "OPTIONS" and self._options:
-            return self.kind.cors.preflight(req, self.allow)
+            return self.cors.preflight(req, self.allow)
         return Response(405, [("Allow", self.allow), _TEXT], b"method not allowed\n")
 
     def _finish(self, req: Request, resp: Response) -> Response:
         status, headers, body = resp
         headers = list(headers)  # a fresh list: adapters append to it
-        if self._cors is not None and req.method != "OPTIONS":
-            self._cors.apply(req.headers.get("origin"), headers)
+        if self.cors.active and req.method != "OPTIONS":
+            self.cors.apply(req.headers.get("origin"), headers)
         if req.method == "HEAD":
             body = b""
         return Response(status, headers, body)
@@ -820,8 +840,8 @@ class Endpoint:
             if kind.ahandler is not None:
                 resp = await kind.ahandler(self.context, req)
             else:
-                if kind.max_body and req.has_async_body:
-                    await req.aread_body(kind.max_body)
+                if self.max_body and req.has_async_body:
+                    await req.aread_body(self.max_body)
                 loop = asyncio.get_running_loop()
                 resp = await loop.run_in_executor(None, kind.handler, self.context, req)
             return self._finish(req, resp)
@@ -873,5 +893,5 @@ def build_endpoints(config: Any, context: Any,
     for kind in endpoint_kinds() if kinds is None else kinds:
         for path in kind.paths(config):
             if path and path not in table:
-                table[path] = Endpoint(kind, path, context)
+                table[path] = Endpoint(kind, path, context, config)
     return table

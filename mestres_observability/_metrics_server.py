@@ -109,7 +109,7 @@ def _endpoints(obs: Observability) -> dict[str, Endpoint]:
     from .http import METRICS_ENDPOINT
 
     path = obs.config.metrics_path or "/metrics"
-    table = {path: Endpoint(METRICS_ENDPOINT, path, obs)}
+    table = {path: Endpoint(METRICS_ENDPOINT, path, obs, obs.config)}
     _table = (obs, table)
     return table
 

@@ -712,7 +712,7 @@ def bound_endpoint(obs: Observability, kind: str, path: str | None = None) -> En
             raise ValueError(f"unknown library endpoint kind {kind!r}")
 
         found = EndpointKind(kind, lambda cfg: (), unknown, fault=_HEALTH_FAULT)
-    return Endpoint(found, path or "", obs)
+    return Endpoint(found, path or "", obs, obs.config)
 
 
 def _request(method: str, accept: str | None, accept_encoding: str | None,

@@ -9,6 +9,7 @@ import io
 import ipaddress
 import os
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -641,6 +642,18 @@ def test_table_from_config() -> None:
         assert all(e.context is obs for e in table.values())
     with fresh_observability(metrics_port=0) as obs:
         assert "/metrics" not in http_state(obs).endpoints
+
+
+def test_cors_and_body_cap_may_come_from_the_settings() -> None:
+    kind = EndpointKind("echo", lambda cfg: (cfg.path,), echo, methods=("POST",),
+                        cors=lambda cfg: CorsPolicy(frozenset(cfg.origins)),
+                        max_body=lambda cfg: cfg.cap)
+    config = SimpleNamespace(path="/in", origins=(SHOP,), cap=3)
+    ep = build_endpoints(config, Context(), (kind,))["/in"]
+    assert (ep.cors.origins, ep.max_body, ep.allow) == (frozenset({SHOP}), 3, "POST, OPTIONS")
+    assert dict(ep.dispatch(preflight(SHOP))[1])["Access-Control-Allow-Origin"] == SHOP
+    req, _ = asgi_request([b"abcd"], None)
+    assert asyncio.run(ep.adispatch(req)).status == 413  # read up to the configured cap
 
 
 def test_first_registered_kind_wins_a_shared_path() -> None:
