@@ -33,8 +33,9 @@ import logging
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._endpoint import Endpoint, Headers, Request
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -62,21 +63,18 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def _answer(self, method: str) -> None:
-        from .http import serve_endpoint
         from .observability import get_observability
 
-        obs = get_observability()
-        wanted = obs.config.metrics_path or "/metrics"
-        path = self.path.split("?", 1)[0]
-        if path != wanted:
+        path, _, query = self.path.partition("?")
+        endpoint = _endpoints(get_observability()).get(path)
+        if endpoint is None:
             status, headers, body = 404, [("Content-Type", "text/plain; charset=utf-8")], (
                 b"not found\n")
         else:
-            status, headers, body = serve_endpoint(
-                obs, "metrics", method, accept=self.headers.get("Accept"),
-                accept_encoding=self.headers.get("Accept-Encoding"),
-                authorization=self.headers.get("Authorization"),
-            )
+            read = self.rfile.read if self.headers.get("Content-Length") else None
+            status, headers, body = endpoint.dispatch(Request(
+                method, path, Headers(self.headers.items()), query=query,
+                peer=self.client_address[0], read=read))
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -97,6 +95,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         return  # scrapes are not access-logged
+
+
+_table: tuple[Any, dict[str, Endpoint]] | None = None
+
+
+def _endpoints(obs: Observability) -> dict[str, Endpoint]:
+    """The listener's path table for ``obs``: ``metrics_path`` (default ``/metrics``) only."""
+    global _table
+    cached = _table
+    if cached is not None and cached[0] is obs:
+        return cached[1]
+    from .http import METRICS_ENDPOINT
+
+    path = obs.config.metrics_path or "/metrics"
+    table = {path: Endpoint(METRICS_ENDPOINT, path, obs, obs.config)}
+    _table = (obs, table)
+    return table
 
 
 class _Standby:

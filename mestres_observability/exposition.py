@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import generate_latest as _text_latest
@@ -20,6 +19,8 @@ from prometheus_client.openmetrics.exposition import (
 )
 from prometheus_client.openmetrics.exposition import generate_latest as _om_latest
 
+from ._endpoint import GZIP, Offer, Response
+from ._endpoint import negotiate as _negotiate
 from ._fault import FaultReporter
 
 __all__ = [
@@ -31,67 +32,33 @@ __all__ = [
 ]
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_OM_VERSIONS = {"", "1.0.0", "0.0.1"}
+_OM_VERSIONS = ("", "1.0.0", "0.0.1")
 
 
 class _Collectable(Protocol):
     def collect(self) -> Iterable[Any]: ...
 
 
-@dataclass(frozen=True)
-class MetricsResponse:
-    """What an adapter sends back for ``/metrics``."""
+MetricsResponse = Response
+"""What an adapter sends back for ``/metrics``.
 
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+The endpoint layer's response, a named tuple ``(status, headers, body)``.
+"""
 
-
-def _media_ranges(header: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    for part in header.split(","):
-        pieces = [p.strip() for p in part.split(";")]
-        media = pieces[0].lower()
-        if not media:
-            continue
-        params: dict[str, str] = {}
-        q = 1.0
-        for p in pieces[1:]:
-            k, _, v = p.partition("=")
-            k = k.strip().lower()
-            v = v.strip().strip('"')
-            if k == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0:
-                    q = 0.0
-            else:
-                params[k] = v
-        yield media, params, q
+#: OpenMetrics 1.0 (the versions Prometheus asks for), only when asked for by name.
+_OPENMETRICS = Offer(frozenset({"application/openmetrics-text"}),
+                     {"version": frozenset(_OM_VERSIONS)}, wildcard=False)
+_TEXT = Offer(frozenset({"text/plain"}))
+_OFFERS = (_OPENMETRICS, _TEXT)  # a tie goes to OpenMetrics
 
 
 def negotiate(accept: str | None) -> bool:
     """True when the ``Accept`` header prefers OpenMetrics 1.0 over text 0.0.4."""
-    if not accept:
-        return False
-    best_om = 0.0
-    best_text = 0.0
-    for media, params, q in _media_ranges(accept[:4096]):
-        if media == "application/openmetrics-text" and params.get("version", "") in _OM_VERSIONS:
-            best_om = max(best_om, q)
-        elif media in ("text/plain", "text/*", "*/*"):
-            best_text = max(best_text, q)
-    return best_om > 0.0 and best_om >= best_text
+    return _negotiate(accept, _OFFERS) is _OPENMETRICS
 
 
 def _accepts_gzip(accept_encoding: str | None) -> bool:
-    if not accept_encoding:
-        return False
-    for media, _params, q in _media_ranges(accept_encoding[:1024]):
-        if media in ("gzip", "x-gzip") and q > 0.0:
-            return True
-    return False
+    return _negotiate(accept_encoding, (GZIP,), limit=1024) is GZIP
 
 
 class _View:

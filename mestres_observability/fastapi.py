@@ -26,12 +26,12 @@ from typing import Any
 
 from starlette.routing import Host, Match, Mount
 
+from ._endpoint import Endpoint, Request
 from .errors import ConfigurationError
 from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
-    aserve_endpoint,
     http_state,
     start_request,
     warn_unprotected_metrics,
@@ -52,8 +52,6 @@ _TERMINAL = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
 _HEADERS = {
     b"user-agent": "user_agent", b"x-forwarded-for": "forwarded_for", b"host": "host",
     b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage",
-    b"accept": "accept", b"accept-encoding": "accept_encoding",
-    b"authorization": "authorization",
 }
 
 
@@ -155,18 +153,18 @@ class ObservabilityMiddleware:
             path: str = scope["path"]
             root_path: str = scope.get("root_path", "")
             route_path = path[len(root_path):] if root_path and path.startswith(root_path) else path
-            kind = state.endpoints.get(route_path)
-            if kind is None and (not state.enabled or state.excluded(route_path)):
+            endpoint = state.endpoints.get(route_path)
+            if endpoint is None and (not state.enabled or state.excluded(route_path)):
                 await self.app(scope, receive, send)
                 return
             headers = _read_headers(scope, state)
-            rp = self._start(state, scope, headers, route_path, kind)
+            rp = self._start(state, scope, headers, route_path, endpoint)
         except Exception as exc:
             get_observability().faults.report("http", "asgi", "request pass failed", exc)
             await self.app(scope, receive, send)
             return
-        if kind is not None:
-            await self._serve(state, kind, scope, send, headers, rp, route_path)
+        if endpoint is not None:
+            await self._serve(state, endpoint, scope, receive, send, rp, route_path)
             return
         if rp is None:
             await self.app(scope, receive, send)
@@ -174,10 +172,10 @@ class ObservabilityMiddleware:
         await self._measured(state, scope, receive, send, rp)
 
     def _start(self, state: HttpState, scope: Scope, headers: dict[str, str],
-               route_path: str, kind: str | None) -> RequestPass | None:
+               route_path: str, endpoint: Endpoint | None) -> RequestPass | None:
         method: str = scope.get("method", "GET")
         # the library's own endpoints get their path as route once served
-        route = self._match(scope, method) if kind is None else None
+        route = self._match(scope, method) if endpoint is None else None
         client = scope.get("client")
         trace_headers: dict[str, str] | None = None
         if state.tracing:
@@ -233,14 +231,10 @@ class ObservabilityMiddleware:
                 rp.finish(status or 500, None, _user_id(resolver, scope, state))
             rp.deactivate()
 
-    async def _serve(self, state: HttpState, kind: str, scope: Scope, send: Send,
-                     headers: dict[str, str], rp: RequestPass | None, path: str) -> None:
-        method = scope.get("method", "GET")
-        status, out, body = await aserve_endpoint(
-            state.obs, kind, method, accept=headers.get("accept"),
-            accept_encoding=headers.get("accept_encoding"),
-            authorization=headers.get("authorization"),
-        )
+    async def _serve(self, state: HttpState, endpoint: Endpoint, scope: Scope, receive: Receive,
+                     send: Send, rp: RequestPass | None, path: str) -> None:
+        status, out, body = await endpoint.adispatch(
+            Request.from_asgi(scope, receive, path, state.trusted))
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out]
         if rp is not None:
             rp.set_route(path)

@@ -28,12 +28,12 @@ from flask import Flask, got_request_exception, request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
 
+from ._endpoint import Endpoint, Request
 from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
     http_state,
-    serve_endpoint,
     start_request,
     warn_unprotected_metrics,
     wsgi_trace_headers,
@@ -106,13 +106,13 @@ class FlaskMiddleware:
         try:
             state = http_state()
             path_info = _text(environ.get("PATH_INFO") or "/")
-            kind = state.endpoints.get(path_info)
+            endpoint = state.endpoints.get(path_info)
             rp = self._start(state, environ, path_info)
         except Exception as exc:
             get_observability().faults.report("http", "flask", "request pass failed", exc)
             return self.wsgi_app(environ, start_response)
-        if kind is not None:
-            return self._serve(state, kind, environ, start_response, rp, path_info)
+        if endpoint is not None:
+            return self._serve(state, endpoint, environ, start_response, rp, path_info)
         if rp is None:
             return self.wsgi_app(environ, start_response)
         environ[_PASS] = rp
@@ -167,14 +167,9 @@ class FlaskMiddleware:
             trace_headers=trace_headers,
         )
 
-    def _serve(self, state: HttpState, kind: str, environ: dict[str, Any],
+    def _serve(self, state: HttpState, endpoint: Endpoint, environ: dict[str, Any],
                start_response: StartResponse, rp: RequestPass | None, path: str) -> Any:
-        method = environ.get("REQUEST_METHOD", "GET")
-        status, headers, body = serve_endpoint(
-            state.obs, kind, method, accept=environ.get("HTTP_ACCEPT"),
-            accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
-            authorization=environ.get("HTTP_AUTHORIZATION"),
-        )
+        status, headers, body = endpoint.dispatch(Request.from_wsgi(environ, path, state.trusted))
         if rp is not None:
             rp.set_route(_text(environ.get("SCRIPT_NAME", "")) + path)
             headers.append((state.request_id_header, rp.request_id))

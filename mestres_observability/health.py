@@ -36,7 +36,6 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import datetime as _dt
-import hmac
 import inspect
 import json
 import logging
@@ -49,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._endpoint import Credentials, Offer, Response, challenge, negotiate
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork
 from ._redact import Redactor
@@ -88,6 +88,7 @@ SYSTEM = "system"
 _JSON = "application/json"
 _HEALTH_JSON = "application/health+json"
 _NO_STORE = ("Cache-Control", "no-store")
+_DETAILED_CHALLENGE = challenge("bearer", "health")
 _FAIL_WORDS = frozenset({"unhealthy", "fail", "failed", "down", "error", "not_ready"})
 _MAX_WORKERS = 16
 _MAX_DETAIL_BYTES = 8192
@@ -96,19 +97,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class HealthResponse:
-    """What a probe answers, for any web framework to serve as is.
+HealthResponse = Response
+"""What a probe answers, for any web framework to serve as is.
 
-    Attributes:
-        status: HTTP status code (200, 503, or 401 for a refused ``detailed``).
-        headers: response headers (``Content-Type``, ``Cache-Control: no-store``...).
-        body: the JSON body.
-    """
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+The endpoint layer's response, a named tuple ``(status, headers, body)``:
+``status`` is 200, 503, or 401 for a refused ``detailed``; ``headers`` are
+``(name, value)`` pairs (``Content-Type``, ``Cache-Control: no-store``...);
+``body`` is the JSON body.
+"""
 
 
 @dataclass(frozen=True)
@@ -243,27 +239,15 @@ def utc_timestamp(now: _dt.datetime | None = None) -> str:
     return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}Z"
 
 
+_HEALTH_JSON_OFFER = Offer(frozenset({_HEALTH_JSON}), wildcard=False)
+_JSON_OFFERS = (_HEALTH_JSON_OFFER, Offer(frozenset({_JSON})))  # a tie goes to the draft
+
+
 def _wants_health_json(accept: str | None) -> bool:
     """True when ``Accept`` prefers ``application/health+json`` over plain JSON."""
     if not accept or "health+json" not in accept:
         return False
-    best: dict[str, float] = {}
-    for part in accept.split(","):
-        fields = part.strip().split(";")
-        media = fields[0].strip().lower()
-        q = 1.0
-        for param in fields[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-                if not math.isfinite(q):
-                    q = 0.0
-        best[media] = max(best.get(media, 0.0), q)
-    hj = best.get(_HEALTH_JSON, 0.0)
-    return hj > 0 and hj >= best.get(_JSON, 0.0)
+    return negotiate(accept, _JSON_OFFERS) is _HEALTH_JSON_OFFER
 
 
 class HealthRegistry:
@@ -302,6 +286,8 @@ class HealthRegistry:
                                   max_length=512)
         self._system = _Check(SYSTEM, SystemCheck(config=config, faults=faults), False,
                               None, False)
+        token = config.health_detailed_token
+        self._detailed_credentials = Credentials("bearer", token, "health") if token else None
         call_after_fork(self, "_reset_after_fork")  # gunicorn --preload
 
     # ------------------------------------------------------------------ registration
@@ -703,15 +689,8 @@ class HealthRegistry:
         return None
 
     def _authorized(self, authorization: str | None) -> bool:
-        token = self._config.health_detailed_token
-        if not token:
-            return True
-        expected = f"Bearer {token}".encode()
-        given = (authorization or "").strip().encode("utf-8", "replace")
-        scheme, _, cred = given.partition(b" ")
-        if scheme.lower() == b"bearer":
-            given = b"Bearer " + cred.strip()
-        return hmac.compare_digest(given, expected)
+        creds = self._detailed_credentials
+        return creds is None or creds.check(authorization)
 
     def _render(self, kind: str, results: str | dict[str, CheckResult],
                 accept: str | None) -> HealthResponse:
@@ -724,7 +703,7 @@ class HealthRegistry:
             body = {"status": "unauthorized", "timestamp": now}
             return HealthResponse(
                 401, [("Content-Type", _JSON), _NO_STORE,
-                      ("WWW-Authenticate", 'Bearer realm="health"')], _dump(body))
+                      ("WWW-Authenticate", _DETAILED_CHALLENGE)], _dump(body))
         base: dict[str, Any] = {"service": cfg.service_name, "version": cfg.service_version,
                                 "timestamp": now}
         if isinstance(results, str):  # readiness refused by the flag

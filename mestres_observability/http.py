@@ -19,18 +19,16 @@ happens here, once per request:
 * one ``http_request`` access-log line, level by status, with the query string
   redacted and ``X-Forwarded-For`` honoured only from trusted proxies.
 
-:func:`serve_endpoint` / :func:`aserve_endpoint` answer the library's own
-endpoints (``/metrics`` with optional bearer/basic protection, the health
-probes) as a ``(status, headers, body)`` triple.
+:class:`HttpState` holds the path table of the library's own endpoints
+(``/metrics`` with optional bearer/basic protection, the health probes), built
+by the endpoint layer (:mod:`mestres_observability._endpoint`) from the kinds
+registered at the end of this module; :func:`serve_endpoint` /
+:func:`aserve_endpoint` answer one of them by kind name.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextvars
-import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -46,8 +44,20 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._current import get_observability
+from ._endpoint import (
+    Credentials,
+    Endpoint,
+    EndpointKind,
+    Fault,
+    Request,
+    Response,
+    build_endpoints,
+    client_address,
+    endpoint_kind,
+    register_endpoint,
+)
+from ._endpoint import parse_networks as _parse_networks
 from .config import DEFAULT_REDACT_QUERY_PARAMS
-from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .observability import Observability
@@ -59,6 +69,7 @@ __all__ = [
     "HttpState",
     "RequestPass",
     "aserve_endpoint",
+    "bound_endpoint",
     "bound_user_id",
     "check_metrics_auth",
     "client_address",
@@ -91,8 +102,8 @@ _POOL_IDS = 64
 _REDACTED = "[REDACTED]"
 _log = logging.getLogger("mestres_observability")
 
-#: ``(status, headers, body)`` of a library endpoint.
-EndpointResponse = tuple[int, list[tuple[str, str]], bytes]
+EndpointResponse = Response
+"""``(status, headers, body)`` of a library endpoint (the endpoint layer's response type)."""
 UserIdResolver = Callable[[Any], Any]
 
 
@@ -130,56 +141,6 @@ def new_request_id() -> str:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ID_POOL.clear)
-
-
-def _parse_networks(
-    entries: tuple[str, ...],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    nets = []
-    for entry in entries:
-        try:
-            nets.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ConfigurationError(
-                "trusted_proxies", entry, "each entry must be an IP address or a CIDR range"
-            ) from None
-    return tuple(nets)
-
-
-def _is_trusted(
-    address: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return False
-    return any(ip in n for n in nets)
-
-
-def client_address(
-    peer: str | None,
-    forwarded_for: str | None,
-    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> str | None:
-    """The client's address: ``peer``, or from ``X-Forwarded-For`` when ``peer`` is trusted.
-
-    The header is read right to left, skipping trusted proxies; the first
-    untrusted valid address is the client. Anything unparsable stops the walk,
-    so a client cannot smuggle an address past an untrusted hop.
-    """
-    if not trusted or not forwarded_for or peer is None or not _is_trusted(peer, trusted):
-        return peer
-    client = peer
-    for hop in reversed(forwarded_for[:2048].split(",")):
-        hop = hop.strip()
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            return client
-        client = hop
-        if not _is_trusted(hop, trusted):
-            return hop
-    return client
 
 
 def wsgi_trace_headers(environ: Mapping[str, Any]) -> dict[str, str]:
@@ -266,7 +227,12 @@ class HttpState:
         self.tracer = obs.tracer if self.tracing else None
         self.access_log = bool(cfg.enabled and cfg.access_log)
         self.grouped = cfg.group_status_codes
-        self.excluded_exact, self.excluded_rx = _compile_exclusions(cfg.effective_excluded_paths)
+        #: path -> :class:`~mestres_observability._endpoint.Endpoint` (one dict get per request)
+        self.endpoints: dict[str, Endpoint] = build_endpoints(cfg, obs)
+        excluded = cfg.effective_excluded_paths
+        if cfg.excluded_paths is None:  # the library's own endpoints, registered kinds included
+            excluded = (*excluded, *(p for p in self.endpoints if p not in excluded))
+        self.excluded_exact, self.excluded_rx = _compile_exclusions(excluded)
         self.trusted = _parse_networks(cfg.trusted_proxies)
         self.redact_keys = frozenset(
             k.lower().replace("-", "_") for k in (*DEFAULT_REDACT_QUERY_PARAMS, *cfg.redact_keys)
@@ -275,18 +241,6 @@ class HttpState:
         self.request_id_lower = cfg.request_id_header.lower()
         self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
         self.request_id_bytes = self.request_id_lower.encode("latin-1")
-        endpoints: dict[str, str] = {}
-        if cfg.metrics_path and cfg.metrics_port is None:
-            endpoints[cfg.metrics_path] = "metrics"
-        for path, kind in (
-            (cfg.health_path, "basic"),
-            (cfg.health_liveness_path, "liveness"),
-            (cfg.health_readiness_path, "readiness"),
-            (cfg.health_detailed_path, "detailed"),
-        ):
-            if path and path not in endpoints:
-                endpoints[path] = kind
-        self.endpoints = endpoints
         self.logger: Any = None
         if self.access_log:
             from .logs import get_logger
@@ -690,65 +644,82 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
 
 
 # ---------------------------------------------------------------------- library endpoints
-_ALLOW = [("Allow", "GET, HEAD")]
-_NO_STORE = ("Cache-Control", "no-store")
-
-
 def check_metrics_auth(config: Any, authorization: str | None) -> bool:
     """True when ``metrics_auth`` is unset or ``authorization`` satisfies it (constant time)."""
-    creds = config.metrics_credentials
-    if creds is None:
-        return True
-    if not authorization:
-        return False
-    scheme, _, value = authorization.strip().partition(" ")
-    kind, secret = creds
-    value = value.strip()
-    if kind == "bearer":
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(value.encode("utf-8", "replace"), secret.encode("utf-8"))
-    if scheme.lower() != "basic":
-        return False
-    try:
-        given = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return False
-    return hmac.compare_digest(given, secret.encode("utf-8"))
+    creds = Credentials.of(config.metrics_credentials, "metrics")
+    return creds is None or creds.check(authorization)
 
 
-def _unauthorized(config: Any) -> EndpointResponse:
-    creds = config.metrics_credentials
-    scheme = "Bearer" if creds is not None and creds[0] == "bearer" else "Basic"
-    return (401, [("WWW-Authenticate", f'{scheme} realm="metrics"'),
-                  ("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
-            b"unauthorized\n")
+def _metrics(obs: Observability, req: Request) -> Response:
+    """The ``metrics`` handler: protection, then one scrape of ``obs``."""
+    creds = Credentials.of(obs.config.metrics_credentials, "metrics")
+    headers = req.headers
+    if creds is not None and not creds.check(headers.get("authorization")):
+        return creds.unauthorized()
+    return obs.render_metrics(headers.get("accept"), headers.get("accept-encoding"))
 
 
-def _method_not_allowed() -> EndpointResponse:
-    return (405, [*_ALLOW, ("Content-Type", "text/plain; charset=utf-8")],
-            b"method not allowed\n")
+def _probe(kind: str) -> tuple[Callable[[Any, Request], Response],
+                                Callable[[Any, Request], Any]]:
+    """The sync and async handlers of health probe ``kind``."""
+
+    def handler(obs: Observability, req: Request) -> Response:
+        h = req.headers
+        return obs.health.probe(kind, accept=h.get("accept"), authorization=h.get("authorization"))
+
+    async def ahandler(obs: Observability, req: Request) -> Response:
+        h = req.headers
+        return await obs.health.aprobe(kind, accept=h.get("accept"),
+                                       authorization=h.get("authorization"))
+
+    return handler, ahandler
 
 
-def _metrics(obs: Observability, method: str, accept: str | None,
-             accept_encoding: str | None, authorization: str | None) -> EndpointResponse:
-    if method not in ("GET", "HEAD"):
-        return _method_not_allowed()
-    if not check_metrics_auth(obs.config, authorization):
-        return _unauthorized(obs.config)
-    r = obs.render_metrics(accept, accept_encoding)
-    return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
+def _setting_path(setting: str) -> Callable[[Any], tuple[str | None]]:
+    """``paths`` of a kind served at the path held by one setting."""
+    return lambda cfg: (getattr(cfg, setting),)
 
 
-def _endpoint_fault(obs: Observability, kind: str, exc: BaseException) -> EndpointResponse:
-    """Count a library endpoint's fault; a generic 500 (metrics) or 503 (health) body."""
-    if kind == "metrics":
-        obs.faults.report("http", "metrics_endpoint", "metrics endpoint failed", exc)
-        return (500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
-                b"metrics collection failed\n")
-    obs.faults.report("http", "health_endpoint", "health endpoint failed", exc)
-    return (503, [("Content-Type", "application/health+json"), _NO_STORE],
-            b'{"status": "fail"}')
+_NO_STORE = ("Cache-Control", "no-store")
+_METRICS_FAULT = Fault("metrics_endpoint", "metrics endpoint failed", Response(
+    500, [("Content-Type", "text/plain; charset=utf-8"), _NO_STORE],
+    b"metrics collection failed\n"))
+_HEALTH_FAULT = Fault("health_endpoint", "health endpoint failed", Response(
+    503, [("Content-Type", "application/health+json"), _NO_STORE], b'{"status": "fail"}'))
+
+#: ``/metrics`` on the app (not when ``metrics_port`` moves it to its own listener).
+METRICS_ENDPOINT = register_endpoint(EndpointKind(
+    "metrics", lambda cfg: (cfg.metrics_path,) if cfg.metrics_port is None else (),
+    _metrics, fault=_METRICS_FAULT))
+for _kind, _setting, _route in (("basic", "health_path", "health"),
+                                ("liveness", "health_liveness_path", "health-liveness"),
+                                ("readiness", "health_readiness_path", "health-readiness"),
+                                ("detailed", "health_detailed_path", "health-detailed")):
+    _sync, _async = _probe(_kind)
+    register_endpoint(EndpointKind(_kind, _setting_path(_setting), _sync, _async,
+                                   fault=_HEALTH_FAULT, route_name=_route))
+del _kind, _setting, _route, _sync, _async
+
+
+def bound_endpoint(obs: Observability, kind: str, path: str | None = None) -> Endpoint:
+    """Endpoint ``kind`` bound to ``obs`` (at ``path``), for serving it outside the path table.
+
+    An unknown kind answers as a failed health probe (counted), as before the table existed.
+    """
+    found = endpoint_kind(kind)
+    if found is None:
+        def unknown(_obs: Any, _req: Request) -> Response:
+            raise ValueError(f"unknown library endpoint kind {kind!r}")
+
+        found = EndpointKind(kind, lambda cfg: (), unknown, fault=_HEALTH_FAULT)
+    return Endpoint(found, path or "", obs, obs.config)
+
+
+def _request(method: str, accept: str | None, accept_encoding: str | None,
+             authorization: str | None) -> Request:
+    return Request(method, "", [(k, v) for k, v in (
+        ("accept", accept), ("accept-encoding", accept_encoding),
+        ("authorization", authorization)) if v is not None])
 
 
 def serve_endpoint(obs: Observability, kind: str, method: str, *, accept: str | None = None,
@@ -757,37 +728,19 @@ def serve_endpoint(obs: Observability, kind: str, method: str, *, accept: str | 
     """Answer a library endpoint: ``metrics``, ``basic``, ``liveness``, ``readiness``, ``detailed``.
 
     ``GET`` and ``HEAD`` only (405 otherwise). Never raises: a fault gives a
-    generic 500/503 body and is counted.
+    generic 500/503 body and is counted. Adapters serve the path table
+    (:attr:`HttpState.endpoints`) instead; this answers by kind name.
     """
-    try:
-        if kind == "metrics":
-            return _metrics(obs, method, accept, accept_encoding, authorization)
-        if method not in ("GET", "HEAD"):
-            return _method_not_allowed()
-        r = obs.health.probe(kind, accept=accept, authorization=authorization)
-        return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
-    except Exception as exc:
-        return _endpoint_fault(obs, kind, exc)
+    return bound_endpoint(obs, kind).dispatch(
+        _request(method, accept, accept_encoding, authorization))
 
 
 async def aserve_endpoint(obs: Observability, kind: str, method: str, *,
                           accept: str | None = None, accept_encoding: str | None = None,
                           authorization: str | None = None) -> EndpointResponse:
     """Async :func:`serve_endpoint`: health through ``aprobe``, metrics in a worker thread."""
-    try:
-        if kind == "metrics":
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                None, lambda: _metrics(obs, method, accept, accept_encoding, authorization)
-            )
-        if method not in ("GET", "HEAD"):
-            return _method_not_allowed()
-        r = await obs.health.aprobe(kind, accept=accept, authorization=authorization)
-        return (r.status, list(r.headers), b"" if method == "HEAD" else r.body)
-    except Exception as exc:
-        return _endpoint_fault(obs, kind, exc)
+    return await bound_endpoint(obs, kind).adispatch(
+        _request(method, accept, accept_encoding, authorization))
 
 
 _warned: set[str] = set()

@@ -19,13 +19,12 @@ from django.http import (  # type: ignore[import-untyped]
     HttpResponseBase,
 )
 
+from .._endpoint import Endpoint, Headers, Request, Response
 from ..http import (
     HttpState,
     RequestPass,
     UserIdResolver,
-    aserve_endpoint,
     http_state,
-    serve_endpoint,
     start_request,
     wsgi_trace_headers,
 )
@@ -83,10 +82,10 @@ class ObservabilityMiddleware:
         prepared = self._prepare(request)
         if prepared is None:
             return self.get_response(request)
-        state, kind, rp = prepared
-        if kind is not None:
-            return self._endpoint_response(state, rp, request, serve_endpoint(
-                state.obs, kind, request.method or "GET", **_auth_headers(request)))
+        state, endpoint, rp = prepared
+        if endpoint is not None:
+            return self._endpoint_response(state, rp, request, endpoint.dispatch(
+                endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
         try:
@@ -100,10 +99,10 @@ class ObservabilityMiddleware:
         prepared = self._prepare(request)
         if prepared is None:
             return await self.get_response(request)
-        state, kind, rp = prepared
-        if kind is not None:
-            return self._endpoint_response(state, rp, request, await aserve_endpoint(
-                state.obs, kind, request.method or "GET", **_auth_headers(request)))
+        state, endpoint, rp = prepared
+        if endpoint is not None:
+            return self._endpoint_response(state, rp, request, await endpoint.adispatch(
+                endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
         try:
@@ -132,19 +131,19 @@ class ObservabilityMiddleware:
 
     # ---------------------------------------------------------------- helpers
     def _prepare(self, request: HttpRequest
-                 ) -> tuple[HttpState, str | None, RequestPass | None] | None:
+                 ) -> tuple[HttpState, Endpoint | None, RequestPass | None] | None:
         try:
             state = http_state()
             path_info = request.path_info
-            kind = state.endpoints.get(path_info)
-            if kind is None and (not state.enabled or state.excluded(path_info)):
+            endpoint = state.endpoints.get(path_info)
+            if endpoint is None and (not state.enabled or state.excluded(path_info)):
                 return None
             rp = _start(state, request, path_info)
-            if rp is None and kind is None:
+            if rp is None and endpoint is None:
                 return None
             if rp is not None:
                 setattr(request, _ATTR, rp)
-            return state, kind, rp
+            return state, endpoint, rp
         except Exception as exc:
             get_observability().faults.report("http", "django", "request pass failed", exc)
             return None
@@ -190,12 +189,9 @@ class ObservabilityMiddleware:
         return response
 
     def _endpoint_response(self, state: HttpState, rp: RequestPass | None,
-                           request: HttpRequest, result: tuple[int, list[tuple[str, str]], bytes]
-                           ) -> HttpResponseBase:
-        status, headers, body = result
-        response = HttpResponse(body, status=status)
-        for k, v in headers:
-            response[k] = v
+                           request: HttpRequest, result: Response) -> HttpResponseBase:
+        response = django_response(result)
+        status = result.status
         if rp is not None:
             rp.set_route(request.path_info)
             response[state.request_id_header] = rp.request_id
@@ -212,13 +208,21 @@ class ObservabilityMiddleware:
         return None
 
 
-def _auth_headers(request: HttpRequest) -> dict[str, Any]:
+def endpoint_request(request: HttpRequest, trusted: tuple[Any, ...] = ()) -> Request:
+    """The endpoint layer's request for a Django request (the body through ``request.read``)."""
     meta = request.META
-    return {
-        "accept": meta.get("HTTP_ACCEPT"),
-        "accept_encoding": meta.get("HTTP_ACCEPT_ENCODING"),
-        "authorization": meta.get("HTTP_AUTHORIZATION"),
-    }
+    return Request(request.method or "GET", request.path_info, Headers.from_environ(meta),
+                   query=meta.get("QUERY_STRING", ""), peer=meta.get("REMOTE_ADDR"),
+                   trusted=trusted, read=request.read)
+
+
+def django_response(result: Response) -> HttpResponse:
+    """A Django response from the endpoint layer's ``(status, headers, body)``."""
+    status, headers, body = result
+    response = HttpResponse(body, status=status)
+    for k, v in headers:
+        response[k] = v
+    return response
 
 
 def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.urls import path  # type: ignore[import-untyped]
 
+from .._endpoint import build_endpoints
 from ..observability import get_observability
 from . import views
 
@@ -19,17 +20,9 @@ __all__ = ["urlpatterns"]
 
 def _patterns() -> list[Any]:
     cfg = get_observability().config
-    out = []
-    for p, view, name in (
-        (cfg.metrics_path if cfg.metrics_port is None else None, views.metrics, "metrics"),
-        (cfg.health_path, views.basic, "health"),
-        (cfg.health_liveness_path, views.liveness, "health-liveness"),
-        (cfg.health_readiness_path, views.readiness, "health-readiness"),
-        (cfg.health_detailed_path, views.detailed, "health-detailed"),
-    ):
-        if p:
-            out.append(path(p.lstrip("/"), view, name=f"mestres-observability-{name}"))
-    return out
+    return [path(p.lstrip("/"), views.respond, {"kind": ep.kind.name},
+                 name=f"mestres-observability-{ep.kind.url_name}")
+            for p, ep in build_endpoints(cfg, None).items()]
 
 
 urlpatterns = _patterns()

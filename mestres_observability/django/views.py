@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
 
-from ..http import serve_endpoint
+from ..http import bound_endpoint, http_state
 from ..observability import get_observability
+from .middleware import django_response, endpoint_request
 
 __all__ = ["basic", "detailed", "liveness", "metrics", "readiness", "respond"]
 
 
 def respond(request: HttpRequest, kind: str) -> HttpResponse:
     """Serve library endpoint ``kind`` for ``request`` as a Django response."""
-    meta = request.META
-    status, headers, body = serve_endpoint(
-        get_observability(), kind, request.method or "GET", accept=meta.get("HTTP_ACCEPT"),
-        accept_encoding=meta.get("HTTP_ACCEPT_ENCODING"),
-        authorization=meta.get("HTTP_AUTHORIZATION"),
-    )
-    response = HttpResponse(body, status=status)
-    for k, v in headers:
-        response[k] = v
-    return response
+    obs = get_observability()
+    endpoint = bound_endpoint(obs, kind, request.path_info)
+    return django_response(endpoint.dispatch(endpoint_request(request, http_state(obs).trusted)))
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
