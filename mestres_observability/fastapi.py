@@ -26,6 +26,7 @@ from typing import Any
 
 from starlette.routing import Host, Match, Mount
 
+from ._adapter import resolve_user_id, setup
 from ._endpoint import Endpoint, Request
 from .errors import ConfigurationError
 from .http import (
@@ -34,7 +35,6 @@ from .http import (
     UserIdResolver,
     http_state,
     start_request,
-    warn_unprotected_metrics,
 )
 from .observability import Observability, get_observability
 
@@ -264,13 +264,9 @@ def _user_id(resolver: UserIdResolver | None, scope: Scope, state: HttpState) ->
     """The resolver's answer (the access log falls back on a bound ``user_id``)."""
     if resolver is None:
         return None
-    try:
-        from starlette.requests import Request
+    from starlette.requests import Request
 
-        return resolver(Request(scope))
-    except Exception as exc:
-        state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
-        return None
+    return resolve_user_id(resolver, Request(scope), state.faults)
 
 
 def instrument(app: Any, obs: Observability | None = None, *,
@@ -340,10 +336,4 @@ def _prefer_our_server_span(app: Any) -> bool:
 
 
 def _setup(obs: Observability | None) -> None:
-    instance = obs if obs is not None else get_observability()
-    http_state(instance)
-    warn_unprotected_metrics(instance, "starlette")
-    if instance.config.metrics_port is not None:
-        from ._metrics_server import start_metrics_server
-
-        start_metrics_server(instance)
+    setup(obs, "starlette")

@@ -28,6 +28,7 @@ from flask import Flask, got_request_exception, request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
 
+from ._adapter import resolve_user_id, setup
 from ._endpoint import Endpoint, Request
 from .http import (
     HttpState,
@@ -35,7 +36,6 @@ from .http import (
     UserIdResolver,
     http_state,
     start_request,
-    warn_unprotected_metrics,
     wsgi_trace_headers,
 )
 from .observability import Observability, get_observability
@@ -247,10 +247,7 @@ class FlaskMiddleware:
             return
         resolver = self.user_id_resolver
         if resolver is not None:
-            try:
-                environ[_UID] = resolver(request)
-            except Exception as err:
-                rp.state.faults.report("http", "user_id_resolver", "user_id_resolver failed", err)
+            environ[_UID] = resolve_user_id(resolver, request, rp.state.faults)
 
 
 def instrument(app: Flask, obs: Observability | None = None, *,
@@ -295,10 +292,4 @@ def _add_teardown(app: Flask, mw: FlaskMiddleware) -> None:
 
 
 def _setup(obs: Observability | None) -> None:
-    instance = obs if obs is not None else get_observability()
-    http_state(instance)  # validates trusted_proxies & co. at set-up
-    warn_unprotected_metrics(instance, "flask")
-    if instance.config.metrics_port is not None:
-        from ._metrics_server import start_metrics_server
-
-        start_metrics_server(instance)
+    setup(obs, "flask")

@@ -26,7 +26,7 @@ class MestresObservabilityConfig(AppConfig):  # type: ignore[misc]
         """Initialise the library and start the separate metrics listener if configured."""
         from django.conf import settings  # type: ignore[import-untyped]
 
-        from ..http import http_state, warn_unprotected_metrics
+        from .._adapter import setup
         from ..observability import get_observability, init_observability
 
         options: Any = getattr(settings, "MESTRES_OBSERVABILITY", None)
@@ -35,9 +35,4 @@ class MestresObservabilityConfig(AppConfig):  # type: ignore[misc]
             obs = current
         else:
             obs = init_observability(**dict(options or {}))
-        http_state(obs)
-        warn_unprotected_metrics(obs, "django")
-        if obs.config.metrics_port is not None:
-            from .._metrics_server import start_metrics_server
-
-            start_metrics_server(obs)
+        setup(obs, "django")

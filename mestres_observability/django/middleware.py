@@ -19,6 +19,7 @@ from django.http import (  # type: ignore[import-untyped]
     HttpResponseBase,
 )
 
+from .._adapter import resolve_user_id
 from .._endpoint import Endpoint, Headers, Request, Response
 from ..http import (
     HttpState,
@@ -200,12 +201,9 @@ class ObservabilityMiddleware:
 
     def _user_id(self, state: HttpState, request: HttpRequest) -> Any:
         resolver = self.user_id_resolver
-        if resolver is not None:
-            try:
-                return resolver(request)
-            except Exception as exc:
-                state.faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
-        return None
+        if resolver is None:
+            return None
+        return resolve_user_id(resolver, request, state.faults)
 
 
 def endpoint_request(request: HttpRequest, trusted: tuple[Any, ...] = ()) -> Request:

@@ -1,0 +1,46 @@
+"""What every framework adapter shares besides translating requests: set-up and the user-id resolver.
+
+The Flask, Starlette/FastAPI and Django adapters call :func:`setup` once when
+they are wired (it validates the HTTP settings, warns once when ``/metrics``
+is served unprotected on the app and starts the separate metrics port when
+one is configured) and :func:`resolve_user_id` at the end of each request that
+has a user-id resolver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._current import get_observability
+from ._metrics_server import start_metrics_server
+from .http import http_state, warn_unprotected_metrics
+
+if TYPE_CHECKING:  # type-only
+    from ._fault import FaultReporter
+    from .observability import Observability
+
+__all__ = ["resolve_user_id", "setup"]
+
+
+def setup(obs: Observability | None, where: str) -> Observability:
+    """Set-up shared by the adapters; ``where`` names the framework in the warning.
+
+    Raises:
+        ConfigurationError: a setting the HTTP pass needs is unusable (at set-up, never later).
+    """
+    instance = obs if obs is not None else get_observability()
+    http_state(instance)  # validates trusted_proxies & co. at set-up
+    warn_unprotected_metrics(instance, where)
+    if instance.config.metrics_port is not None:
+        start_metrics_server(instance)
+    return instance
+
+
+def resolve_user_id(resolver: Callable[[Any], Any], request: Any, faults: FaultReporter) -> Any:
+    """``resolver(request)``, or ``None`` when it raises (the fault is counted, never raised)."""
+    try:
+        return resolver(request)
+    except Exception as exc:
+        faults.report("http", "user_id_resolver", "user_id_resolver failed", exc)
+        return None
