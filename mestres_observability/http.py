@@ -45,6 +45,7 @@ from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._forksafe import run_after_fork
 from .config import DEFAULT_REDACT_QUERY_PARAMS
 from .errors import ConfigurationError
 from .observability import get_observability
@@ -128,8 +129,7 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ID_POOL.clear)
+run_after_fork(_ID_POOL.clear)
 
 
 def _parse_networks(

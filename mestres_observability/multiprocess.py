@@ -52,6 +52,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from ._fault import FaultReporter
+from ._forksafe import run_after_fork
 from .config import ObservabilityConfig
 from .errors import ConfigurationError
 
@@ -595,8 +596,7 @@ class _MPGauge(Gauge):
 
 _cache: dict[tuple[str, str], tuple[tuple[Any, ...], Any]] = {}
 _cache_lock = threading.Lock()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+run_after_fork(_after_fork)
 
 
 class MultiprocessMetricMaker:

@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ._fault import FaultReporter
-from ._forksafe import call_after_fork, renew_locks_after_fork
+from ._forksafe import call_after_fork, renew_locks_after_fork, run_after_fork
 from .config import ObservabilityConfig
 from .metrics import MetricDef
 
@@ -185,8 +185,7 @@ def _reset_workers_after_fork() -> None:  # pragma: no cover - exercised in fork
     _workers.clear()  # their threads (and any pending disk read) stayed in the parent
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_workers_after_fork)
+run_after_fork(_reset_workers_after_fork)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -31,7 +31,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import sys
 import threading
 import uuid
@@ -45,7 +44,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ._fault import FaultReporter
-from ._forksafe import call_after_fork
+from ._forksafe import call_after_fork, run_after_fork
 from ._wrapping import around
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
@@ -140,8 +139,7 @@ def _resource_after_fork() -> None:  # pragma: no cover - runs in forked childre
             update(Resource({"service.instance.id": INSTANCE_ID}))
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+run_after_fork(_after_fork_in_child)
 
 
 class _Pipeline:
@@ -549,9 +547,10 @@ def _install_provider(config: ObservabilityConfig) -> Any:
     g.delegate = _make_delegate()
     provider.add_span_processor(g.delegate)
     g.provider = provider
-    if not g.fork_hook_registered and hasattr(os, "register_at_fork"):
-        # registered after the SDK provider's own fork hook, so this id is the one that stays
-        os.register_at_fork(after_in_child=_resource_after_fork)
+    if not g.fork_hook_registered:
+        # after the SDK provider's own fork hook (registered when it was built), so this id
+        # is the one that stays
+        run_after_fork(_resource_after_fork, after_existing=True)
         g.fork_hook_registered = True
     if not g.atexit_registered:
         atexit.register(_at_exit)
