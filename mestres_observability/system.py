@@ -652,7 +652,9 @@ def register_system_collectors(
         if config.expose_global_registry:
             from prometheus_client import REGISTRY
 
-            exclude = set(REGISTRY._names_to_collectors)
+            from ._compat import registered_names
+
+            exclude = registered_names(REGISTRY)
         collector = ProcessCollector(faults, exclude=exclude)
         if collector._families:
             registry.register(collector)
