@@ -22,11 +22,14 @@ import contextvars
 import logging
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import structlog
+
+from ._forksafe import renew_locks_after_fork
 
 __all__ = [
     "FASTAPI_NATIVE_SPAN_ATTR",
@@ -60,6 +63,8 @@ __all__ = [
 _log = logging.getLogger("mestres_observability")
 _degraded: dict[str, str] = {}
 _degraded_lock = threading.Lock()
+# fresh in a forked child: the after-fork hooks of multiprocess.py may log a degradation
+renew_locks_after_fork(sys.modules[__name__], "_degraded_lock")
 
 
 def _degrade(feature: str, consequence: str, exc: BaseException | None = None) -> None:
