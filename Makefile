@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit docs demo serve bench test-versions clean
+.PHONY: help venv test lint typecheck unit docs demo serve bench test-versions test-newest clean
 
 help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
 	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
 	@echo "make test           ruff + lint-imports + mypy --strict + pytest + mkdocs build --strict"
 	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
+	@echo "make test-newest    the whole suite on 3.13 with the newest prometheus-client, OpenTelemetry, structlog, Flask, Starlette/FastAPI, Django (nox)"
 	@echo "make bench          benchmarks (ratios measured in one run)"
 
 $(STAMP): pyproject.toml
@@ -47,6 +48,12 @@ test: lint typecheck unit docs
 test-versions: $(STAMP)
 	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(10|11|13)\.[0-9]+$$' | tr '\n' ':')" \
 	  $(VENV)/bin/nox --error-on-missing-interpreters -s core_tests adapter_tests
+
+# newest_deps: the whole suite on 3.13 after `pip install --upgrade` of the libraries
+# whose internals mestres_observability/_compat.py uses and of the adapters' frameworks.
+test-newest: $(STAMP)
+	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.13\.[0-9]+$$' | tr '\n' ':')" \
+	  $(VENV)/bin/nox --error-on-missing-interpreters -s newest_deps
 
 demo: $(STAMP)
 	$(PY) examples/coffee_shop.py --scripted

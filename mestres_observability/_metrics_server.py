@@ -36,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from ._endpoint import Endpoint, Headers, Request
+from ._forksafe import run_after_fork
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -312,5 +313,4 @@ def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked childre
         _standby = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+run_after_fork(_after_fork_in_child)

@@ -20,13 +20,17 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.routing import Host, Match, Mount
 
 from ._adapter import resolve_user_id, setup
+from ._compat import (
+    FASTAPI_NATIVE_SPAN_ATTR,
+    FASTAPI_TELEMETRY_SCOPE_KEY,
+    disable_fastapi_native_tracing,
+)
 from ._endpoint import Endpoint, Request
 from .errors import ConfigurationError
 from .http import (
@@ -47,7 +51,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATE_KEY = "mestres_observability"
-_log = logging.getLogger("mestres_observability")
 _TERMINAL = frozenset(("http.response.pathsend", "http.response.zerocopysend"))
 _HEADERS = {
     b"user-agent": "user_agent", b"x-forwarded-for": "forwarded_for", b"host": "host",
@@ -185,9 +188,9 @@ class ObservabilityMiddleware:
         if state.tracing or state.access_log:
             # FastAPI's native telemetry (0.16x) may have started the SERVER span already:
             # the access log is correlated with it even when our tracing is off
-            native = scope.get("fastapi.telemetry")
+            native = scope.get(FASTAPI_TELEMETRY_SCOPE_KEY)
             if native is not None:
-                server_span = getattr(native, "span", None)
+                server_span = getattr(native, FASTAPI_NATIVE_SPAN_ATTR, None)
                 if server_span is not None and not server_span.is_recording():
                     server_span = None
         query = scope.get("query_string", b"")
@@ -291,7 +294,7 @@ def instrument(app: Any, obs: Observability | None = None, *,
             middleware then); call ``init_observability(app)`` at start-up.
     """
     if not keep_fastapi_telemetry:
-        _prefer_our_server_span(app)
+        disable_fastapi_native_tracing(app)
     wiring = getattr(app.state, STATE_KEY, None)
     if isinstance(wiring, _Wiring):
         if user_id_resolver is not None:
@@ -308,31 +311,6 @@ def instrument(app: Any, obs: Observability | None = None, *,
         ) from None
     setattr(app.state, STATE_KEY, wiring)
     _setup(obs)
-
-
-def _prefer_our_server_span(app: Any) -> bool:
-    """Turn FastAPI's native tracing off for ``app`` when it would only use the global provider.
-
-    FastAPI (0.16x) takes ``FastAPI(telemetry={"tracing": False})`` at construction and has
-    no public setter afterwards; its native telemetry reads the app's ``_telemetry``
-    mapping on every request. That mapping is feature-detected here: only a mutable
-    mapping with ``tracing`` on and no explicit ``tracer_provider`` is changed, anything
-    else (another FastAPI version, a plain Starlette app) is left alone and this never
-    raises. When native tracing stays on, the middleware reuses FastAPI's SERVER span
-    for log correlation instead of starting a second one.
-
-    Returns:
-        True when native tracing was turned off here.
-    """
-    try:
-        config = getattr(app, "_telemetry", None)
-        if (isinstance(config, MutableMapping) and config.get("tracing") is True
-                and config.get("tracer_provider") is None):
-            config["tracing"] = False
-            return True
-    except Exception as exc:  # an unexpected shape must not break set-up
-        _log.debug("leaving FastAPI native telemetry as it is: %r", exc)
-    return False
 
 
 def _setup(obs: Observability | None) -> None:

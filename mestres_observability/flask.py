@@ -29,6 +29,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
 
 from ._adapter import resolve_user_id, setup
+from ._compat import proxy_target_getter
 from ._endpoint import Endpoint, Request
 from .http import (
     HttpState,
@@ -49,6 +50,8 @@ _UID = "mestres_observability.user_id"
 _BUFFERED = "mestres_observability.buffered"
 
 StartResponse = Callable[..., Any]
+#: ``flask.request``'s target (one context lookup, not one per attribute); see ``_compat``
+_current_request = proxy_target_getter(request)
 
 
 def _text(value: str) -> str:
@@ -191,8 +194,7 @@ class FlaskMiddleware:
         """
         rp = None
         try:
-            # one context lookup (LocalProxy._get_current_object), not one per attribute
-            req = request._get_current_object()  # type: ignore[attr-defined]
+            req = _current_request()
             environ = req.environ
             rp = environ.get(_PASS)
             if rp is not None:

@@ -72,9 +72,9 @@ def prepare() -> str:
     if not _mp.is_multiprocess():
         # importing this package imported prometheus_client before the variable could be
         # set; no metric value exists yet, so switch the value class now
-        from prometheus_client import values
+        from ._compat import use_multiprocess_values
 
-        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        use_multiprocess_values()
     return path
 
 

@@ -37,12 +37,12 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._compat import restore_structlog_context, structlog_context_var, value_holder
 from ._current import get_observability
 from ._endpoint import (
     Credentials,
@@ -57,6 +57,7 @@ from ._endpoint import (
     register_endpoint,
 )
 from ._endpoint import parse_networks as _parse_networks
+from ._forksafe import run_after_fork
 from .config import DEFAULT_REDACT_QUERY_PARAMS
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ID_POOL.clear)
+run_after_fork(_ID_POOL.clear)
 
 
 def wsgi_trace_headers(environ: Mapping[str, Any]) -> dict[str, str]:
@@ -296,53 +296,16 @@ def http_state(obs: Observability | None = None) -> HttpState:
     return state
 
 
-def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
-    """structlog's own context variable for ``key`` (what ``bind_contextvars(key=...)`` sets).
-
-    Found through structlog's public API, in a throwaway context so nothing is
-    bound anywhere; setting and reading it directly is what ``bind_contextvars``
-    and ``get_contextvars`` do, minus their per-call key formatting, dicts and
-    (for the latter) the walk over every variable of the context.
-    """
-    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, **{key: None})
-    var: contextvars.ContextVar[Any] = tokens[key].var
-    return var
-
-
-_REQUEST_ID_VAR = _structlog_var("request_id")
-_USER_ID_VAR = _structlog_var("user_id")
-_STRUCTLOG_PREFIX: str = getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_")
+# structlog's own context variables (resolved once; see _compat.structlog_context_var)
+_REQUEST_ID_VAR = structlog_context_var("request_id")
+_USER_ID_VAR = structlog_context_var("user_id")
 _UNSET: Any = object()
 
 
 def bound_user_id() -> Any:
     """The ``user_id`` bound in structlog's context (``bind_context`` / ``set_user_id``), or ``None``."""
-    value = _USER_ID_VAR.get(Ellipsis)  # structlog's "unbound" marker
+    value = _USER_ID_VAR.get(Ellipsis)  # structlog's "unbound" (_compat.STRUCTLOG_UNBOUND)
     return None if value is Ellipsis else value
-
-
-def _restore_log_context(before: contextvars.Context) -> None:
-    """Set structlog's context variables (the request id and whatever the application
-    bound) back to their values in ``before``."""
-    for var, value in contextvars.copy_context().items():
-        if var.name.startswith(_STRUCTLOG_PREFIX):
-            old = before.get(var, Ellipsis)  # Ellipsis: structlog's "unbound"
-            if old is not value:
-                var.set(old)
-
-
-def _value_of(child: Any) -> Any:
-    """The value holder behind a prometheus_client counter or gauge child, else the child.
-
-    ``child.inc()`` checks the sign and the label state, then calls the holder's
-    ``inc``; the request pass knows both already (a labelled child, +1 or -1 on a
-    gauge), and those checks were a fifth of the calls of the metrics-only pass.
-    The holder (``MutexValue``, or the mmap-backed value in multiprocess mode)
-    takes its own lock, so this is as thread- and process-safe as ``inc()``.
-    Falls back to the child itself if prometheus_client ever stops exposing it.
-    """
-    value = getattr(child, "_value", None)
-    return value if value is not None and callable(getattr(value, "inc", None)) else child
 
 
 def _span_ids(span: Any) -> tuple[str, str, bool] | None:
@@ -416,7 +379,7 @@ class RequestPass:
         try:
             child = self.state.in_progress_child((self.method, self.route or UNMATCHED))
             if child is not None:
-                value = _value_of(child)
+                value = value_holder(child)
                 value.inc(1)
                 self._in_progress = value
         except Exception as exc:
@@ -451,7 +414,7 @@ class RequestPass:
                 otel_context.detach(token)
             if self._ctx_before is not None:
                 before, self._ctx_before = self._ctx_before, None
-                _restore_log_context(before)
+                restore_structlog_context(before)
         except Exception as exc:
             self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
 
@@ -488,7 +451,7 @@ class RequestPass:
                     histogram.observe(duration, exemplar)
             else:
                 if counter is not None:
-                    _value_of(counter).inc(1)
+                    value_holder(counter).inc(1)
                 if histogram is not None:
                     histogram.observe(duration)
         except Exception as err:

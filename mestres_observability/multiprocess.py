@@ -47,11 +47,12 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
+from . import _compat
 from ._fault import FaultReporter
+from ._forksafe import run_after_fork
 from .config import ObservabilityConfig
 from .errors import ConfigurationError
 
@@ -82,11 +83,9 @@ _LOCK_NAME = "merge.lock"
 _JOURNAL_NAME = "merge.journal"
 _ARCHIVE = "archive"
 _MARKER_SUFFIX = ".alive"
-#: file-name prefixes merged into an archive when their process dies
+#: file kinds (``_compat.values_file_kind``) merged into an archive when their process dies
 _MERGED_PREFIXES = ("counter", "histogram", "summary", "gauge_min", "gauge_max", "gauge_sum",
                     "gauge_mostrecent")
-_HEADER = struct.Struct("<ii")
-_ENTRY_VALUES = struct.Struct("<dd")
 
 
 # ---------------------------------------------------------------------- environment
@@ -97,9 +96,7 @@ def multiprocess_dir() -> str | None:
 
 def is_multiprocess() -> bool:
     """True when prometheus_client was imported in multiprocess mode (values in files)."""
-    from prometheus_client import values
-
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+    return _compat.multiprocess_values_active()
 
 
 def check_environment(config: ObservabilityConfig) -> str | None:
@@ -269,41 +266,16 @@ def register_process(path: str | None = None) -> None:
         pass  # without a marker, liveness falls back to "pid exists" (conservative)
 
 
-_LOCK_TYPE = type(threading.Lock())
-
-
-def _replace_value_lock() -> None:
-    """Give prometheus_client's multiprocess value lock a fresh lock in a forked child.
-
-    prometheus_client guards every value of the process with one module-level
-    lock (a closure variable of ``values.MultiProcessValue``) and registers no
-    fork hook: a child forked while another thread of the parent (e.g. the
-    gunicorn master's metrics listener) held it would block forever at its
-    first increment. The methods of the value class share the closure cell.
-    """
-    from prometheus_client import values
-
-    method = getattr(values.ValueClass, "inc", None)
-    for cell in getattr(method, "__closure__", None) or ():
-        try:
-            contents = cell.cell_contents
-        except ValueError:  # pragma: no cover - an empty cell
-            continue
-        if type(contents) is _LOCK_TYPE:
-            cell.cell_contents = threading.Lock()
-
-
 def _after_fork() -> None:  # pragma: no cover - runs in forked children
     # locks another thread may have held at fork time are replaced, then the child registers
     global _state_lock, _cache_lock
     _state_lock = threading.Lock()
     _cache_lock = threading.Lock()
     for _definition, metric in list(_cache.values()):
-        if hasattr(metric, "_lock"):  # labelled parents: .labels() takes it
-            metric._lock = threading.Lock()
+        _compat.renew_metric_lock(metric)  # labelled parents: .labels() takes it
     if is_multiprocess():
         with suppress(Exception):
-            _replace_value_lock()
+            _compat.renew_multiprocess_value_lock()  # prometheus_client's one value lock
     # merge-lock descriptors a parent thread had open at the fork: the parent unlocks them;
     # the child's copies would only leak (and keep a lock alive if the parent died)
     for fd in list(_lock_fds):
@@ -330,11 +302,7 @@ def _markers(path: str) -> dict[int, int]:
     return found
 
 
-def _file_pid(name: str) -> int | None:
-    if not name.endswith(".db"):
-        return None
-    tail = name[:-3].rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else None
+_file_pid = _compat.values_file_pid
 
 
 def _pids_with_files(path: str) -> set[int]:
@@ -405,38 +373,11 @@ def _size(entry: os.DirEntry[str]) -> int:
         return 0
 
 
-def _read_entries(filename: str) -> Iterator[tuple[str, float, float]]:
-    from prometheus_client.mmap_dict import MmapedDict
-
-    for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(filename):  # type: ignore[no-untyped-call]
-        yield key, value, timestamp
-
-
-def _archive_generation(filename: str) -> int:
-    try:
-        with open(filename, "rb") as f:
-            head = f.read(_HEADER.size)
-    except FileNotFoundError:
-        return 0
-    return _HEADER.unpack(head)[1] if len(head) == _HEADER.size else 0
-
-
-def _write_archive(filename: str, entries: dict[str, tuple[float, float]], generation: int) -> None:
-    """Write prometheus_client's file format (the spare header word holds our generation)."""
-    body = bytearray()
-    for key, (value, timestamp) in entries.items():
-        encoded = key.encode("utf-8")
-        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
-        body += struct.pack("<i", len(encoded)) + padded + _ENTRY_VALUES.pack(value, timestamp)
-    used = _HEADER.size + len(body)
-    tmp = filename + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, _HEADER.pack(used, generation) + bytes(body))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, filename)
+# prometheus_client's file format: an archive is one such file, whose spare header word
+# holds the archive's generation (the journal tells a finished merge by it)
+_read_entries = _compat.read_values_file
+_archive_generation = _compat.values_file_spare_word
+_write_archive = _compat.write_values_file
 
 
 def _combine(prefix: str, files: Iterable[str]) -> dict[str, tuple[float, float]]:
@@ -502,7 +443,7 @@ def _merge_locked(path: str, pids: Iterable[int]) -> int:
     for name in sorted(os.listdir(path)):
         pid = _file_pid(name)
         if pid is not None and pid in dead:
-            prefix = name[:-3].rsplit("_", 1)[0]
+            prefix = _compat.values_file_kind(name)
             if prefix in _MERGED_PREFIXES:
                 sources.setdefault(prefix, []).append(name)
             remove.append(name)
@@ -573,11 +514,17 @@ class _MPHistogram(Histogram):
     """Histogram that remembers the last exemplar of each bucket in this process."""
 
     _mp_exemplars: dict[int, Exemplar] | None = None
+    _mp_bounds: Sequence[float] | None = None
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         super().observe(amount, exemplar)
         if exemplar:
-            index = bisect.bisect_left(self._upper_bounds, amount)
+            bounds = self._mp_bounds
+            if bounds is None:  # resolved once per child
+                bounds = self._mp_bounds = _compat.histogram_upper_bounds(self) or ()
+            if not bounds:
+                return
+            index = bisect.bisect_left(bounds, amount)
             if self._mp_exemplars is None:
                 self._mp_exemplars = {}
             self._mp_exemplars[index] = Exemplar(exemplar, amount, time.time())
@@ -595,8 +542,7 @@ class _MPGauge(Gauge):
 
 _cache: dict[tuple[str, str], tuple[tuple[Any, ...], Any]] = {}
 _cache_lock = threading.Lock()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+run_after_fork(_after_fork)
 
 
 class MultiprocessMetricMaker:
@@ -671,8 +617,7 @@ def build_collector(
                 if config.enabled and config.process_metrics else None)
 
     def local() -> list[Any]:
-        with registry._lock:
-            collectors = list(registry._collector_to_names)
+        collectors = _compat.registry_collectors(registry)
         chosen = [c for c in collectors if not isinstance(c, ProcessCollector)]
         if siblings is not None:
             chosen.append(siblings)
@@ -681,12 +626,7 @@ def build_collector(
     return MultiprocessCollector(path, faults, maker, local)
 
 
-def _children(metric: Any) -> list[tuple[dict[str, str], Any]]:
-    if not metric._labelnames:
-        return [({}, metric)]
-    with metric._lock:
-        items = list(metric._metrics.items())
-    return [(dict(zip(metric._labelnames, values, strict=False)), child) for values, child in items]
+_children = _compat.labelled_children
 
 
 # ---------------------------------------------------------------------- the collector
@@ -740,21 +680,26 @@ class MultiprocessCollector:
                     # a file a worker created a moment ago may not be sized yet: no values
                     if entry.name.endswith(".db") and _size(entry) > 0:
                         files.append(entry.path)
-            return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            return _compat.merge_values_files(files)
 
     def _exemplars(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar]:
         found: dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar] = {}
         for metric in dict.fromkeys(self._maker.made):
             if isinstance(metric, _MPCounter):
+                name = _compat.metric_base_name(metric)
                 for labels, child in _children(metric):
-                    if child._mp_exemplar is not None:
-                        key = (metric._name + "_total", tuple(sorted(labels.items())))
+                    if child._mp_exemplar is not None and name is not None:
+                        key = (name + "_total", tuple(sorted(labels.items())))
                         found[key] = child._mp_exemplar
             elif isinstance(metric, _MPHistogram):
+                name = _compat.metric_base_name(metric)
                 for labels, child in _children(metric):
+                    bounds = child._mp_bounds  # set with the child's first exemplar
+                    if name is None or not bounds:
+                        continue
                     for index, ex in list((child._mp_exemplars or {}).items()):
-                        bound = floatToGoString(child._upper_bounds[index])  # type: ignore[no-untyped-call]
-                        key = (metric._name + "_bucket",
+                        bound = floatToGoString(bounds[index])  # type: ignore[no-untyped-call]
+                        key = (name + "_bucket",
                                tuple(sorted({**labels, "le": bound}.items())))
                         found[key] = ex
         return found

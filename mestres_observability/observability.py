@@ -194,8 +194,10 @@ class Observability:
         )
 
     def _check_global_registry(self) -> None:
-        ours = set(self.registry._names_to_collectors)
-        theirs = set(REGISTRY._names_to_collectors)
+        from ._compat import registered_names
+
+        ours = registered_names(self.registry)
+        theirs = registered_names(REGISTRY)
         both = sorted(ours & theirs)
         if both:
             raise MetricConflictError(

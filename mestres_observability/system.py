@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ._fault import FaultReporter
-from ._forksafe import call_after_fork, renew_locks_after_fork
+from ._forksafe import call_after_fork, renew_locks_after_fork, run_after_fork
 from .catalogue import MetricDef, entries
 from .config import ObservabilityConfig
 
@@ -154,8 +154,7 @@ def _reset_workers_after_fork() -> None:  # pragma: no cover - exercised in fork
     _workers.clear()  # their threads (and any pending disk read) stayed in the parent
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_workers_after_fork)
+run_after_fork(_reset_workers_after_fork)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -612,7 +611,9 @@ def register_system_collectors(
         if config.expose_global_registry:
             from prometheus_client import REGISTRY
 
-            exclude = set(REGISTRY._names_to_collectors)
+            from ._compat import registered_names
+
+            exclude = registered_names(REGISTRY)
         collector = ProcessCollector(faults, exclude=exclude)
         if collector._families:
             registry.register(collector)

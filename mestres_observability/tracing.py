@@ -31,7 +31,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import sys
 import threading
 import uuid
@@ -44,9 +43,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from . import _compat
 from ._current import get_observability
 from ._fault import FaultReporter
-from ._forksafe import call_after_fork
+from ._forksafe import call_after_fork, run_after_fork
 from ._wrapping import around
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
@@ -132,16 +132,11 @@ def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked childre
 def _resource_after_fork() -> None:  # pragma: no cover - runs in forked children
     """Give the provider built before the fork this worker's ``service.instance.id``."""
     provider = _GLOBAL.provider
-    update = getattr(provider, "_update_resource", None)
-    if _GLOBAL.owned and update is not None:
-        from opentelemetry.sdk.resources import Resource
-
-        with contextlib.suppress(Exception):
-            update(Resource({"service.instance.id": INSTANCE_ID}))
+    if _GLOBAL.owned and provider is not None:
+        _compat.update_provider_resource(provider, {"service.instance.id": INSTANCE_ID})
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+run_after_fork(_after_fork_in_child)
 
 
 class _Pipeline:
@@ -159,7 +154,7 @@ class _Pipeline:
             cast("SpanExporter", self.exporter), max_queue_size=queue, max_export_batch_size=min(512, queue),
             export_timeout_millis=config.otlp_timeout * 1000,
         )
-        self._queue: Any = getattr(getattr(self.bsp, "_batch_processor", None), "_queue", None)
+        self._queue: Any = _compat.span_queue(self.bsp)  # the SDK's deque, resolved once
         self.queue_size = queue
         self.closed = False
         self.ended = 0
@@ -219,7 +214,9 @@ class _Pipeline:
     def reconcile(self) -> None:
         """Count queue-full drops: ended - handed to the exporter - still queued."""
         with self._lock:
-            missing = self.ended - self.handed_total - self.queued() - self.queue_dropped
+            # without the SDK's queue (see _compat.span_queue) queued spans would look lost
+            missing = (self.ended - self.handed_total - self.queued() - self.queue_dropped
+                       if self._queue is not None else 0)
             if missing > 0:
                 self.queue_dropped += missing
             pending, self._pending_full = self._pending_full, 0
@@ -565,9 +562,10 @@ def _install_provider(config: ObservabilityConfig) -> Any:
     g.delegate = _make_delegate()
     provider.add_span_processor(g.delegate)
     g.provider = provider
-    if not g.fork_hook_registered and hasattr(os, "register_at_fork"):
-        # registered after the SDK provider's own fork hook, so this id is the one that stays
-        os.register_at_fork(after_in_child=_resource_after_fork)
+    if not g.fork_hook_registered:
+        # after the SDK provider's own fork hook (registered when it was built), so this id
+        # is the one that stays
+        run_after_fork(_resource_after_fork, after_existing=True)
         g.fork_hook_registered = True
     if not g.atexit_registered:
         atexit.register(_at_exit)

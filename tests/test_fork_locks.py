@@ -151,6 +151,20 @@ def works_in_child():
     return again.config.service_name == "child" and obs.closed
 """
 
+_COMPAT = r"""
+from mestres_observability import _compat
+
+def locks_to_hold():  # a parent thread logging that an internal is missing
+    return [_compat._degraded_lock]
+
+def locks_in_child():
+    return [_compat._degraded_lock]
+
+def works_in_child():
+    _compat._degrade("a test feature", "nothing lost")
+    return "a test feature" in _compat.degraded_features()
+"""
+
 
 def _run(setup: str) -> subprocess.CompletedProcess[str]:
     script = _HARNESS.format(setup=setup)
@@ -166,6 +180,7 @@ def _run(setup: str) -> subprocess.CompletedProcess[str]:
         pytest.param(_USER_METRICS, id="metrics-user-lock"),
         pytest.param(_USER_GUARD, id="user-metric-cardinality-guard"),
         pytest.param(_INIT, id="init-lock-and-instance-lock"),
+        pytest.param(_COMPAT, id="compat-degradation-log-lock"),
     ],
 )
 def test_lock_held_by_a_parent_thread_at_fork_is_usable_in_the_child(setup: str) -> None:

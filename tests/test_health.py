@@ -666,19 +666,34 @@ def test_http_check() -> None:
         http_check("file:///etc/passwd")
 
 
-def test_sql_check_sqlite() -> None:
+def test_sql_check_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    assert sql_check("sqlite://")() is True
-    assert sql_check(lambda: sqlite3.connect(":memory:"))() is True
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine("sqlite://")
-    assert sql_check(engine)() is True
-    with pytest.raises(sqlite3.OperationalError):
-        sql_check(lambda: sqlite3.connect(":memory:"), query="SELECT * FROM nowhere")()
-    with pytest.raises(TypeError):
-        sql_check(42)
+    # every engine made here is disposed at the end: Python 3.13 warns (ResourceWarning,
+    # an error here) when the pool's sqlite connection is only garbage-collected later
+    made: list[Any] = []
+    real = sqlalchemy.create_engine
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(sqlalchemy, "create_engine", spy)
+    try:
+        assert sql_check("sqlite://")() is True
+        assert sql_check(lambda: sqlite3.connect(":memory:"))() is True
+        engine = sqlalchemy.create_engine("sqlite://")
+        assert sql_check(engine)() is True
+        with pytest.raises(sqlite3.OperationalError):
+            sql_check(lambda: sqlite3.connect(":memory:"), query="SELECT * FROM nowhere")()
+        with pytest.raises(TypeError):
+            sql_check(42)
+    finally:
+        for made_engine in made:
+            made_engine.dispose()
+    assert len(made) == 2  # the URL check's own engine, and the test's
 
 
 _SQL_AFTER_FORK = """

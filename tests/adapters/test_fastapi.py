@@ -353,7 +353,7 @@ def test_health_endpoints(app: FastAPI) -> None:
 
 
 def test_native_tracing_on_the_global_provider_is_turned_off_once() -> None:
-    from mestres_observability.fastapi import _prefer_our_server_span
+    from mestres_observability._compat import disable_fastapi_native_tracing
 
     application = FastAPI()
     config = getattr(application, "_telemetry", None)
@@ -363,7 +363,7 @@ def test_native_tracing_on_the_global_provider_is_turned_off_once() -> None:
     with fresh_observability():
         instrument(application)
     assert config["tracing"] is False
-    assert _prefer_our_server_span(application) is False  # nothing left to change
+    assert disable_fastapi_native_tracing(application) is False  # nothing left to change
 
 
 @pytest.mark.parametrize("telemetry", [None, "frozen", {"tracing": "yes"}, 42])
@@ -372,14 +372,14 @@ def test_unexpected_native_telemetry_shapes_are_left_alone(telemetry: Any) -> No
 
     from starlette.applications import Starlette
 
-    from mestres_observability.fastapi import _prefer_our_server_span
+    from mestres_observability._compat import disable_fastapi_native_tracing
 
     application = Starlette()
     if telemetry == "frozen":
         telemetry = MappingProxyType({"tracing": True, "tracer_provider": None})
     if telemetry is not None:
         application._telemetry = telemetry  # type: ignore[attr-defined]
-    assert _prefer_our_server_span(application) is False
+    assert disable_fastapi_native_tracing(application) is False
     with fresh_observability():
         instrument(application)  # never raises on a shape it does not know
     if isinstance(telemetry, MappingProxyType):

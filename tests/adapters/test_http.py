@@ -366,29 +366,6 @@ def test_bound_user_id_and_request_id_binding_follow_the_context() -> None:
     assert contextvars.copy_context().run(request_ids) == ["first", "outer", "second", "outer"]
 
 
-def test_value_holder_shortcut_counts_like_the_public_api_and_falls_back() -> None:
-    from types import SimpleNamespace
-
-    from prometheus_client import CollectorRegistry, Counter, Gauge
-
-    from mestres_observability.http import _value_of
-
-    registry = CollectorRegistry()
-    counter = Counter("c", "c", ["k"], registry=registry).labels("a")
-    gauge = Gauge("g", "g", ["k"], registry=registry).labels("a")
-    _value_of(counter).inc(1)
-    counter.inc()
-    _value_of(gauge).inc(1)
-    _value_of(gauge).inc(1)
-    _value_of(gauge).inc(-1)
-    assert registry.get_sample_value("c_total", {"k": "a"}) == 2.0
-    assert registry.get_sample_value("g", {"k": "a"}) == 1.0
-    plain = SimpleNamespace(inc=lambda amount=1: None)  # no value holder: the child itself
-    assert _value_of(plain) is plain
-    odd = SimpleNamespace(_value=3.0, inc=lambda amount=1: None)  # a holder without inc()
-    assert _value_of(odd) is odd
-
-
 def test_fields_bound_during_a_request_are_undone_when_it_ends() -> None:
     import contextvars
 

@@ -1,0 +1,636 @@
+"""Every use of another library's private attributes or file formats, in one place.
+
+Each accessor below names the internal it relies on, says why the library
+needs it and which public API would replace it. Each one feature-detects the
+internal and, when a release no longer has it, falls back to the public path
+or turns its optimisation off: it never raises into the host, and logs the
+degradation once (:func:`degraded_features` lists them). ``nox -s newest_deps``
+runs the suite against the newest releases, so a break shows up there first.
+
+Hot paths resolve the internal once, at set-up (a holder object, a bound
+callable, a context variable), and then use it directly; only
+:func:`value_holder` runs per request, at the cost of the helper it replaced,
+and FastAPI's per-request record is read inline through two constants.
+
+Only the standard library and the libraries wrapped here are imported (web
+frameworks never at import time): this module sits in the foundations layer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import structlog
+
+from ._forksafe import renew_locks_after_fork
+
+__all__ = [
+    "FASTAPI_NATIVE_SPAN_ATTR",
+    "FASTAPI_TELEMETRY_SCOPE_KEY",
+    "STRUCTLOG_UNBOUND",
+    "degraded_features",
+    "disable_fastapi_native_tracing",
+    "histogram_upper_bounds",
+    "labelled_children",
+    "merge_values_files",
+    "metric_base_name",
+    "multiprocess_values_active",
+    "proxy_target_getter",
+    "read_values_file",
+    "registered_names",
+    "registry_collectors",
+    "renew_metric_lock",
+    "renew_multiprocess_value_lock",
+    "restore_structlog_context",
+    "span_queue",
+    "structlog_context_var",
+    "update_provider_resource",
+    "use_multiprocess_values",
+    "value_holder",
+    "values_file_kind",
+    "values_file_pid",
+    "values_file_spare_word",
+    "write_values_file",
+]
+
+_log = logging.getLogger("mestres_observability")
+_degraded: dict[str, str] = {}
+_degraded_lock = threading.Lock()
+# fresh in a forked child: the after-fork hooks of multiprocess.py may log a degradation
+renew_locks_after_fork(sys.modules[__name__], "_degraded_lock")
+
+
+def _degrade(feature: str, consequence: str, exc: BaseException | None = None) -> None:
+    """Log once per ``feature`` that an internal is missing, and what is lost."""
+    with _degraded_lock:
+        if feature in _degraded:
+            return
+        _degraded[feature] = consequence
+    _log.warning("mestres_observability: %s is not available with the installed release "
+                 "(%s); %s", feature, "missing" if exc is None else repr(exc), consequence)
+
+
+def degraded_features() -> dict[str, str]:
+    """Internals found missing so far (feature -> what is lost), for diagnostics and tests."""
+    with _degraded_lock:
+        return dict(_degraded)
+
+
+# ====================================================================== prometheus_client
+def value_holder(child: Any) -> Any:
+    """The value holder behind a prometheus_client counter or gauge child, else the child.
+
+    Internal: ``child._value`` (``MutexValue``, or the mmap-backed value class in
+    multiprocess mode). Why: ``child.inc()`` checks the sign and the label state,
+    then calls the holder's ``inc``; the request pass knows both already (a
+    labelled child, +1 or -1 on a gauge), and those checks were a fifth of the
+    calls of the metrics-only pass. The holder takes its own lock, so this is
+    as thread- and process-safe as ``inc()``. Public replacement: ``child.inc()``
+    (and ``child.dec()``), which is what the fallback returns: the child itself.
+    Runs per request (it replaced an identical helper), so it stays two lookups.
+    """
+    value = getattr(child, "_value", None)
+    return value if value is not None and callable(getattr(value, "inc", None)) else child
+
+
+def multiprocess_values_active() -> bool:
+    """True when prometheus_client was imported in multiprocess mode (values in files).
+
+    Internal: ``prometheus_client.values.ValueClass._multiprocess``. Why: the mode
+    is fixed when prometheus_client is imported (it reads
+    ``PROMETHEUS_MULTIPROC_DIR`` then), and the library must tell a variable set
+    too late from one set in time. Public replacement: none (a
+    ``prometheus_client.values.is_multiprocess()`` would do). Fallback: the value
+    class is not the single-process ``MutexValue``.
+    """
+    try:
+        from prometheus_client import values
+
+        cls = values.ValueClass
+    except (ImportError, AttributeError) as exc:
+        _degrade("prometheus_client.values.ValueClass",
+                 "multiprocess mode is assumed off", exc)
+        return False
+    flag = getattr(cls, "_multiprocess", None)
+    if isinstance(flag, bool):
+        return flag
+    return cls is not getattr(values, "MutexValue", cls)
+
+
+def use_multiprocess_values() -> bool:
+    """Switch prometheus_client to the value class its environment asks for now.
+
+    Internal: ``values.ValueClass = values.get_value_class()``. Why: the gunicorn
+    config module sets ``PROMETHEUS_MULTIPROC_DIR`` after importing this package
+    (which imported prometheus_client), and before any metric value exists, so
+    the choice prometheus_client made at import can still be corrected. Public
+    replacement: none; users set the variable before starting the server.
+    Returns False (and logs once) when the internal is missing: the
+    multiprocess check at init then raises its configuration error.
+    """
+    try:
+        from prometheus_client import values
+
+        get_value_class = values.get_value_class
+        values.ValueClass = get_value_class()  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        _degrade("prometheus_client.values.get_value_class",
+                 "set PROMETHEUS_MULTIPROC_DIR before the server starts", exc)
+        return False
+    return True
+
+
+_LOCK_TYPE = type(threading.Lock())
+
+
+def renew_multiprocess_value_lock() -> bool:
+    """Give prometheus_client's multiprocess value lock a fresh lock (call in a forked child).
+
+    Internal: the module-level lock of ``values.MultiProcessValue``, a closure
+    variable shared by the methods of the value class (``ValueClass.inc``).
+    Why: prometheus_client guards every value of the process with that one
+    lock and registers no fork hook, so a child forked while another thread of
+    the parent (the gunicorn master's metrics listener) held it would block
+    forever at its first increment. Public replacement: a fork hook in
+    prometheus_client itself. Returns False when no such lock is found.
+    """
+    try:
+        from prometheus_client import values
+
+        method = getattr(values.ValueClass, "inc", None)
+        renewed = False
+        for cell in getattr(method, "__closure__", None) or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if type(contents) is _LOCK_TYPE:
+                cell.cell_contents = threading.Lock()
+                renewed = True
+    except Exception as exc:
+        _degrade("the prometheus_client multiprocess value lock",
+                 "a forked worker may wait on a lock its parent held", exc)
+        return False
+    if not renewed:
+        _degrade("the prometheus_client multiprocess value lock",
+                 "a forked worker may wait on a lock its parent held")
+    return renewed
+
+
+def renew_metric_lock(metric: Any) -> None:
+    """Give a labelled prometheus_client metric a fresh ``labels()`` lock (in a forked child).
+
+    Internal: ``metric._lock`` (taken by ``labels()`` and ``remove()``). Why:
+    like the value lock, it has no fork hook, and the library keeps one metric
+    object per definition for the life of a multiprocess worker. Public
+    replacement: a fork hook in prometheus_client. A metric without it has
+    nothing to renew.
+    """
+    if hasattr(metric, "_lock"):
+        metric._lock = threading.Lock()
+
+
+def labelled_children(metric: Any) -> list[tuple[dict[str, str], Any]]:
+    """``(labels, child)`` of every child of a prometheus_client metric (itself if unlabelled).
+
+    Internal: ``metric._labelnames``, ``metric._lock`` and ``metric._metrics``.
+    Why: in multiprocess mode prometheus_client drops exemplars, so the scraping
+    worker attaches the ones its children remembered (``_MPCounter`` and
+    ``_MPHistogram``). Public replacement: none (``collect()`` yields samples,
+    not children). Fallback: no children, so no exemplars in multiprocess mode.
+    """
+    try:
+        labelnames = metric._labelnames
+        if not labelnames:
+            return [({}, metric)]
+        with metric._lock:
+            items = list(metric._metrics.items())
+    except Exception as exc:
+        _degrade("prometheus_client metric children",
+                 "multiprocess scrapes carry no exemplars", exc)
+        return []
+    return [(dict(zip(labelnames, values, strict=False)), child) for values, child in items]
+
+
+def metric_base_name(metric: Any) -> str | None:
+    """The name a prometheus_client metric was built with (no ``_total``), or None.
+
+    Internal: ``metric._name``. Public replacement: ``metric.describe()[0].name``,
+    the fallback (it builds a family, so it is slower).
+    """
+    name = getattr(metric, "_name", None)
+    if isinstance(name, str):
+        return name
+    try:
+        return str(metric.describe()[0].name)
+    except Exception:
+        return None
+
+
+def histogram_upper_bounds(histogram: Any) -> Sequence[float] | None:
+    """The bucket upper bounds of a prometheus_client histogram (``+Inf`` last), or None.
+
+    Internal: ``histogram._upper_bounds``. Why: the multiprocess histogram
+    remembers the last exemplar of each bucket, by bucket index. Public
+    replacement: none (the buckets passed at construction). Fallback: None,
+    and the caller records no exemplar.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if isinstance(bounds, Sequence) and bounds:
+        return bounds
+    _degrade("prometheus_client histogram bucket bounds",
+             "multiprocess histograms carry no exemplars")
+    return None
+
+
+def registry_collectors(registry: Any) -> list[Any]:
+    """The collectors registered on a ``CollectorRegistry``, in registration order.
+
+    Internal: ``registry._lock`` and ``registry._collector_to_names``. Why: in
+    multiprocess mode the scraping worker serves the collectors of its own
+    registry (system metrics, callback gauges) beside the files. Public
+    replacement: none. Fallback: none listed (those families go missing from
+    multiprocess scrapes; logged once).
+    """
+    try:
+        with registry._lock:
+            return list(registry._collector_to_names)
+    except Exception as exc:
+        _degrade("CollectorRegistry collectors",
+                 "multiprocess scrapes leave out this process's own collectors", exc)
+        return []
+
+
+_TYPE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "info": ("_info",),
+}
+
+
+def registered_names(registry: Any) -> set[str]:
+    """Every series name a ``CollectorRegistry`` would refuse as a duplicate.
+
+    Internal: ``registry._names_to_collectors``. Why: with
+    ``expose_global_registry`` the library checks at init that prometheus_client's
+    global registry holds no name it exposes too, and leaves ``process_*`` to
+    it. Public replacement: none. Fallback: the names of what ``collect()``
+    yields now, with prometheus_client's type suffixes (slower, same answer for
+    collectors that describe themselves).
+    """
+    names = getattr(registry, "_names_to_collectors", None)
+    if isinstance(names, Mapping):
+        return set(names)
+    found: set[str] = set()
+    try:
+        for family in registry.collect():
+            found.add(family.name)
+            found.update(family.name + s for s in _TYPE_SUFFIXES.get(family.type, ()))
+            found.update(sample.name for sample in family.samples)
+    except Exception as exc:
+        _degrade("CollectorRegistry names", "duplicate names are not checked", exc)
+    return found
+
+
+# ---------------------------------------------------------------------- multiprocess files
+# prometheus_client's per-process file (``mmap_dict.MmapedDict``): a 4-byte int
+# (bytes used), 4 spare bytes, then entries: a 4-byte key length, the UTF-8
+# key padded with spaces to 8-byte alignment, two doubles (value, timestamp).
+# Files are named ``<kind>_<pid>.db``, ``kind`` being the metric type, or
+# ``gauge_<mode>`` for gauges; prometheus_client's merge reads the kind (and a
+# gauge's mode) from the name. The library reads, merges and writes these
+# files to keep scrapes bounded with recycled workers (multiprocess.py).
+_HEADER = struct.Struct("<ii")
+_LENGTH = struct.Struct("<i")
+_ENTRY_VALUES = struct.Struct("<dd")
+
+
+def read_values_file(filename: str) -> Iterator[tuple[str, float, float]]:
+    """``(key, value, timestamp)`` of every entry of one file.
+
+    Internal: ``prometheus_client.mmap_dict.MmapedDict.read_all_values_from_file``
+    (an undocumented static method). Public replacement: none. Fallback: the
+    library's own reader of the same format. Raises ``FileNotFoundError``, and
+    ``struct.error`` for an empty file (its process died before writing).
+    """
+    try:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        reader = MmapedDict.read_all_values_from_file
+    except (ImportError, AttributeError) as exc:
+        _degrade("prometheus_client.mmap_dict.MmapedDict", "its files are read by our own "
+                 "reader of the same format", exc)
+        yield from _read_values_ourselves(filename)
+        return
+    for key, value, timestamp, _pos in reader(filename):  # type: ignore[no-untyped-call]
+        yield key, value, timestamp
+
+
+def _read_values_ourselves(filename: str) -> Iterator[tuple[str, float, float]]:
+    with open(filename, "rb") as f:
+        data = f.read()
+    used = _LENGTH.unpack_from(data, 0)[0]
+    pos = _HEADER.size
+    while pos < used:
+        length = _LENGTH.unpack_from(data, pos)[0]
+        if length < 0 or pos + length > used:
+            raise RuntimeError(f"{filename}: read beyond the used size; the file is corrupted")
+        pos += _LENGTH.size
+        key = data[pos:pos + length].decode("utf-8")
+        pos += length + (8 - (length + 4) % 8)
+        value, timestamp = _ENTRY_VALUES.unpack_from(data, pos)
+        pos += _ENTRY_VALUES.size
+        yield key, value, timestamp
+
+
+def write_values_file(filename: str, entries: Mapping[str, tuple[float, float]],
+                      spare_word: int) -> None:
+    """Write ``entries`` (key -> (value, timestamp)) as one file, atomically.
+
+    File format: see the comment above; the header's spare word holds
+    ``spare_word`` (prometheus_client leaves it zero and never reads it). Public
+    replacement: none (``MmapedDict`` writes one value at a time, in place).
+    """
+    body = bytearray()
+    for key, (value, timestamp) in entries.items():
+        encoded = key.encode("utf-8")
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        body += _LENGTH.pack(len(encoded)) + padded + _ENTRY_VALUES.pack(value, timestamp)
+    used = _HEADER.size + len(body)
+    tmp = filename + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, _HEADER.pack(used, spare_word) + bytes(body))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, filename)
+
+
+def values_file_spare_word(filename: str) -> int:
+    """The spare header word of a file (0 when missing or short)."""
+    try:
+        with open(filename, "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return 0
+    return int(_HEADER.unpack(head)[1]) if len(head) == _HEADER.size else 0
+
+
+def values_file_pid(name: str) -> int | None:
+    """The pid in a file name ``<kind>_<pid>.db``, or None (not such a file, or an archive)."""
+    if not name.endswith(".db"):
+        return None
+    tail = name[:-3].rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def values_file_kind(name: str) -> str:
+    """The ``kind`` of a file name ``<kind>_<pid>.db`` (``counter``, ``gauge_livesum`` ...)."""
+    return name[:-3].rsplit("_", 1)[0] if name.endswith(".db") else name
+
+
+def merge_values_files(files: Sequence[str]) -> list[Any]:
+    """The metric families of ``files`` merged as prometheus_client's multiprocess collector does.
+
+    Internal: ``MultiProcessCollector.merge(files, accumulate=True)`` (an
+    undocumented static method). Why: the library chooses the files (it skips
+    ones a worker has not sized yet, and reads under its merge lock). Public
+    replacement: ``MultiProcessCollector(registry, path)``, the fallback: it
+    reads every file of the directory of the first one.
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    merge = getattr(MultiProcessCollector, "merge", None)
+    if callable(merge):
+        return list(merge(files, accumulate=True))
+    _degrade("prometheus_client MultiProcessCollector.merge",
+             "scrapes read the whole directory through the public collector")
+    if not files:
+        return []
+    collector = MultiProcessCollector(None, path=os.path.dirname(files[0]))  # type: ignore[no-untyped-call]
+    return list(collector.collect())  # type: ignore[no-untyped-call]
+
+
+# ====================================================================== OpenTelemetry SDK
+def span_queue(processor: Any) -> Any:
+    """The bounded queue (a ``collections.deque``) inside a ``BatchSpanProcessor``, or None.
+
+    Internal: ``processor._batch_processor._queue`` (SDK 1.28 and later; before
+    that ``processor.queue``). Why: a span that arrives at a full queue is
+    dropped and counted before the SDK sees it (the SDK would drop the oldest
+    and log a warning per span, costing the caller a log record each time),
+    and the spans still queued tell export failures from queue drops. Public
+    replacement: none (a queue-size callback or a drop counter in the SDK).
+    Fallback: None; the caller then leaves queue-full drops to the SDK.
+    Resolved once per processor; the caller keeps the deque.
+    """
+    inner = getattr(processor, "_batch_processor", None)
+    queue = getattr(inner, "_queue", None) if inner is not None else getattr(
+        processor, "queue", None)
+    if queue is not None and callable(getattr(queue, "__len__", None)) and callable(
+            getattr(queue, "clear", None)):
+        return queue
+    _degrade("the BatchSpanProcessor queue",
+             "spans dropped at a full queue are left to the SDK (logged, not counted)")
+    return None
+
+
+def update_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> bool:
+    """Merge ``attributes`` into an SDK ``TracerProvider``'s resource (in a forked child).
+
+    Internal: ``TracerProvider._update_resource(resource)``, which the SDK's own
+    fork hook uses. Why: a worker forked from a preloaded application is a
+    service instance of its own (``service.instance.id``), but the provider and
+    its resource were built before the fork. Public replacement: none (the
+    resource is fixed at construction). Fallback: False; the worker keeps the
+    parent's attributes (logged once).
+    """
+    update = getattr(provider, "_update_resource", None)
+    if update is None:
+        _degrade("TracerProvider._update_resource",
+                 "forked workers keep the parent's service.instance.id")
+        return False
+    try:
+        from opentelemetry.sdk.resources import Resource
+
+        update(Resource(dict(attributes)))
+    except Exception as exc:
+        _degrade("TracerProvider._update_resource",
+                 "forked workers keep the parent's service.instance.id", exc)
+        return False
+    return True
+
+
+# ====================================================================== FastAPI
+#: FastAPI's native telemetry (0.16x): the ``scope`` key of its per-request record (a
+#: private type) and the record's attribute holding the SERVER span it started.
+#: Internal: both. Why: when native tracing stays on, the access log is correlated with
+#: FastAPI's span instead of a second one. Public replacement: FastAPI making its span
+#: current, or a public accessor. The adapter reads them inline, per request
+#: (``getattr(scope.get(KEY), ATTR, None)``: no extra call), so a missing record or
+#: attribute means no native span (no correlation), never an error.
+FASTAPI_TELEMETRY_SCOPE_KEY = "fastapi.telemetry"
+FASTAPI_NATIVE_SPAN_ATTR = "span"
+
+
+def disable_fastapi_native_tracing(app: Any) -> bool:
+    """Turn FastAPI's native tracing off for ``app`` when it would only use the global provider.
+
+    Internal: ``app._telemetry``, the mapping FastAPI (0.16x) reads on every
+    request. Why: one SERVER span per request, ours. Public replacement:
+    ``FastAPI(telemetry={"tracing": False})`` at construction; there is no
+    setter afterwards. Only a mutable mapping with ``tracing`` on and no
+    explicit ``tracer_provider`` is changed; anything else (another FastAPI
+    version, a plain Starlette app, a provider passed on purpose) is left alone.
+
+    Returns:
+        True when native tracing was turned off here.
+    """
+    try:
+        config = getattr(app, "_telemetry", None)
+        if (isinstance(config, MutableMapping) and config.get("tracing") is True
+                and config.get("tracer_provider") is None):
+            config["tracing"] = False
+            return True
+    except Exception as exc:  # an unexpected shape must not break set-up
+        _log.debug("leaving FastAPI native telemetry as it is: %r", exc)
+    return False
+
+
+# ====================================================================== structlog
+#: The value structlog gives a context variable that is not bound (checked at import).
+STRUCTLOG_UNBOUND: Any = Ellipsis
+
+
+class _BoundKey:
+    """``get``/``set`` of one structlog context key through structlog's public API.
+
+    The fallback of :func:`structlog_context_var`, same interface as a
+    :class:`contextvars.ContextVar` for the two calls the request pass makes.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def get(self, default: Any = STRUCTLOG_UNBOUND) -> Any:
+        return structlog.contextvars.get_contextvars().get(self.key, default)
+
+    def set(self, value: Any) -> None:
+        structlog.contextvars.bind_contextvars(**{self.key: value})
+
+
+def _probe_structlog() -> str | None:
+    """The name prefix of structlog's context variables when they are one per key, else None.
+
+    Internal: structlog (21.1 and later) backs each key with its own
+    ``ContextVar`` named ``structlog_<key>``, unbound meaning ``Ellipsis``. The
+    probe runs in a throwaway context, so nothing is bound anywhere.
+    """
+    def probe() -> str | None:
+        key = "mestres_observability_probe"
+        tokens = structlog.contextvars.bind_contextvars(**{key: 1})
+        var = getattr(tokens.get(key), "var", None)
+        if not isinstance(var, contextvars.ContextVar) or not var.name.endswith(key):
+            return None
+        prefix = var.name[: -len(key)]
+        if not prefix or structlog.contextvars.get_contextvars().get(key) != 1:
+            return None
+        structlog.contextvars.unbind_contextvars(key)
+        if var.get(None) is not STRUCTLOG_UNBOUND or key in structlog.contextvars.get_contextvars():
+            return None
+        return prefix
+
+    try:
+        return contextvars.Context().run(probe)
+    except Exception:
+        return None
+
+
+_STRUCTLOG_PREFIX = _probe_structlog()
+
+
+def structlog_context_var(key: str) -> Any:
+    """structlog's own context variable for ``key`` (what ``bind_contextvars(key=...)`` sets).
+
+    Internal: one ``ContextVar`` per key (found through the tokens
+    ``bind_contextvars`` returns, in a throwaway context). Why: setting and
+    reading it directly is what ``bind_contextvars`` and ``get_contextvars``
+    do, minus their per-call key formatting, dicts and (for the latter) the
+    walk over every variable of the context. Public replacement:
+    ``bind_contextvars``/``get_contextvars``, which the fallback object calls
+    (``get(default)`` and ``set(value)`` like a ``ContextVar``). Resolved once,
+    at import of the request pass.
+    """
+    if _STRUCTLOG_PREFIX is not None:
+        try:
+            tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars,
+                                               **{key: None})
+            var = tokens[key].var
+            if isinstance(var, contextvars.ContextVar):
+                return var
+        except Exception:  # pragma: no cover - the probe passed
+            pass
+    _degrade("structlog's per-key context variables",
+             "the request id is bound through bind_contextvars (slower)")
+    return _BoundKey(key)
+
+
+def _restore_fast(before: contextvars.Context) -> None:
+    prefix = _STRUCTLOG_PREFIX
+    assert prefix is not None
+    for var, value in contextvars.copy_context().items():
+        if var.name.startswith(prefix):
+            old = before.get(var, STRUCTLOG_UNBOUND)
+            if old is not value:
+                var.set(old)
+
+
+def _restore_public(before: contextvars.Context) -> None:
+    old = before.run(structlog.contextvars.get_contextvars)
+    now = structlog.contextvars.get_contextvars()
+    extra = [k for k in now if k not in old]
+    if extra:
+        structlog.contextvars.unbind_contextvars(*extra)
+    changed = {k: v for k, v in old.items() if now.get(k, STRUCTLOG_UNBOUND) is not v}
+    if changed:
+        structlog.contextvars.bind_contextvars(**changed)
+
+
+#: ``restore_structlog_context(before)``: set structlog's context (the request id and
+#: whatever the application bound) back to what it was in ``before`` (a copied context).
+#: Internal: structlog's variable-name prefix and its ``Ellipsis`` for "unbound" (checked
+#: at import), to walk the context once. Public replacement and fallback:
+#: ``get_contextvars`` before and after, then ``unbind_contextvars``/``bind_contextvars``.
+restore_structlog_context: Callable[[contextvars.Context], None] = (
+    _restore_fast if _STRUCTLOG_PREFIX is not None else _restore_public)
+
+
+# ====================================================================== Flask / Werkzeug
+def proxy_target_getter(proxy: Any) -> Callable[[], Any]:
+    """A callable returning the object behind a Werkzeug ``LocalProxy`` (``flask.request``).
+
+    Internal: ``proxy._get_current_object`` (documented by Werkzeug and Flask as
+    the way to reach the proxied object, but underscored). Why: the Flask
+    adapter reads several request attributes per request; one context lookup
+    instead of one per attribute. Resolved once (the bound callable is the same
+    for every request: it looks the context up when called). Public
+    replacement: the proxy itself, the fallback (attribute reads go through it).
+    """
+    getter = getattr(proxy, "_get_current_object", None)
+    if callable(getter):
+        return getter  # type: ignore[no-any-return]
+    _degrade("LocalProxy._get_current_object",
+             "request attributes are read through the proxy (slower)")
+    return lambda: proxy

@@ -1,0 +1,646 @@
+"""``mestres_observability._compat``: each accessor with the internal present and missing.
+
+Present: the accessor does what the private attribute gives, checked through
+public behaviour where there is one. Missing: the release no longer has the
+internal (simulated with ``monkeypatch`` or a stand-in object); the accessor
+falls back or turns its optimisation off, never raises, and logs once.
+
+The last tests scan the package source: no other module reads another
+library's private attribute (``tests/test_forksafe.py`` scans for fork hooks).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextvars
+import logging
+import math
+import threading
+from collections import deque
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
+
+import mestres_observability
+from mestres_observability import _compat
+from mestres_observability.testing import fresh_observability, sample_value
+
+PACKAGE = Path(mestres_observability.__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_degraded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with nothing logged as degraded."""
+    monkeypatch.setattr(_compat, "_degraded", {})
+
+
+def _degraded_once(caplog: pytest.LogCaptureFixture, feature: str) -> None:
+    assert feature in _compat.degraded_features()
+    lines = [r for r in caplog.records if feature in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].levelno == logging.WARNING
+
+
+# ---------------------------------------------------------------------- logging once
+def test_a_missing_internal_is_logged_once_per_feature(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        for _ in range(3):
+            assert _compat.registry_collectors(SimpleNamespace()) == []
+    _degraded_once(caplog, "CollectorRegistry collectors")
+
+
+# ---------------------------------------------------------------------- value holder
+def test_value_holder_counts_like_the_public_api() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["k"], registry=registry).labels("a")
+    gauge = Gauge("g", "g", ["k"], registry=registry).labels("a")
+    assert _compat.value_holder(counter) is not counter
+    _compat.value_holder(counter).inc(1)
+    counter.inc()
+    holder = _compat.value_holder(gauge)
+    holder.inc(1)
+    holder.inc(1)
+    holder.inc(-1)
+    assert registry.get_sample_value("c_total", {"k": "a"}) == 2.0
+    assert registry.get_sample_value("g", {"k": "a"}) == 1.0
+
+
+def test_value_holder_missing_gives_the_child_itself() -> None:
+    plain = SimpleNamespace(inc=lambda amount=1: None)  # no value holder
+    assert _compat.value_holder(plain) is plain
+    odd = SimpleNamespace(_value=3.0, inc=lambda amount=1: None)  # a holder without inc()
+    assert _compat.value_holder(odd) is odd
+
+
+# ---------------------------------------------------------------------- multiprocess mode
+def test_multiprocess_mode_is_read_from_the_value_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _compat.multiprocess_values_active() is False  # this test process: single-process
+    monkeypatch.setattr(values, "ValueClass", type("Mmaped", (), {"_multiprocess": True}))
+    assert _compat.multiprocess_values_active() is True
+
+
+def test_multiprocess_mode_without_the_flag_falls_back(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(values, "ValueClass", type("NoFlag", (), {}))
+    assert _compat.multiprocess_values_active() is True  # not MutexValue: files
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
+    monkeypatch.delattr(values.MutexValue, "_multiprocess")
+    assert _compat.multiprocess_values_active() is False
+    monkeypatch.delattr(values, "ValueClass")
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.multiprocess_values_active() is False
+    _degraded_once(caplog, "prometheus_client.values.ValueClass")
+
+
+def test_value_class_is_switched_when_the_internal_exists(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    switched = type("Switched", (), {})
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
+    monkeypatch.setattr(values, "get_value_class", lambda: switched)
+    assert _compat.use_multiprocess_values() is True
+    assert values.ValueClass is switched
+
+
+def test_value_class_switch_missing_leaves_it_alone(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    before = values.ValueClass
+    monkeypatch.delattr(values, "get_value_class")
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.use_multiprocess_values() is False
+    assert values.ValueClass is before
+    _degraded_once(caplog, "prometheus_client.values.get_value_class")
+
+
+def _closure_lock(cls: Any) -> Any:
+    return next(c.cell_contents for c in cls.inc.__closure__
+                if type(c.cell_contents) is type(threading.Lock()))
+
+
+def test_the_multiprocess_value_lock_is_renewed(monkeypatch: pytest.MonkeyPatch) -> None:
+    mmaped = values.MultiProcessValue()  # the class only: no file until a value is made
+    monkeypatch.setattr(values, "ValueClass", mmaped)
+    held = _closure_lock(mmaped)
+    held.acquire()  # as a parent thread would at the fork
+    try:
+        assert _compat.renew_multiprocess_value_lock() is True
+        fresh = _closure_lock(mmaped)
+        assert fresh is not held
+        assert not fresh.locked()
+        # every method shares the one cell
+        assert _closure_lock(type("View", (), {"inc": mmaped.set})) is fresh
+    finally:
+        held.release()
+
+
+def test_the_multiprocess_value_lock_missing_is_reported(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)  # no closure lock
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.renew_multiprocess_value_lock() is False
+        assert _compat.renew_multiprocess_value_lock() is False
+    _degraded_once(caplog, "the prometheus_client multiprocess value lock")
+
+
+def test_a_labelled_metric_lock_is_renewed() -> None:
+    metric = Counter("jobs", "Jobs.", ["k"], registry=None)
+    metric._lock.acquire()  # a parent thread in labels() at the fork
+    _compat.renew_metric_lock(metric)
+    done = threading.Event()
+    threading.Thread(target=lambda: (metric.labels("a").inc(), done.set()), daemon=True).start()
+    assert done.wait(5)  # labels() takes the fresh lock
+
+
+def test_a_metric_without_a_lock_is_left_alone() -> None:
+    plain = SimpleNamespace()
+    _compat.renew_metric_lock(plain)
+    assert vars(plain) == {}
+
+
+# ---------------------------------------------------------------------- metric internals
+def test_children_and_names_of_a_metric() -> None:
+    counter = Counter("jobs_total", "Jobs.", ["k", "q"], registry=None)
+    a = counter.labels("a", "1")
+    b = counter.labels("b", "2")
+    children = _compat.labelled_children(counter)
+    assert children == [({"k": "a", "q": "1"}, a), ({"k": "b", "q": "2"}, b)]
+    single = Counter("once", "Once.", registry=None)
+    assert _compat.labelled_children(single) == [({}, single)]
+    assert _compat.metric_base_name(counter) == "jobs"
+    histogram = Histogram("lat", "L.", buckets=(0.5, 1.0), registry=None)
+    assert list(_compat.histogram_upper_bounds(histogram) or ()) == [0.5, 1.0, math.inf]
+
+
+def test_metric_internals_missing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.labelled_children(SimpleNamespace()) == []
+        assert _compat.histogram_upper_bounds(SimpleNamespace()) is None
+    _degraded_once(caplog, "prometheus_client metric children")
+    _degraded_once(caplog, "prometheus_client histogram bucket bounds")
+    # the name falls back to describe(), the public path, then to None
+    described = SimpleNamespace(describe=Counter("jobs", "J.", registry=None).describe)
+    assert _compat.metric_base_name(described) == "jobs"
+    assert _compat.metric_base_name(SimpleNamespace()) is None
+
+
+# ---------------------------------------------------------------------- registries
+def _registry_with_metrics() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Counter("orders", "O.", ["s"], registry=registry).labels("paid").inc()
+    Histogram("lat", "L.", buckets=(1.0,), registry=registry).observe(0.1)
+    Gauge("level", "G.", registry=registry).set(3)
+    return registry
+
+
+def test_registry_collectors_in_registration_order() -> None:
+    registry = CollectorRegistry()
+    first, second = Counter("a", "A.", registry=registry), Gauge("b", "B.", registry=registry)
+    assert _compat.registry_collectors(registry) == [first, second]
+
+
+def test_registered_names_present_and_through_collect() -> None:
+    registry = _registry_with_metrics()
+    names = _compat.registered_names(registry)
+    assert {"orders", "orders_total", "orders_created", "lat_bucket", "lat_count", "lat_sum",
+            "level"} <= names
+    # without the internal: what collect() yields, with the same type suffixes
+    public_only = SimpleNamespace(collect=registry.collect)
+    assert _compat.registered_names(public_only) == names
+
+
+def test_registered_names_missing_everything(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.registered_names(SimpleNamespace()) == set()
+    _degraded_once(caplog, "CollectorRegistry names")
+
+
+# ---------------------------------------------------------------------- files
+def _key(name: str, **labels: str) -> str:
+    return mmap_key(name, name + "_total", list(labels), list(labels.values()), "Jobs.")
+
+
+def test_files_written_here_read_as_prometheus_client_reads_them(tmp_path: Path) -> None:
+    path = str(tmp_path / "counter_archive.db")
+    entries = {_key("jobs", k="a"): (4.0, 0.0), _key("jobs", k="ünï"): (2.5, 7.0)}
+    _compat.write_values_file(path, entries, 42)
+    theirs = [(k, v, t) for k, v, t, _ in MmapedDict.read_all_values_from_file(path)]
+    assert theirs == [(k, v, t) for k, (v, t) in entries.items()]
+    assert list(_compat.read_values_file(path)) == theirs
+    assert _compat.values_file_spare_word(path) == 42
+    assert _compat.values_file_spare_word(str(tmp_path / "missing.db")) == 0
+
+
+def test_files_read_without_prometheus_clients_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = str(tmp_path / "counter_1.db")
+    d = MmapedDict(path)  # written by prometheus_client itself
+    d.write_value(_key("jobs", k="a"), 3.0, 0.0)
+    d.write_value(_key("jobs", k="bb"), 1.0, 5.0)
+    d.close()
+    expected = list(_compat.read_values_file(path))
+    assert len(expected) == 2
+    monkeypatch.delattr(MmapedDict, "read_all_values_from_file")
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert list(_compat.read_values_file(path)) == expected
+    _degraded_once(caplog, "prometheus_client.mmap_dict.MmapedDict")
+
+
+def test_file_names() -> None:
+    assert _compat.values_file_pid("counter_123.db") == 123
+    assert _compat.values_file_kind("counter_123.db") == "counter"
+    assert _compat.values_file_pid("gauge_livesum_77.db") == 77
+    assert _compat.values_file_kind("gauge_livesum_77.db") == "gauge_livesum"
+    assert _compat.values_file_pid("gauge_min_archive.db") is None
+    assert _compat.values_file_kind("gauge_min_archive.db") == "gauge_min"
+    assert _compat.values_file_pid("merge.lock") is None
+
+
+def _two_counter_files(tmp_path: Path) -> list[str]:
+    files = []
+    for pid, value in ((1, 2.0), (2, 3.0)):
+        path = str(tmp_path / f"counter_{pid}.db")
+        _compat.write_values_file(path, {_key("jobs", k="a"): (value, 0.0)}, 0)
+        files.append(path)
+    return files
+
+
+def _jobs_total(families: list[Any]) -> float:
+    (family,) = [f for f in families if f.name == "jobs"]
+    return sum(s.value for s in family.samples if s.name == "jobs_total")
+
+
+def test_merge_of_chosen_files(tmp_path: Path) -> None:
+    files = _two_counter_files(tmp_path)
+    assert _jobs_total(_compat.merge_values_files(files)) == 5.0
+    assert _jobs_total(_compat.merge_values_files(files[:1])) == 2.0
+
+
+def test_merge_without_the_static_method_reads_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import prometheus_client.multiprocess
+
+    files = _two_counter_files(tmp_path)
+    real_merge = MultiProcessCollector.merge
+
+    class Renamed(MultiProcessCollector):  # a release that renamed its merge
+        merge = None  # type: ignore[assignment]
+
+        def collect(self) -> Any:  # the public path, as it would still work
+            names = sorted(p.name for p in tmp_path.glob("*.db"))
+            return real_merge([str(tmp_path / n) for n in names], accumulate=True)
+
+    monkeypatch.setattr(prometheus_client.multiprocess, "MultiProcessCollector", Renamed)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _jobs_total(_compat.merge_values_files(files)) == 5.0
+        assert _compat.merge_values_files([]) == []
+    _degraded_once(caplog, "prometheus_client MultiProcessCollector.merge")
+
+
+# ---------------------------------------------------------------------- OpenTelemetry SDK
+class _NullExporter:
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def test_span_queue_of_a_batch_processor() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=7,  # type: ignore[arg-type]
+                             max_export_batch_size=7)
+    try:
+        queue = _compat.span_queue(bsp)
+        assert isinstance(queue, deque)
+        assert queue.maxlen == 7
+    finally:
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+    older = SimpleNamespace(queue=deque(maxlen=3))  # before SDK 1.28: on the processor
+    assert _compat.span_queue(older) is older.queue
+
+
+def test_span_queue_missing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.span_queue(SimpleNamespace()) is None
+        assert _compat.span_queue(SimpleNamespace(_batch_processor=SimpleNamespace())) is None
+    _degraded_once(caplog, "the BatchSpanProcessor queue")
+
+
+def test_without_the_queue_spans_still_queued_are_not_counted_as_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from mestres_observability import tracing
+
+    monkeypatch.setattr(_compat, "span_queue", lambda processor: None)
+    tracer = TracerProvider().get_tracer("t")
+    with fresh_observability(tracing_enabled=False) as obs:
+        pipeline = tracing._Pipeline(_NullExporter(), obs.config, obs.metrics,  # type: ignore[arg-type]
+                                     obs.faults)
+        try:
+            assert pipeline._queue is None
+            for _ in range(5):
+                span = tracer.start_span("s")
+                span.end()
+                pipeline.on_end(span)  # type: ignore[arg-type]
+            pipeline.reconcile()  # nothing exported yet: all five may still be queued
+            assert pipeline.dropped == 0
+        finally:
+            pipeline.shutdown(2.0)
+        assert pipeline.dropped == 0
+        assert pipeline.exported == 5
+
+
+def test_provider_resource_is_updated() -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider(resource=Resource({"service.name": "cafe"}))
+    tracer = provider.get_tracer("t")
+    assert _compat.update_provider_resource(provider, {"service.instance.id": "worker-2"})
+    assert provider.resource.attributes["service.instance.id"] == "worker-2"
+    assert provider.resource.attributes["service.name"] == "cafe"
+    span = tracer.start_span("after")  # a tracer made before the update gets it too
+    span.end()
+    assert span.resource.attributes["service.instance.id"] == "worker-2"  # type: ignore[attr-defined]
+
+
+def test_provider_resource_update_missing(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(resource: Any) -> None:
+        raise RuntimeError("changed signature")
+
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.update_provider_resource(SimpleNamespace(), {"a": "b"}) is False
+        assert _compat.update_provider_resource(
+            SimpleNamespace(_update_resource=broken), {"a": "b"}) is False
+    _degraded_once(caplog, "TracerProvider._update_resource")
+
+
+# ---------------------------------------------------------------------- FastAPI
+def test_fastapi_native_tracing_is_turned_off_through_its_mapping() -> None:
+    telemetry = {"tracing": True, "tracer_provider": None}
+    app = SimpleNamespace(_telemetry=telemetry)
+    assert _compat.disable_fastapi_native_tracing(app) is True
+    assert telemetry["tracing"] is False
+    assert _compat.disable_fastapi_native_tracing(app) is False  # nothing left to change
+
+
+@pytest.mark.parametrize("telemetry", [
+    None, 42, {"tracing": "yes"}, {"tracing": True, "tracer_provider": object()},
+    MappingProxyType({"tracing": True, "tracer_provider": None}),
+])
+def test_fastapi_native_tracing_missing_or_unexpected_is_left_alone(telemetry: Any) -> None:
+    app = SimpleNamespace() if telemetry is None else SimpleNamespace(_telemetry=telemetry)
+    assert _compat.disable_fastapi_native_tracing(app) is False
+    if isinstance(telemetry, MappingProxyType):
+        assert telemetry["tracing"] is True
+
+
+def test_fastapi_native_record_keys_match_fastapi() -> None:
+    """The scope key and attribute the ASGI adapter reads are the ones FastAPI sets."""
+    fastapi = pytest.importorskip("fastapi")
+    from opentelemetry.sdk.trace import TracerProvider
+    from starlette.testclient import TestClient
+
+    seen: list[Any] = []
+
+    class Spy:  # user middleware runs inside FastAPI's native telemetry
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                record = scope.get(_compat.FASTAPI_TELEMETRY_SCOPE_KEY)
+                span = getattr(record, _compat.FASTAPI_NATIVE_SPAN_ATTR, None)
+                seen.append(span is not None and span.is_recording())
+            await self.app(scope, receive, send)
+
+    try:
+        app = fastapi.FastAPI(telemetry={"tracer_provider": TracerProvider()})
+    except TypeError:
+        pytest.skip("this FastAPI has no native telemetry")
+    app.get("/")(lambda: {"ok": True})
+    app.add_middleware(Spy)
+    with TestClient(app) as c:
+        assert c.get("/").status_code == 200
+    assert seen == [True]  # the native SERVER span, still recording when our middleware runs
+
+
+def test_fastapi_native_record_without_a_span_is_ignored() -> None:
+    pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from mestres_observability.fastapi import instrument
+
+    app = Starlette(routes=[Route("/", lambda request: PlainTextResponse("ok"))])
+
+    class Outer:  # a record of another shape under FastAPI's key
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            scope[_compat.FASTAPI_TELEMETRY_SCOPE_KEY] = object()
+            await self.inner(scope, receive, send)
+
+    with fresh_observability(access_log=True):
+        instrument(app)
+        with TestClient(Outer(app)) as c:
+            assert c.get("/").status_code == 200
+        assert sample_value("http_requests_total", method="GET", endpoint="/",
+                            status="200") == 1.0
+
+
+# ---------------------------------------------------------------------- structlog
+def test_structlog_context_var_is_structlogs_own() -> None:
+    var = _compat.structlog_context_var("compat_probe_key")
+    assert isinstance(var, contextvars.ContextVar)
+
+    def body() -> list[Any]:
+        seen = [var.get(_compat.STRUCTLOG_UNBOUND)]
+        var.set("x")
+        seen.append(structlog.contextvars.get_contextvars().get("compat_probe_key"))
+        structlog.contextvars.unbind_contextvars("compat_probe_key")
+        seen.append(var.get(None))
+        return seen
+
+    assert contextvars.Context().run(body) == [_compat.STRUCTLOG_UNBOUND, "x",
+                                              _compat.STRUCTLOG_UNBOUND]
+
+
+def test_structlog_context_var_missing_goes_through_the_public_api(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_compat, "_STRUCTLOG_PREFIX", None)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        var = _compat.structlog_context_var("compat_public_key")
+    assert not isinstance(var, contextvars.ContextVar)
+    _degraded_once(caplog, "structlog's per-key context variables")
+
+    def body() -> list[Any]:
+        seen = [var.get(_compat.STRUCTLOG_UNBOUND)]
+        var.set("y")
+        seen.append(structlog.contextvars.get_contextvars().get("compat_public_key"))
+        seen.append(var.get())
+        return seen
+
+    assert contextvars.Context().run(body) == [_compat.STRUCTLOG_UNBOUND, "y", "y"]
+
+
+def test_structlog_probe_rejects_another_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _compat._probe_structlog() == "structlog_"
+    monkeypatch.setattr(structlog.contextvars, "bind_contextvars", lambda **kw: {})
+    assert _compat._probe_structlog() is None
+
+
+@pytest.mark.parametrize("restore", [_compat._restore_fast, _compat._restore_public],
+                         ids=["per-key-variables", "public-api"])
+def test_structlog_context_is_restored(restore: Any) -> None:
+    def body() -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(request_id="outer", kept="k")
+        before = contextvars.copy_context()
+        structlog.contextvars.bind_contextvars(request_id="inner", user_id=7)
+        structlog.contextvars.unbind_contextvars("kept")
+        restore(before)
+        return structlog.contextvars.get_contextvars()
+
+    assert contextvars.Context().run(body) == {"request_id": "outer", "kept": "k"}
+
+
+def test_the_fast_restore_is_chosen_with_this_structlog() -> None:
+    assert _compat.restore_structlog_context is _compat._restore_fast
+
+
+# ---------------------------------------------------------------------- Werkzeug
+def test_proxy_target_of_a_local_proxy() -> None:
+    local = pytest.importorskip("werkzeug.local")
+    current: contextvars.ContextVar[Any] = contextvars.ContextVar("compat_target")
+    proxy = local.LocalProxy(current)
+    getter = _compat.proxy_target_getter(proxy)
+    target = SimpleNamespace(environ={})
+
+    def body() -> Any:
+        current.set(target)
+        return getter()
+
+    assert contextvars.Context().run(body) is target  # resolved per call, not at set-up
+
+
+def test_proxy_target_of_flask_request() -> None:
+    flask = pytest.importorskip("flask")
+    getter = _compat.proxy_target_getter(flask.request)
+    app = flask.Flask("compat")
+    with app.test_request_context("/x"):
+        req = getter()
+        assert type(req) is flask.Request
+        assert req.path == "/x"
+
+
+def test_proxy_target_missing_gives_the_proxy(caplog: pytest.LogCaptureFixture) -> None:
+    proxy = SimpleNamespace(environ={})
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.proxy_target_getter(proxy)() is proxy
+    _degraded_once(caplog, "LocalProxy._get_current_object")
+
+
+# ---------------------------------------------------------------------- source scans
+#: Our own private attributes read on objects other than ``self``/``cls`` or one of our
+#: modules, as written in the source (file -> accesses).
+OWN_PRIVATE = {
+    # RequestPass slots, set by start_request
+    "http.py": {"rp._external_span", "rp._parent", "rp._span"},
+    # _CountingExporter -> its _Pipeline's lock; the Observability's tracing handle
+    "tracing.py": {"self.pipeline._lock", "get_observability()._tracing"},
+    # attributes of our own metric subclasses; a namedtuple's public _replace()
+    "multiprocess.py": {"child._mp_exemplar", "child._mp_exemplars", "child._mp_bounds",
+                        "metric._mp_callback", "s._replace"},
+    "system.py": {"collector._families"},  # our ProcessCollector
+    "health.py": {"inherit._checks"},  # the HealthRegistry being replaced
+    "observability.py": {"previous._retire"},  # the Observability being replaced
+    # the instance made current, and the one an init inside fresh_observability() made
+    "_current.py": {"new._activate"},
+    "testing.py": {"latest._retire"},
+}
+_ATTR_FUNCS = {"getattr", "hasattr", "setattr", "delattr"}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _own_names(tree: ast.Module) -> set[str]:
+    """Names a module binds by importing from this package (its modules, functions...)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or (node.module or "").startswith("mestres_observability")):
+            names.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names
+                         if a.name.startswith("mestres_observability"))
+    return names
+
+
+def _foreign_private_accesses(path: Path, root: Path = PACKAGE) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    ours = _own_names(tree) | {"self", "cls"}
+    allowed = OWN_PRIVATE.get(path.name, set())
+    found = []
+    for node in ast.walk(tree):
+        base: ast.expr | None = None
+        attr = ""
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            base, attr = node.value, node.attr
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in _ATTR_FUNCS and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+              and _private(node.args[1].value)):
+            base, attr = node.args[0], node.args[1].value
+        if base is None:
+            continue
+        if isinstance(base, ast.Name) and base.id in ours:
+            continue
+        access = f"{ast.unparse(base)}.{attr}"
+        if access not in allowed:
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {access}")
+    return found
+
+
+def test_no_module_but_compat_reads_another_librarys_private_attributes() -> None:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "_compat.py":
+            found += _foreign_private_accesses(path)
+    assert found == [], "move these into mestres_observability/_compat.py:\n" + "\n".join(found)
+
+
+def test_the_scan_finds_a_foreign_private_attribute(tmp_path: Path) -> None:
+    sample = tmp_path / "http.py"
+    sample.write_text("from . import _compat\nfrom .x import thing\n"
+                      "a = registry._lock\nb = getattr(app, '_telemetry', None)\n"
+                      "c = self._own\nd = _compat._degraded\ne = thing._ours\nf = x.__name__\n"
+                      "g = rp._span\nh = other._span\n", encoding="utf-8")
+    found = _foreign_private_accesses(sample, tmp_path)
+    assert found == ["http.py:3: registry._lock", "http.py:4: app._telemetry",
+                     "http.py:10: other._span"]
+
+
+def test_compat_imports_nothing_of_the_package_but_the_foundations() -> None:
+    tree = ast.parse((PACKAGE / "_compat.py").read_text(encoding="utf-8"))
+    internal = {n.module for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.level > 0}
+    assert internal <= {"_forksafe", "errors"}
