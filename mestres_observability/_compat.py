@@ -44,6 +44,7 @@ __all__ = [
     "multiprocess_values_active",
     "proxy_target_getter",
     "read_values_file",
+    "rebind_structlog_context",
     "registered_names",
     "registry_collectors",
     "renew_metric_lock",
@@ -597,8 +598,8 @@ def _restore_fast(before: contextvars.Context) -> None:
                 var.set(old)
 
 
-def _restore_public(before: contextvars.Context) -> None:
-    old = before.run(structlog.contextvars.get_contextvars)
+def rebind_structlog_context(old: Mapping[str, Any]) -> None:
+    """Make structlog's bound context equal ``old`` again, through its public API only."""
     now = structlog.contextvars.get_contextvars()
     extra = [k for k in now if k not in old]
     if extra:
@@ -606,6 +607,10 @@ def _restore_public(before: contextvars.Context) -> None:
     changed = {k: v for k, v in old.items() if now.get(k, STRUCTLOG_UNBOUND) is not v}
     if changed:
         structlog.contextvars.bind_contextvars(**changed)
+
+
+def _restore_public(before: contextvars.Context) -> None:
+    rebind_structlog_context(before.run(structlog.contextvars.get_contextvars))
 
 
 #: ``restore_structlog_context(before)``: set structlog's context (the request id and

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace as _otel_trace
 
+from ._compat import rebind_structlog_context
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
 from ._redact import Redactor
@@ -578,13 +579,7 @@ def request_context(**fields: Any) -> Iterator[None]:
     finally:
         try:
             structlog.contextvars.reset_contextvars(**tokens)
-            now = structlog.contextvars.get_contextvars()
-            extra = [k for k in now if k not in before]
-            if extra:
-                structlog.contextvars.unbind_contextvars(*extra)
-            changed = {k: v for k, v in before.items() if now.get(k, _MISSING) is not v}
-            if changed:
-                structlog.contextvars.bind_contextvars(**changed)
+            rebind_structlog_context(before)
         except Exception as exc:  # pragma: no cover - defensive
             _report("context", "restoring the log context failed", exc)
 
