@@ -584,8 +584,6 @@ def request_context(**fields: Any) -> Iterator[None]:
             _report("context", "restoring the log context failed", exc)
 
 
-_MISSING = object()
-
 
 def _chain_live() -> bool:
     """True when structlog and the root logger currently use this module's chain."""
