@@ -524,7 +524,11 @@ def _recording(sp: Any) -> bool:
 
 
 def _set_span_attributes(sp: Any, attributes: Mapping[str, Any]) -> None:
-    sp.set_attributes({k: v for k, v in attributes.items() if v is not None})
+    # values from data (ids, statuses) are cut here: past the span limit the SDK would
+    # truncate them itself and log a warning each time
+    cap = _tracing.MAX_ATTRIBUTE_LENGTH
+    sp.set_attributes({k: v if type(v) is not str or len(v) <= cap else v[:cap]
+                       for k, v in attributes.items() if v is not None})
 
 
 def record_order(order: Any, *, currency: str | None = None,

@@ -147,3 +147,40 @@ def test_the_right_order_does_not_warn() -> None:
     with fresh_observability() as obs:
         app.test_client().post("/orders")
         assert sample_value("orders_total", obs, status="paid") == 1
+
+
+# ---------------------------------------------------------------- exceptions and OpenTelemetry
+def _chain(depth: int) -> None:
+    try:
+        if depth:
+            _chain(depth - 1)
+        else:
+            raise KeyError("k" * 500)
+    except Exception as exc:
+        raise RuntimeError("x" * 3000) from exc
+
+
+def test_a_raising_request_logs_nothing_from_opentelemetry(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """issue 11 (6): the SERVER span's exception event, and the long path and Host the client
+    sent, stay within the span attribute limit, so the SDK never warns."""
+    flask = require_module("flask")
+    from mestres_observability.flask import instrument
+    from mestres_observability.testing import captured_spans
+
+    app = flask.Flask(__name__)
+
+    @app.get("/boom/<path:rest>")
+    def boom(rest: str) -> Any:
+        _chain(6)
+
+    with fresh_observability() as obs, captured_spans() as spans:
+        instrument(app, obs)
+        client = app.test_client()
+        response = client.get("/boom/" + "p" * 3000, headers={"Host": ("h" * 60 + ".") * 20 + "test"})
+        assert response.status_code == 500
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+    (server,) = [s for s in spans.spans if s.name == "GET /boom/<path:rest>"]
+    (event,) = server.events
+    assert event.name == "exception"
+    assert dict(event.attributes or {})["exception.type"] == "RuntimeError"
