@@ -4,11 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS := dev,flask,fastapi,django,otlp,redis,sql
 STAMP  := $(VENV)/.installed
+# the demo's own light environment: the runtime and Flask, no development toolchain
+DEMO_VENV  ?= .venv-demo
+DEMO_PY    := $(DEMO_VENV)/bin/python
+DEMO_STAMP := $(DEMO_VENV)/.installed
 
 .PHONY: help venv test lint typecheck unit docs demo serve bench test-versions clean
 
 help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
+	@echo "                    (its own light .venv-demo: the library and Flask only)"
 	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
 	@echo "make test           ruff + mypy --strict + pytest + mkdocs build --strict"
 	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
@@ -21,6 +26,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(DEMO_PY) || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_PY) -m pip install -q --disable-pip-version-check -e '.[flask]'
+	touch $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -43,14 +53,14 @@ test-versions: $(STAMP)
 	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(10|11|13)\.[0-9]+$$' | tr '\n' ':')" \
 	  $(VENV)/bin/nox --error-on-missing-interpreters -s core_tests adapter_tests
 
-demo: $(STAMP)
-	$(PY) examples/coffee_shop.py --scripted
+demo: $(DEMO_STAMP)
+	$(DEMO_PY) examples/coffee_shop.py --scripted
 
-serve: $(STAMP)
-	$(PY) examples/coffee_shop.py --serve --port 8000
+serve: $(DEMO_STAMP)
+	$(DEMO_PY) examples/coffee_shop.py --serve --port 8000
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .nox
+	rm -rf $(VENV) $(DEMO_VENV) site .mypy_cache .pytest_cache .ruff_cache .nox
