@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._support import require_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,3 +61,16 @@ def test_demo_scripted_session() -> None:
     metrics_part_2 = order_part.partition("metrics whose exemplar points at this trace")[2]
     assert re.search(r'^  orders_total\{status="pending"\} \d+\.0 +\(process_order\)$',
                      metrics_part_2, re.M), metrics_part_2
+
+
+def test_make_demo_installs_the_library_and_flask_only() -> None:
+    """``make demo`` (issue 11) builds its own light environment: no development toolchain."""
+    make = require_binary("make")
+    res = subprocess.run([make, "-n", "-B", "demo"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    installs = [line for line in lines if "pip install" in line]
+    assert installs, lines
+    assert all("-e '.[flask]'" in line and ".venv-demo/" in line for line in installs), installs
+    assert lines[-1] == ".venv-demo/bin/python examples/coffee_shop.py --scripted"
