@@ -7,7 +7,9 @@ the committed pages match, so they cannot drift from the code.
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -384,7 +386,26 @@ def _entry(title: str, obj: Any, *, level: int = 3, comment: str = "") -> list[s
 
 
 def api_page() -> str:
-    """``docs/reference/api.md``: signatures and docstrings of the public API, as text."""
+    """``docs/reference/api.md``: signatures and docstrings of the public API, as text.
+
+    Built in a child process (``gen_reference.py --api-page``): importing
+    ``mestres_observability.gunicorn`` switches the importing process to
+    prometheus_client's multiprocess mode, which must not happen to the caller
+    (the test suite).
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}  # the child makes its own
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
+    env["PYTHONIOENCODING"] = "utf-8"
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--api-page"],
+                         capture_output=True, encoding="utf-8", env=env, timeout=120, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"docs/gen_reference.py --api-page failed:\n{res.stderr}")
+    return res.stdout
+
+
+def _api_page_here() -> str:
+    """:func:`api_page`, computed in this process."""
     import importlib
 
     import mestres_observability as pkg
@@ -426,4 +447,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--api-page"]:
+        sys.stdout.write(_api_page_here())
+    else:
+        main()

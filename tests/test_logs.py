@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -547,7 +548,15 @@ def test_the_shipped_uvicorn_log_config_file_matches_the_code() -> None:
 
 
 def test_the_gunicorn_config_module_sets_logconfig_dict() -> None:
-    import mestres_observability.gunicorn as config_module
-    from mestres_observability.logs import server_logging_config
+    import subprocess
+    import sys
 
-    assert config_module.logconfig_dict == server_logging_config()
+    # in a child: importing the config module turns on multiprocess mode in its process
+    code = ("import mestres_observability.gunicorn as g\n"
+            "from mestres_observability.logs import server_logging_config\n"
+            "print(g.logconfig_dict == server_logging_config())\n"
+            "g._remove_temporary_dir()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False, env=env)
+    assert res.stdout.strip() == "True", res.stderr
