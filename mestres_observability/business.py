@@ -83,7 +83,10 @@ _NOTHING = {
 }
 #: Largest response body read as JSON (bytes).
 MAX_RESPONSE_BODY = 1 << 20
-_SCALARS = (str, bytes, bytearray, int, float, Decimal, list, tuple, set, frozenset)
+#: Types that cannot be an order or a payment (exact types: a NamedTuple order is read by
+#: attribute as before)
+_SCALARS = frozenset({str, bytes, bytearray, bool, int, float, Decimal, list, tuple, set,
+                      frozenset})
 _response_kinds: dict[type, bool] = {}
 
 
@@ -350,7 +353,7 @@ def read_order(order: Any, currency: str) -> OrderInfo:
                 inner.faults[0] = "not_an_order"
                 inner.what = _inside(returned, order, inner.what)
             return inner
-        if isinstance(order, _SCALARS):
+        if type(order) in _SCALARS:
             info.what = _what(order)
             info.faults.append("not_an_order")
             return info
@@ -419,7 +422,7 @@ def read_payment(payment: Any, currency: str) -> PaymentInfo:
                 inner.faults[0] = "not_a_payment"
                 inner.what = _inside(returned, payment, inner.what)
             return inner
-        if isinstance(payment, _SCALARS):
+        if type(payment) in _SCALARS:
             info.what = _what(payment)
             info.faults.append("not_a_payment")
             return info

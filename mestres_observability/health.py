@@ -402,6 +402,7 @@ class HealthRegistry:
         self._loop = None
         self._loop_thread = None
         self._states = {}
+        self._probed, self._late = False, []  # a worker's first probe is its own
 
     def _get_executor(self) -> _Pool:
         ex = self._executor

@@ -629,3 +629,16 @@ def test_json_body_that_is_not_an_order_says_what_it_holds(
         view()
     (text,) = _warnings(caplog)
     assert "the function returned a DjangoLike whose JSON body is a list" in text
+
+
+def test_a_named_tuple_order_is_still_read_by_attribute() -> None:
+    from typing import NamedTuple
+
+    class Placed(NamedTuple):
+        id: int
+        status: str
+        total_amount: Decimal
+
+    with fresh_observability() as obs:
+        record_order(Placed(1, "paid", Decimal("4.5")))
+        assert sample_value("revenue_total", obs, currency="BRL") == 4.5
