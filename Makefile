@@ -8,11 +8,16 @@ STAMP  := $(VENV)/.installed
 # OpenTelemetry pins never change the development one
 BENCH_VENV  ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
+# the demo's own light environment: the runtime and Flask, no development toolchain
+DEMO_VENV  ?= .venv-demo
+DEMO_PY    := $(DEMO_VENV)/bin/python
+DEMO_STAMP := $(DEMO_VENV)/.installed
 
 .PHONY: help venv test lint typecheck unit docs demo serve bench test-versions test-newest clean
 
 help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
+	@echo "                    (its own light .venv-demo: the library and Flask only)"
 	@echo "make serve          keep the example service running on http://127.0.0.1:8000"
 	@echo "make test           ruff + lint-imports + mypy --strict + pytest + mkdocs build --strict"
 	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
@@ -26,6 +31,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(DEMO_PY) || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_PY) -m pip install -q --disable-pip-version-check -e '.[flask]'
+	touch $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -55,11 +65,11 @@ test-newest: $(STAMP)
 	PYENV_VERSION="$$(pyenv version-name 2>/dev/null):$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.13\.[0-9]+$$' | tr '\n' ':')" \
 	  $(VENV)/bin/nox --error-on-missing-interpreters -s newest_deps
 
-demo: $(STAMP)
-	$(PY) examples/coffee_shop.py --scripted
+demo: $(DEMO_STAMP)
+	$(DEMO_PY) examples/coffee_shop.py --scripted
 
-serve: $(STAMP)
-	$(PY) examples/coffee_shop.py --serve --port 8000
+serve: $(DEMO_STAMP)
+	$(DEMO_PY) examples/coffee_shop.py --serve --port 8000
 
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -71,4 +81,4 @@ bench: $(BENCH_STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH_VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) site .mypy_cache .pytest_cache .ruff_cache .nox
+	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_VENV) site .mypy_cache .pytest_cache .ruff_cache .nox

@@ -1,4 +1,4 @@
-"""Generate the configuration and metrics reference pages from the code.
+"""Generate the configuration, metrics and API reference pages from the code.
 
 Run by ``make docs`` before ``mkdocs build``; ``tests/test_docs.py`` checks that
 the committed pages match, so they cannot drift from the code.
@@ -6,8 +6,14 @@ the committed pages match, so they cannot drift from the code.
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -130,12 +136,344 @@ Tools that generate rules, dashboards or checks from these metrics read
 """
 
 
+# ---------------------------------------------------------------------- API reference
+API_PAGE = HERE / "reference" / "api.md"
+
+#: Sections of the top-level names; every name in ``__all__`` must be in one.
+API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Start-up and the handle",
+     ("init_observability", "get_observability", "Observability", "ObservabilityConfig")),
+    ("Business instrumentation",
+     ("track_order", "track_payment", "record_order", "record_payment", "track_user_action",
+      "track_inventory_movement", "set_inventory_level")),
+    ("Generic instrumentation", ("counted", "timed", "timer", "traced", "span")),
+    ("Logs", ("get_logger", "log_event", "bind_context", "set_user_id")),
+    ("Health", ("health_check", "HealthRegistry")),
+    ("Errors", ("ObservabilityError", "ConfigurationError", "MetricConflictError",
+                "MissingExtraError")),
+)
+#: Modules documented after the top-level names (their ``__all__``).
+API_MODULES = ("mestres_observability.testing", "mestres_observability.flask",
+               "mestres_observability.fastapi", "mestres_observability.django",
+               "mestres_observability.gunicorn", "mestres_observability.uvicorn")
+#: Classes whose constructor takes one keyword per setting: shown as ``(**settings)``.
+SETTINGS_CLASSES = {"ObservabilityConfig": "configuration.md"}
+
+_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc|obj|const):`(~?)([^`]+)`")
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Attributes|Returns|Yields|Raises|Example|Examples|Note|Notes"
+    r"|Warning|See also):\s*$")
+_ENTRY = re.compile(r"^(\*{0,2}[\w.]+)(?:\s*\(([^)]*)\))?:\s*(.*)$")
+_LIST_SECTIONS = {"Args", "Arguments", "Parameters", "Attributes", "Raises"}
+#: First words of a literal block shown as a shell session rather than Python.
+_SHELL = {"uvicorn", "gunicorn", "pip", "python", "curl", "export", "make", "$"}
+
+
+def _inline(text: str) -> str:
+    """reST inline markup to Markdown: roles and double backticks to code spans,
+    ``<`` outside code spans escaped (GitHub would drop it as an HTML tag)."""
+    def role(match: re.Match[str]) -> str:
+        target = match.group(2).strip()
+        if match.group(1):
+            target = target.rsplit(".", 1)[-1]
+        return f"`{target}`"
+
+    text = _ROLE.sub(role, text).replace("``", "`")
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # outside code spans
+        parts[i] = parts[i].replace("<", "&lt;")
+    return "`".join(parts)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _fence(lines: list[str], lang: str) -> list[str]:
+    body = textwrap.dedent("\n".join(lines)).strip("\n").splitlines()
+    return [f"```{lang}", *body, "```", ""]
+
+
+def _text_block(lines: list[str]) -> list[str]:
+    """Paragraphs, bullet lists, ``::`` literal blocks and ``>>>`` examples."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if stripped.startswith(">>>"):
+            block = []
+            while i < len(lines) and lines[i].strip():
+                block.append(lines[i])
+                i += 1
+            out += _fence(block, "pycon")
+            continue
+        if stripped.endswith("::"):
+            head = stripped[:-2].rstrip()
+            if head:
+                out.append(_inline(" " * _indent(line) + head + ":"))
+            base = _indent(line)
+            i += 1
+            block = []
+            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+                block.append(lines[i])
+                i += 1
+            out.append("")
+            first = next((b.strip() for b in block if b.strip()), "")
+            out += _fence(block, "bash" if first.split(" ", 1)[0] in _SHELL else "python")
+            continue
+        out.append(_inline(line.rstrip()))
+        i += 1
+    return out
+
+
+def _section(name: str, lines: list[str]) -> list[str]:
+    body = textwrap.dedent("\n".join(lines)).splitlines()
+    out = [f"**{name}:**", ""]
+    if name in _LIST_SECTIONS:
+        entries: list[list[str]] = []
+        for line in body:
+            if not line.strip():
+                continue
+            if _indent(line) == 0 and _ENTRY.match(line):
+                entries.append([line])
+            elif entries:
+                entries[-1].append(line.strip())
+            else:
+                entries.append([line])
+        for entry in entries:
+            match = _ENTRY.match(entry[0])
+            rest = " ".join(entry[1:])
+            if match:
+                kind = f" ({match.group(2)})" if match.group(2) else ""
+                text = " ".join(t for t in (match.group(3), rest) if t)
+                out.append(f"- `{match.group(1)}`{kind}: {_inline(text)}")
+            else:
+                out.append(f"- {_inline(' '.join([entry[0].strip(), rest]).strip())}")
+        return [*out, ""]
+    if name.startswith("Example") and any(line.strip().startswith(">>>") for line in body):
+        return [*out, *_fence(body, "pycon")]
+    return [*out, *_text_block(body), ""]
+
+
+def docstring_markdown(doc: str | None) -> str:
+    """A Google-style docstring (with reST roles and literal blocks) as Markdown."""
+    if not doc:
+        return ""
+    lines = inspect.cleandoc(doc).splitlines()
+    out: list[str] = []
+    text: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _SECTION.match(lines[i])
+        if match is None:
+            text.append(lines[i])
+            i += 1
+            continue
+        out += _text_block(text)
+        text = []
+        i += 1
+        body = []
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > 0):
+            body.append(lines[i])
+            i += 1
+        if out and out[-1].strip():
+            out.append("")
+        out += _section(match.group(1), body)
+    out += _text_block(text)
+    page = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", page).strip() + "\n"
+
+
+def _annotation(value: Any) -> str:
+    return value if isinstance(value, str) else inspect.formatannotation(value)
+
+
+def _default(value: Any) -> str:
+    text = repr(value)
+    return "..." if " at 0x" in text else text
+
+
+def _signature(name: str, obj: Any, *, prefix: str = "", method: bool = False,
+               returns: bool = True) -> str:
+    """``name(params) -> return`` as code, one parameter per line when long.
+
+    ``method``: drop the first parameter (``self``/``cls``); ``returns``: show
+    the return annotation (not for a class).
+    """
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return f"{prefix}{name}(...)"
+    params: list[str] = []
+    seen_kw_only = False
+    params_list = list(sig.parameters.values())
+    if method and params_list and params_list[0].name in ("self", "cls"):
+        params_list = params_list[1:]
+    for index, p in enumerate(params_list):
+        if p.kind is p.KEYWORD_ONLY and not seen_kw_only:
+            params.append("*")
+            seen_kw_only = True
+        if p.kind is p.VAR_POSITIONAL:
+            seen_kw_only = True
+        text = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name
+        if p.annotation is not p.empty:
+            text += f": {_annotation(p.annotation)}"
+        if p.default is not p.empty:
+            text += (" = " if p.annotation is not p.empty else "=") + _default(p.default)
+        params.append(text)
+        following = params_list[index + 1] if index + 1 < len(params_list) else None
+        if p.kind is p.POSITIONAL_ONLY and (following is None
+                                             or following.kind is not p.POSITIONAL_ONLY):
+            params.append("/")
+    ret = ""
+    if returns and sig.return_annotation is not sig.empty:
+        ret = f" -> {_annotation(sig.return_annotation)}"
+    one_line = f"{prefix}{name}({', '.join(params)}){ret}"
+    if len(one_line) <= 88:
+        return one_line
+    inner = "".join(f"    {p},\n" for p in params)
+    return f"{prefix}{name}(\n{inner}){ret}"
+
+
+def _data_comments(module: Any) -> dict[str, str]:
+    """``#:`` comments above module-level assignments (Sphinx style), by name."""
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return {}
+    found: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source.splitlines():
+        if line.startswith("#:"):
+            pending.append(line[2:].strip())
+            continue
+        match = re.match(r"^(\w+)\s*(?::[^=]+)?=", line)
+        if match and pending:
+            found[match.group(1)] = " ".join(pending)
+        pending = []
+    return found
+
+
+def _members(cls: type) -> list[tuple[str, Any]]:
+    """Public methods and properties defined on ``cls`` itself, in source order."""
+    fields = set(getattr(cls, "__dataclass_fields__", {}))
+    out = []
+    for name, value in vars(cls).items():
+        if name.startswith("_") or name in fields:
+            continue
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, property) or inspect.isfunction(value):
+            out.append((name, value))
+    return out
+
+
+def _entry(title: str, obj: Any, *, level: int = 3, comment: str = "") -> list[str]:
+    """The Markdown of one documented name: heading, signature, docstring, members."""
+    short = title.rsplit(".", 1)[-1]
+    out = [f"{'#' * level} `{title}`", ""]
+    if inspect.isclass(obj):
+        bases = [b for b in obj.__bases__ if b is not object]
+        if short in SETTINGS_CLASSES:
+            sig = f"class {short}(**settings)"
+        elif bases:  # exceptions: their bases, then how to build one (when it says)
+            sig = f"class {short}({', '.join(b.__name__ for b in bases)})"
+            if "__init__" in vars(obj):
+                sig += "\n" + _signature(short, obj, returns=False)
+        else:
+            sig = _signature(short, obj, prefix="class ", returns=False)
+        out += ["```python", sig, "```", "", docstring_markdown(obj.__doc__)]
+        if short in SETTINGS_CLASSES:
+            out += [f"One keyword argument per setting: see the "
+                    f"[configuration reference]({SETTINGS_CLASSES[short]}).", ""]
+        for name, member in _members(obj):
+            if isinstance(member, property):
+                ret = ""
+                getter = member.fget
+                if getter is not None:
+                    ann = inspect.signature(getter).return_annotation
+                    if ann is not inspect.Signature.empty:
+                        ret = f" -> {_annotation(ann)}"
+                out += [f"{'#' * (level + 1)} `{short}.{name}` (property)", "",
+                        "```python", f"{name}{ret}", "```", "",
+                        docstring_markdown(member.__doc__)]
+            else:
+                out += [f"{'#' * (level + 1)} `{short}.{name}`", "",
+                        "```python", _signature(name, member, prefix="def ", method=True),
+                        "```", "",
+                        docstring_markdown(member.__doc__)]
+    elif callable(obj):
+        out += ["```python", _signature(short, obj, prefix="def "), "```", "",
+                docstring_markdown(obj.__doc__)]
+    else:
+        out += [f"A `{type(obj).__name__}`. {_inline(comment)}".rstrip(), ""]
+    return out
+
+
+def api_page() -> str:
+    """``docs/reference/api.md``: signatures and docstrings of the public API, as text.
+
+    Built in a child process (``gen_reference.py --api-page``): importing
+    ``mestres_observability.gunicorn`` switches the importing process to
+    prometheus_client's multiprocess mode, which must not happen to the caller
+    (the test suite).
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}  # the child makes its own
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
+    env["PYTHONIOENCODING"] = "utf-8"
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--api-page"],
+                         capture_output=True, encoding="utf-8", env=env, timeout=120, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"docs/gen_reference.py --api-page failed:\n{res.stderr}")
+    return res.stdout
+
+
+def _api_page_here() -> str:
+    """:func:`api_page`, computed in this process."""
+    import importlib
+
+    import mestres_observability as pkg
+
+    grouped = [name for _title, names in API_GROUPS for name in names]
+    missing = sorted(set(pkg.__all__) - set(grouped) - {"__version__"})
+    if missing:
+        raise SystemExit(f"docs/gen_reference.py: put {missing} in an API_GROUPS section")
+    out = [
+        "# API reference", "",
+        "<!-- generated by docs/gen_reference.py from the code: do not edit by hand -->", "",
+        "Everything importable from `mestres_observability` (its `__all__`), then the",
+        "public names of the adapter and testing modules, with their signatures and",
+        "docstrings. Names in `_underscored` modules are private. `tests/test_docs.py`",
+        "fails when this page and the code differ: run `python docs/gen_reference.py`.", "",
+    ]
+    for title, names in API_GROUPS:
+        out += [f"## {title}", ""]
+        for name in names:
+            out += _entry(name, getattr(pkg, name))
+    out += ["## Version", "", "### `__version__`", "",
+            "The installed version, a PEP 440 string (`mestres_observability.__version__`).", ""]
+    for module_name in API_MODULES:
+        module = importlib.import_module(module_name)
+        comments = _data_comments(module)
+        out += [f"## `{module_name}`", "", docstring_markdown(module.__doc__)]
+        for name in module.__all__:
+            out += _entry(f"{module_name}.{name}", getattr(module, name), comment=comments.get(name, ""))
+    page = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", page).rstrip() + "\n"
+
+
 def main() -> None:
     CONFIG_PAGE.parent.mkdir(parents=True, exist_ok=True)
     CONFIG_PAGE.write_text(configuration_page(), encoding="utf-8")
     METRICS_PAGE.write_text(metrics_page(), encoding="utf-8")
     CHANGELOG_PAGE.write_text(changelog_page(), encoding="utf-8")
+    API_PAGE.write_text(api_page(), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--api-page"]:
+        sys.stdout.write(_api_page_here())
+    else:
+        main()

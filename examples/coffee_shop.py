@@ -7,8 +7,11 @@ A small Flask shop: products, orders, payments. One `init_observability(app)`
 call gives it /metrics, traces, JSON logs and health endpoints; `@track_order`
 and `@track_payment` give it business metrics. The scripted mode starts the
 service on a free loopback port, drives a session of orders over real HTTP,
-then prints what an operator gets: a metrics excerpt, the log lines and the
-health report. Embedded defaults, no external server.
+then prints what an operator gets: the log lines, a metrics excerpt, the
+health report, and one order seen through all three signals: its trace drawn
+as a waterfall (spans from OpenTelemetry's in-memory exporter), the log lines
+and the metric exemplars that carry the same trace id. Embedded defaults, no
+external server.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from mestres_observability import (
     track_payment,
     track_user_action,
 )
+from mestres_observability.testing import capture_logs, captured_spans
 
 CATALOGUE: dict[str, Decimal] = {
     "espresso": Decimal("6.50"),
@@ -223,6 +227,73 @@ WANTED = ("orders_total", "revenue_total", "order_errors_total", "products_sold_
           "memory_usage_bytes", "cpu_usage_percent", "process_resident_memory_bytes")
 
 
+def _bar_char() -> str:
+    try:
+        "\u2588".encode(sys.stdout.encoding or "ascii")
+        return "\u2588"
+    except (UnicodeEncodeError, LookupError):
+        return "#"
+
+
+def waterfall(spans: list[Any], width: int = 40) -> list[str]:
+    """One trace's spans as text: name (indented by nesting), duration, and a bar on a
+    shared time axis from the first span's start to the last span's end."""
+    ids = {s.context.span_id for s in spans}
+    children: dict[int | None, list[Any]] = {}
+    for s in spans:
+        parent = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+        children.setdefault(parent, []).append(s)
+    start = min(s.start_time for s in spans)
+    total = max(max(s.end_time for s in spans) - start, 1)
+    bar = _bar_char()
+    lines: list[str] = []
+
+    def draw(parent: int | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda x: x.start_time):
+            left = round((s.start_time - start) / total * width)
+            size = max(1, round((s.end_time - s.start_time) / total * width))
+            label = ("  " * depth + s.name)[:34]
+            ms = (s.end_time - s.start_time) / 1e6
+            lines.append(f"  {label:<34} {ms:8.2f} ms  |{' ' * left}{bar * size}"
+                         f"{' ' * max(0, width - left - size)}|")
+            draw(s.context.span_id, depth + 1)
+
+    draw(None, 0)
+    return lines
+
+
+def show_one_order(base: str, spans: list[Any], events: list[dict[str, Any]]) -> str | None:
+    """Print the last successful order's trace, its log lines and the exemplars with its
+    trace id; returns that trace id."""
+    orders = [s for s in spans if s.name == "POST /orders"
+              and (s.attributes or {}).get("http.response.status_code") == 201]
+    if not orders:
+        return None
+    trace_id = format(orders[-1].context.trace_id, "032x")
+    trace = [s for s in spans if format(s.context.trace_id, "032x") == trace_id]
+    print(f"\n== One order, three signals: trace_id {trace_id} ==")
+    print("trace (OpenTelemetry in-memory exporter):")
+    for line in waterfall(trace):
+        print(line)
+    names = {format(s.context.span_id, "016x"): s.name for s in trace}
+    print("logs with this trace_id (span they were logged in):")
+    for e in events:
+        if e.get("trace_id") == trace_id:
+            fields = {k: v for k, v in e.items() if k in (
+                "order_id", "total_amount", "status", "request_id", "endpoint", "status_code")}
+            print(f"  {e.get('event'):<14} ({names.get(str(e.get('span_id')), '?')}) "
+                  + " ".join(f"{k}={v}" for k, v in fields.items()))
+    _, om = _call(base, "GET", "/metrics",
+                  headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    print("metrics whose exemplar points at this trace (OpenMetrics, span of the exemplar):")
+    for line in om.decode().splitlines():
+        if f'trace_id="{trace_id}"' in line and "_bucket" not in line:
+            sample, _, exemplar = line.partition(" # ")
+            span_id = exemplar.partition('span_id="')[2][:16]
+            print(f"  {sample:<70} ({names.get(span_id, '?')})")
+    return trace_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     mode = parser.add_mutually_exclusive_group()
@@ -249,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print("== Service log (one JSON line per request and per business event) ==", flush=True)
-    scripted_session(base)
-    time.sleep(0.05)
+    with captured_spans() as spans, capture_logs() as events:
+        scripted_session(base)
+        time.sleep(0.05)
     _, metrics = _call(base, "GET", "/metrics")
     print("\n== /metrics excerpt ==")
     for line in metrics.decode().splitlines():
@@ -262,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in ("/health/liveness", "/health/readiness"):
         status, body = _call(base, "GET", path)
         print(f"{path}: HTTP {status} {body.decode().strip()}")
+    show_one_order(base, spans.spans, events)
     server.shutdown()
     obs.shutdown()
     return 0

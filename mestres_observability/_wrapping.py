@@ -18,18 +18,31 @@ exceptions thrown into the wrapper reach the wrapped generator.
 ``inspect.iscoroutinefunction``. It was measured at 0.26 us per call against
 1.9 us for ``wrapt.FunctionWrapper`` (benchmarks/bench_core.py), so the hot path
 does not use wrapt.
+
+:func:`around` also warns, at decoration time, when the function it wraps is
+already registered as a Flask, FastAPI or Starlette route (the decorator was
+put above ``@app.post(...)``): the framework would call the undecorated
+function and nothing would be recorded. Only the decorated function's module
+namespace is looked at, only when one of those frameworks is imported, and
+only objects of their classes; no framework is imported here.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["Hooks", "around"]
+__all__ = ["Hooks", "around", "registered_route"]
+
+_FRAMEWORKS = frozenset({"flask", "starlette", "fastapi"})
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _no_enter(state: Any) -> None:
@@ -79,8 +92,92 @@ def _stepped(gen: Generator[Any, Any, Any], state: Any, enter: Callable[[Any], A
             step = send
 
 
-def around(fn: F, hooks: Hooks) -> F:
-    """Wrap ``fn`` so that ``hooks`` see every call; sync or async decided here, once."""
+def _route_of(holder: Any, fn: Any) -> str | None:
+    """Where ``holder`` (a Flask app or blueprint, a Starlette/FastAPI app or router) routes
+    to ``fn`` itself, described for a warning; ``None`` when it does not."""
+    views = getattr(holder, "view_functions", None)  # Flask app
+    if isinstance(views, dict):
+        for endpoint, view in views.items():
+            if view is fn:
+                return f"endpoint {endpoint!r} of Flask app {getattr(holder, 'name', '?')!r}"
+    deferred = getattr(holder, "deferred_functions", None)  # Flask blueprint, not registered yet
+    if isinstance(deferred, list):
+        for record in deferred:
+            for cell in getattr(record, "__closure__", None) or ():
+                try:
+                    if cell.cell_contents is fn:
+                        return f"a route of blueprint {getattr(holder, 'name', '?')!r}"
+                except ValueError:  # empty cell
+                    continue
+    routes = getattr(holder, "routes", None)  # Starlette/FastAPI app or router
+    if isinstance(routes, list):
+        for route in routes:
+            if getattr(route, "endpoint", None) is fn:
+                return f"route {getattr(route, 'path', '?')!r}"
+    return None
+
+
+def registered_route(fn: Any) -> str | None:
+    """Describe where ``fn`` is already registered as a route, or ``None``.
+
+    Looks only at the objects of Flask, Starlette or FastAPI classes in
+    ``fn``'s module namespace, and only when one of those frameworks is
+    imported (decoration time only; never raises).
+    """
+    try:
+        if not any(name in sys.modules for name in ("flask", "starlette")):
+            return None
+        namespace = getattr(fn, "__globals__", None)
+        if not isinstance(namespace, dict):
+            return None
+        for value in list(namespace.values()):
+            kind = type(value)
+            if kind.__module__.partition(".")[0] not in _FRAMEWORKS and not any(
+                    k.__module__.partition(".")[0] in _FRAMEWORKS for k in kind.__mro__[1:]):
+                continue
+            try:
+                where = _route_of(value, fn)
+            except Exception:
+                continue
+            if where is not None:
+                return where
+    except Exception:
+        return None
+    return None
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this package (the decorated line)."""
+    here = inspect.currentframe()
+    level, frame = 1, here.f_back if here is not None else None
+    while frame is not None and os.path.dirname(
+            os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_route(fn: Any, decorator: str | None) -> None:
+    where = registered_route(fn)
+    if where is None:
+        return
+    name = getattr(fn, "__name__", "the function")
+    deco = decorator or "this decorator"
+    warnings.warn(
+        f"{name}() is already registered as {where}: {deco} was applied above the route "
+        f"decorator, so the framework calls the undecorated function and {deco} records "
+        f"nothing. Put the route decorator on top: @app.post(...), then {deco}, then "
+        f"def {name}(...)",
+        UserWarning, stacklevel=_caller_stacklevel(),
+    )
+
+
+def around(fn: F, hooks: Hooks, *, decorator: str | None = None) -> F:
+    """Wrap ``fn`` so that ``hooks`` see every call; sync or async decided here, once.
+
+    ``decorator`` (``"@track_order"``) names the decorator in the warning given
+    when ``fn`` is already a registered route.
+    """
+    _warn_if_route(fn, decorator)
     start, success, failure = hooks.start, hooks.success, hooks.failure
 
     enter: Callable[[Any], Any] = getattr(hooks, "enter", _no_enter)

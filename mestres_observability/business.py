@@ -11,7 +11,14 @@ re-init takes over cleanly.
 
 Values are read from attributes or mapping keys (``status``, ``total_amount``,
 ``items`` with ``product_id`` and ``quantity``, ``id``, ``user_id``,
-``currency``); an ``extract=`` callable serves other shapes. Money may be
+``currency``); an ``extract=`` callable serves other shapes. A framework
+response carrying JSON (Django ``JsonResponse``, a Flask ``Response`` or
+``jsonify()``, possibly as Flask's ``(response, status)`` tuple, Starlette's
+``JSONResponse``) is read from its body, found by duck typing (no framework is
+imported): an in-memory body of at most 1 MiB whose content type is
+``application/json`` or ``*+json``. ``None``, a value with none of the fields
+(a string, a list, ``{}``) and any other HTTP response record nothing: the
+warning names what was returned and shows ``extract=``. Money may be
 ``int``, ``float`` or ``Decimal``; anything else (``None``, strings, ``bool``,
 NaN, infinities, negative amounts) is rejected: the order is still counted, the
 bad field is skipped, and the fault is counted in
@@ -21,6 +28,7 @@ The decorated function's return value and exceptions are never touched.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +61,36 @@ Extractor = Callable[[Any], Any]
 
 _MISSING: Any = object()
 UNKNOWN = "unknown"
+
+#: Fault kinds after which nothing is recorded (no metric, no event), with the warning's text.
+_NOTHING = {
+    "no_order": "{subject} None; nothing to record",
+    "no_payment": "{subject} None; nothing to record",
+    "not_an_order": (
+        "{subject} {what}, which has none of the order fields (status, total_amount, items, "
+        "id); nothing to record. Return the order, or pass extract= to pick it out: "
+        "@track_order(extract=lambda result: result[\"order\"])"
+    ),
+    "not_a_payment": (
+        "{subject} {what}, which has none of the payment fields (amount, method, status, id, "
+        "order_id); nothing to record. Return the payment, or pass extract= to pick it out: "
+        "@track_payment(extract=lambda result: result[\"payment\"])"
+    ),
+    "http_response": (
+        "{subject} an HTTP response ({what}) whose body could not be read as JSON ({why}); "
+        "nothing to record. Decorate the function that returns the order rather than the "
+        "view, or pass extract=, e.g. @track_order(extract=lambda r: json.loads(r.content)) "
+        "for Django, extract=lambda r: r.get_json() for Flask, "
+        "extract=lambda r: json.loads(r.body) for Starlette"
+    ),
+}
+#: Largest response body read as JSON (bytes).
+MAX_RESPONSE_BODY = 1 << 20
+#: Types that cannot be an order or a payment (exact types: a NamedTuple order is read by
+#: attribute as before)
+_SCALARS = frozenset({str, bytes, bytearray, bool, int, float, Decimal, list, tuple, set,
+                      frozenset})
+_response_kinds: dict[type, bool] = {}
 
 
 # ---------------------------------------------------------------------- reading values
@@ -120,6 +158,89 @@ def _text(value: Any, default: str = UNKNOWN) -> str:
         return default
 
 
+def _is_response(obj: Any) -> bool:
+    """True when ``obj`` looks like a framework HTTP response (``status_code`` and ``headers``).
+
+    Decided once per type (Django, werkzeug and Starlette responses all have an
+    ``int`` ``status_code`` and a ``headers`` mapping); no framework is imported.
+    """
+    kind = type(obj)
+    known = _response_kinds.get(kind)
+    if known is None:
+        try:
+            known = (type(getattr(obj, "status_code", None)) is int
+                     and getattr(obj, "headers", None) is not None)
+        except Exception:
+            known = False
+        if len(_response_kinds) < 256:
+            _response_kinds[kind] = known
+    return known
+
+
+def _response_document(response: Any) -> tuple[Any, str | None]:
+    """The parsed JSON body of an HTTP response, or ``(None, reason)``; never raises.
+
+    Only a body already in memory is read: Starlette's ``body``, Django's
+    ``content`` (not for a streaming response), werkzeug's ``get_data()`` (not
+    for a streamed one), and only with a JSON content type.
+    """
+    try:
+        ctype = response.headers.get("Content-Type")
+        media = str(ctype or "").split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            return None, f"content type {media or 'unset'}"
+        body = getattr(response, "body", None)  # Starlette
+        if not isinstance(body, (bytes, bytearray)):
+            body = None
+            if getattr(response, "streaming", None) is False:  # Django
+                content = getattr(response, "content", None)
+                if isinstance(content, (bytes, bytearray)):
+                    body = content
+            elif getattr(response, "is_streamed", None) is False:  # werkzeug (Flask)
+                get_data = getattr(response, "get_data", None)
+                if callable(get_data):
+                    body = get_data()
+        if not isinstance(body, (bytes, bytearray)):
+            return None, "a streamed body"
+        if len(body) > MAX_RESPONSE_BODY:
+            return None, f"a body of more than {MAX_RESPONSE_BODY} bytes"
+        return json.loads(body), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}"
+
+
+def _unwrap(value: Any) -> tuple[Any, str | None]:
+    """What to read from a return value: a response's JSON document, Flask's ``(rv, status)``
+    first element, or the value itself; ``(None, reason)`` for an unreadable response."""
+    if type(value) is tuple and 2 <= len(value) <= 3 and type(value[1]) is int \
+            and 100 <= value[1] <= 599:  # Flask's (body, status[, headers]) view return
+        value = value[0]
+        if type(value) is dict:
+            return value, None
+    if _is_response(value):
+        return _response_document(value)
+    return value, None
+
+
+def _response_name(returned: Any) -> str:
+    """The type name of the response in a return value (inside Flask's tuple, if so)."""
+    return type(returned[0] if type(returned) is tuple else returned).__name__
+
+
+def _inside(returned: Any, document: Any, inner: str) -> str:
+    """``a JsonResponse whose JSON body is a list`` ... for the warning text."""
+    held = "null" if document is None else inner
+    if type(returned) is tuple and not _is_response(returned[0]):
+        return f"a (value, status) tuple holding {held}"
+    return f"a {_response_name(returned)} whose JSON body is {held}"
+
+
+def _what(value: Any) -> str:
+    """``a str``, ``a dict`` ... for the warning text."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 @dataclass
 class OrderInfo:
     """What the library read from an order (after validation)."""
@@ -132,6 +253,9 @@ class OrderInfo:
     items: list[tuple[str, float]] = field(default_factory=list)
     items_count: int = 0
     faults: list[str] = field(default_factory=list)
+    #: for a warning after which nothing is recorded: what was returned, and why
+    what: str = ""
+    why: str = ""
 
 
 @dataclass
@@ -145,6 +269,8 @@ class PaymentInfo:
     status: str = UNKNOWN
     currency: str = ""
     faults: list[str] = field(default_factory=list)
+    what: str = ""
+    why: str = ""
 
 
 def _optional_text(value: Any) -> str | None:
@@ -184,6 +310,11 @@ def _read_plain_order(order: dict[str, Any], info: OrderInfo) -> bool:
     info.total, fault = _amount(total)
     faults = info.faults
     if fault:
+        if oid is None and status is None and items is None and (total is _MISSING
+                                                                  or total is None):
+            info.what = "a dict"
+            faults.append("not_an_order")  # {} or only user_id/currency: nothing to record
+            return True
         faults.append(fault)
     if items:
         info.items_count = len(items)
@@ -212,9 +343,28 @@ def read_order(order: Any, currency: str) -> OrderInfo:
                 return info
         except Exception:  # a hostile __str__ or __float__: the general path copes
             info = OrderInfo(currency=currency)
-    info.id = _optional_text(_field(order, "id"))
+    else:
+        returned = order
+        order, why = _unwrap(order)
+        if why is not None:
+            info.what, info.why = _response_name(returned), why
+            info.faults.append("http_response")
+            return info
+        if order is not returned:
+            inner = read_order(order, currency)
+            if inner.faults[:1] in (["not_an_order"], ["no_order"]):
+                inner.faults[0] = "not_an_order"
+                inner.what = _inside(returned, order, inner.what)
+            return inner
+        if type(order) in _SCALARS:
+            info.what = _what(order)
+            info.faults.append("not_an_order")
+            return info
+    oid = _field(order, "id")
+    info.id = _optional_text(oid)
     info.user_id = _optional_text(_field(order, "user_id"))
-    info.status = _text(_field(order, "status"))
+    status = _field(order, "status")
+    info.status = _text(status)
     cur = _field(order, "currency")
     if isinstance(cur, str) and cur:
         info.currency = cur
@@ -222,9 +372,13 @@ def read_order(order: Any, currency: str) -> OrderInfo:
     if total is _MISSING:
         total = _field(order, "total")
     info.total, fault = _amount(total)
-    if fault:
-        info.faults.append(fault)
     items = _field(order, "items")
+    if fault:
+        if info.id is None and _absent(status) and _absent(total) and _absent(items):
+            info.what = _what(order)
+            info.faults.append("not_an_order")
+            return info
+        info.faults.append(fault)
     if items is _MISSING or items is None:
         return info
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
@@ -248,21 +402,50 @@ def read_order(order: Any, currency: str) -> OrderInfo:
     return info
 
 
+def _absent(value: Any) -> bool:
+    return value is _MISSING or value is None
+
+
 def read_payment(payment: Any, currency: str) -> PaymentInfo:
     """Read a payment (object or mapping) into a :class:`PaymentInfo`; never raises."""
     info = PaymentInfo(currency=currency)
     if payment is None:
         info.faults.append("no_payment")
         return info
+    if type(payment) is not dict:
+        returned = payment
+        payment, why = _unwrap(payment)
+        if why is not None:
+            info.what, info.why = _response_name(returned), why
+            info.faults.append("http_response")
+            return info
+        if payment is not returned:
+            inner = read_payment(payment, currency)
+            if inner.faults[:1] in (["not_a_payment"], ["no_payment"]):
+                inner.faults[0] = "not_a_payment"
+                inner.what = _inside(returned, payment, inner.what)
+            return inner
+        if type(payment) in _SCALARS:
+            info.what = _what(payment)
+            info.faults.append("not_a_payment")
+            return info
     info.id = _optional_text(_field(payment, "id"))
     info.order_id = _optional_text(_field(payment, "order_id"))
-    info.method = _text(_field(payment, "method"))
-    info.status = _text(_field(payment, "status"))
+    method = _field(payment, "method")
+    info.method = _text(method)
+    status = _field(payment, "status")
+    info.status = _text(status)
     cur = _field(payment, "currency")
     if isinstance(cur, str) and cur:
         info.currency = cur
-    info.amount, fault = _amount(_field(payment, "amount"))
+    amount = _field(payment, "amount")
+    info.amount, fault = _amount(amount)
     if fault:
+        if info.id is None and info.order_id is None and _absent(method) and _absent(status) \
+                and _absent(amount):
+            info.what = _what(payment)
+            info.faults.append("not_a_payment")
+            return info
         info.faults.append(fault)
     return info
 
@@ -278,11 +461,29 @@ def _apply_extractor(obs: Observability, extract: Extractor | None, result: Any)
         return None
 
 
+def _nothing_to_record(obs: Observability, info: OrderInfo | PaymentInfo, subject: str,
+                       extract: Extractor | None) -> bool:
+    """Report a return value that holds nothing to record (``None``, a non-order, an
+    unreadable response); True when so."""
+    faults = info.faults
+    if not faults or faults[0] not in _NOTHING:
+        return False
+    kind = faults[0]
+    if extract is not None:
+        subject = "extract= returned"
+    obs.faults.report("business", kind,
+                      _NOTHING[kind].format(subject=subject, what=info.what, why=info.why))
+    return True
+
+
 def _record_order(obs: Observability, order: Any, currency: str | None,
-                  extract: Extractor | None) -> OrderInfo | None:
+                  extract: Extractor | None,
+                  subject: str = "the function returned") -> OrderInfo | None:
     try:
         cfg = obs.config
         info = read_order(_apply_extractor(obs, extract, order), currency or cfg.default_currency)
+        if info.faults and _nothing_to_record(obs, info, subject, extract):
+            return None
         m = obs.metrics
         exemplar = m.current_exemplar()  # once per call, not once per series
         m.orders_total.inc((info.status,), 1.0, exemplar)
@@ -329,7 +530,11 @@ def _recording(sp: Any) -> bool:
 
 
 def _set_span_attributes(sp: Any, attributes: Mapping[str, Any]) -> None:
-    sp.set_attributes({k: v for k, v in attributes.items() if v is not None})
+    # values from data (ids, statuses) are cut here: past the span limit the SDK would
+    # truncate them itself and log a warning each time
+    cap = _tracing.MAX_ATTRIBUTE_LENGTH
+    sp.set_attributes({k: v if type(v) is not str or len(v) <= cap else v[:cap]
+                       for k, v in attributes.items() if v is not None})
 
 
 def record_order(order: Any, *, currency: str | None = None,
@@ -341,16 +546,19 @@ def record_order(order: Any, *, currency: str | None = None,
     obs = get_observability()
     if not obs.config.enabled:
         return
-    info = _record_order(obs, order, currency, extract)
+    info = _record_order(obs, order, currency, extract, "record_order() was given")
     if info is not None:
         _log(obs, "order_created", _order_event(info))
 
 
 def _record_payment(obs: Observability, payment: Any, currency: str | None,
-                    extract: Extractor | None) -> PaymentInfo | None:
+                    extract: Extractor | None,
+                    subject: str = "the function returned") -> PaymentInfo | None:
     try:
         info = read_payment(_apply_extractor(obs, extract, payment),
                             currency or obs.config.default_currency)
+        if info.faults and _nothing_to_record(obs, info, subject, extract):
+            return None
         m = obs.metrics
         exemplar = m.current_exemplar()
         m.payments_total.inc((info.method, info.status), 1.0, exemplar)
@@ -378,7 +586,7 @@ def record_payment(payment: Any, *, currency: str | None = None,
     obs = get_observability()
     if not obs.config.enabled:
         return
-    info = _record_payment(obs, payment, currency, extract)
+    info = _record_payment(obs, payment, currency, extract, "record_payment() was given")
     if info is not None:
         _log(obs, "payment_processed", _payment_event(info))
 
@@ -476,10 +684,10 @@ def _business_decorator(kind: str, fn: Any, currency: str | None,
     if fn is not None:
         if not callable(fn):
             raise TypeError(f"track_{kind} expects a function, got {type(fn).__name__}")
-        return around(fn, _BusinessHooks(kind, currency, extract))
+        return around(fn, _BusinessHooks(kind, currency, extract), decorator=f"@track_{kind}")
 
     def decorate(f: F) -> F:
-        return around(f, _BusinessHooks(kind, currency, extract))
+        return around(f, _BusinessHooks(kind, currency, extract), decorator=f"@track_{kind}")
 
     return decorate
 

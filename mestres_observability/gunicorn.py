@@ -14,7 +14,7 @@ your own config file::
 
     # gunicorn.conf.py
     from mestres_observability.gunicorn import (  # noqa: F401
-        child_exit, on_exit, on_starting, post_fork, when_ready, worker_exit,
+        child_exit, logconfig_dict, on_exit, on_starting, post_fork, when_ready, worker_exit,
     )
     workers = 4
     max_requests = 1000
@@ -28,7 +28,10 @@ your own config file::
 * :func:`post_fork` registers each worker so siblings can tell it is alive;
 * :func:`worker_exit` shuts the worker's instance down on its way out:
   readiness turns 503 (draining), queued spans are flushed within
-  ``shutdown_timeout``.
+  ``shutdown_timeout``;
+* :data:`logconfig_dict` writes gunicorn's own lines (start, worker boot and
+  exit, tracebacks) as the library's JSON on standard output (import it into
+  your own config file too, or leave it out to keep gunicorn's text lines).
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import tempfile
 from typing import Any
 
 from . import multiprocess as _mp
+from .logs import server_logging_config as _server_logging_config
 
-__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "prepare", "when_ready",
-           "worker_exit"]
+__all__ = ["child_exit", "logconfig_dict", "on_exit", "on_starting", "post_fork", "prepare",
+           "when_ready", "worker_exit"]
 
 _log = logging.getLogger("mestres_observability")
 _temporary_dir: str | None = None
@@ -155,5 +159,11 @@ def on_exit(server: Any) -> None:
     """gunicorn hook (master, exiting): remove the directory if this module created it."""
     _remove_temporary_dir()
 
+
+#: gunicorn setting: gunicorn's own lines (start, worker boot and exit, tracebacks) and the
+#: root logger's as the library's JSON on standard output; gunicorn's access lines dropped
+#: (the library logs one ``http_request`` line per request). See
+#: :func:`mestres_observability.logs.server_logging_config`.
+logconfig_dict: dict[str, Any] = _server_logging_config()
 
 prepare()

@@ -288,6 +288,10 @@ class HealthRegistry:
                               None, False)
         token = config.health_detailed_token
         self._detailed_credentials = Credentials("bearer", token, "health") if token else None
+        #: checks added after the first readiness/detailed probe ran (warned about once)
+        self._probed = False
+        self._late: list[str] = []
+        self._late_warned = False
         call_after_fork(self, "_reset_after_fork")  # gunicorn --preload
 
     # ------------------------------------------------------------------ registration
@@ -320,6 +324,8 @@ class HealthRegistry:
                              f"seconds, got {timeout!r}")
         entry = _Check(name, check, bool(critical), timeout, _is_async_callable(check))
         with self._lock:
+            if self._probed and name not in self._checks and len(self._late) < 32:
+                self._late.append(name)
             self._checks[name] = entry
             self._states.pop(name, None)
 
@@ -382,6 +388,7 @@ class HealthRegistry:
         self._loop = None
         self._loop_thread = None
         self._states = {}
+        self._probed, self._late = False, []  # a worker's first probe is its own
 
     def _get_executor(self) -> _Pool:
         ex = self._executor
@@ -583,6 +590,18 @@ class HealthRegistry:
     def _selected(self, kind: str) -> list[_Check]:
         with self._lock:
             checks = list(self._checks.values())
+            if not self._probed:
+                self._probed = True
+            elif self._late and not self._late_warned:
+                self._late_warned = True
+                _log.warning(
+                    "health checks %s were registered after the first %s probe: the probes "
+                    "answered before did not run them. Register checks at start-up, before "
+                    "the server takes requests; with Django, in your AppConfig.ready() (a "
+                    "check declared in views.py is registered only when the first routed "
+                    "request imports the URLconf, in each worker). See docs/health.md",
+                    ", ".join(repr(n) for n in self._late), kind,
+                )
         if kind == "readiness":
             return [c for c in checks if c.critical]
         return [*checks, self._system]

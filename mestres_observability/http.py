@@ -254,6 +254,8 @@ class HttpState:
         hit = self._hosts.get(value)
         if hit is None:
             hit = split_host(value)
+            if len(hit[0]) > 255:  # no DNS name is longer: a forged Host header
+                hit = (hit[0][:255], hit[1])
             if len(self._hosts) < 256:
                 self._hosts[value] = hit
         return hit
@@ -476,7 +478,9 @@ class RequestPass:
                                  f"{self.route}")
                 attributes["http.route"] = self.route
             if exc is not None:
-                span.record_exception(exc)
+                from .tracing import record_exception  # values cut to the span limit first
+
+                record_exception(span, exc)
                 attributes["error.type"] = type(exc).__qualname__
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             elif status >= 500:
@@ -581,7 +585,7 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     ctx = propagate.extract(trace_headers) if trace_headers else None
     attributes: dict[str, Any] = {
         "http.request.method": rp.method,
-        "url.path": rp.path,
+        "url.path": rp.path[:1024],  # the span attribute limit: past it the SDK warns
         "url.scheme": scheme,
     }
     if rp.method == "_OTHER":

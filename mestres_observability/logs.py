@@ -48,6 +48,9 @@ __all__ = [
     "get_logger",
     "log_event",
     "request_context",
+    "server_formatter",
+    "server_handler",
+    "server_logging_config",
     "set_user_id",
 ]
 
@@ -420,15 +423,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
             except Exception:
                 fmt = "json"
         renderer: Any = _SafeConsoleRenderer() if fmt == "console" else render_json
-        formatter = structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*_context_chain(), structlog.stdlib.ExtraAdder()],
-            processors=[
-                clean_foreign,
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *_post_chain(),
-                renderer,
-            ],
-        )
+        formatter = _formatter(renderer)
         handler = _StdoutHandler(stream)
         handler.setFormatter(formatter)
         _state.output = (handler, formatter, renderer)
@@ -455,6 +450,82 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         _state.chain = chain
         _state.events_std = logging.getLogger(EVENTS_LOGGER)
         _events_logger = None
+
+
+def _formatter(renderer: Any) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of the library's handler: stdlib records through the same chain."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_context_chain(), structlog.stdlib.ExtraAdder()],
+        processors=[
+            clean_foreign,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *_post_chain(),
+            renderer,
+        ],
+    )
+
+
+# ---------------------------------------------------------------------- server logs
+def server_logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A :func:`logging.config.dictConfig` mapping: the server's own lines as the library's JSON.
+
+    gunicorn (``gunicorn.error``: start, worker boot and exit, tracebacks) and
+    uvicorn (``uvicorn``, ``uvicorn.error``: start, the traceback of an
+    unhandled exception) and everything logged to the root logger before
+    :func:`~mestres_observability.init_observability` configures logging,
+    written to standard output as one JSON object per line by the library's
+    formatter (the same fields, redaction and line safety as every other
+    line). The servers' access lines are dropped: the library writes its own
+    ``http_request`` line per request.
+
+    :mod:`mestres_observability.gunicorn` sets it as gunicorn's
+    ``logconfig_dict``; :mod:`mestres_observability.uvicorn` ships it for
+    uvicorn's ``--log-config``. Levels of the servers' loggers are left to
+    their ``--log-level``; ``level`` is the root logger's until init sets
+    ``log_level``.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"mestres_json": {"()": "mestres_observability.logs.server_formatter"}},
+        "handlers": {
+            "mestres_stdout": {"()": "mestres_observability.logs.server_handler",
+                               "formatter": "mestres_json"},
+            "mestres_discard": {"class": "logging.NullHandler"},
+        },
+        "root": {"level": level, "handlers": ["mestres_stdout"]},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["mestres_stdout"], "propagate": False},
+            "gunicorn.access": {"handlers": ["mestres_discard"], "propagate": False},
+            "uvicorn": {"handlers": ["mestres_stdout"], "propagate": False},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": ["mestres_discard"], "propagate": False},
+        },
+    }
+
+
+def server_formatter() -> logging.Formatter:
+    """The library's JSON formatter for the servers' records (see :func:`server_logging_config`).
+
+    Before the library has configured logging, ``service`` is taken from
+    ``MESTRES_OBS_SERVICE_NAME`` or ``OTEL_SERVICE_NAME`` when set.
+    """
+    import os
+
+    if _state.faults is None:  # logging not configured by the library (yet)
+        name = os.environ.get("MESTRES_OBS_SERVICE_NAME") or os.environ.get("OTEL_SERVICE_NAME")
+        if name:
+            _state.service = name
+    return _formatter(render_json)
+
+
+def server_handler() -> logging.Handler:
+    """The library's handler (standard output, one line per record, never raises).
+
+    :func:`configure_logging` replaces it on the root logger instead of adding
+    a second one.
+    """
+    return _StdoutHandler()
 
 
 # ---------------------------------------------------------------------- public API

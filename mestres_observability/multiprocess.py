@@ -545,6 +545,28 @@ _cache_lock = threading.Lock()
 run_after_fork(_after_fork)
 
 
+class _Discarded:
+    """A metric that records nothing (and so writes no file); its children are itself."""
+
+    def labels(self, *values: object, **kw: object) -> _Discarded:
+        return self
+
+    def set(self, value: float) -> None:
+        return None
+
+    def inc(self, amount: float = 1.0, exemplar: object = None) -> None:
+        return None
+
+    def dec(self, amount: float = 1.0) -> None:
+        return None
+
+    def observe(self, amount: float, exemplar: object = None) -> None:
+        return None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        return None
+
+
 class MultiprocessMetricMaker:
     """Metric factory for :class:`~mestres_observability.metrics.LibraryMetrics` in multiprocess mode.
 
@@ -554,10 +576,18 @@ class MultiprocessMetricMaker:
     :class:`~mestres_observability.Observability` of the process (a conflicting
     definition raises ``ValueError``). Objects are registered on no registry:
     :class:`MultiprocessCollector` reads the files instead.
+
+    Args:
+        discard: names of metrics this maker's instance must not write: it gets
+            an object that records nothing instead. The default instance (which
+            nobody initialised) discards ``service_info``, so no
+            ``service_info{service="unknown_service"}`` reaches the files beside
+            the real service's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, discard: Sequence[str] = ()) -> None:
         self.made: list[Any] = []
+        self.discard = frozenset(discard)
 
     def __call__(
         self,
@@ -571,6 +601,8 @@ class MultiprocessMetricMaker:
         multiprocess_mode: str = "all",
     ) -> Any:
         """Return the process-wide metric object for this definition."""
+        if name in self.discard:
+            return _Discarded()
         definition = (kind, doc, tuple(labels), tuple(buckets or ()), multiprocess_mode)
         with _cache_lock:
             found = _cache.get((kind, name))

@@ -88,7 +88,11 @@ class Observability:
         # multiprocess mode (PROMETHEUS_MULTIPROC_DIR): values live in per-process files
         mp_dir = (mp.check_environment(self.config) if install_globals
                   else mp.multiprocess_dir() if mp.is_multiprocess() else None)
-        mp_maker = mp.MultiprocessMetricMaker() if mp_dir is not None else None
+        # an instance nobody initialised (the default one) writes no service_info to the
+        # shared files: a phantom service_info{service="unknown_service"} otherwise
+        mp_maker = mp.MultiprocessMetricMaker(
+            discard=() if install_globals else (self.config.metric_name("service_info"),)
+        ) if mp_dir is not None else None
         if mp_maker is not None:
             self.metrics = LibraryMetrics(self.registry, self.config, self.faults, maker=mp_maker)
         else:

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["TracingHandle", "attach_processor", "setup_tracing", "span", "traced"]
+__all__ = ["TracingHandle", "attach_processor", "record_exception", "setup_tracing", "span", "traced"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("mestres_observability.tracing")
@@ -716,10 +716,55 @@ def _current_tracer() -> trace.Tracer | None:
     return t.tracer
 
 
+def _cut(text: str) -> str:
+    """``text`` within :data:`MAX_ATTRIBUTE_LENGTH`, keeping its start and its end."""
+    if len(text) <= MAX_ATTRIBUTE_LENGTH:
+        return text
+    keep = MAX_ATTRIBUTE_LENGTH - len(f"\n...[{len(text)} chars cut]...\n")
+    head = 320
+    return f"{text[:head]}\n...[{len(text) - keep} chars cut]...\n{text[-(keep - head):]}"
+
+
+def record_exception(sp: Span, exc: BaseException) -> None:
+    """Record ``exc`` on ``sp`` as OpenTelemetry's ``exception`` event, every value cut to
+    :data:`MAX_ATTRIBUTE_LENGTH` first.
+
+    The SDK's own ``Span.record_exception`` passes the whole stack trace and
+    message, which the span limits then truncate with a warning from
+    ``opentelemetry.attributes`` on every exception. Here the message keeps its
+    start, and the stack trace (its exception lines cut to 240 characters) keeps
+    its start (the outermost frames) and its end (the raising frame and the
+    exception line). Never raises.
+    """
+    try:
+        import traceback
+
+        kind = type(exc)
+        module = kind.__module__
+        name = f"{module}.{kind.__qualname__}" if module and module != "builtins" \
+            else kind.__qualname__
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable exception>"
+        # each part is a frame or an exception line: a long message is cut in place, so
+        # the end of the stack trace still shows the raising frame
+        stack = "".join(part if len(part) <= 256 else f"{part[:240]}...\n"
+                        for part in traceback.format_exception(kind, exc, exc.__traceback__))
+        sp.add_event("exception", {
+            "exception.type": name[:MAX_ATTRIBUTE_LENGTH],
+            "exception.message": message[:MAX_ATTRIBUTE_LENGTH],
+            "exception.stacktrace": _cut(stack),
+            "exception.escaped": "False",
+        })
+    except Exception as err:  # pragma: no cover - defensive
+        _report_fault("record_exception", err)
+
+
 def _fail(sp: Span, exc: BaseException) -> None:
     try:
         if isinstance(exc, Exception):
-            sp.record_exception(exc)
+            record_exception(sp, exc)
             sp.set_attribute("error.type", type(exc).__qualname__)
             sp.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         elif not isinstance(exc, GeneratorExit):

@@ -454,3 +454,191 @@ def test_business_exemplars_are_visible_in_the_openmetrics_exposition() -> None:
     assert found.get("payments_total") == expected, found
     assert found.get("payment_amount_total") == expected, found
     assert "trace_id" not in text  # the classic text format has no exemplars
+
+
+# ---------------------------------------------------------------- first hour (issue 11)
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mestres_observability" and r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("decorator", ["order", "payment"])
+def test_returning_none_records_nothing_and_says_so(caplog: pytest.LogCaptureFixture,
+                                                    decorator: str) -> None:
+    """issue 11 (8): ``None`` is not an order with every field missing: no count, no event."""
+    track = track_order if decorator == "order" else track_payment
+
+    @track
+    def create() -> None:
+        return None
+
+    with fresh_observability() as obs, capture_logs() as events:
+        assert create() is None
+        if decorator == "order":
+            assert sample_value("orders_total", obs, status="unknown") == 0
+        else:
+            assert sample_value("payments_total", obs, method="unknown", status="unknown") == 0
+        assert errors() == 1
+    assert [e["event"] for e in events if e["event"] in ("order_created", "payment_processed")] == []
+    (text,) = _warnings(caplog)
+    assert "the function returned None; nothing to record" in text
+    assert "field rejected" not in text
+
+
+@pytest.mark.parametrize(("result", "what"), [
+    ("order-1", "a str"), (42, "an int"), ([1, 2], "a list"), ({}, "a dict"),
+    ({"user_id": 3, "currency": "EUR"}, "a dict"), (("paid", 3), "a tuple"),
+])
+def test_non_orders_record_nothing_and_show_extract(caplog: pytest.LogCaptureFixture,
+                                                    result: Any, what: str) -> None:
+    @track_order
+    def create() -> Any:
+        return result
+
+    with fresh_observability() as obs, capture_logs() as events:
+        assert create() is result
+        assert sample_value("orders_total", obs, status="unknown") == 0
+    assert [e for e in events if e["event"] == "order_created"] == []
+    (text,) = _warnings(caplog)
+    assert f"the function returned {what}, which has none of the order fields" in text
+    assert "extract=" in text
+
+
+def test_record_order_none_names_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    with fresh_observability(), capture_logs() as events:
+        record_order(None)
+    assert [e for e in events if e["event"] == "order_created"] == []
+    assert _warnings(caplog) == ["mestres_observability business fault (no_order): "
+                                 "record_order() was given None; nothing to record"]
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """Case-insensitive ``get``, as Django's, werkzeug's and Starlette's headers are."""
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return next((v for k, v in self.items() if k.lower() == key.lower()), default)
+
+
+class DjangoLike:
+    """What Django's ``JsonResponse`` looks like to the decorator (``content``, ``streaming``)."""
+
+    streaming = False
+
+    def __init__(self, body: bytes, ctype: str = "application/json", status: int = 200) -> None:
+        self.content = body
+        self.status_code = status
+        self.headers = _Headers({"Content-Type": ctype})
+
+
+class StarletteLike:
+    def __init__(self, body: bytes, ctype: str = "application/json") -> None:
+        self.body = body
+        self.status_code = 201
+        self.headers = _Headers({"content-type": ctype})
+
+
+class WerkzeugLike:
+    is_streamed = False
+
+    def __init__(self, body: bytes, ctype: str = "application/json") -> None:
+        self._body = body
+        self.status_code = 201
+        self.headers = _Headers({"Content-Type": ctype})
+
+    def get_data(self) -> bytes:
+        return self._body
+
+
+_ORDER_JSON = (b'{"id": 7, "status": "paid", "total_amount": 19.9,'
+               b' "items": [{"product_id": "espresso", "quantity": 2}]}')
+
+
+@pytest.mark.parametrize("make", [
+    DjangoLike, StarletteLike, WerkzeugLike,
+    lambda body: (WerkzeugLike(body), 201),  # Flask's (response, status)
+], ids=["django", "starlette", "werkzeug", "flask-tuple"])
+def test_json_http_responses_are_read_from_their_body(make: Any) -> None:
+    """issue 11 (3): a view returning a JSON response records the order in its body."""
+    response = make(_ORDER_JSON)
+
+    @track_order
+    def view() -> Any:
+        return response
+
+    with fresh_observability() as obs, capture_logs() as events:
+        assert view() is response
+        assert sample_value("orders_total", obs, status="paid") == 1
+        assert sample_value("revenue_total", obs, currency="BRL") == pytest.approx(19.9)
+        assert sample_value("products_sold_total", obs, product_id="espresso") == 2
+        assert errors() == 0
+    (created,) = [e for e in events if e["event"] == "order_created"]
+    assert created["order_id"] == "7"
+
+
+def test_flask_dict_tuple_is_read() -> None:
+    @track_order
+    def view() -> Any:
+        return {"status": "paid", "total_amount": 5}, 201
+
+    with fresh_observability() as obs:
+        view()
+        assert sample_value("revenue_total", obs, currency="BRL") == 5
+
+
+def test_json_payment_response_is_read() -> None:
+    @track_payment
+    def view() -> Any:
+        return StarletteLike(b'{"id": "p1", "amount": 9.5, "method": "pix", "status": "approved"}')
+
+    with fresh_observability() as obs:
+        view()
+        assert sample_value("payment_amount_total", obs, method="pix", status="approved",
+                            currency="BRL") == 9.5
+
+
+@pytest.mark.parametrize(("response", "why"), [
+    (DjangoLike(b"<html></html>", "text/html"), "content type text/html"),
+    (DjangoLike(b"not json"), "JSONDecodeError"),
+    (DjangoLike(b"[" + b"1," * (1 << 20) + b"1]"), "more than 1048576 bytes"),
+    (type("Streamed", (WerkzeugLike,), {"is_streamed": True})(_ORDER_JSON), "a streamed body"),
+])
+def test_unreadable_http_responses_record_nothing_and_show_extract(
+        caplog: pytest.LogCaptureFixture, response: Any, why: str) -> None:
+    @track_order
+    def view() -> Any:
+        return response
+
+    with fresh_observability() as obs, capture_logs() as events:
+        assert view() is response
+        assert sample_value("orders_total", obs, status="unknown") == 0
+    assert [e for e in events if e["event"] == "order_created"] == []
+    (text,) = _warnings(caplog)
+    assert f"an HTTP response ({type(response).__name__})" in text
+    assert why in text
+    assert "extract=" in text
+    assert "missing_amount" not in text
+
+
+def test_json_body_that_is_not_an_order_says_what_it_holds(
+        caplog: pytest.LogCaptureFixture) -> None:
+    @track_order
+    def view() -> Any:
+        return DjangoLike(b"[1, 2]")
+
+    with fresh_observability():
+        view()
+    (text,) = _warnings(caplog)
+    assert "the function returned a DjangoLike whose JSON body is a list" in text
+
+
+def test_a_named_tuple_order_is_still_read_by_attribute() -> None:
+    from typing import NamedTuple
+
+    class Placed(NamedTuple):
+        id: int
+        status: str
+        total_amount: Decimal
+
+    with fresh_observability() as obs:
+        record_order(Placed(1, "paid", Decimal("4.5")))
+        assert sample_value("revenue_total", obs, currency="BRL") == 4.5

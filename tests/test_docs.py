@@ -26,6 +26,15 @@ def test_generated_pages_are_current() -> None:
     assert gen.CHANGELOG_PAGE.read_text(encoding="utf-8") == gen.changelog_page()
 
 
+def test_api_reference_page_is_current() -> None:
+    """docs/reference/api.md is text generated from the signatures and docstrings (readable
+    on GitHub without building the site): it must match the code."""
+    gen = load_generator()
+    assert gen.API_PAGE.read_text(encoding="utf-8") == gen.api_page(), \
+        "run: python docs/gen_reference.py"
+    assert ":::" not in gen.API_PAGE.read_text(encoding="utf-8")  # no directive left
+
+
 def test_changelog_has_unreleased_section() -> None:
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## [Unreleased]" in text

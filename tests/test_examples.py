@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._support import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,3 +39,38 @@ def test_demo_scripted_session() -> None:
     assert "order_errors_total{error_type=\"OutOfStock\"}" in metrics_part
     assert '"inventory_db"' in health_part
     assert "/health/liveness: HTTP 200" in health_part
+    # one order through the three signals: its trace as a waterfall, then its log lines and
+    # the metric exemplars that carry the same trace id
+    _, _, order_part = health_part.partition("== One order, three signals: trace_id ")
+    assert order_part, out[-2000:]
+    trace_id = order_part[:32]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    rows = [line for line in order_part.splitlines() if line.rstrip().endswith("|")]
+    names = [row[:38].strip() for row in rows]
+    assert names == ["POST /orders", "process_order", "validate_inventory", "calculate_totals"]
+    indents = [len(row) - len(row.lstrip()) for row in rows]
+    assert indents == [2, 4, 6, 6]  # nesting: server span > process_order > its two steps
+    assert all(re.search(r" \d+\.\d\d ms  \|[ █#]{40}\|$", row) for row in rows), rows
+    logs_part = order_part.partition("logs with this trace_id")[2]
+    assert "order_created  (process_order)" in logs_part
+    assert "http_request   (POST /orders)" in logs_part
+    # the same order in the JSON log above, with the same trace id
+    created = [r for r in records if r.get("event") == "order_created"
+               and r.get("trace_id") == trace_id]
+    assert len(created) == 1
+    metrics_part_2 = order_part.partition("metrics whose exemplar points at this trace")[2]
+    assert re.search(r'^  orders_total\{status="pending"\} \d+\.0 +\(process_order\)$',
+                     metrics_part_2, re.M), metrics_part_2
+
+
+def test_make_demo_installs_the_library_and_flask_only() -> None:
+    """``make demo`` (issue 11) builds its own light environment: no development toolchain."""
+    make = require_binary("make")
+    res = subprocess.run([make, "-n", "-B", "demo"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    installs = [line for line in lines if "pip install" in line]
+    assert installs, lines
+    assert all("-e '.[flask]'" in line and ".venv-demo/" in line for line in installs), installs
+    assert lines[-1] == ".venv-demo/bin/python examples/coffee_shop.py --scripted"

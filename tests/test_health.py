@@ -1124,3 +1124,42 @@ def test_adapters_serve_the_four_paths(framework: str) -> None:
         o.health.add("db", lambda: False)
         assert get("/health/readiness")[0] == 503
         assert get("/health/liveness")[0] == 200
+
+
+# ---------------------------------------------------------------- issue 11 (4)
+def _late_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mestres_observability.health" and r.levelno == logging.WARNING
+            and "after the first" in r.getMessage()]
+
+
+@pytest.mark.parametrize("kind", ["readiness", "detailed"])
+def test_checks_registered_after_the_first_probe_warn_once(caplog: pytest.LogCaptureFixture,
+                                                           kind: str) -> None:
+    """Django imports views.py at the first routed request of each worker: checks declared
+    there are missing from every probe answered before. The next probe says so, once."""
+    with fresh_observability() as obs:
+        obs.health.add("early", lambda: True)
+        assert obs.health.probe(kind).status == 200
+        assert _late_warnings(caplog) == []
+        obs.health.add("database", lambda: True)
+        obs.health.add("cache", lambda: True, critical=False)
+        assert obs.health.probe(kind).status == 200
+        asyncio.run(obs.health.aprobe(kind))
+        obs.health.probe(kind)
+    (text,) = _late_warnings(caplog)
+    assert "'database'" in text
+    assert "'cache'" in text
+    assert "AppConfig.ready()" in text
+    assert "'early'" not in text
+
+
+def test_checks_registered_before_the_first_probe_do_not_warn(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with fresh_observability() as obs:
+        obs.health.probe("liveness")  # runs no check: not a first probe of the checks
+        obs.health.add("database", lambda: True)
+        obs.health.probe("readiness")
+        obs.health.add("database", lambda: False)  # replacing a known check is not late
+        obs.health.probe("readiness")
+    assert _late_warnings(caplog) == []

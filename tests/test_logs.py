@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -481,3 +482,81 @@ def test_redact_keys_setting_replaces_the_list(sink: Sink) -> None:
     assert d["customer"] == {"PIN_code": "[REDACTED]", "name": "Ana"}
     assert "987654321" not in d["note"]
     assert d["password"] == "visible-now"  # the configured list replaces the default one
+
+
+# ---------------------------------------------------------------- issue 11 (5): server logs
+@pytest.fixture
+def server_logging() -> Iterator[None]:
+    """Apply :func:`server_logging_config` in this process; undo it afterwards."""
+    import logging.config
+
+    from mestres_observability.logs import server_logging_config
+
+    root = logging.getLogger()
+    names = ("gunicorn.error", "gunicorn.access", "uvicorn", "uvicorn.error", "uvicorn.access")
+    saved = (root.level, list(root.handlers),
+             {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in names})
+    saved_structlog = structlog.get_config()
+    logging.config.dictConfig(server_logging_config())
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for n, (handlers, propagate) in saved[2].items():
+            logging.getLogger(n).handlers[:] = handlers
+            logging.getLogger(n).propagate = propagate
+        structlog.configure(**saved_structlog)
+
+
+def test_server_lines_are_the_librarys_json(server_logging: None,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        raise RuntimeError("worker crashed")
+    except RuntimeError:
+        logging.getLogger("gunicorn.error").exception("Exception in worker process")
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET / HTTP/1.1" 200')
+    logging.getLogger("gunicorn.access").info("access line")
+    logging.getLogger("shop").warning("before init")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["logger"], d["event"]) for d in lines] == [
+        ("gunicorn.error", "Exception in worker process"),
+        ("uvicorn.error", "Started server process [42]"),
+        ("shop", "before init"),
+    ]
+    assert lines[0]["exception"]["type"] == "RuntimeError"
+    assert "worker crashed" in lines[0]["exception"]["stacktrace"]
+    for d in lines:
+        assert TS.match(d["timestamp"])
+
+
+def test_init_replaces_the_server_handler_on_the_root_logger(server_logging: None) -> None:
+    with fresh_observability(configure_logging=True, log_format="json"):
+        ours = [h for h in logging.getLogger().handlers if getattr(h, "mestres_handler", False)]
+        assert len(ours) == 1
+
+
+def test_the_shipped_uvicorn_log_config_file_matches_the_code() -> None:
+    from mestres_observability.logs import server_logging_config
+    from mestres_observability.uvicorn import LOG_CONFIG, LOG_CONFIG_FILE
+
+    with open(LOG_CONFIG_FILE, encoding="utf-8") as f:
+        shipped = json.load(f)
+    assert shipped == server_logging_config() == LOG_CONFIG, \
+        "regenerate mestres_observability/uvicorn_log_config.json from server_logging_config()"
+
+
+def test_the_gunicorn_config_module_sets_logconfig_dict() -> None:
+    import subprocess
+    import sys
+
+    # in a child: importing the config module turns on multiprocess mode in its process
+    code = ("import mestres_observability.gunicorn as g\n"
+            "from mestres_observability.logs import server_logging_config\n"
+            "print(g.logconfig_dict == server_logging_config())\n"
+            "g._remove_temporary_dir()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False, env=env)
+    assert res.stdout.strip() == "True", res.stderr

@@ -496,3 +496,68 @@ def test_duration_exemplar_is_visible_in_the_openmetrics_exposition() -> None:
     assert exemplar.labels == {"trace_id": format(ctx.trace_id, "032x"),
                                "span_id": format(ctx.span_id, "016x")}
     assert exemplar.value == pytest.approx(0.042)
+
+
+# ---------------------------------------------------------------- issue 11 (6)
+def _deep_raise(depth: int) -> None:
+    """Raise a chain of ``depth`` exceptions: message and stack trace past 1024 characters."""
+    try:
+        if depth:
+            _deep_raise(depth - 1)
+        else:
+            raise KeyError("k" * 500)
+    except Exception as exc:
+        raise ValueError("x" * 3000) from exc
+
+
+def _otel_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records
+            if r.name.startswith("opentelemetry")]
+
+
+def test_a_raising_span_logs_nothing_from_opentelemetry(caplog: pytest.LogCaptureFixture) -> None:
+    """The library's own exception event stays within the attribute limit (no SDK warning),
+    keeping the start and the end of the stack trace."""
+
+    @traced
+    def work() -> None:
+        _deep_raise(6)
+
+    @track_order
+    def create() -> None:
+        _deep_raise(6)
+
+    with fresh_observability(), captured_spans() as spans:
+        with pytest.raises(ValueError), span("block"):
+            _deep_raise(6)
+        with pytest.raises(ValueError):
+            work()
+        with pytest.raises(ValueError):
+            create()
+    assert _otel_records(caplog) == []
+    for name in ("block", "test_a_raising_span_logs_nothing_from_opentelemetry.<locals>.work",
+                 "process_order"):
+        (event,) = spans.by_name(name).events
+        attrs = dict(event.attributes or {})
+        assert event.name == "exception"
+        assert attrs["exception.type"] == "ValueError"
+        assert attrs["exception.message"].startswith("xxx")
+        stack = attrs["exception.stacktrace"].rstrip("\n")
+        assert all(len(v) <= MAX_ATTRIBUTE_LENGTH for v in attrs.values() if isinstance(v, str))
+        assert stack.startswith("Traceback (most recent call last):")
+        assert stack.splitlines()[-1].startswith("ValueError: xxx")
+        assert 'raise ValueError("x" * 3000) from exc' in stack[-300:]  # the raising frame
+        assert "chars cut]..." in stack
+        assert len(attrs["exception.stacktrace"]) <= MAX_ATTRIBUTE_LENGTH
+
+
+def test_long_business_values_are_cut_before_they_reach_the_span(
+        caplog: pytest.LogCaptureFixture) -> None:
+    @track_order
+    def create() -> dict[str, Any]:
+        return {"id": "o" * 5000, "status": "paid", "total_amount": 1}
+
+    with fresh_observability(), captured_spans() as spans:
+        create()
+    assert _otel_records(caplog) == []
+    assert len(spans.by_name("process_order").attributes["order.id"]) == MAX_ATTRIBUTE_LENGTH

@@ -94,7 +94,9 @@ def server(tmp_path: Path) -> Iterator[object]:
     started: list[subprocess.Popen[bytes]] = []
     mpdir = tmp_path / "prometheus"
 
-    def start(argv: list[str], extra_env: dict[str, str | None] | None = None) -> int:
+    def start(argv: list[str], extra_env: dict[str, str | None] | None = None, *,
+              streams: bool = False) -> int:
+        """Start the server; ``streams``: stdout and stderr in two files instead of one."""
         port = free_port()
         prepare_directory(mpdir)
         env = dict(os.environ)
@@ -109,9 +111,10 @@ def server(tmp_path: Path) -> Iterator[object]:
                 env.pop(name, None)
             else:
                 env[name] = value
-        with (tmp_path / "server.log").open("ab") as log:
+        with (tmp_path / "server.log").open("ab") as log, \
+                (tmp_path / "server.err").open("ab") as err:
             proc = subprocess.Popen([a.replace("{port}", str(port)) for a in argv], cwd=APPS,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, stdout=log, stderr=err if streams else subprocess.STDOUT,
                                     start_new_session=True)
         started.append(proc)
 
@@ -125,6 +128,8 @@ def server(tmp_path: Path) -> Iterator[object]:
     start.mpdir = mpdir  # type: ignore[attr-defined]
     start.started_pid = lambda: started[-1].pid  # type: ignore[attr-defined]
     start.log = tmp_path / "server.log"  # type: ignore[attr-defined]
+    start.err = tmp_path / "server.err"  # type: ignore[attr-defined]
+    start.processes = started  # type: ignore[attr-defined]
     yield start
     for proc in started:
         if proc.poll() is None:
@@ -180,6 +185,104 @@ def test_flask_under_gunicorn_three_workers(server: object) -> None:
 def test_django_under_gunicorn_three_workers(server: object) -> None:
     port = server(_gunicorn("django_project:application"))  # type: ignore[operator]
     _drive_and_check(port, server.mpdir, 3)  # type: ignore[attr-defined]
+
+
+def _service_info(port: int) -> list[dict[str, str]]:
+    _status, _headers, body = _get(port, "/metrics")
+    return [dict(s.labels) for family in text_string_to_metric_families(body.decode())
+            if family.name == "service_info" for s in family.samples]
+
+
+def test_django_under_gunicorn_exposes_one_service_info_series(server: object) -> None:
+    """issue 11 (2): the Django app's ``ready()`` looks at the current instance before it
+    initialises the real one; that default instance must leave no
+    ``service_info{service="unknown_service"}`` in the shared files."""
+    port = server(_gunicorn("django_project:application", workers=2))  # type: ignore[operator]
+    for i in range(20):
+        assert _get(port, f"/orders/{i}")[0] == 200
+    for _ in range(6):  # whichever worker answers the scrape
+        assert [s["service"] for s in _service_info(port)] == ["django-multiworker"]
+
+
+def _stop(server: object) -> None:
+    """SIGTERM the last server started and wait for it (its shutdown lines are logged)."""
+    proc = server.processes[-1]  # type: ignore[attr-defined]
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def _json_lines(path: Path) -> list[dict[str, object]]:
+    """Every line of ``path`` as a JSON object: fails on the first line that is not one."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"{path.name} line {number} is not JSON: {line!r}\n{path.read_text()}")
+        assert isinstance(record, dict), line
+        out.append(record)
+    return out
+
+
+def _server_lines(server: object) -> list[dict[str, object]]:
+    lines = _json_lines(server.log) + _json_lines(server.err)  # type: ignore[attr-defined]
+    assert all(r.get("timestamp") and r.get("level") and r.get("logger") for r in lines), lines
+    return lines
+
+
+@pytest.mark.parametrize("app_logging", ["0", "1"], ids=["server-only", "app-configures"])
+def test_gunicorn_lines_are_json_on_both_streams(server: object, app_logging: str) -> None:
+    """issue 11 (5): with the shipped config module, gunicorn's own lines (start, worker
+    boot and exit on recycling, the 500 traceback, shutdown) are the library's JSON."""
+    port = server(_gunicorn("flask_app:app", workers=2),  # type: ignore[operator]
+                  {"APP_CONFIGURE_LOGGING": app_logging, "MESTRES_OBS_SERVICE_NAME": "shop"},
+                  streams=True)
+    for i in range(80):  # --max-requests 25: workers are recycled
+        assert _get(port, f"/orders/{i}")[0] == 200
+    assert _get(port, "/boom")[0] == 500
+    _stop(server)
+    lines = _server_lines(server)
+    events = [str(r["event"]) for r in lines]
+    assert any(e.startswith("Starting gunicorn") for e in events), events
+    assert sum(e.startswith("Booting worker with pid") for e in events) > 2, events
+    assert any(e.startswith("Worker exiting") for e in events), events
+    assert any(e.startswith("Shutting down") for e in events), events
+    (failure,) = [r for r in lines if "exception" in r]
+    exception = failure["exception"]
+    assert isinstance(exception, dict)
+    assert exception["type"] == "RuntimeError"
+    assert "raise RuntimeError" in str(exception["stacktrace"])
+    # before init: the service from the environment; after init: the app's own
+    (start,) = [r for r in lines if str(r["event"]).startswith("Starting gunicorn")]
+    assert start["service"] == "shop"
+    exits = {r["service"] for r in lines if str(r["event"]).startswith("Worker exiting")}
+    assert exits == ({"flask-multiworker"} if app_logging == "1" else {"shop"})
+
+
+def test_uvicorn_lines_are_json_on_both_streams(server: object) -> None:
+    """issue 11 (5): uvicorn with the library's ``--log-config``, two workers, access log on:
+    its start and shutdown lines and the FastAPI 500 traceback are JSON; access lines dropped."""
+    from mestres_observability.uvicorn import LOG_CONFIG_FILE
+
+    port = server([require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",  # type: ignore[operator]
+                   "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS),
+                   "--log-config", LOG_CONFIG_FILE],
+                  {"APP_CONFIGURE_LOGGING": "1"}, streams=True)
+    for i in range(10):
+        assert _get(port, f"/orders/{i}")[0] == 200
+    assert _get(port, "/boom")[0] == 500
+    _stop(server)
+    lines = _server_lines(server)
+    events = [str(r["event"]) for r in lines]
+    assert any(e.startswith("Uvicorn running on") for e in events), events
+    assert any(e.startswith("Started server process") for e in events), events
+    assert any(e.startswith("Finished server process") for e in events), events
+    (failure,) = [r for r in lines if "exception" in r]
+    assert str(failure["event"]).strip() == "Exception in ASGI application"
+    exception = failure["exception"]
+    assert isinstance(exception, dict)
+    assert exception["type"] == "RuntimeError"
+    assert not any("GET /orders" in e for e in events)  # uvicorn's access lines: dropped
 
 
 def test_flask_under_gunicorn_preload(server: object) -> None:

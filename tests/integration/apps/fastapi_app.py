@@ -17,5 +17,11 @@ async def order(order_id: int, response: Response) -> dict[str, int]:
     return {"id": order_id}
 
 
-init_observability(app, service_name="fastapi-multiworker", configure_logging=False,
+@app.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("boom")  # a 500: uvicorn logs "Exception in ASGI application"
+
+
+init_observability(app, service_name="fastapi-multiworker",
+                   configure_logging=os.environ.get("APP_CONFIGURE_LOGGING") == "1",
                    tracing_enabled=False, access_log=False)

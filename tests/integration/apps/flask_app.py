@@ -18,5 +18,11 @@ def order(order_id: int) -> object:
     return response
 
 
-init_observability(app, service_name="flask-multiworker", configure_logging=False,
+@app.get("/boom")
+def boom() -> object:
+    raise RuntimeError("boom")  # a 500 whose traceback is logged
+
+
+init_observability(app, service_name="flask-multiworker",
+                   configure_logging=os.environ.get("APP_CONFIGURE_LOGGING") == "1",
                    tracing_enabled=False, access_log=False)
