@@ -190,7 +190,9 @@ class RetryPolicy:
     random share of up to ``jitter`` of it (so many senders do not retry in
     step); a 429's ``Retry-After`` replaces the wait when it is longer, up to
     ``max_retry_after``. No wait starts that would end past ``total_timeout``
-    seconds after the first attempt: the result then says the budget ran out.
+    seconds after the first attempt (the result then says the budget ran
+    out), and each attempt's timeout is cut to what is left of the budget, so
+    one ``send_alert`` lasts about ``total_timeout`` at most.
 
     Attributes:
         attempts: tries in all (1: no retry).
@@ -252,7 +254,7 @@ class _Base:
         self._rng = rng or random.Random()
 
     # subclasses
-    def _attempt(self, alert: Alert) -> _Outcome:  # pragma: no cover - abstract
+    def _attempt(self, alert: Alert, timeout: float) -> _Outcome:  # pragma: no cover
         raise NotImplementedError
 
     def _scrub(self, text: str) -> str:
@@ -269,8 +271,9 @@ class _Base:
         outcome = _Outcome(ok=False, error="not attempted")
         while True:
             attempt += 1
+            remaining = policy.total_timeout - (time.monotonic() - start)
             try:
-                outcome = self._attempt(alert)
+                outcome = self._attempt(alert, max(0.05, min(self.timeout, remaining)))
             except Exception as exc:  # a bug or an unforeseen error: report, never raise
                 outcome = _Outcome(ok=False, error=f"unexpected {type(exc).__name__}: {exc}")
             outcome.error = self._scrub(outcome.error)
@@ -283,7 +286,7 @@ class _Base:
                                       f"more than max_retry_after ({policy.max_retry_after:g} s)")
                     break
                 wait = max(wait, outcome.retry_after)
-            if time.monotonic() - start + wait + self.timeout > policy.total_timeout:
+            if time.monotonic() - start + wait >= policy.total_timeout:
                 outcome.error += f"; stopped: the {policy.total_timeout:g} s budget would run out"
                 break
             _log.debug("%s delivery to %s failed (%s); retry %d in %.2fs", self.kind,
@@ -348,8 +351,12 @@ class _HttpNotifier(_Base):
         parts = _check_url(url, what)
         self.__url = url.strip()
         self._origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-        self._secret_parts = [p for p in (self.__url, parts.path, parts.query, parts.netloc)
-                              if p and p not in ("/", self._origin)]
+        path = parts.path.strip("/")
+        self._secret_parts = [p for p in (
+            self.__url, parts.path, path, parts.query, parts.netloc.rpartition("@")[0],
+            *(v for _, v in urllib.parse.parse_qsl(parts.query)),
+            *(seg for seg in path.split("/") if len(seg) >= 8))
+            if p and p not in ("/", self._origin)]
         handlers: list[Any] = [_NoRedirect()]
         if ssl_context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
@@ -373,13 +380,13 @@ class _HttpNotifier(_Base):
     def _headers(self, body: bytes) -> dict[str, str]:
         return {}
 
-    def _attempt(self, alert: Alert) -> _Outcome:
+    def _attempt(self, alert: Alert, timeout: float) -> _Outcome:
         body = self._payload(alert)
         headers = {"Content-Type": "application/json; charset=utf-8",
                    "User-Agent": "mestres-observability-notifier", **self._headers(body)}
         request = urllib.request.Request(self.__url, data=body, headers=headers, method="POST")
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=timeout) as response:
                 response.read(65536)
                 return _Outcome(ok=True, status=response.status)
         except urllib.error.HTTPError as err:
@@ -655,16 +662,15 @@ class EmailNotifier(_Base):
         msg.set_content("\n".join(lines) + "\n")
         return msg
 
-    def _attempt(self, alert: Alert) -> _Outcome:
+    def _attempt(self, alert: Alert, timeout: float) -> _Outcome:
         msg = self.message(alert)
         context = self._context or ssl.create_default_context()
         smtp: smtplib.SMTP | None = None
         try:
             if self.use_ssl:
-                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                        context=context)
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=timeout, context=context)
             else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                smtp = smtplib.SMTP(self.host, self.port, timeout=timeout)
             smtp.ehlo()
             if self.starttls:
                 if not smtp.has_extn("starttls"):

@@ -264,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_server() -> Iterator[_Recorder]:
     server = _Recorder(("127.0.0.1", 0), _Handler)
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
