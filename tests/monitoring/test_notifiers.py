@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -516,8 +515,3 @@ def test_email_misconfiguration(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         EmailNotifier("smtp.example.com", 587, **kwargs)
 
-
-def test_no_event_loop_left_behind() -> None:
-    # aiosmtpd runs its loop in a thread of its own; the test thread has none running
-    with pytest.raises(RuntimeError):
-        asyncio.get_running_loop()
