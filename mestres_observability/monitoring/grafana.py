@@ -772,7 +772,9 @@ def datasources(settings: RenderSettings) -> dict[str, Any]:
     to the Jaeger datasource; Jaeger links spans to their log lines in
     Elasticsearch; Elasticsearch links a line's ``trace_id`` back to Jaeger.
     The Elasticsearch password is read from the ``LOGS_READER_PASSWORD``
-    variable of the Grafana container, never written here.
+    variable of the Grafana container, never written here. Grafana expands
+    ``$VAR`` in provisioning files, so its own ``${__...}`` macros are
+    written ``$${__...}``.
     """
     return {
         "apiVersion": 1,
@@ -797,7 +799,7 @@ def datasources(settings: RenderSettings) -> dict[str, Any]:
                     "tracesToLogsV2": {
                         "datasourceUid": ELASTICSEARCH_UID, "filterByTraceID": True,
                         "spanStartTimeShift": "-5m", "spanEndTimeShift": "5m",
-                        "customQuery": True, "query": 'trace_id:"${__trace.traceId}"',
+                        "customQuery": True, "query": 'trace_id:"$${__trace.traceId}"',
                     },
                     "nodeGraph": {"enabled": True},
                 },
@@ -813,7 +815,7 @@ def datasources(settings: RenderSettings) -> dict[str, Any]:
                     "logMessageField": "event",
                     "logLevelField": "level",
                     "dataLinks": [{"field": "trace_id", "datasourceUid": JAEGER_UID,
-                                   "url": "${__value.raw}", "urlDisplayLabel": "Open trace"}],
+                                   "url": "$${__value.raw}", "urlDisplayLabel": "Open trace"}],
                 },
             },
         ],

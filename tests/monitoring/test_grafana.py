@@ -105,6 +105,16 @@ def test_datasource_uids_match_the_provisioning() -> None:
                 assert by_uid[t["datasource"]["uid"]]["type"] == t["datasource"]["type"]
 
 
+def test_provisioning_interpolates_only_the_password() -> None:
+    text = _render()["grafana/provisioning/datasources/datasources.yml"]
+    # Grafana expands $VAR and ${VAR} in provisioning files; $$ is a literal $
+    refs = re.findall(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_.]*)", text.replace("$$", ""))
+    assert refs == ["LOGS_READER_PASSWORD"]
+    data = yaml.safe_load(text)
+    jaeger = next(d for d in data["datasources"] if d["uid"] == "jaeger")
+    assert "$${__trace.traceId}" in jaeger["jsonData"]["tracesToLogsV2"]["query"]
+
+
 def test_dashboard_provider_reads_the_mounted_directory() -> None:
     provider = yaml.safe_load(_render()["grafana/provisioning/dashboards/dashboards.yml"])
     (p,) = provider["providers"]
