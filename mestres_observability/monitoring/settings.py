@@ -38,6 +38,18 @@ class RenderSettings:
         otlp_endpoint: where the collector sends traces (Jaeger's OTLP port).
         log_path: the JSON log file the log shipper tails.
         scrape_interval: Prometheus' scrape and evaluation interval (``15s``).
+        prometheus_url: Prometheus' address as Grafana reaches it (the metrics datasource).
+        elasticsearch_url: Elasticsearch's address as the log shipper, Grafana and
+            the setup job reach it.
+        log_index_prefix: prefix of the daily log indices (``mestres-logs-2024.05.01``);
+            the index template, the Kibana data view and Grafana's logs datasource use it.
+        slow_request_seconds: requests slower than this are listed in Kibana's
+            "slow requests" view.
+        trace_sample_percent: share of the traces that are neither errors nor slow
+            that the collector keeps (tail sampling), in percent.
+        slack_webhook_file: where Alertmanager reads the Slack webhook address (a
+            compose secret), so the address is never written into a config file.
+        smtp_password_file: where Alertmanager reads the SMTP password (a compose secret).
     """
 
     config: ObservabilityConfig = field(default_factory=ObservabilityConfig)
@@ -61,6 +73,13 @@ class RenderSettings:
     otlp_endpoint: str = "http://jaeger:4318"
     log_path: str = "/var/log/mestres/app.log"
     scrape_interval: str = "15s"
+    prometheus_url: str = "http://prometheus:9090"
+    elasticsearch_url: str = "http://elasticsearch:9200"
+    log_index_prefix: str = "mestres-logs"
+    slow_request_seconds: float = 2.0
+    trace_sample_percent: float = 10.0
+    slack_webhook_file: str = "/run/secrets/slack_webhook_url"
+    smtp_password_file: str = "/run/secrets/smtp_password"
 
     def metric(self, base: str) -> str:
         """The exposed name of catalogue entry ``base`` under this service's namespace.
