@@ -113,6 +113,12 @@ def render(out_dir: Path, targets: tuple[str, ...], service: str | None,
         if problem is not None:
             raise click.BadParameter(problem, param_hint="'--slo-latency'")
         kwargs["slo_latency_threshold"], kwargs["slo_latency_target"] = slo_latency
+    else:
+        default = RenderSettings.slo_latency_threshold
+        problem = rules.latency_bound_problem(config, default)
+        if problem is not None:
+            raise click.UsageError(f"the default latency objective's threshold: {problem}; "
+                                   "choose one with --slo-latency SECONDS:PERCENT")
     settings = RenderSettings(**kwargs)
     try:
         result = render_all(settings, out_dir)

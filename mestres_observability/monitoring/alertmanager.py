@@ -3,7 +3,8 @@
 * **Routing.** One route per team (the ``team`` label of the alerts:
   :attr:`RenderSettings.team` and the teams of ``alert_teams``), and under it
   one per severity: ``page`` goes to ``<team>-page`` (Slack), ``ticket`` to
-  ``<team>-ticket`` (email). Anything else lands on the default team's tickets.
+  ``<team>-ticket`` (email). A page of a team without a route reaches the
+  default team's pages; anything else lands on its tickets.
 * **Grouping.** By ``alertname``, ``service`` and ``slo``: the instances of one
   alert arrive in one message.
 * **Inhibition.** While a ``page`` about an SLO (``slo`` label) fires for a
@@ -93,6 +94,8 @@ def config(settings: RenderSettings) -> dict[str, Any]:
         receivers.append({"name": f"{team}-page", "slack_configs": [_slack(settings)]})
         receivers.append({"name": f"{team}-ticket", "email_configs": [
             {"to": settings.email_to, "send_resolved": True}]})
+    # a page labelled with a team that has no route still pages (the default team)
+    routes.append({"matchers": ['severity="page"'], "receiver": f"{settings.team}-page"})
     return {
         "global": global_,
         "route": {

@@ -71,7 +71,7 @@ class PromQLSyntaxError(ValueError):
 # ---------------------------------------------------------------- tokens
 _TOKEN_RE = re.compile(r"""
     (?P<ws>\s+|\#[^\n]*)
-  | (?P<duration>(?:\d+(?:ms|[smhdwy]))+)(?![\w:])
+  | (?P<duration>(?:\d+(?:ms|[smhdwy]))+)(?!\w)
   | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<var>\$\{[^}]+\}|\$\w+|\[\[\w+\]\])
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
@@ -286,9 +286,13 @@ class _Parser:
                 self.take("[")
                 rng = self.duration()
                 subquery = False
-                if self.accept(":"):
+                if self.tok.kind == "ident" and self.tok.text.startswith(":"):
+                    # ":5m" or ":" read as an identifier (a colon may start a metric name)
                     subquery = True
-                    if self.tok.text != "]":
+                    step = self.take().text[1:]
+                    if step and not re.fullmatch(r"(?:\d+(?:ms|[smhdwy]))+", step):
+                        raise self.error("expected a subquery step")
+                    if not step and self.tok.text != "]":
                         self.duration()
                 self.take("]")
                 node = RangeSelector(node, rng, subquery)
@@ -595,7 +599,7 @@ class _Checker:
             if not strings:
                 return inner
             dst = strings[0]
-            sources = strings[3:4] if f == "label_replace" else strings[2:]
+            sources = strings[2:3] if f == "label_replace" else strings[2:]
             self.need([s for s in sources if s], inner, f"{f}(...) source")
             return None if inner is None else inner | {dst}
         if f in ("absent", "absent_over_time"):

@@ -694,7 +694,11 @@ def _http_group(n: _Names) -> RuleGroup:
     if not bounds[0] < p99:
         raise ValueError(f"latency_p99_threshold {p99} must be above the first http_buckets "
                          f"bound ({bounds[0]})")
-    slow_bucket, slow_value = _bucket_above(bounds, p99, 0.99)
+    try:
+        slow_bucket, slow_value = _bucket_above(bounds, p99, 0.99)
+    except ValueError:
+        raise ValueError(f"latency_p99_threshold {p99} must be below the last http_buckets "
+                         f"bound ({bounds[-1]}): no p99 can exceed it") from None
     slow_lower = bounds[slow_bucket - 1]
     slow_upper = bounds[slow_bucket] if slow_bucket < len(bounds) else math.inf
     up = f"up{{{n.job}}}"
@@ -1156,9 +1160,9 @@ def _rum_group(n: _Names) -> RuleGroup | None:
             "for some of them.",
             ("The RUM dashboard's JS errors by page group.", "The front end's last deploy."),
             "The threshold (10 in 15 minutes) is in the rule.",
-            (Case("a JS error a minute", (n.series(entry.name, "0+1x30"),), "25m", True,
+            (Case("a JS error a minute", (n.series(entry.name, "0+1x50"),), "40m", True,
                   n.job_labels(), 15.0),
-             Case("no new error", (n.series(entry.name, "4x30"),), "25m", False)),
+             Case("no new error", (n.series(entry.name, "4x50"),), "40m", False)),
             probe=f"sum by (job) (increase({sel}[15m]))",
             probe_note="needs page views from browsers", uses=(entry.name,)))
     if not alerts_:
