@@ -97,10 +97,11 @@ def process(args: list[str], ready_url: str, log: Path, timeout: float = 30,
 
 
 @contextlib.contextmanager
-def alertmanager(config: Path) -> Iterator[str]:
-    """Debian's ``prometheus-alertmanager`` on a free loopback port; yields its base URL."""
+def alertmanager(config: Path, port: int | None = None) -> Iterator[str]:
+    """Debian's ``prometheus-alertmanager`` on ``port`` (default: a free loopback port);
+    yields its base URL."""
     binary = require_binary("prometheus-alertmanager")
-    port = free_port()
+    port = port or free_port()
     storage = Path(tempfile.mkdtemp(prefix="mestres-obs-am-"))
     base = f"http://127.0.0.1:{port}"
     try:
