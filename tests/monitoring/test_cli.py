@@ -168,3 +168,10 @@ def test_console_script_is_declared() -> None:
     assert 'mestres-observability = "mestres_observability.cli:main"' in text
     assert '"click>=8.1"' in text
     assert '"pyyaml>=6"' in text
+
+
+def test_anomaly_rules_say_why_they_are_not_rendered_yet(tmp_path: Path) -> None:
+    code, out = invoke("render", "--out", str(tmp_path), "--anomaly-rules")
+    assert code == 0, out
+    assert "note: anomaly rules: not rendered" in out
+    assert not (tmp_path / "prometheus" / "rules" / "anomaly.yml").exists()
