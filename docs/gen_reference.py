@@ -20,11 +20,19 @@ sys.path.insert(0, str(HERE.parent))
 
 from mestres_observability.catalogue import entries, reference_table  # noqa: E402
 from mestres_observability.config import settings_table  # noqa: E402
+from mestres_observability.monitoring import runbook  # noqa: E402
+from mestres_observability.monitoring.settings import RenderSettings  # noqa: E402
 
 CONFIG_PAGE = HERE / "reference" / "configuration.md"
 METRICS_PAGE = HERE / "reference" / "metrics.md"
 CHANGELOG_PAGE = HERE / "changelog.md"
+RUNBOOK_PAGE = HERE / "runbook.md"
 CHANGELOG = HERE.parent / "CHANGELOG.md"
+
+
+def runbook_page() -> str:
+    """The runbook of the rules rendered with the default settings."""
+    return runbook.page(RenderSettings())
 
 
 def changelog_page() -> str:
@@ -470,6 +478,7 @@ def main() -> None:
     METRICS_PAGE.write_text(metrics_page(), encoding="utf-8")
     CHANGELOG_PAGE.write_text(changelog_page(), encoding="utf-8")
     API_PAGE.write_text(api_page(), encoding="utf-8")
+    RUNBOOK_PAGE.write_text(runbook_page(), encoding="utf-8")
 
 
 if __name__ == "__main__":

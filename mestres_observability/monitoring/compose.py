@@ -108,8 +108,8 @@ def secret_files(settings: RenderSettings) -> dict[str, str]:
     PostgreSQL exporter's password there, one per file.
     """
     return {
-        posixpath.basename(settings.slack_webhook_file): settings.slack_webhook_file,
-        posixpath.basename(settings.smtp_password_file): settings.smtp_password_file,
+        posixpath.basename(settings.slack_api_url_file): settings.slack_api_url_file,
+        posixpath.basename(settings.smtp_auth_password_file): settings.smtp_auth_password_file,
         "grafana_admin_password": "/run/secrets/grafana_admin_password",
         "postgres_exporter_password": "/run/secrets/postgres_exporter_password",
     }
@@ -139,8 +139,8 @@ def _secret(name: str, target: str) -> dict[str, Any]:
 def compose(settings: RenderSettings) -> dict[str, Any]:
     """The compose project as a mapping (what :func:`render` writes as YAML)."""
     secrets = secret_files(settings)
-    slack, smtp = (posixpath.basename(settings.slack_webhook_file),
-                   posixpath.basename(settings.smtp_password_file))
+    slack, smtp = (posixpath.basename(settings.slack_api_url_file),
+                   posixpath.basename(settings.smtp_auth_password_file))
     log_dir = posixpath.dirname(settings.log_path) or "/var/log/mestres"
     project = re.sub(r"[^a-z0-9_-]+", "-", settings.service.lower()).strip("-_") or "service"
     es_env = {name: _required(name) for name in REQUIRED_VARIABLES}

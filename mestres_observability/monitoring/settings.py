@@ -47,9 +47,35 @@ class RenderSettings:
             "slow requests" view.
         trace_sample_percent: share of the traces that are neither errors nor slow
             that the collector keeps (tail sampling), in percent.
-        slack_webhook_file: where Alertmanager reads the Slack webhook address (a
-            compose secret), so the address is never written into a config file.
-        smtp_password_file: where Alertmanager reads the SMTP password (a compose secret).
+        error_ratio_threshold: HighErrorRate fires above this share of 5xx responses.
+        latency_p99_threshold: HighLatency fires when a route's p99 is above this (seconds).
+        min_page_request_rate: the low-traffic guard: requests per second (over the
+            alert's long window) below which an error-ratio or burn-rate alert does
+            not page (a ticket still opens when the budget burns over days).
+        min_orders_per_hour: LowOrderVolume fires below this many orders in an hour.
+        inventory_low_threshold: InventoryLow fires below this many units in stock.
+        memory_threshold_percent: HighMemoryUsage fires above this ``memory_usage_percent``.
+        disk_threshold_percent: HighDiskUsage fires above this ``disk_usage_percent``.
+        db_connections_threshold: DatabaseConnectionsHigh fires above this share of
+            PostgreSQL's ``max_connections`` in use.
+        alert_teams: ``(rule group, team)`` pairs overriding :attr:`team` for the
+            alerts of one group (``(("business", "sales"),)``); groups: ``http``,
+            ``business``, ``infrastructure``, ``health``, ``slo``, ``self``, ``rum``.
+        alert_for_override: test-only: replaces the ``for:`` of every alert
+            (``"0s"``), so an end-to-end run sees alerts fire within seconds.
+        alert_group_wait: Alertmanager's ``group_wait`` (first notification of a group).
+        alert_group_interval: Alertmanager's ``group_interval``.
+        alert_repeat_interval: Alertmanager's ``repeat_interval``.
+        slack_api_url_file: the file Alertmanager reads the Slack webhook URL from
+            (the URL itself is never written into the output).
+        slack_channel: the Slack channel of pages.
+        email_to: the address tickets are mailed to.
+        email_from: the sender of Alertmanager's mail.
+        smtp_smarthost: ``host:port`` of the SMTP server (STARTTLS required).
+        smtp_auth_username: SMTP user; empty: no SMTP authentication.
+        smtp_auth_password_file: the file Alertmanager reads the SMTP password from.
+        metrics_credentials_file: when the service protects ``/metrics``
+            (``metrics_auth``), the file Prometheus reads the token or password from.
     """
 
     config: ObservabilityConfig = field(default_factory=ObservabilityConfig)
@@ -78,8 +104,27 @@ class RenderSettings:
     log_index_prefix: str = "mestres-logs"
     slow_request_seconds: float = 2.0
     trace_sample_percent: float = 10.0
-    slack_webhook_file: str = "/run/secrets/slack_webhook_url"
-    smtp_password_file: str = "/run/secrets/smtp_password"
+    error_ratio_threshold: float = 0.05
+    latency_p99_threshold: float = 1.0
+    min_page_request_rate: float = 0.1
+    min_orders_per_hour: float = 1.0
+    inventory_low_threshold: float = 10.0
+    memory_threshold_percent: float = 85.0
+    disk_threshold_percent: float = 90.0
+    db_connections_threshold: float = 0.8
+    alert_teams: tuple[tuple[str, str], ...] = ()
+    alert_for_override: str | None = None
+    alert_group_wait: str = "30s"
+    alert_group_interval: str = "5m"
+    alert_repeat_interval: str = "4h"
+    slack_api_url_file: str = "/etc/alertmanager/secrets/slack-webhook-url"
+    slack_channel: str = "#alerts"
+    email_to: str = "oncall@example.com"
+    email_from: str = "alertmanager@example.com"
+    smtp_smarthost: str = "smtp.example.com:587"
+    smtp_auth_username: str = ""
+    smtp_auth_password_file: str = "/etc/alertmanager/secrets/smtp-password"
+    metrics_credentials_file: str = "/etc/prometheus/secrets/metrics-credentials"
 
     def metric(self, base: str) -> str:
         """The exposed name of catalogue entry ``base`` under this service's namespace.

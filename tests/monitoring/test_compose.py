@@ -52,7 +52,7 @@ def _schema() -> dict[str, Any]:
 @pytest.mark.parametrize("settings", [
     RenderSettings(),
     RenderSettings(service="Shop API (EU)", log_path="/srv/logs/shop.json",
-                   node_exporter_target="node:9200", slack_webhook_file="/run/secrets/slack"),
+                   node_exporter_target="node:9200", slack_api_url_file="/run/secrets/slack"),
 ], ids=["default", "custom"])
 def test_validates_against_the_compose_spec(settings: RenderSettings) -> None:
     jsonschema = require_module("jsonschema")
@@ -151,7 +151,7 @@ def test_no_hard_coded_passwords() -> None:
             assert s["source"] in declared
     am = {s["target"] for s in data["services"]["alertmanager"]["secrets"]}
     settings = RenderSettings()
-    assert am == {settings.slack_webhook_file, settings.smtp_password_file}
+    assert am == {settings.slack_api_url_file, settings.smtp_auth_password_file}
 
 
 def test_interpolation_is_well_formed_and_documented() -> None:
