@@ -56,6 +56,7 @@ __all__ = [
     "PROCESSES",
     "SOURCES",
     "SPAN_DROP_REASONS",
+    "TRACE_HEADERS",
     "Group",
     "MetricDef",
     "MetricKind",
@@ -223,6 +224,9 @@ class MetricDef:
 #: Why a span was dropped: the ``reason`` label of ``mestres_observability_spans_dropped_total``
 #: (see :mod:`mestres_observability.tracing`).
 SPAN_DROP_REASONS: tuple[str, ...] = ("queue_full", "export_failed", "export_timeout", "shutdown")
+#: The W3C trace-context request headers the library bounds before extraction: the
+#: ``header`` label of ``mestres_observability_trace_headers_dropped_total``.
+TRACE_HEADERS: tuple[str, ...] = ("traceparent", "tracestate", "baggage")
 
 #: Every metric family the library exposes, in registration order.
 CATALOGUE: tuple[MetricDef, ...] = (
@@ -300,6 +304,16 @@ CATALOGUE: tuple[MetricDef, ...] = (
               "`otlp_timeout`, or waited behind one that did not), `shutdown` (still queued or "
               "in flight when the shutdown bound expired, or ended after shutdown). Every span "
               "ended is counted exactly once: exported or here."),
+    MetricDef("mestres_observability_trace_headers_dropped_total", "counter",
+              "Incoming trace-context headers dropped or cut to whole list members because "
+              "they exceed the W3C limits, by header.",
+              ("header",), (), prefixed=False, group="self",
+              presets=tuple((h,) for h in TRACE_HEADERS),
+              description="Incoming trace-context headers over the W3C limits, by header: a "
+              "`traceparent` longer than 55 characters (dropped; a later version is cut to "
+              "its first 55), a `tracestate` over 32 list members or 512 characters, a "
+              "`baggage` over 64 list members or 8192 bytes (both cut to whole members). "
+              "Nothing of their content is logged."),
     # ---- host or container, computed at scrape time (system.SystemCollector)
     MetricDef("memory_usage_bytes", "gauge",
               "Memory in use: the container's working set (cgroup v2 memory.current minus "

@@ -265,6 +265,7 @@ class LibraryMetrics:
     mestres_observability_errors_total: GuardedCounter
     mestres_observability_label_overflow_total: GuardedCounter
     mestres_observability_spans_dropped_total: GuardedCounter
+    mestres_observability_trace_headers_dropped_total: GuardedCounter
 
     def _build_raw(self, d: MetricDef) -> Any:
         name = self.config.metric_name(d.name) if d.prefixed else d.name
