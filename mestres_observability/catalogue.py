@@ -55,6 +55,8 @@ __all__ = [
     "MULTIPROCESS_MODES",
     "PROCESSES",
     "SOURCES",
+    "SPAN_DROP_REASONS",
+    "TRACE_HEADERS",
     "Group",
     "MetricDef",
     "MetricKind",
@@ -142,6 +144,10 @@ class MetricDef:
             ``created_series`` setting is off or in multiprocess mode;
             scrape-time collectors' families do not).
         description: text for the reference docs; empty means :attr:`doc`.
+        presets: label-value tuples (one value per label) whose series are
+            created at zero with the family, so a fixed label set is on
+            ``/metrics`` from the first scrape; a family without labels always
+            has its one series.
     """
 
     name: str
@@ -161,6 +167,7 @@ class MetricDef:
     multiprocess_labels: tuple[str, ...] = ()
     created: bool = True
     description: str = ""
+    presets: tuple[tuple[str, ...], ...] = ()
 
     @property
     def attr(self) -> str:
@@ -213,6 +220,13 @@ class MetricDef:
         """Label names of the series, with the multiprocess-only ones when asked."""
         return self.labels + self.multiprocess_labels if multiprocess else self.labels
 
+
+#: Why a span was dropped: the ``reason`` label of ``mestres_observability_spans_dropped_total``
+#: (see :mod:`mestres_observability.tracing`).
+SPAN_DROP_REASONS: tuple[str, ...] = ("queue_full", "export_failed", "export_timeout", "shutdown")
+#: The W3C trace-context request headers the library bounds before extraction: the
+#: ``header`` label of ``mestres_observability_trace_headers_dropped_total``.
+TRACE_HEADERS: tuple[str, ...] = ("traceparent", "tracestate", "baggage")
 
 #: Every metric family the library exposes, in registration order.
 CATALOGUE: tuple[MetricDef, ...] = (
@@ -280,8 +294,26 @@ CATALOGUE: tuple[MetricDef, ...] = (
               "guard, by metric.",
               ("metric",), ("metric",), prefixed=False, group="self"),
     MetricDef("mestres_observability_spans_dropped_total", "counter",
-              "Spans ended but never exported (queue full, exporter failure or shutdown).",
-              (), (), prefixed=False, group="self"),
+              "Spans ended but never exported, by reason (queue_full, export_failed, "
+              "export_timeout, shutdown).",
+              ("reason",), (), prefixed=False, group="self",
+              presets=tuple((r,) for r in SPAN_DROP_REASONS),
+              description="Spans ended but never exported, by reason: `queue_full` (the span "
+              "queue was full when the span ended), `export_failed` (the exporter failed or "
+              "refused the batch), `export_timeout` (the export did not finish within "
+              "`otlp_timeout`, or waited behind one that did not), `shutdown` (still queued or "
+              "in flight when the shutdown bound expired, or ended after shutdown). Every span "
+              "ended is counted exactly once: exported or here."),
+    MetricDef("mestres_observability_trace_headers_dropped_total", "counter",
+              "Incoming trace-context headers dropped or cut to whole list members because "
+              "they exceed the W3C limits, by header.",
+              ("header",), (), prefixed=False, group="self",
+              presets=tuple((h,) for h in TRACE_HEADERS),
+              description="Incoming trace-context headers over the W3C limits, by header: a "
+              "`traceparent` longer than 55 characters (dropped; a later version is cut to "
+              "its first 55), a `tracestate` over 32 list members or 512 characters, a "
+              "`baggage` over 64 list members or 8192 bytes (both cut to whole members). "
+              "Nothing of their content is logged."),
     # ---- host or container, computed at scrape time (system.SystemCollector)
     MetricDef("memory_usage_bytes", "gauge",
               "Memory in use: the container's working set (cgroup v2 memory.current minus "
@@ -450,6 +482,9 @@ def problems(entry: MetricDef) -> list[str]:
         out.append("help text must be one non-empty line")
     if not entry.feature:
         out.append("feature must be 'always' or a setting name")
+    for values in entry.presets:
+        if len(values) != len(entry.labels) or not all(isinstance(v, str) for v in values):
+            out.append(f"preset {values!r}: one string value per label")
     return out
 
 

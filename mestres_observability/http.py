@@ -12,7 +12,9 @@ happens here, once per request:
 * ``excluded_paths`` (exact or ``*`` patterns) are neither measured, traced
   nor logged;
 * one SERVER span per request following the OpenTelemetry HTTP semantic
-  conventions, joined to the caller's trace through W3C ``traceparent``;
+  conventions, joined to the caller's trace through W3C ``traceparent``
+  (trace-context headers are bounded to the W3C limits first, and nothing of
+  them is logged: :func:`bound_trace_headers`);
   the OpenTelemetry API is not touched at all when tracing is off;
 * the request id (``X-Request-ID``) is kept when safe, else a new UUID4, and
   bound into the structlog context for the request;
@@ -29,6 +31,7 @@ registered at the end of this module; :func:`serve_endpoint` /
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import os
 import re
@@ -71,6 +74,7 @@ __all__ = [
     "RequestPass",
     "aserve_endpoint",
     "bound_endpoint",
+    "bound_trace_headers",
     "bound_user_id",
     "check_metrics_auth",
     "client_address",
@@ -582,7 +586,15 @@ def start_request(
 
 def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: str | None,
                 trace_headers: Mapping[str, str] | None) -> None:
-    ctx = propagate.extract(trace_headers) if trace_headers else None
+    ctx = None
+    if trace_headers:
+        h = trace_headers
+        # one length check per header (the _WITHIN lengths, inline): only a long header
+        # costs more (bound_trace_headers)
+        if len(h.get("traceparent", "")) > 55 or len(h.get("tracestate", "")) > 64 or len(
+                h.get("baggage", "")) > 128:
+            trace_headers = bound_trace_headers(h, state)
+        ctx = propagate.extract(trace_headers)  # its log records are dropped: see _quiet
     attributes: dict[str, Any] = {
         "http.request.method": rp.method,
         "url.path": rp.path[:1024],  # the span attribute limit: past it the SDK warns
@@ -608,6 +620,159 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     rp._span = state.tracer.start_span(
         name, context=ctx, kind=SpanKind.SERVER, attributes=attributes
     )
+
+
+# ---------------------------------------------------------------------- trace-context headers
+#: W3C limits applied to incoming trace-context headers before extraction (W3C Trace
+#: Context: the traceparent format, tracestate limits; W3C Baggage: limits).
+#: ``traceparent``: version 00 is exactly 55 characters.
+TRACEPARENT_LENGTH = 55
+#: ``tracestate``: list members and characters; members longer than 128 characters go first.
+TRACESTATE_MEMBERS, TRACESTATE_CHARS, TRACESTATE_MEMBER_CHARS = 32, 512, 128
+#: ``baggage``: list members and bytes (UTF-8, as the OpenTelemetry propagator measures).
+BAGGAGE_MEMBERS, BAGGAGE_BYTES = 64, 8192
+# Up to these lengths a header is within its limits whatever it holds (33 tracestate members
+# take 65 characters, 65 baggage members 129, and 128 characters are at most 512 bytes),
+# so a request with ordinary headers pays one length check per header and nothing else.
+_WITHIN = {"traceparent": TRACEPARENT_LENGTH, "tracestate": 64, "baggage": 128}
+# a long header is cut from its first characters only: a 1 MB one costs what 8 KB does
+_SCAN = 8192
+
+
+def _cut_traceparent(value: str) -> str | None:
+    """``None`` when ``value`` is within the limit, else what is kept (``""``: dropped)."""
+    v = value.strip(" \t")
+    if len(v) <= TRACEPARENT_LENGTH:
+        return None
+    # a later version starts with the version-00 fields and is parsed as its first 55
+    # characters when the 56th is "-" (Trace Context, versioning); version 00 (and ff) is
+    # invalid
+    if v[:2] not in ("00", "ff") and v[TRACEPARENT_LENGTH] == "-":
+        return v[:TRACEPARENT_LENGTH]
+    return ""
+
+
+def _members(value: str) -> list[str]:
+    """The non-empty list members among the first :data:`_SCAN` characters of ``value``
+    (a member cut there is left out), without optional white space."""
+    parts = value[:_SCAN].split(",")
+    if len(value) > _SCAN and value[_SCAN] != ",":
+        parts.pop()
+    return [m for m in (p.strip(" \t") for p in parts) if m]
+
+
+def _cut_tracestate(value: str) -> str | None:
+    """``None`` when within the limits, else ``value`` cut to whole members as the spec
+    says: members over 128 characters removed first, then members from the end."""
+    if len(value) <= TRACESTATE_CHARS and value.count(",") < TRACESTATE_MEMBERS:
+        return None
+    members = _members(value)
+    if len(value) <= TRACESTATE_CHARS and len(members) <= TRACESTATE_MEMBERS:
+        return None  # empty members only
+    kept: list[str] = []
+    size = -1
+    for m in members:
+        if len(m) > TRACESTATE_MEMBER_CHARS:
+            continue
+        if len(kept) == TRACESTATE_MEMBERS or size + 1 + len(m) > TRACESTATE_CHARS:
+            break
+        kept.append(m)
+        size += 1 + len(m)
+    return ",".join(kept)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _cut_baggage(value: str) -> str | None:
+    """``None`` when within the limits, else the first whole members that fit them."""
+    fits = len(value) <= BAGGAGE_BYTES // 4 or _utf8_length(value) <= BAGGAGE_BYTES
+    if fits and value.count(",") < BAGGAGE_MEMBERS:
+        return None
+    members = _members(value)
+    if fits and len(members) <= BAGGAGE_MEMBERS:
+        return None  # empty members only
+    kept: list[str] = []
+    size = -1
+    for m in members:
+        n = _utf8_length(m)
+        if len(kept) == BAGGAGE_MEMBERS or size + 1 + n > BAGGAGE_BYTES:
+            break
+        kept.append(m)
+        size += 1 + n
+    return ",".join(kept)
+
+
+_CUTS: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+    ("traceparent", _cut_traceparent), ("tracestate", _cut_tracestate),
+    ("baggage", _cut_baggage),
+)
+
+
+def bound_trace_headers(headers: Mapping[str, str], state: HttpState | None = None
+                        ) -> Mapping[str, str]:
+    """``headers`` (``traceparent``/``tracestate``/``baggage``, lower case) within the W3C
+    limits: ``headers`` itself when they are, else a copy with each header over its limits
+    dropped or cut to whole list members, each counted in
+    ``mestres_observability_trace_headers_dropped_total{header}`` of ``state``'s instance.
+
+    * ``traceparent`` longer than 55 characters (white space around it aside): dropped (the
+      request starts a new trace), except a later version whose 56th character is ``-``,
+      which is cut to its first 55 (as the spec parses it);
+    * ``tracestate`` over 32 members or 512 characters: members over 128 characters are
+      removed, then members from the end, until it fits;
+    * ``baggage`` over 64 members or 8192 bytes: its first members that fit are kept.
+
+    Only the first 8192 characters of a header are looked at. Nothing is logged.
+    """
+    out: dict[str, str] | None = None
+    for name, cut in _CUTS:
+        value = headers.get(name)
+        if value is None or len(value) <= _WITHIN[name]:
+            continue
+        kept = cut(value)
+        if kept is None:
+            continue
+        if out is None:
+            out = dict(headers)
+        if kept:
+            out[name] = kept
+        else:
+            del out[name]
+        if state is not None:
+            try:
+                state.metrics.mestres_observability_trace_headers_dropped_total.metric.labels(
+                    name).inc()
+            except Exception as exc:  # pragma: no cover - defensive
+                state.faults.report("http", "trace_headers", "counting a cut header failed", exc)
+    return headers if out is None else out
+
+
+#: Loggers of the W3C propagators; their warnings about a malformed header quote it (up to
+#: 4 KB of a 1 MB ``baggage``). Records they emit while the request pass extracts are dropped.
+PROPAGATOR_LOGGERS = ("opentelemetry.baggage.propagation",
+                      "opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
+_EXTRACTING = _start_span.__code__
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Logger filter: False for a record emitted inside :func:`_start_span` (the extraction
+    of a client's headers), found by walking up the stack. It runs only when one of
+    :data:`PROPAGATOR_LOGGERS` logs, never per request."""
+    frame = inspect.currentframe()
+    for _ in range(64):
+        if frame is None:
+            break
+        if frame.f_code is _EXTRACTING:
+            return False
+        frame = frame.f_back
+    return True
+
+
+for _name in PROPAGATOR_LOGGERS:
+    if _quiet not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_quiet)
 
 
 # ---------------------------------------------------------------------- library endpoints

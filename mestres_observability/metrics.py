@@ -234,8 +234,10 @@ class LibraryMetrics:
             fam = _GUARDED[d.kind](self, d, metric, guard)
             self._families[d.name] = fam
             setattr(self, d.name, fam)
-        # pre-create the label-free series so they appear from the first scrape
-        self.mestres_observability_spans_dropped_total.metric.inc(0)
+        # pre-create the catalogue's fixed series so they appear from the first scrape
+        for d in LIBRARY_METRICS:
+            for values in d.presets:
+                self._families[d.name].metric.labels(*values)
         self.service_info.set(
             (config.service_name, config.service_version, config.environment), 1
         )
@@ -263,6 +265,7 @@ class LibraryMetrics:
     mestres_observability_errors_total: GuardedCounter
     mestres_observability_label_overflow_total: GuardedCounter
     mestres_observability_spans_dropped_total: GuardedCounter
+    mestres_observability_trace_headers_dropped_total: GuardedCounter
 
     def _build_raw(self, d: MetricDef) -> Any:
         name = self.config.metric_name(d.name) if d.prefixed else d.name

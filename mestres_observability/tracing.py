@@ -11,12 +11,19 @@
   the delegating processor is added to yours instead
   (``respect_global_tracer_provider``).
 * **Bounded.** Spans go through a ``BatchSpanProcessor`` with a bounded queue
-  (``span_queue_size``); the exporter times out after ``otlp_timeout`` (2 s by
-  default); :meth:`TracingHandle.shutdown` runs on a daemon thread joined for at
-  most its bound, and the library's own ``atexit`` hook uses the same bound, so a
-  hung collector can never hang the process on exit.
-* **Counted.** Spans lost to a full queue, a failed export or a shutdown
-  deadline are counted in ``mestres_observability_spans_dropped_total``.
+  (``span_queue_size``). Each export has a *total* deadline of ``otlp_timeout``
+  (2 s by default) plus :data:`EXPORT_GRACE`: the exporter runs on a worker
+  thread, and one still running then (a collector that hangs, or trickles its
+  answer a byte at a time, which a per-read timeout never ends) is abandoned,
+  at most one at a time. :meth:`TracingHandle.shutdown` runs on a daemon thread
+  joined for at most its bound, and the library's own ``atexit`` hook uses the
+  same bound, so a hung collector can never hang the process on exit.
+* **Counted.** Every span ended is, exactly once, exported or dropped, by
+  reason (``SPAN_DROP_REASONS``: ``queue_full``, ``export_failed``,
+  ``export_timeout``, ``shutdown``), counted in
+  ``mestres_observability_spans_dropped_total{reason}`` when it happens (at
+  ``on_end`` for a full queue), spans still queued when the shutdown bound
+  expires included (see :class:`_Pipeline`).
 
 The spans API (:func:`span`, :func:`traced`) looks up the current instance at
 call time, so decoration at import time is safe.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import importlib
 import inspect
 import json
@@ -33,6 +41,7 @@ import logging
 import math
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -48,6 +57,7 @@ from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork, run_after_fork
 from ._wrapping import around
+from .catalogue import SPAN_DROP_REASONS
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
 from .metrics import LibraryMetrics
@@ -70,6 +80,9 @@ _MAX_ATTRIBUTES = 64
 INSTANCE_ID = str(uuid.uuid4())
 
 _NOOP_TRACER: trace.Tracer = trace.NoOpTracer()
+#: Seconds an export may run beyond ``otlp_timeout`` before it is abandoned (counted
+#: ``export_timeout``): the exporter's own timeout, when it works, ends it first.
+EXPORT_GRACE = 0.25
 
 
 # ---------------------------------------------------------------------- attributes
@@ -139,8 +152,47 @@ def _resource_after_fork() -> None:  # pragma: no cover - runs in forked childre
 run_after_fork(_after_fork_in_child)
 
 
+class _Batch:
+    """Spans handed to the exporter in one call; settled exactly once (exported or dropped)."""
+
+    __slots__ = ("settled", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.settled = False
+
+
+class _Job:
+    """One export running on its worker thread (see :meth:`_Pipeline.export`)."""
+
+    __slots__ = ("done", "ok", "spans")
+
+    def __init__(self, spans: Sequence[ReadableSpan]) -> None:
+        self.spans = spans
+        self.done = False
+        self.ok = False
+
+
 class _Pipeline:
-    """One instance's exporter behind a BatchSpanProcessor, with drop counting."""
+    """One instance's exporter behind a BatchSpanProcessor: a deadline per export and a
+    ledger in which every span ends up exactly once, exported or dropped by reason.
+
+    Each span the delegating processor ends here is, in exactly one way:
+
+    * refused by :meth:`on_end`: queue full (``queue_full``), pipeline shut down
+      (``shutdown``) or the SDK processor raised (``export_failed``), counted at once;
+    * accepted into the SDK's queue (:attr:`ended`), then handed to the exporter in a
+      batch (:meth:`handed`) that is settled once: exported, ``export_failed``, or
+      ``export_timeout`` when :meth:`export` abandons it at its deadline;
+    * evicted by the SDK's deque (a race at a full queue): found by :meth:`reconcile`
+      on the exporting thread (``queue_full``);
+    * still queued, or in a batch not settled yet, when the shutdown ends or its bound
+      expires: :meth:`finish` counts it as ``shutdown`` and closes the ledger (batches
+      handed later are not exported).
+
+    Every drop reaches ``mestres_observability_spans_dropped_total{reason}`` when it is
+    counted, so ``/metrics`` is exact at any moment.
+    """
 
     def __init__(self, exporter: SpanExporter, config: ObservabilityConfig,
                  metrics: LibraryMetrics, faults: FaultReporter) -> None:
@@ -148,6 +200,8 @@ class _Pipeline:
 
         self.metrics = metrics
         self.faults = faults
+        #: total deadline of one export, in seconds (see :data:`EXPORT_GRACE`)
+        self.deadline = config.otlp_timeout + EXPORT_GRACE
         self.exporter = _CountingExporter(exporter, self)
         queue = config.span_queue_size
         self.bsp = BatchSpanProcessor(
@@ -156,116 +210,236 @@ class _Pipeline:
         )
         self._queue: Any = _compat.span_queue(self.bsp)  # the SDK's deque, resolved once
         self.queue_size = queue
-        self.closed = False
-        self.ended = 0
-        self.handed_total = 0
-        self.queue_dropped = 0
-        self._pending_full = 0
-        self.exported = 0
-        self.dropped = 0
-        self._lock = threading.Lock()
+        family = metrics.mestres_observability_spans_dropped_total.metric
+        self._counters = {reason: family.labels(reason) for reason in SPAN_DROP_REASONS}
+        self.closed = False  # no span accepted any more
+        self.settled = False  # the ledger is closed: nothing exported or counted any more
         self._shutdown_thread: threading.Thread | None = None
-        call_after_fork(self, "_reset_after_fork")  # its own span counts in a worker
+        self._new_ledger()
+        call_after_fork(self, "_new_ledger")  # a forked worker: its own span counts
 
-    def _reset_after_fork(self) -> None:
-        """In a forked child: the SDK emptied the inherited queue, so the counts start afresh."""
+    def _new_ledger(self) -> None:
+        """Empty counts, fresh locks (at start, and in a forked child, whose SDK queue the
+        SDK emptied)."""
         self._lock = threading.Lock()
-        self.ended = self.handed_total = self.queue_dropped = self._pending_full = 0
-        self.exported = self.dropped = 0
+        self._changed = threading.Condition(self._lock)  # an export ended, or the ledger closed
+        self.ended = 0  # accepted into the SDK's queue
+        self.handed_total = 0  # handed to the exporter
+        self.queue_dropped = 0  # evicted by the SDK's deque (counted as queue_full)
+        self.exported = 0
+        self.dropped_by: dict[str, int] = dict.fromkeys(SPAN_DROP_REASONS, 0)
+        self._in_flight: set[_Batch] = set()
+        self._job: _Job | None = None  # the export running on its worker: at most one
+        self._debt = 0  # see finish()
+        self._full_reported = False
 
-    def drop(self, n: int, kind: str) -> None:
+    @property
+    def dropped(self) -> int:
+        """Spans dropped so far, all reasons."""
+        return sum(self.dropped_by.values())
+
+    def drop(self, n: int, reason: str, kind: str = "", exc: BaseException | None = None) -> None:
+        """Count ``n`` dropped spans under ``reason`` (ledger and metric) and report the fault."""
         if n <= 0:
             return
         with self._lock:
-            self.dropped += n
-        try:
-            self.metrics.mestres_observability_spans_dropped_total.inc((), n)
-        except Exception as exc:  # pragma: no cover - defensive
-            self.faults.report("tracing", "drop_count", "counting dropped spans failed", exc)
-        self.faults.report("tracing", kind, f"{n} span(s) dropped ({kind})")
+            self.dropped_by[reason] += n
+        self._counters[reason].inc(n)
+        self.faults.report("tracing", kind or reason, f"{n} span(s) dropped ({reason})", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self.closed:
-            self.drop(1, "after_shutdown")
+            self.drop(1, "shutdown", "after_shutdown")
             return
         q = self._queue
         if q is not None and len(q) >= self.queue_size:
-            # full: drop the new span here (the SDK would drop the oldest and log a
-            # warning per span, which costs the caller a LogRecord each time)
-            with self._lock:  # hot path: count now, publish on the next reconcile
-                self.dropped += 1
-                self._pending_full += 1
+            # full: drop the new span here, counted now (the SDK would drop the oldest and
+            # log a warning per span, which costs the caller a LogRecord each time)
+            with self._lock:
+                self.dropped_by["queue_full"] += 1
+            self._counters["queue_full"].inc()
+            if not self._full_reported:  # once until the next export (not per span)
+                self._full_reported = True
+                self.faults.report("tracing", "queue_full", "span queue full: spans dropped")
             return
         try:
             self.bsp.on_end(span)
         except Exception as exc:
-            self.drop(1, "processor_error")
-            self.faults.report("tracing", "on_end", "span processor failed", exc)
+            self.drop(1, "export_failed", "processor_error", exc)
             return
         with self._lock:
-            self.ended += 1  # counted after queueing, so the estimate below never overshoots
+            if not self.settled:
+                self.ended += 1  # counted after queueing, so reconcile() never overshoots
+                return
+            if self._debt:  # handed before finish() and counted there (see finish)
+                self._debt -= 1
+                return
+        self.drop(1, "shutdown", "after_shutdown")  # queued after finish(): never exported
 
-    def handed(self, n: int) -> None:
-        """``n`` spans left the queue for the exporter (or were discarded at shutdown)."""
+    def handed(self, n: int) -> _Batch | None:
+        """``n`` spans left the queue for the exporter: their batch, or ``None`` once the
+        ledger is closed (:meth:`finish` counted them already)."""
         with self._lock:
+            if self.settled:
+                return None
             self.handed_total += n
+            batch = _Batch(n)
+            self._in_flight.add(batch)
+            self._full_reported = False
         self.reconcile()
+        return batch
 
     def reconcile(self) -> None:
-        """Count queue-full drops: ended - handed to the exporter - still queued."""
+        """Count spans the SDK's deque evicted: accepted - handed - still queued.
+
+        Exact on the exporting thread (the only one taking spans off the queue), where
+        :meth:`handed` calls it; elsewhere it may only count too few.
+        """
+        if self._queue is None:  # without it, queued spans would look lost
+            return
         with self._lock:
-            # without the SDK's queue (see _compat.span_queue) queued spans would look lost
-            missing = (self.ended - self.handed_total - self.queued() - self.queue_dropped
-                       if self._queue is not None else 0)
-            if missing > 0:
-                self.queue_dropped += missing
-            pending, self._pending_full = self._pending_full, 0
-            self.dropped -= pending  # re-added by drop() below, with the metric
-        total = max(missing, 0) + pending
-        if total > 0:
-            self.drop(total, "queue_full")
+            if self.settled:
+                return
+            missing = self.ended - self.handed_total - self.queued() - self.queue_dropped
+            if missing <= 0:
+                return
+            self.queue_dropped += missing
+        self.drop(missing, "queue_full")
+
+    def settle(self, batch: _Batch, reason: str | None, exc: BaseException | None = None) -> None:
+        """The outcome of ``batch``: exported (``reason`` None) or dropped; first call wins."""
+        with self._lock:
+            if batch.settled:
+                return
+            batch.settled = True
+            self._in_flight.discard(batch)
+            if reason is None:
+                self.exported += batch.size
+                return
+        self.drop(batch.size, reason, exc=exc)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> bool:
+        """Export ``spans`` within :attr:`deadline` seconds in all; True when exported.
+
+        The exporter runs on a worker thread: one that trickles or hangs past the
+        deadline is abandoned (its batch counted ``export_timeout``; a result it returns
+        later is ignored). At most one export is in flight: a batch arriving while an
+        abandoned one still runs waits for it within its own deadline, else is dropped
+        as ``export_timeout`` too. Runs on the SDK's exporting thread.
+        """
+        batch = self.handed(len(spans))
+        if batch is None:
+            return False
+        end = time.monotonic() + self.deadline
+        changed = self._changed
+        with changed:
+            free = changed.wait_for(lambda: self._job is None or self.settled,
+                                    end - time.monotonic())
+            if not free or self.settled:
+                busy = not free
+                job = None
+            else:
+                job = self._job = _Job(spans)
+        if job is None:
+            if busy:
+                self.settle(batch, "export_timeout")
+            return False
+        try:
+            # the caller's context (the SDK suppresses instrumentation of the export there)
+            worker = threading.Thread(target=contextvars.copy_context().run,
+                                      args=(self._run, job), daemon=True,
+                                      name="mestres-observability-span-export")
+            worker.start()
+        except Exception as exc:  # no thread left in the process
+            with changed:
+                self._job = None
+            self.settle(batch, "export_failed", exc)
+            return False
+        with changed:
+            changed.wait_for(lambda: job.done or self.settled, end - time.monotonic())
+            done, ok = job.done, job.ok
+        if not done:
+            self.settle(batch, "export_timeout")
+            return False
+        self.settle(batch, None if ok else "export_failed")
+        return ok
+
+    def _run(self, job: _Job) -> None:
+        """The worker thread of one export."""
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        ok = False
+        try:
+            ok = self.exporter.inner.export(job.spans) is SpanExportResult.SUCCESS
+        except Exception as exc:
+            self.faults.report("tracing", "export", "span export raised", exc)
+        finally:
+            with self._changed:
+                job.done, job.ok = True, ok
+                if self._job is job:
+                    self._job = None
+                self._changed.notify_all()
+
+    def finish(self) -> None:
+        """Close the ledger: every span accepted and not settled yet counts as ``shutdown``.
+
+        Runs when the flush ends or when the shutdown bound expires, whichever is first;
+        afterwards no batch is exported or counted. A span that :meth:`on_end` queued
+        while this runs is counted there; one handed already (in a batch, counted here)
+        but not yet in :attr:`ended` makes the count here one too low, which the late
+        :meth:`on_end` makes up for through ``_debt``.
+        """
+        with self._changed:
+            if self.settled:
+                return
+            self.settled = True
+            left = self.ended - self.handed_total - self.queue_dropped  # accepted, never handed
+            for batch in self._in_flight:
+                batch.settled = True
+                left += batch.size
+            self._in_flight.clear()
+            if left < 0:
+                self._debt, left = -left, 0
+            self._changed.notify_all()  # an export waiting on its worker returns now
+        self.drop(left, "shutdown")
 
     def queued(self) -> int:
         q = self._queue
         return len(q) if q is not None else 0
 
     def shutdown(self, timeout: float) -> None:
-        """Flush and stop within ``timeout`` seconds (daemon thread, bounded join)."""
+        """Flush and stop within ``timeout`` seconds (daemon thread, bounded join); every span
+        is exported or counted when it returns."""
         with self._lock:
             first = not self.closed
             self.closed = True
             if first:
-                t = threading.Thread(target=self._shutdown_body, args=(timeout,),
+                t = threading.Thread(target=self._shutdown_body,
                                      name="mestres-observability-span-shutdown", daemon=True)
                 self._shutdown_thread = t
                 t.start()
             thread = self._shutdown_thread
         if thread is not None:
             thread.join(max(0.0, timeout))
-            self.reconcile()
-            if thread.is_alive() and first:
-                self.faults.report("tracing", "shutdown_timeout",
-                                   f"span export did not finish within {timeout:.1f}s")
+            if thread.is_alive():
+                self.finish()  # the bound expired: what is left is counted now
+                if first:
+                    self.faults.report("tracing", "shutdown_timeout",
+                                       f"span export did not finish within {timeout:.1f}s")
 
-    def _shutdown_body(self, timeout: float) -> None:
+    def _shutdown_body(self) -> None:
         try:
-            self.bsp.shutdown()  # type: ignore[no-untyped-call]  # joins the worker (bounded by the exporter timeout)
+            # the SDK's worker exports what is queued, each export within our deadline
+            self.bsp.shutdown()  # type: ignore[no-untyped-call]
         except Exception as exc:
             self.faults.report("tracing", "shutdown", "span processor shutdown failed", exc)
         finally:
-            q = self._queue
-            with self._lock:  # atomic for reconcile(): gone from the queue, counted as handed
-                left = self.queued()
-                if q is not None:
-                    q.clear()
-                self.handed_total += left
-            if left:
-                self.drop(left, "shutdown_deadline")
-            self.reconcile()
+            self.finish()
 
 
 class _CountingExporter:
-    """Wraps a SpanExporter: counts exported spans and failed batches as drops."""
+    """The SpanExporter the SDK's processor calls: each batch goes through
+    :meth:`_Pipeline.export` (deadline, ledger)."""
 
     def __init__(self, inner: SpanExporter, pipeline: _Pipeline) -> None:
         self.inner = inner
@@ -274,18 +448,8 @@ class _CountingExporter:
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        self.pipeline.handed(len(spans))
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:
-            self.pipeline.faults.report("tracing", "export", "span export raised", exc)
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            with self.pipeline._lock:
-                self.pipeline.exported += len(spans)
-        else:
-            self.pipeline.drop(len(spans), "export_failed")
-        return result
+        ok = self.pipeline.export(spans)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         try:
@@ -377,6 +541,15 @@ class TracingHandle:
     def dropped(self) -> int:
         """Spans this instance dropped so far."""
         return self._pipeline.dropped if self._pipeline is not None else 0
+
+    @property
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Spans this instance dropped so far, by reason (``queue_full``, ``export_failed``,
+        ``export_timeout``, ``shutdown``): the ``reason`` label of
+        ``mestres_observability_spans_dropped_total``."""
+        if self._pipeline is None:
+            return dict.fromkeys(SPAN_DROP_REASONS, 0)
+        return dict(self._pipeline.dropped_by)
 
     @property
     def exported(self) -> int:

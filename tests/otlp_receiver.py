@@ -16,7 +16,11 @@ or the ``otlp_receiver`` pytest fixture. It misbehaves on demand (``mode``):
 * ``"503"``/``"429"``: that status with ``Retry-After: retry_after`` for the first
   ``failures`` requests, then 200;
 * ``"400"``: 400, never retried by a correct client;
-* ``"partial"``: 200 with ``partial_success.rejected_spans = 3``.
+* ``"partial"``: 200 with ``partial_success.rejected_spans = 3``;
+* ``"trickle"``: reads the request, then answers 200 one byte every
+  ``trickle_interval`` seconds (0.5), so each read of the client succeeds and a
+  per-read timeout never fires; the spans are not recorded (the client gives up
+  on them long before the answer is complete). It stops when the receiver stops.
 
 :meth:`OTLPReceiver.closed_port` gives an endpoint where nothing listens.
 """
@@ -71,10 +75,14 @@ def _any_value(v: Any) -> Any:
 class OTLPReceiver:
     """OTLP/HTTP receiver for ``POST /v1/traces`` on ``127.0.0.1`` (see the module docstring)."""
 
-    def __init__(self, mode: str = "ok", *, failures: int = 1, retry_after: str = "1") -> None:
+    def __init__(self, mode: str = "ok", *, failures: int = 1, retry_after: str = "1",
+                 trickle_interval: float = 0.5) -> None:
         self.mode = mode
         self.failures = failures
         self.retry_after = retry_after
+        self.trickle_interval = trickle_interval
+        #: bytes of answers sent in ``trickle`` mode so far
+        self.trickled = 0
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
         #: the headers of every request, lower-cased names, in arrival order
@@ -164,6 +172,9 @@ class OTLPReceiver:
         if self.mode == "hang":
             self._release.wait()
             return
+        if self.mode == "trickle":
+            self._trickle(h)
+            return
         if self.mode in ("503", "429") and n <= self.failures:
             self._reply(h, int(self.mode), b"", {"Retry-After": self.retry_after})
             return
@@ -203,6 +214,22 @@ class OTLPReceiver:
             response.partial_success.rejected_spans = 3
             response.partial_success.error_message = "x"
         self._reply(h, 200, response.SerializeToString(), {})
+
+    def _trickle(self, h: BaseHTTPRequestHandler) -> None:
+        body = ExportTraceServiceResponse().SerializeToString()
+        answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        try:
+            for i in range(len(answer)):
+                h.wfile.write(answer[i:i + 1])
+                h.wfile.flush()
+                with self._lock:
+                    self.trickled += 1
+                if self._release.wait(self.trickle_interval):
+                    break
+        except OSError:
+            pass
+        h.close_connection = True
 
     @staticmethod
     def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes,

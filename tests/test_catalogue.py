@@ -286,7 +286,25 @@ def test_problems_finds_malformed_entries() -> None:
     assert "unknown multiprocess mode" in found(MetricDef("g", "gauge", "x", multiprocess_mode="avg"))
     assert "sample suffix" in found(MetricDef("jobs_created", "gauge", "x"))
     assert "unknown group" in found(MetricDef("g", "gauge", "x", group=typing.cast(Any, "misc")))
+    assert "one string value per label" in found(
+        MetricDef("r_total", "counter", "x", ("a", "b"), presets=(("only-a",),)))
     assert found(MetricDef("temperature_celsius", "gauge", "x", unit="celsius")) == ""
+
+
+def test_preset_series_are_exposed_from_the_first_scrape() -> None:
+    """A family's fixed label values (``presets``) have their series at zero before anything
+    is recorded: ``mestres_observability_spans_dropped_total`` has one per drop reason."""
+    with_presets = [d for d in LIBRARY_METRICS if d.presets]
+    spans = catalogue.lookup("mestres_observability_spans_dropped_total")
+    assert spans in with_presets
+    assert spans.labels == ("reason",)
+    assert spans.presets == tuple((r,) for r in catalogue.SPAN_DROP_REASONS)
+    with fresh_observability(traces_exporter="none") as obs:
+        families = _families(obs.render_metrics(accept=OPENMETRICS).body.decode())
+    for d in with_presets:
+        samples = {tuple(s.labels[k] for k in d.labels): s.value
+                   for s in families[d.family_name()].samples if s.name == d.name}
+        assert samples == dict.fromkeys(d.presets, 0.0), d.name
 
 
 # ---------------------------------------------------------------- helpers

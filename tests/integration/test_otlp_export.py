@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mestres_observability import track_order
+from mestres_observability.catalogue import SPAN_DROP_REASONS
 from mestres_observability.testing import fresh_observability, sample_value
 from mestres_observability.tracing import span, traced
 from tests.otlp_receiver import OTLPReceiver, otlp_receiver  # noqa: F401 (fixture)
@@ -35,6 +36,12 @@ class Boom(Exception):
 @traced("risky_step")
 def risky() -> None:
     raise Boom("nope")
+
+
+def dropped_metric(obs: Any) -> dict[str, int]:
+    """``mestres_observability_spans_dropped_total`` as exposed, by reason."""
+    return {r: int(sample_value("mestres_observability_spans_dropped_total", obs, reason=r))
+            for r in SPAN_DROP_REASONS}
 
 
 def test_spans_links_attributes_resource_and_status(otlp_receiver: OTLPReceiver) -> None:  # noqa: F811
@@ -90,7 +97,8 @@ def test_long_retry_after_gives_up_and_counts() -> None:
         obs.shutdown()
         assert time.monotonic() - started < 3.0
         assert rx.requests == 1
-        assert sample_value("mestres_observability_spans_dropped_total", obs) == 1
+        assert dropped_metric(obs) == obs.tracing.dropped_by_reason
+        assert obs.tracing.dropped_by_reason["export_failed"] == 1
 
 
 def test_400_is_not_retried_and_counted() -> None:
@@ -100,7 +108,8 @@ def test_400_is_not_retried_and_counted() -> None:
                 pass
         obs.shutdown()
         assert rx.requests == 1
-        assert sample_value("mestres_observability_spans_dropped_total", obs) == 3
+        assert dropped_metric(obs) == obs.tracing.dropped_by_reason
+        assert obs.tracing.dropped_by_reason["export_failed"] == 3
         assert obs.tracing.dropped == 3
 
 
@@ -124,12 +133,12 @@ def _time_calls(n: int) -> float:
     return time.perf_counter() - started
 
 
-@pytest.mark.parametrize("mode", ["closed", "hang"])
+@pytest.mark.parametrize("mode", ["closed", "hang", "trickle"])
 def test_collector_down_or_hanging_keeps_speed_and_bounded_shutdown(mode: str) -> None:
     with fresh_observability(traces_exporter="none"):
         _time_calls(200)  # warm-up
         baseline = min(_time_calls(2000) for _ in range(3))
-    rx = OTLPReceiver("hang").start() if mode == "hang" else None
+    rx = OTLPReceiver(mode).start() if mode != "closed" else None
     endpoint = rx.endpoint if rx is not None else OTLPReceiver.closed_port()
     try:
         with fresh_observability(otlp_endpoint=endpoint, span_queue_size=512) as obs:
@@ -141,14 +150,103 @@ def test_collector_down_or_hanging_keeps_speed_and_bounded_shutdown(mode: str) -
             # a generous bound, as this machine is shared and noisy
             assert elapsed < max(5 * baseline, baseline + 0.75), (elapsed, baseline)
             assert took <= 5.5, took
-            # every span is accounted for: exported + dropped (+ one batch still in flight)
-            dropped = obs.tracing.dropped
+            # every span is accounted for, once shutdown() returned: none exported, all
+            # dropped (in flight or queued when the bound expired: "shutdown")
             assert obs.tracing.exported == 0
-            assert 2000 - 512 <= dropped <= 2000
-            assert sample_value("mestres_observability_spans_dropped_total", obs) == dropped
+            assert obs.tracing.dropped == 2000, obs.tracing.dropped_by_reason
+            assert dropped_metric(obs) == obs.tracing.dropped_by_reason
     finally:
         if rx is not None:
             rx.stop()
+
+
+def _export_threads() -> list[Any]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "mestres-observability-span-export"]
+
+
+def test_trickling_collector_one_export_ends_within_its_deadline() -> None:
+    """RELIABILITY: a collector answering one byte every 0.5 s resets a per-read timeout
+    forever; the export's total deadline (``otlp_timeout`` + grace) ends it anyway, and
+    its span is counted ``export_timeout``."""
+    with OTLPReceiver("trickle") as rx, fresh_observability(
+            otlp_endpoint=rx.endpoint, otlp_timeout=1.0, shutdown_timeout=10.0) as obs:
+        with span("trickled"):
+            pass
+        started = time.monotonic()
+        obs.shutdown()  # flushes the one span: one export
+        took = time.monotonic() - started
+        assert rx.requests == 1
+        assert rx.trickled >= 1  # the answer was on its way: every read succeeded
+        assert took <= 1.0 + 1.0, took  # otlp_timeout + slack, far below the 10 s bound
+        assert obs.tracing.exported == 0
+        assert obs.tracing.dropped_by_reason == {"queue_full": 0, "export_failed": 0,
+                                                 "export_timeout": 1, "shutdown": 0}
+        assert dropped_metric(obs) == obs.tracing.dropped_by_reason
+        assert len(_export_threads()) <= 1  # the abandoned export: one thread, no pile-up
+
+
+def test_trickling_collector_every_span_counted_by_reason_within_the_shutdown_bound() -> None:
+    """2,000 spans against a trickling collector, then shutdown (default bounds: 2 s per
+    export, 5 s for the shutdown): when shutdown() returns, exported + dropped == created
+    exactly, by reason, and /metrics says the same."""
+    with OTLPReceiver("trickle") as rx, fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+        for i in range(2000):
+            with span(f"s{i % 7}"):
+                pass
+        started = time.monotonic()
+        obs.shutdown()
+        took = time.monotonic() - started
+        handle = obs.tracing
+        assert took <= 5.0 + 0.5, took
+        assert handle.exported + handle.dropped == 2000, (handle.exported, handle.dropped)
+        assert handle.exported == 0
+        by_reason = handle.dropped_by_reason
+        # batches abandoned at (or waiting behind) the deadline; the rest at the bound
+        assert by_reason["export_timeout"] >= 512, by_reason
+        assert by_reason["export_timeout"] + by_reason["shutdown"] == 2000, by_reason
+        assert dropped_metric(obs) == by_reason
+        assert rx.requests == 1  # one stuck export at a time: no request pile-up
+        assert len(_export_threads()) <= 1
+        time.sleep(0.3)  # nothing is counted after shutdown() returned
+        assert handle.dropped_by_reason == by_reason
+        assert dropped_metric(obs) == by_reason
+
+
+def test_trickling_collector_leaves_request_latency_alone() -> None:
+    """Requests served by an instrumented Flask app take as long with a trickling
+    collector as with no exporter at all: the export blocks its own threads only."""
+    flask = pytest.importorskip("flask")
+    from mestres_observability.flask import instrument
+
+    def serve(n: int, **settings: Any) -> float:
+        with fresh_observability(span_queue_size=256, **settings) as obs:
+            app = flask.Flask("trickle")
+
+            @app.get("/orders/<oid>")
+            def order(oid: str) -> str:
+                with span("load_order"):
+                    return oid
+
+            instrument(app, obs)
+            client = app.test_client()
+            client.get("/orders/warm-up")
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                for i in range(n):
+                    assert client.get(f"/orders/{i}").status_code == 200
+                best = min(best, time.perf_counter() - started)
+            obs.shutdown()
+            return best
+
+    baseline = serve(300, traces_exporter="none")
+    with OTLPReceiver("trickle") as rx:
+        stuck = serve(300, otlp_endpoint=rx.endpoint)
+        assert rx.requests >= 1  # an export was stuck while the requests ran
+    # a generous bound, as this machine is shared and noisy
+    assert stuck < max(2 * baseline, baseline + 0.5), (stuck, baseline)
 
 
 def test_shutdown_twice_and_concurrently_is_bounded() -> None:
@@ -184,7 +282,7 @@ def test_burst_accounting_created_equals_exported_plus_dropped() -> None:
                    message="every span exported or counted as dropped")
         assert handle.dropped > 0
         wait_until(lambda: len(rx.spans) == handle.exported, timeout=5.0)
-        assert sample_value("mestres_observability_spans_dropped_total", obs) == handle.dropped
+        assert dropped_metric(obs) == handle.dropped_by_reason
 
 
 def test_traces_endpoint_and_headers_from_the_environment_reach_the_wire(
@@ -225,7 +323,7 @@ def test_default_exporter_timeout_bounds_one_hung_export() -> None:
         took = time.monotonic() - started
         assert 1.5 <= took <= 4.0, took
         assert obs.tracing.dropped == 1
-        assert sample_value("mestres_observability_spans_dropped_total", obs) == 1
+        assert dropped_metric(obs) == obs.tracing.dropped_by_reason
 
 
 _EXIT_WITHOUT_SHUTDOWN = """
