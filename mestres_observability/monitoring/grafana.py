@@ -438,10 +438,19 @@ def _technical(c: _Ctx) -> list[_Item]:
     if c.on("mestres_observability_spans_dropped_total") and s.config.tracing_enabled:
         items.append(_Panel(
             "Spans dropped per second", "timeseries",
-            (_Query(_rate(c.m("mestres_observability_spans_dropped_total"), ["instance"]),
-                    "{{instance}}"),),
-            description="Spans ended but never exported: queue full, exporter failure or "
-            "shutdown. Above zero, traces are missing.", width=8))
+            (_Query(_rate(c.m("mestres_observability_spans_dropped_total"), ["reason"]),
+                    "{{reason}}"),),
+            description="Spans ended but never exported, by reason: queue_full, "
+            "export_failed, export_timeout, shutdown. Above zero, traces are missing.",
+            width=8))
+    if c.on("mestres_observability_trace_headers_dropped_total") and s.config.tracing_enabled:
+        items.append(_Panel(
+            "Trace headers cut or dropped per second", "timeseries",
+            (_Query(_rate(c.m("mestres_observability_trace_headers_dropped_total"), ["header"]),
+                    "{{header}}"),),
+            description="Incoming traceparent, tracestate or baggage headers over the W3C "
+            "limits, cut to whole members or dropped before extraction. Steady traffic "
+            "here is a misbehaving client or an attack, not a fault.", width=8))
     if c.on("mestres_observability_errors_total"):
         items.append(_Panel(
             "Library faults per second by component", "timeseries",
