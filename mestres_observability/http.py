@@ -219,15 +219,15 @@ def is_html(content_type: str | None) -> bool:
 def wsgi_is_html(headers: list[tuple[str, str]]) -> bool:
     """True when WSGI response ``headers`` declare ``text/html``."""
     for name, value in headers:
-        if name.lower() == "content-type":
-            return is_html(value)
+        if len(name) == 12 and name.lower() == "content-type":
+            return value[:9].lower() == "text/html"
     return False
 
 
 def asgi_is_html(headers: Any) -> bool:
     """True when ASGI response ``headers`` (``(bytes, bytes)`` pairs) declare ``text/html``."""
     for name, value in headers:
-        if name.lower() == b"content-type":
+        if len(name) == 12 and name.lower() == b"content-type":
             return value[:9].lower() == b"text/html"  # type: ignore[no-any-return]
     return False
 

@@ -202,6 +202,10 @@ class ObservabilityMiddleware:
     def _endpoint_response(self, state: HttpState, rp: RequestPass | None,
                            request: HttpRequest, result: Response) -> HttpResponseBase:
         response = django_response(result)
+        # Django logs every 4xx/5xx answer on "django.request" unless this private flag is
+        # set; the library's endpoints are logged (or not) by the library's own settings, and
+        # refused beacons must not become one warning line each
+        response._has_been_logged = True
         status = result.status
         if rp is not None:
             rp.set_route(request.path_info)

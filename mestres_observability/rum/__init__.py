@@ -56,12 +56,12 @@ def _when_on(setting: str) -> Any:
 
 _RUM_FAULT = Fault("rum_endpoint", "RUM ingestion failed", Response(
     500, [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-          ("X-Content-Type-Options", "nosniff")], b'{"error": "internal"}'), component="rum")
+          ("X-Content-Type-Options", "nosniff")], b'{"error": "internal"}'), component="http")
 
 #: ``GET``/``HEAD`` of the snippet at ``rum_script_path`` (with ``rum_enabled``).
 SCRIPT_ENDPOINT = register_endpoint(EndpointKind(
     "rum_script", _when_on("rum_script_path"), serve_script, route_name="rum-script",
-    fault=Fault("rum_script", "serving the RUM snippet failed", component="rum")))
+    fault=Fault("rum_script", "serving the RUM snippet failed")))
 
 #: ``POST`` of browser reports at ``rum_path`` (with ``rum_enabled``).
 INGEST_ENDPOINT = register_endpoint(EndpointKind(

@@ -205,13 +205,14 @@ class RumState:
             return False
         try:
             parts = urllib.parse.urlsplit(value)
-            want = (parts.hostname or "", parts.port or _PORTS.get(parts.scheme))
+            default = _PORTS.get(parts.scheme)
             served = urllib.parse.urlsplit("//" + host.strip().lower())
-            got_port = served.port
+            # a Host without a port means the default one (of the page's scheme: behind a
+            # TLS-terminating proxy the request itself may be plain HTTP)
+            return bool(parts.hostname) and parts.hostname == served.hostname and (
+                (parts.port or default) == (served.port or default))
         except ValueError:
             return False
-        # the Host header of a request behind a TLS proxy may carry no port at all
-        return want[0] == (served.hostname or "") and (got_port is None or got_port == want[1])
 
     # ------------------------------------------------------------------ the body
     def process(self, body: bytes, routes: RoutesOf | None) -> Response:
@@ -305,7 +306,7 @@ class RumState:
                 logger = self._logger = get_logger("mestres_observability.rum")
             logger.warning("browser_error", **fields)
         except Exception as exc:
-            self.obs.faults.report("rum", "browser_error", "logging a browser error failed", exc)
+            self.obs.faults.report("logging", "browser_error", "logging a browser error failed", exc)
 
 
 _PORTS = {"http": 80, "https": 443}

@@ -182,6 +182,8 @@ def valid_trace_id(value: object) -> str | None:
 
 def url_path(url: str) -> str | None:
     """The path of a page URL or path: no query string, no fragment; ``None`` if there is none."""
+    if not url:
+        return None
     if url.startswith("/") and not url.startswith("//"):
         path = url.split("?", 1)[0].split("#", 1)[0]
     else:

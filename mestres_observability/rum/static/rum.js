@@ -197,7 +197,7 @@
       push("errors", {
         type: type, message: cut(msg, 256), filename: cut(String(file || "").split(/[?#]/)[0], 256),
         lineno: line > 0 ? Math.min(line, 1e7) : 0, colno: col > 0 ? Math.min(col, 1e7) : 0,
-        stack: cut(String(stack || "").replace(/[?#][^\s:)]*/g, ""), 4096)
+        stack: cut(String(stack || "").replace(/[?#][^\s:)]*/g, ""), 4096), id: pv + "-e" + ++seq
       });
     }
     on("error", function (e) {
