@@ -275,3 +275,48 @@ def test_the_snippet_throws_nothing_without_browser_apis(browser: Any, shop: Sho
         assert shop.bodies == []
     context.close()
     assert errors == [], errors
+
+
+def session_windows(shifts: list[list[Any]]) -> float:
+    """CLS by the Web Vitals definition: the largest window of shifts without recent input,
+    a window ending after a 1 s gap or 5 s."""
+    best = current = first = last = 0.0
+    for start, value, recent_input in shifts:
+        if recent_input:
+            continue
+        if current and start - last < 1000 and start - first < 5000:
+            current += value
+        else:
+            current, first = value, start
+        last = start
+        best = max(best, current)
+    return best
+
+
+def test_cls_is_the_largest_session_window(browser: Any, shop: Shop) -> None:
+    page = browser.new_page()
+    page.goto(shop.base + "/")
+    page.wait_for_function("window.mestresRUM && window.mestresRUM.v === 1")
+    page.evaluate("""() => { window.__shifts = [];
+        new PerformanceObserver(list => list.getEntries().forEach(
+            e => window.__shifts.push([e.startTime, e.value, e.hadRecentInput]))
+        ).observe({type: "layout-shift", buffered: true}); }""")
+    push = "() => { const d = document.createElement('div'); d.style.height = '90px'; " \
+           "document.body.prepend(d); }"
+    page.evaluate(push)
+    page.wait_for_timeout(150)
+    page.evaluate(push)            # same window: added up
+    page.wait_for_timeout(1500)
+    page.evaluate(push)            # after a 1 s gap: a new window
+    page.wait_for_timeout(300)
+    shifts = page.evaluate("window.__shifts")
+    page.goto("about:blank")
+    page.close()
+    wait_for(lambda: "CLS" in vitals_of(shop.events(), "/"), "the CLS report")
+    (reported,) = [e["data"]["value"] for e in shop.events()
+                   if e["type"] == "web_vitals" and e["data"]["metric"] == "CLS"]
+    assert len(shifts) == 3, shifts
+    expected = session_windows(shifts)
+    assert expected < sum(s[1] for s in shifts)  # the windows matter here
+    assert reported == pytest.approx(expected, abs=1e-4)
+    assert shop.sample("rum_layout_shift_sum", page="/") == pytest.approx(expected, abs=1e-4)

@@ -23,7 +23,7 @@ from mestres_observability import ObservabilityConfig
 from mestres_observability._endpoint import Request
 from mestres_observability.errors import ConfigurationError
 from mestres_observability.http import http_state
-from mestres_observability.rum import SCRIPT_FILE, script_source, script_tag, script_text
+from mestres_observability.rum import SCHEMA_FILE, SCRIPT_FILE, script_source, script_tag, script_text
 from mestres_observability.rum._ingest import PageGroups, rum_state
 from mestres_observability.rum._limits import ClientBuckets, RecentIds, TokenBucket, client_key
 from mestres_observability.testing import (
@@ -656,3 +656,20 @@ def test_the_snippet_fits_the_size_budget() -> None:
         assert size <= 4096, f"rum.js is {size} bytes brotli, budget 4096"
     assert len(gzip.compress(raw, 9)) <= 4700
     assert raw.isascii()  # no encoding surprises in any page
+
+
+def test_the_snippet_and_the_schema_are_package_data() -> None:
+    import fnmatch
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        tomllib = pytest.importorskip("tomli")
+    root = SCRIPT_FILE.parents[3]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["mestres_observability"]
+    for path in (SCRIPT_FILE, SCHEMA_FILE):
+        relative = path.relative_to(root / "mestres_observability").as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+    assert script_source() == SCRIPT_FILE.read_text(encoding="utf-8")

@@ -9,7 +9,7 @@
   function safe(f) {
     return function () { try { return f.apply(this, arguments); } catch (e) {} };
   }
-  function on(t, f, o) { w.addEventListener(t, safe(f), o || true); }
+  function on(t, f, o) { w.addEventListener(t, safe(f), o === undefined || o); }
   function cut(s, n) { s = String(s == null ? "" : s); return s.length > n ? s.slice(0, n) : s; }
   function ms(v) { return Math.round(v * 10) / 10; }
   try {
@@ -153,7 +153,7 @@
     observe("first-input", interaction);
     function inp() {
       if (!longest.length) return; /* no interaction: no INP */
-      var n = P.interactionCount || count;
+      var n = P && P.interactionCount || count;
       report("INP", longest[Math.min(longest.length - 1, Math.floor(n / 50))].d);
     }
 
@@ -220,12 +220,12 @@
     });
 
     /* ------------------------------------------------ page hide, back/forward cache */
-    function hide() {
+    function shifts() { if (clsObs) { clsObs.cb(clsObs.takeRecords()); report("CLS", cls); } }
+    function hide() { /* each step on its own: one failing never keeps the others from going */
       hidden = 1;
-      if (hiddenAt == Infinity) hiddenAt = P.now();
-      stopLCP();
-      if (clsObs) { clsObs.cb(clsObs.takeRecords()); report("CLS", cls); }
-      inp(); resources(); navigation(); flush();
+      if (hiddenAt == Infinity) hiddenAt = P ? P.now() : 0;
+      [stopLCP, shifts, inp, resources, navigation].forEach(function (f) { safe(f)(); });
+      flush();
     }
     on("visibilitychange", function () { if (d.visibilityState == "hidden") hide(); else hidden = 0; });
     on("pagehide", hide);
