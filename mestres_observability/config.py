@@ -373,7 +373,8 @@ class ObservabilityConfig:
     excluded_paths: tuple[str, ...] | None = _setting(
         None, kind="strs", optional=True,
         doc="Paths not measured, traced or access-logged. Exact paths, or patterns with `*`. "
-        "Unset: the library's own endpoints.",
+        "Unset: the library's own endpoints (the RUM ingestion endpoint is still counted in the "
+        "request metrics: see `rum_server_spans`, `rum_access_log`).",
     )
     group_status_codes: bool = _setting(
         False, kind="bool", doc="Label HTTP status as `2xx`, `4xx`... instead of the exact code."
