@@ -31,8 +31,11 @@ CHANGELOG = HERE.parent / "CHANGELOG.md"
 
 
 def runbook_page() -> str:
-    """The runbook of the rules rendered with the default settings."""
-    return runbook.page(RenderSettings())
+    """The runbook of the rules rendered with the default settings and every optional
+    feature on (RUM), so each alert's ``runbook_url`` finds its section."""
+    from mestres_observability.config import ObservabilityConfig
+
+    return runbook.page(RenderSettings(config=ObservabilityConfig(rum_enabled=True)))
 
 
 def changelog_page() -> str:
@@ -100,7 +103,16 @@ state or an amount in currency units).
 
 Always exposed, whatever the settings.
 
-{reference_table(entries(source="library"))}
+{reference_table([d for d in entries(source="library") if d.group != "rum"])}
+
+## Browser (RUM) metrics
+
+Exposed while `rum_enabled` and `enabled` are on; filled by the RUM ingestion
+endpoint from what the snippet sends (see [Browser RUM](../rum.md)). `page`
+is a route template, a `rum_page_groups` group or `rum_page_fallback`, never
+a raw URL.
+
+{reference_table(entries(group="rum"))}
 
 ## Scrape-time system and process metrics
 

@@ -160,7 +160,38 @@ def create_app() -> Flask:
     def boom() -> Any:
         raise RuntimeError("simulated bug")
 
+    @app.get("/")
+    def shop_front() -> Any:
+        links = "".join(f'<li><a href="/shop/{p}">{p}</a></li>' for p in CATALOGUE)
+        return _page("Mestres Café", f"<p>Specialty coffee, roasted to order.</p><ul>{links}</ul>")
+
+    @app.get("/shop/<product_id>")
+    def product_page(product_id: str) -> Any:
+        if product_id not in CATALOGUE:
+            abort(404)
+        return _page(product_id, f"<p>R$ {CATALOGUE[product_id]}</p><p><a href=\"/\">Back</a></p>"
+                     "<script>addEventListener('load', function () { mestresRUM.trackBusinessEvent("
+                     f"'product_viewed', {{product_id: '{product_id}'}}); }});</script>")
+
     return app
+
+
+def _page(title: str, body: str) -> str:
+    """An HTML page of the shop with the RUM snippet, an add-to-cart button (whose
+    handler takes 60 ms, so the visit has an INP) and a button that throws."""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<script src="/observability/rum.js" data-endpoint="/api/v1/metrics" async></script></head>
+<body><h1>{title}</h1>{body}
+<button id="add-to-cart">Add to cart</button> <button id="break">Break the page</button>
+<script>
+document.getElementById("add-to-cart").addEventListener("click", function () {{
+  var end = performance.now() + 60; while (performance.now() < end) {{}}  // cart work
+  if (window.mestresRUM) mestresRUM.trackBusinessEvent("add_to_cart", {{source: "page"}});
+}});
+document.getElementById("break").addEventListener("click", function () {{
+  throw new Error("demo: the checkout widget failed");
+}});
+</script></body></html>"""
 
 
 @health_check("inventory_db", critical=True, timeout=0.3)
@@ -304,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app()
     obs = init_observability(app, service_name="mestres-cafe-api", service_version=__version__,
-                             environment="demo", log_format="json")
+                             environment="demo", log_format="json", rum_enabled=True)
     server = _serve(app, args.port)
     base = f"http://127.0.0.1:{server.server_port}"
 

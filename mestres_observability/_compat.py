@@ -18,6 +18,7 @@ frameworks never at import time): this module sits in the foundations layer.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -39,6 +40,7 @@ __all__ = [
     "disable_fastapi_native_tracing",
     "histogram_upper_bounds",
     "labelled_children",
+    "mark_django_response_logged",
     "merge_values_files",
     "metric_base_name",
     "multiprocess_values_active",
@@ -620,6 +622,21 @@ def _restore_public(before: contextvars.Context) -> None:
 #: ``get_contextvars`` before and after, then ``unbind_contextvars``/``bind_contextvars``.
 restore_structlog_context: Callable[[contextvars.Context], None] = (
     _restore_fast if _STRUCTLOG_PREFIX is not None else _restore_public)
+
+
+# ====================================================================== Django
+def mark_django_response_logged(response: Any) -> None:
+    """Tell Django not to log this response on ``django.request``.
+
+    Why: Django's ``log_response`` writes one warning per 4xx/5xx answer unless
+    the response carries its private ``_has_been_logged`` flag; the library's
+    endpoints are logged by the library's own settings, and a refused browser
+    beacon must not become one warning line each. Public replacement: none
+    (Django has no public switch per response). If Django stops reading the flag,
+    setting it does nothing and Django logs as it would anyway; never raises.
+    """
+    with contextlib.suppress(Exception):
+        response._has_been_logged = True
 
 
 # ====================================================================== Flask / Werkzeug

@@ -252,10 +252,16 @@ class Request:
         read: a blocking ``read(n) -> bytes`` of the body (``wsgi.input.read``),
             or ``None`` when there is no body to read.
         receive: the ASGI ``receive`` callable, for :meth:`aread_body`.
+
+    Attributes:
+        routes: set by the adapter that serves the request: ``routes(path)``
+            gives the route template of the app's route that URL path
+            (script prefix included) would reach, or ``None`` (the RUM
+            endpoint groups pages by it). ``None`` when the adapter knows no routes.
     """
 
     __slots__ = ("_body", "_client", "_read", "_receive", "_trusted", "headers", "method",
-                 "path", "peer", "query")
+                 "path", "peer", "query", "routes")
 
     def __init__(self, method: str, path: str,
                  headers: Headers | Iterable[tuple[str, str]] = (), *, query: str = "",
@@ -272,6 +278,7 @@ class Request:
         self._read = read
         self._receive = receive
         self._body: bytes | None = None
+        self.routes: Callable[[str], str | None] | None = None
 
     @classmethod
     def from_wsgi(cls, environ: Mapping[str, Any], path: str,
@@ -733,6 +740,12 @@ class EndpointKind:
         fault: how a handler's exception is counted and answered.
         route_name: the name given to its route where frameworks name routes
             (Django URL names); default :attr:`name`.
+        measured: ``None`` (default): while ``excluded_paths`` is unset, its
+            requests are neither measured, traced nor logged, like ``/metrics``.
+            Else ``measured(config) -> (server_spans, access_log)``: its
+            requests are counted in the HTTP metrics under their own path, and
+            get a SERVER span and an access-log line only where those are true
+            (unless ``excluded_paths`` names the path).
     """
 
     name: str
@@ -744,6 +757,7 @@ class EndpointKind:
     max_body: int | Callable[[Any], int] = 0
     fault: Fault = Fault()
     route_name: str = ""
+    measured: Callable[[Any], tuple[bool, bool]] | None = None
 
     @property
     def url_name(self) -> str:

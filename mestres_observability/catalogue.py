@@ -53,6 +53,7 @@ __all__ = [
     "GROUPS",
     "KINDS",
     "MULTIPROCESS_MODES",
+    "OFF_BY_DEFAULT",
     "PROCESSES",
     "SOURCES",
     "SPAN_DROP_REASONS",
@@ -74,9 +75,10 @@ MetricKind = Literal["counter", "gauge", "histogram", "summary", "info"]
 KINDS: tuple[str, ...] = ("counter", "gauge", "histogram", "summary", "info")
 
 #: What a metric is about; dashboards and rule files are organised by group.
-Group = Literal["http", "business", "infrastructure", "health", "self", "process", "system"]
+Group = Literal["http", "business", "infrastructure", "health", "self", "process", "system",
+                "rum"]
 GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self", "process",
-                           "system")
+                           "system", "rum")
 
 #: Which part of the library produces a family's values.
 Source = Literal["library", "system", "process"]
@@ -88,6 +90,10 @@ PROCESSES: tuple[str, ...] = ("service",)
 
 #: :attr:`MetricDef.feature` of a family exposed whatever the settings.
 ALWAYS = "always"
+
+#: Feature settings whose default is off (every other one defaults to on);
+#: :func:`is_enabled` reads a mapping without them as the defaults would.
+OFF_BY_DEFAULT: frozenset[str] = frozenset({"rum_enabled"})
 
 #: prometheus_client's gauge multiprocess modes.
 MULTIPROCESS_MODES: tuple[str, ...] = (
@@ -314,6 +320,59 @@ CATALOGUE: tuple[MetricDef, ...] = (
               "its first 55), a `tracestate` over 32 list members or 512 characters, a "
               "`baggage` over 64 list members or 8192 bytes (both cut to whole members). "
               "Nothing of their content is logged."),
+    # ---- browser real-user monitoring (rum package: the ingestion endpoint fills them)
+    MetricDef("rum_web_vitals_seconds", "histogram",
+              "Core Web Vitals reported by browsers (LCP, INP, FCP, TTFB; FID legacy), in "
+              "seconds, by metric and page group.",
+              ("metric", "page"), ("page",), buckets="rum_vitals_buckets", group="rum",
+              unit="seconds", feature="rum_enabled",
+              description="Core Web Vitals reported by browsers, in seconds (the snippet's "
+              "milliseconds divided by 1000), by `metric` (`LCP`, `INP`, `FCP`, `TTFB`; `FID` "
+              "from legacy clients) and `page` group. The buckets contain every good/poor "
+              "threshold (INP 0.2/0.5, TTFB 0.8/1.8, FCP 1.8/3, LCP 2.5/4), so the good "
+              "share is an exact bucket ratio. Exemplars carry the page's `trace_id`."),
+    MetricDef("rum_layout_shift", "histogram",
+              "Cumulative Layout Shift (CLS) reported by browsers, by page group.",
+              ("page",), ("page",), buckets="rum_cls_buckets", group="rum",
+              feature="rum_enabled",
+              description="Cumulative Layout Shift (largest 5 s session window, unitless) by "
+              "`page` group; buckets contain the 0.1/0.25 thresholds."),
+    MetricDef("rum_navigation_seconds", "histogram",
+              "Navigation timing phases of page loads, in seconds, by phase and page group.",
+              ("phase", "page"), ("page",), buckets="rum_navigation_buckets", group="rum",
+              unit="seconds", feature="rum_enabled",
+              description="Navigation timing phases of page loads, in seconds, by `phase` "
+              "(`redirect`, `dns`, `connect`, `tls`, `request`, `response`, `dom`, `load`) and "
+              "`page` group."),
+    MetricDef("rum_resources_total", "counter",
+              "Resources loaded by pages, by initiator type and page group.",
+              ("initiator", "page"), ("page",), group="rum", feature="rum_enabled"),
+    MetricDef("rum_resource_duration_seconds_total", "counter",
+              "Total load time of the resources pages loaded, in seconds, by initiator type and "
+              "page group.",
+              ("initiator", "page"), ("page",), group="rum", unit="seconds",
+              feature="rum_enabled",
+              description="Total load time of the resources pages loaded, in seconds, by "
+              "`initiator` and `page`; divided by `rum_resources_total` it is the mean."),
+    MetricDef("rum_js_errors_total", "counter",
+              "JavaScript errors and unhandled promise rejections reported by browsers, by type "
+              "and page group.",
+              ("type", "page"), ("page",), group="rum", feature="rum_enabled"),
+    MetricDef("rum_business_events_total", "counter",
+              "Business events reported by browsers (allowlisted names), by event.",
+              ("event",), ("event",), group="rum", feature="rum_enabled"),
+    MetricDef("rum_events_total", "counter",
+              "RUM events accepted by the ingestion endpoint, by type.",
+              ("type",), (), group="rum", feature="rum_enabled"),
+    MetricDef("rum_events_rejected_total", "counter",
+              "RUM events (or whole requests) the ingestion endpoint refused, by reason.",
+              ("reason",), (), group="rum", feature="rum_enabled",
+              description="RUM events the ingestion endpoint refused, by `reason` (a fixed "
+              "set, see the RUM page); a request refused as a whole (rate limit, size, "
+              "media type, origin, unreadable JSON) counts once."),
+    MetricDef("rum_events_duplicate_total", "counter",
+              "RUM reports dropped because their id was already counted (per worker process).",
+              group="rum", feature="rum_enabled"),
     # ---- host or container, computed at scrape time (system.SystemCollector)
     MetricDef("memory_usage_bytes", "gauge",
               "Memory in use: the container's working set (cgroup v2 memory.current minus "
@@ -413,16 +472,17 @@ def is_enabled(entry: MetricDef, settings: object) -> bool:
 
     ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` or a
     mapping of setting names to values (missing settings take their default:
-    on). A family whose :attr:`~MetricDef.feature` is :data:`ALWAYS` is exposed
-    whatever the settings; any other needs its setting and the master switch
-    ``enabled`` to be true.
+    on, except those in :data:`OFF_BY_DEFAULT`). A family whose
+    :attr:`~MetricDef.feature` is :data:`ALWAYS` is exposed whatever the
+    settings; any other needs its setting and the master switch ``enabled``
+    to be true.
     """
     if entry.feature == ALWAYS:
         return True
 
     def setting(name: str) -> bool:
         if isinstance(settings, Mapping):
-            return bool(settings.get(name, True))
+            return bool(settings.get(name, name not in OFF_BY_DEFAULT))
         return bool(getattr(settings, name))
 
     return setting("enabled") and setting(entry.feature)

@@ -56,8 +56,29 @@ DEFAULT_REDACT_QUERY_PARAMS: tuple[str, ...] = (
     "key", "api_key", "apikey", "signature", "sig", "code", "auth",
 )
 
+#: Default buckets (seconds) of ``rum_web_vitals_seconds``: every Web Vitals
+#: good/poor threshold is a bound (INP 0.2/0.5, TTFB 0.8/1.8, FCP 1.8/3, LCP
+#: 2.5/4, legacy FID 0.1/0.3), so "share of good" is an exact bucket ratio.
+DEFAULT_RUM_VITALS_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 1.8, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0,
+)
+#: Thresholds ``rum_vitals_buckets`` must contain.
+RUM_VITALS_THRESHOLDS: tuple[float, ...] = (0.2, 0.5, 0.8, 1.8, 2.5, 3.0, 4.0)
+#: Default buckets of ``rum_layout_shift`` (CLS, unitless), with the 0.1/0.25 thresholds.
+DEFAULT_RUM_CLS_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.0,
+)
+#: Thresholds ``rum_cls_buckets`` must contain.
+RUM_CLS_THRESHOLDS: tuple[float, ...] = (0.1, 0.25)
+#: Default buckets (seconds) of ``rum_navigation_seconds``.
+DEFAULT_RUM_NAVIGATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_ORIGIN_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#@]+$")
+_EVENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def _setting(
@@ -352,7 +373,8 @@ class ObservabilityConfig:
     excluded_paths: tuple[str, ...] | None = _setting(
         None, kind="strs", optional=True,
         doc="Paths not measured, traced or access-logged. Exact paths, or patterns with `*`. "
-        "Unset: the library's own endpoints.",
+        "Unset: the library's own endpoints (the RUM ingestion endpoint is still counted in the "
+        "request metrics: see `rum_server_spans`, `rum_access_log`).",
     )
     group_status_codes: bool = _setting(
         False, kind="bool", doc="Label HTTP status as `2xx`, `4xx`... instead of the exact code."
@@ -367,6 +389,112 @@ class ObservabilityConfig:
     access_log: bool = _setting(
         True, kind="bool",
         doc="Write one `http_request` log line per request (the access log) from the adapters.",
+    )
+    server_timing: bool = _setting(
+        True, kind="bool",
+        doc="Add `Server-Timing: traceparent;desc=\"00-<trace>-<span>-01\"` to HTML responses "
+        "whose SERVER span is sampled (tracing on), so the browser snippet can link its reports "
+        "to the trace of the page.",
+    )
+
+    # ---- browser real-user monitoring (RUM) -------------------------------
+    rum_enabled: bool = _setting(
+        False, kind="bool",
+        doc="Browser real-user monitoring: serve the snippet at `rum_script_path`, the ingestion "
+        "endpoint at `rum_path`, and expose the `rum_*` metrics. Off by default: the endpoint "
+        "takes input from anyone who can reach the app.",
+    )
+    rum_path: str | None = _setting(
+        "/api/v1/metrics", kind="str", optional=True,
+        doc="Path of the RUM ingestion endpoint (`POST`); empty: off.",
+    )
+    rum_script_path: str | None = _setting(
+        "/observability/rum.js", kind="str", optional=True,
+        doc="Path the RUM snippet is served at; empty: off (copy the file into your bundle).",
+    )
+    rum_allowed_origins: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="Other origins (`https://shop.example`) whose pages may send RUM reports (CORS "
+        "allowlist; `*` for any). Empty: same origin only.",
+    )
+    rum_check_origin: bool = _setting(
+        True, kind="bool",
+        doc="Refuse (403) a report whose `Origin` header is neither the app's own host nor in "
+        "`rum_allowed_origins` (beacons are never preflighted, so CORS alone does not stop them).",
+    )
+    rum_sample_rate: float = _setting(
+        1.0, kind="float", minimum=0.0,
+        doc="Share of page views (0..1) the snippet reports; the script tag's "
+        "`data-sample-rate` overrides it.",
+    )
+    rum_max_body: int = _setting(
+        65536, kind="int", minimum=1024,
+        doc="Largest RUM request body read, in bytes (whatever `Content-Length` says); longer: 413.",
+    )
+    rum_max_events: int = _setting(
+        50, kind="int", minimum=1, doc="Most events in one RUM request; more: 400."
+    )
+    rum_rate_limit: float = _setting(
+        10.0, kind="float", minimum=0.0,
+        doc="RUM requests per second allowed per client address (token bucket, per worker "
+        "process; IPv6 per /64); over it: 429 with `Retry-After`. 0: no per-client limit.",
+    )
+    rum_rate_burst: int = _setting(
+        50, kind="int", minimum=1, doc="Burst size of the per-client RUM token bucket."
+    )
+    rum_rate_clients: int = _setting(
+        10000, kind="int", minimum=1,
+        doc="Client addresses whose token buckets a worker keeps (least recently seen evicted).",
+    )
+    rum_global_rate_limit: float = _setting(
+        1000.0, kind="float", minimum=0.0,
+        doc="RUM requests per second one worker process accepts from all clients together "
+        "(burst: twice that); 0: no global limit.",
+    )
+    rum_dedup_size: int = _setting(
+        10000, kind="int", minimum=0,
+        doc="Report ids a worker remembers to count a repeated report (same `id`) once; 0: off.",
+    )
+    rum_page_groups: dict[str, str] = _setting(
+        kind="strmap", factory=dict,
+        doc="Page groups for URLs that match none of the app's routes: `pattern=group` pairs, "
+        "tried in order; a pattern with `*` is a glob, otherwise a path prefix "
+        "(`/blog=blog,/docs/*=docs`).",
+    )
+    rum_page_fallback: str = _setting(
+        "<other>", kind="str",
+        doc="`page` label of URLs that match neither a route nor `rum_page_groups`.",
+    )
+    rum_business_events: tuple[str, ...] = _setting(
+        ("product_viewed", "order_completed", "add_to_cart", "checkout_started"), kind="strs",
+        doc="Business event names the RUM endpoint accepts (`rum_business_events_total{event}`); "
+        "others are rejected.",
+    )
+    rum_vitals_buckets: tuple[float, ...] = _setting(
+        DEFAULT_RUM_VITALS_BUCKETS, kind="floats",
+        doc="Buckets (seconds) of `rum_web_vitals_seconds`; must contain the good/poor "
+        "thresholds 0.2, 0.5 (INP), 0.8, 1.8 (TTFB, FCP), 2.5, 3, 4 (LCP, FCP).",
+    )
+    rum_cls_buckets: tuple[float, ...] = _setting(
+        DEFAULT_RUM_CLS_BUCKETS, kind="floats",
+        doc="Buckets of `rum_layout_shift` (CLS); must contain the thresholds 0.1 and 0.25.",
+    )
+    rum_navigation_buckets: tuple[float, ...] = _setting(
+        DEFAULT_RUM_NAVIGATION_BUCKETS, kind="floats",
+        doc="Buckets (seconds) of `rum_navigation_seconds`.",
+    )
+    rum_server_spans: bool = _setting(
+        False, kind="bool",
+        doc="Start a SERVER span for each RUM request (off: beacons do not flood the traces; "
+        "they are still counted in the HTTP metrics under their own route).",
+    )
+    rum_access_log: bool = _setting(
+        False, kind="bool", doc="Write an `http_request` access-log line for each RUM request."
+    )
+    rum_error_log_limit: int = _setting(
+        60, kind="int", minimum=0,
+        doc="`browser_error` log lines per minute per worker; past it errors are still counted "
+        "and the next line says how many were not logged. 0: none logged.",
     )
 
     _sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False,
@@ -388,7 +516,8 @@ class ObservabilityConfig:
                 "must be a Prometheus name: letters, digits and underscores, not starting "
                 "with a digit",
             )
-        for name in ("http_buckets", "order_value_buckets"):
+        for name in ("http_buckets", "order_value_buckets", "rum_vitals_buckets",
+                     "rum_cls_buckets", "rum_navigation_buckets"):
             buckets: tuple[float, ...] = getattr(self, name)
             if not buckets:
                 raise ConfigurationError(name, buckets, "needs at least one bucket")
@@ -406,17 +535,52 @@ class ObservabilityConfig:
         if self.metrics_auth is not None:
             _parse_metrics_auth(self.metrics_auth)
         for path_name in ("metrics_path", "health_path", "health_detailed_path",
-                          "health_readiness_path", "health_liveness_path"):
+                          "health_readiness_path", "health_liveness_path", "rum_path",
+                          "rum_script_path"):
             p = getattr(self, path_name)
             if p is not None and not p.startswith("/"):
                 raise ConfigurationError(path_name, p, "paths must start with '/' (empty: off)")
         if self.metrics_port is not None and self.metrics_port > 65535:
             raise ConfigurationError("metrics_port", self.metrics_port, "must be 0..65535")
+        self._validate_rum()
         for name, level in self.log_levels.items():
             if level.upper() not in _LEVELS:
                 raise ConfigurationError(
                     "log_levels", {name: level}, f"levels must be one of {', '.join(_LEVELS)}"
                 )
+
+    def _validate_rum(self) -> None:
+        for name, needed in (("rum_vitals_buckets", RUM_VITALS_THRESHOLDS),
+                             ("rum_cls_buckets", RUM_CLS_THRESHOLDS)):
+            buckets = getattr(self, name)
+            missing = [t for t in needed if t not in buckets]
+            if missing:
+                raise ConfigurationError(
+                    name, buckets, "must contain the Web Vitals thresholds "
+                    + ", ".join(f"{t:g}" for t in missing) + " (dashboards read those buckets)")
+        if not 0.0 <= self.rum_sample_rate <= 1.0:
+            raise ConfigurationError("rum_sample_rate", self.rum_sample_rate,
+                                     "a share must be between 0 and 1")
+        for origin in self.rum_allowed_origins:
+            if origin != "*" and not _ORIGIN_RE.match(origin):
+                raise ConfigurationError(
+                    "rum_allowed_origins", origin,
+                    "each entry must be an origin (scheme://host[:port], no path) or '*'")
+        for pattern, group in self.rum_page_groups.items():
+            if not pattern.startswith("/"):
+                raise ConfigurationError("rum_page_groups", {pattern: group},
+                                         "patterns are paths starting with '/'")
+            if not group or len(group) > 128:
+                raise ConfigurationError("rum_page_groups", {pattern: group},
+                                         "each group must be 1 to 128 characters")
+        if len(self.rum_page_fallback) > 128:
+            raise ConfigurationError("rum_page_fallback", self.rum_page_fallback,
+                                     "at most 128 characters")
+        for event in self.rum_business_events:
+            if not _EVENT_RE.match(event):
+                raise ConfigurationError(
+                    "rum_business_events", event,
+                    "event names are 1 to 64 of letters, digits and . _ : -")
 
     # ------------------------------------------------------------------
     @classmethod

@@ -37,6 +37,7 @@ from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
+    asgi_is_html,
     http_state,
     start_request,
 )
@@ -118,6 +119,7 @@ class ObservabilityMiddleware:
         self.starlette_app = starlette_app
         self.wiring = wiring if wiring is not None else _Wiring(None)
         self._cache: dict[tuple[str, str, str], str | None] = {}
+        self._pages: dict[tuple[str, str], str | None] = {}
         self._cache_key: tuple[int, int] = (0, 0)
 
     def _routes(self) -> Any:
@@ -167,6 +169,10 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         if endpoint is not None:
+            if rp is None:
+                measured = state.measured.get(route_path)
+                if measured is not None:  # e.g. the RUM endpoint: counted under its own route
+                    rp = self._start(measured, scope, headers, route_path, endpoint)
             await self._serve(state, endpoint, scope, receive, send, rp, route_path)
             return
         if rp is None:
@@ -208,6 +214,7 @@ class ObservabilityMiddleware:
         status = 0
         rid = (state.request_id_bytes, rp.request_id.encode("ascii"))
         resolver = self.wiring.user_id_resolver
+        timing = state.server_timing
         rp.track_in_progress()
 
         async def send_wrapper(message: Message) -> None:
@@ -215,7 +222,12 @@ class ObservabilityMiddleware:
             mtype = message["type"]
             if mtype == "http.response.start":
                 status = message["status"]
-                await send({**message, "headers": [*message.get("headers", ()), rid]})
+                headers = [*message.get("headers", ()), rid]
+                if timing and asgi_is_html(headers):
+                    value = rp.server_timing()
+                    if value is not None:
+                        headers.append((b"server-timing", value.encode("latin-1")))
+                await send({**message, "headers": headers})
                 return
             await send(message)
             if (mtype == "http.response.body" and not message.get("more_body", False)) or (
@@ -236,8 +248,9 @@ class ObservabilityMiddleware:
 
     async def _serve(self, state: HttpState, endpoint: Endpoint, scope: Scope, receive: Receive,
                      send: Send, rp: RequestPass | None, path: str) -> None:
-        status, out, body = await endpoint.adispatch(
-            Request.from_asgi(scope, receive, path, state.trusted))
+        req = Request.from_asgi(scope, receive, path, state.trusted)
+        req.routes = _Routes(self, scope.get("root_path", ""))
+        status, out, body = await endpoint.adispatch(req)
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out]
         if rp is not None:
             rp.set_route(path)
@@ -248,6 +261,37 @@ class ObservabilityMiddleware:
         finally:
             if rp is not None:
                 rp.finish(status)
+
+
+class _Routes:
+    """``routes(path)`` of the endpoint layer: the template of the app's route a browser
+    URL path would reach (as the request metrics label it), via the middleware's cache."""
+
+    __slots__ = ("_mw", "_root")
+
+    def __init__(self, mw: ObservabilityMiddleware, root_path: str) -> None:
+        self._mw = mw
+        self._root = root_path
+
+    def __call__(self, path: str) -> str | None:
+        mw = self._mw
+        key = (self._root, path)
+        pages = mw._pages  # apart from the request cache: beacons never evict its entries
+        if key in pages:
+            return pages[key]
+        template = None
+        try:
+            routes = mw._routes()
+            if routes is not None:
+                template, _cacheable = route_template(routes, {
+                    "type": "http", "path": path, "root_path": self._root, "method": "GET",
+                    "headers": [], "query_string": b""})
+        except Exception:
+            template = None
+        if len(pages) >= 2048:
+            pages.clear()
+        pages[key] = template
+        return template
 
 
 def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:

@@ -37,6 +37,7 @@ from .http import (
     UserIdResolver,
     http_state,
     start_request,
+    wsgi_is_html,
     wsgi_trace_headers,
 )
 from .observability import Observability, get_observability
@@ -95,6 +96,44 @@ class _Body:
             self._rp.finish(self._holder[0], None, self._uid)
 
 
+class _Routes:
+    """``routes(path)`` of the endpoint layer: the rule of the app's ``GET`` route at a
+    browser URL path (``SCRIPT_NAME`` included), as the request metrics label it."""
+
+    __slots__ = ("_adapter", "_app", "_cache", "_script")
+
+    def __init__(self, app: Flask, script: str) -> None:
+        self._app = app
+        self._script = script
+        self._adapter: Any = None
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, path: str) -> str | None:
+        cache = self._cache
+        if path in cache:
+            return cache[path]
+        template = self._match(path)
+        if len(cache) >= 2048:
+            cache.clear()
+        cache[path] = template
+        return template
+
+    def _match(self, path: str) -> str | None:
+        script = self._script
+        if script:
+            if path != script and not path.startswith(script + "/"):
+                return None
+            path = path[len(script):] or "/"
+        try:
+            adapter = self._adapter
+            if adapter is None:
+                adapter = self._adapter = self._app.url_map.bind("localhost")
+            rule, _args = adapter.match(path, method="GET", return_rule=True)
+        except Exception:  # NotFound, MethodNotAllowed, RequestRedirect, host rules...
+            return None
+        return script + str(rule.rule)
+
+
 class FlaskMiddleware:
     """The WSGI side of the adapter (installed as ``app.wsgi_app`` by :func:`instrument`)."""
 
@@ -104,6 +143,7 @@ class FlaskMiddleware:
         self.app = app
         self.user_id_resolver = user_id_resolver
         self._full_dispatch: Callable[[], Any] = app.full_dispatch_request
+        self._matchers: dict[str, _Routes] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
@@ -122,6 +162,7 @@ class FlaskMiddleware:
         holder = [500]
         header = state.request_id_header
         rid = rp.request_id
+        timing = state.server_timing
 
         def _start_response(status: str, headers: list[tuple[str, str]],
                             exc_info: Any = None) -> Any:
@@ -130,6 +171,10 @@ class FlaskMiddleware:
             except ValueError:
                 holder[0] = 500
             headers.append((header, rid))
+            if timing and wsgi_is_html(headers):
+                value = rp.server_timing()
+                if value is not None:
+                    headers.append(("Server-Timing", value))
             return start_response(status, headers, exc_info)
 
         rp.activate()
@@ -172,14 +217,30 @@ class FlaskMiddleware:
 
     def _serve(self, state: HttpState, endpoint: Endpoint, environ: dict[str, Any],
                start_response: StartResponse, rp: RequestPass | None, path: str) -> Any:
-        status, headers, body = endpoint.dispatch(Request.from_wsgi(environ, path, state.trusted))
+        script = _text(environ.get("SCRIPT_NAME", ""))
+        if rp is None:
+            measured = state.measured.get(path)
+            if measured is not None:  # e.g. the RUM endpoint: counted under its own route
+                rp = self._start(measured, environ, path)
+        req = Request.from_wsgi(environ, path, state.trusted)
+        req.routes = self._routes_for(script)
+        status, headers, body = endpoint.dispatch(req)
         if rp is not None:
-            rp.set_route(_text(environ.get("SCRIPT_NAME", "")) + path)
+            rp.set_route(script + path)
             headers.append((state.request_id_header, rp.request_id))
         start_response(_reason(status), headers)
         if rp is not None:
             rp.finish(status)
         return [body]
+
+    def _routes_for(self, script: str) -> _Routes:
+        matchers = self._matchers
+        found = matchers.get(script)
+        if found is None:
+            if len(matchers) >= 16:
+                matchers.clear()
+            found = matchers[script] = _Routes(self.app, script)
+        return found
 
     # ---------------------------------------------------------------- inside Flask
     def full_dispatch_request(self) -> Any:

@@ -31,6 +31,7 @@ registered at the end of this module; :func:`serve_endpoint` /
 from __future__ import annotations
 
 import contextvars
+import copy
 import inspect
 import logging
 import os
@@ -73,12 +74,14 @@ __all__ = [
     "HttpState",
     "RequestPass",
     "aserve_endpoint",
+    "asgi_is_html",
     "bound_endpoint",
     "bound_trace_headers",
     "bound_user_id",
     "check_metrics_auth",
     "client_address",
     "http_state",
+    "is_html",
     "new_request_id",
     "normalize_method",
     "redact_query",
@@ -88,6 +91,7 @@ __all__ = [
     "start_request",
     "status_label",
     "warn_unprotected_metrics",
+    "wsgi_is_html",
     "wsgi_trace_headers",
 ]
 
@@ -206,6 +210,32 @@ def _compile_exclusions(patterns: tuple[str, ...]) -> tuple[frozenset[str], re.P
     return exact, re.compile(f"(?:{rx})")
 
 
+def _excluded_by(rules: tuple[frozenset[str], re.Pattern[str] | None], path: str) -> bool:
+    exact, rx = rules
+    return path in exact or (rx is not None and rx.fullmatch(path) is not None)
+
+
+def is_html(content_type: str | None) -> bool:
+    """True for a ``text/html`` content type (parameters and case ignored)."""
+    return content_type is not None and content_type[:9].lower() == "text/html"
+
+
+def wsgi_is_html(headers: list[tuple[str, str]]) -> bool:
+    """True when WSGI response ``headers`` declare ``text/html``."""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == "content-type":
+            return value[:9].lower() == "text/html"
+    return False
+
+
+def asgi_is_html(headers: Any) -> bool:
+    """True when ASGI response ``headers`` (``(bytes, bytes)`` pairs) declare ``text/html``."""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return value[:9].lower() == b"text/html"  # type: ignore[no-any-return]
+    return False
+
+
 class HttpState:
     """Everything the request pass derives from one :class:`Observability`, built once.
 
@@ -234,8 +264,14 @@ class HttpState:
         #: path -> :class:`~mestres_observability._endpoint.Endpoint` (one dict get per request)
         self.endpoints: dict[str, Endpoint] = build_endpoints(cfg, obs)
         excluded = cfg.effective_excluded_paths
+        rules = _compile_exclusions(excluded)
+        measured = [p for p, ep in self.endpoints.items() if ep.kind.measured is not None]
         if cfg.excluded_paths is None:  # the library's own endpoints, registered kinds included
-            excluded = (*excluded, *(p for p in self.endpoints if p not in excluded))
+            excluded = (*excluded, *(p for p in self.endpoints
+                                     if p not in excluded and p not in measured))
+        # a measured kind's requests never take the ordinary pass (so it costs ordinary
+        # requests nothing): the adapters start them on their own state (:attr:`measured`)
+        excluded = (*excluded, *(p for p in measured if p not in excluded))
         self.excluded_exact, self.excluded_rx = _compile_exclusions(excluded)
         self.trusted = _parse_networks(cfg.trusted_proxies)
         self.redact_keys = frozenset(
@@ -252,6 +288,28 @@ class HttpState:
             self.logger = get_logger("mestres_observability.access")
         self._status_labels: dict[int, str] = {}
         self._hosts: dict[str, tuple[str, int | None]] = {}
+        #: add ``Server-Timing: traceparent`` to HTML responses (tracing on and the setting)
+        self.server_timing = bool(self.tracing and cfg.server_timing)
+        #: path of a measured endpoint kind -> the state its requests are measured with
+        #: (counted under their own path; span and access log as the kind says)
+        self.measured: dict[str, HttpState] = {}
+        for path in measured:
+            if not _excluded_by(rules, path):
+                kind_measured = self.endpoints[path].kind.measured
+                assert kind_measured is not None
+                spans, log = kind_measured(cfg)
+                self.measured[path] = self._variant(bool(spans), bool(log))
+
+    def _variant(self, spans: bool, access_log: bool) -> HttpState:
+        """A copy sharing everything, minus span and/or access log, and excluding nothing."""
+        v = copy.copy(self)
+        v.tracing = self.tracing and spans
+        v.tracer = self.tracer if v.tracing else None
+        v.access_log = self.access_log and access_log
+        v.excluded_exact, v.excluded_rx = frozenset(), None
+        v.server_timing = False
+        v.measured = {}
+        return v
 
     def host(self, value: str) -> tuple[str, int | None]:
         """Cached :func:`split_host` (a service answers under a handful of ``Host`` values)."""
@@ -373,6 +431,24 @@ class RequestPass:
     def finished(self) -> bool:
         """True once :meth:`finish` ran."""
         return self._finished
+
+    def server_timing(self) -> str | None:
+        """``traceparent;desc="00-<trace>-<span>-01"`` for a ``Server-Timing`` header.
+
+        ``None`` unless this request has a sampled SERVER span of ours (a link
+        to an unsampled trace would lead nowhere). Adapters call it for HTML
+        responses when :attr:`HttpState.server_timing` is on.
+        """
+        span = self._span
+        if span is None:
+            return None
+        try:
+            ids = _span_ids(span)
+        except Exception:
+            return None
+        if ids is None or not ids[2]:
+            return None
+        return f'traceparent;desc="00-{ids[0]}-{ids[1]}-01"'
 
     def set_route(self, template: str | None) -> None:
         """Record the route template (``None``: nothing matched)."""
@@ -831,6 +907,9 @@ for _kind, _setting, _route in (("basic", "health_path", "health"),
     register_endpoint(EndpointKind(_kind, _setting_path(_setting), _sync, _async,
                                    fault=_HEALTH_FAULT, route_name=_route))
 del _kind, _setting, _route, _sync, _async
+
+# the browser RUM kinds (snippet and ingestion endpoint) register themselves on import
+from . import rum as _rum  # noqa: E402,F401
 
 
 def bound_endpoint(obs: Observability, kind: str, path: str | None = None) -> Endpoint:

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
 from .cardinality import LabelGuard
-from .catalogue import MetricDef, entries, lookup, reference_table
+from .catalogue import MetricDef, entries, is_enabled, lookup, reference_table
 from .config import ObservabilityConfig
 from .errors import MetricConflictError
 
@@ -84,6 +84,33 @@ def _make(
         return Gauge(name, doc, labels, registry=registry,
                      multiprocess_mode=cast(Any, multiprocess_mode))
     return Histogram(name, doc, labels, registry=registry, buckets=tuple(buckets or ()))
+
+
+class _Disabled:
+    """Stands in for the metric of a family whose feature setting is off
+    (:func:`~mestres_observability.catalogue.is_enabled`): it records nothing
+    and is on no registry, so the family is never exposed (in multiprocess mode
+    a real metric would write its series to the shared files)."""
+
+    __slots__ = ()
+
+    def labels(self, *values: object) -> _Disabled:
+        return self
+
+    def inc(self, amount: float = 1.0, exemplar: object = None) -> None:
+        return None
+
+    def dec(self, amount: float = 1.0) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def observe(self, amount: float, exemplar: object = None) -> None:
+        return None
+
+
+_DISABLED = _Disabled()
 
 
 class _Family:
@@ -228,6 +255,8 @@ class LibraryMetrics:
                 metric = self._overflow_metric
             elif d is errors_def:
                 metric = errors_metric
+            elif not is_enabled(d, config):
+                metric = _DISABLED  # the attribute exists; nothing is recorded or exposed
             else:
                 metric = self._build_raw(d)
             guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
@@ -266,6 +295,16 @@ class LibraryMetrics:
     mestres_observability_label_overflow_total: GuardedCounter
     mestres_observability_spans_dropped_total: GuardedCounter
     mestres_observability_trace_headers_dropped_total: GuardedCounter
+    rum_web_vitals_seconds: GuardedHistogram
+    rum_layout_shift: GuardedHistogram
+    rum_navigation_seconds: GuardedHistogram
+    rum_resources_total: GuardedCounter
+    rum_resource_duration_seconds_total: GuardedCounter
+    rum_js_errors_total: GuardedCounter
+    rum_business_events_total: GuardedCounter
+    rum_events_total: GuardedCounter
+    rum_events_rejected_total: GuardedCounter
+    rum_events_duplicate_total: GuardedCounter
 
     def _build_raw(self, d: MetricDef) -> Any:
         name = self.config.metric_name(d.name) if d.prefixed else d.name

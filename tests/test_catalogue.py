@@ -50,6 +50,8 @@ SETTINGS: list[dict[str, Any]] = [
     {"system_metrics": False, "process_metrics": False},
     {"enabled": False},
     {"namespace": "shop", "created_series": False},
+    {"rum_enabled": True},
+    {"rum_enabled": True, "namespace": "shop"},
 ]
 
 #: run in a fresh interpreter (multiprocess mode is chosen at import): init with
@@ -146,9 +148,11 @@ def test_exposed_families_match_the_catalogue_in_multiprocess_mode(
 
 
 def test_families_of_an_instance_in_this_process_are_in_the_catalogue() -> None:
-    with fresh_observability() as obs:
-        collected = {m.name: m.type for m in obs.registry.collect()}
-    assert collected == {d.family_name(): d.kind for d in CATALOGUE}
+    for settings in ({}, {"rum_enabled": True}):
+        with fresh_observability(**settings) as obs:
+            collected = {m.name: m.type for m in obs.registry.collect()}
+        assert collected == {d.family_name(): d.kind for d in CATALOGUE
+                             if is_enabled(d, settings)}
 
 
 def test_with_the_global_registry_every_entry_is_still_exposed_once() -> None:
@@ -158,7 +162,7 @@ def test_with_the_global_registry_every_entry_is_still_exposed_once() -> None:
         body = obs.render_metrics(accept=OPENMETRICS).body.decode()
         own = {m.name for m in obs.registry.collect()}
     exposed = _families(body)
-    ours = {d.family_name() for d in CATALOGUE}
+    ours = {d.family_name() for d in CATALOGUE if is_enabled(d, obs.config)}
     # process_* families prometheus_client's global registry already has are left to it
     assert ours <= set(exposed)
     assert own <= ours
@@ -353,6 +357,14 @@ def test_is_enabled_follows_the_feature_and_the_master_switch() -> None:
     assert not is_enabled(memory, {"enabled": False})
     assert is_enabled(memory, {"process_metrics": False})
     assert is_enabled(orders, ObservabilityConfig(enabled=False))
+    # a feature that is off by default reads as off in a mapping without it, as in the config
+    defaults = ObservabilityConfig()
+    for d in CATALOGUE:
+        assert is_enabled(d, {}) == is_enabled(d, defaults), d.name
+    vitals = catalogue.lookup("rum_web_vitals_seconds")
+    assert not is_enabled(vitals, {})
+    assert is_enabled(vitals, {"rum_enabled": True})
+    assert not is_enabled(vitals, ObservabilityConfig(rum_enabled=True, enabled=False))
 
 
 def test_reference_table_is_the_metrics_reference() -> None:

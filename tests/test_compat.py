@@ -573,6 +573,8 @@ OWN_PRIVATE = {
     "observability.py": {"previous._retire"},  # the Observability being replaced
     # the instance made current, and the one an init inside fresh_observability() made
     "_current.py": {"new._activate"},
+    # the RUM page matcher reads its ObservabilityMiddleware's page cache and route table
+    "fastapi.py": {"mw._pages", "mw._routes"},
     "testing.py": {"latest._retire"},
 }
 _ATTR_FUNCS = {"getattr", "hasattr", "setattr", "delattr"}
@@ -644,3 +646,16 @@ def test_compat_imports_nothing_of_the_package_but_the_foundations() -> None:
     internal = {n.module for n in ast.walk(tree)
                 if isinstance(n, ast.ImportFrom) and n.level > 0}
     assert internal <= {"_forksafe", "errors"}
+
+
+def test_django_response_marked_as_logged_or_left_alone() -> None:
+    class Plain:
+        pass
+
+    class Frozen:
+        __slots__ = ()
+
+    plain = Plain()
+    _compat.mark_django_response_logged(plain)
+    assert plain._has_been_logged is True  # type: ignore[attr-defined]
+    _compat.mark_django_response_logged(Frozen())  # the flag cannot be set: nothing raised

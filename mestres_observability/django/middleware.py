@@ -9,6 +9,7 @@ template comes from ``request.resolver_match.route`` (``/orders/<int:pk>``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,14 @@ from django.http import (  # type: ignore[import-untyped]
 )
 
 from .._adapter import resolve_user_id
+from .._compat import mark_django_response_logged
 from .._endpoint import Endpoint, Headers, Request, Response
 from ..http import (
     HttpState,
     RequestPass,
     UserIdResolver,
     http_state,
+    is_html,
     start_request,
     wsgi_trace_headers,
 )
@@ -142,6 +145,10 @@ class ObservabilityMiddleware:
             rp = _start(state, request, path_info)
             if rp is None and endpoint is None:
                 return None
+            if rp is None:
+                measured = state.measured.get(path_info)
+                if measured is not None:  # e.g. the RUM endpoint: counted under its own route
+                    rp = _start(measured, request, path_info)
             if rp is not None:
                 setattr(request, _ATTR, rp)
             return state, endpoint, rp
@@ -167,6 +174,11 @@ class ObservabilityMiddleware:
             if rp.route is None:
                 rp.set_route(route_of(request))
             response[state.request_id_header] = rp.request_id
+            if state.server_timing and is_html(response.get("Content-Type")):
+                value = rp.server_timing()
+                if value is not None:
+                    existing = response.get("Server-Timing")
+                    response["Server-Timing"] = f"{existing}, {value}" if existing else value
             exc = getattr(request, _EXC, None)
             uid = self._user_id(state, request)
             status = response.status_code
@@ -192,6 +204,7 @@ class ObservabilityMiddleware:
     def _endpoint_response(self, state: HttpState, rp: RequestPass | None,
                            request: HttpRequest, result: Response) -> HttpResponseBase:
         response = django_response(result)
+        mark_django_response_logged(response)  # refused beacons: no django.request line each
         status = result.status
         if rp is not None:
             rp.set_route(request.path_info)
@@ -209,9 +222,46 @@ class ObservabilityMiddleware:
 def endpoint_request(request: HttpRequest, trusted: tuple[Any, ...] = ()) -> Request:
     """The endpoint layer's request for a Django request (the body through ``request.read``)."""
     meta = request.META
-    return Request(request.method or "GET", request.path_info, Headers.from_environ(meta),
-                   query=meta.get("QUERY_STRING", ""), peer=meta.get("REMOTE_ADDR"),
-                   trusted=trusted, read=request.read)
+    req = Request(request.method or "GET", request.path_info, Headers.from_environ(meta),
+                  query=meta.get("QUERY_STRING", ""), peer=meta.get("REMOTE_ADDR"),
+                  trusted=trusted, read=request.read)
+    req.routes = _Routes(getattr(request, "urlconf", None))
+    return req
+
+
+class _Routes:
+    """``routes(path)`` of the endpoint layer: the route template (as ``route_of`` gives it)
+    of the view a browser URL path resolves to, script prefix removed."""
+
+    __slots__ = ("_urlconf",)
+
+    def __init__(self, urlconf: Any) -> None:
+        self._urlconf = urlconf
+
+    def __call__(self, path: str) -> str | None:
+        from django.urls import get_script_prefix  # type: ignore[import-untyped]
+
+        prefix = get_script_prefix()
+        if prefix and prefix != "/":
+            if not path.startswith(prefix) and path != prefix.rstrip("/"):
+                return None
+            path = "/" + path[len(prefix):]
+        urlconf = self._urlconf
+        return _resolved_route(path, urlconf if isinstance(urlconf, str) else None)
+
+
+@functools.lru_cache(maxsize=2048)
+def _resolved_route(path: str, urlconf: str | None) -> str | None:
+    from django.urls import resolve
+
+    try:
+        match = resolve(path, urlconf)
+    except Exception:  # Resolver404, and whatever a URL converter raises on junk
+        return None
+    route = match.route
+    if not isinstance(route, str):
+        return None
+    return "/" + route.replace("^", "").replace("$", "").lstrip("/")
 
 
 def django_response(result: Response) -> HttpResponse:

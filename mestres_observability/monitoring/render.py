@@ -87,8 +87,8 @@ def render_files(settings: RenderSettings, notes: list[str] | None = None) -> di
             notes.append("anomaly rules: not rendered; the anomaly-detection metrics are not in "
                          f"the catalogue yet ({len(anomaly_metrics)} anomaly_* entries)")
     if not rules.rum_entries(settings.config):
-        notes.append("RUM alerts: none rendered; no enabled rum_* web-vital histogram in the "
-                     "catalogue")
+        notes.append("RUM alerts: none rendered; RUM is off (MESTRES_OBS_RUM_ENABLED) or no "
+                     "enabled rum_* web-vital histogram is in the catalogue")
     files: dict[str, str] = {}
     owner: dict[str, str] = {}
     for name, render in renderers:

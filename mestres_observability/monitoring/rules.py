@@ -1066,9 +1066,22 @@ def _self_group(n: _Names) -> RuleGroup:
                      alerts=alerts_)
 
 
-def rum_entries(config: ObservabilityConfig) -> list[tuple[catalogue.MetricDef, str]]:
-    """Enabled ``rum_*`` histograms of the catalogue whose name names a web vital."""
-    out = []
+#: label of a RUM histogram that carries several web vitals, and its values per vital
+_VITAL_LABEL = "metric"
+#: web vitals named by words of a histogram's name (``rum_layout_shift`` is CLS)
+_VITAL_WORDS = {"layout": "cls", "shift": "cls"}
+
+
+def rum_entries(config: ObservabilityConfig
+                ) -> list[tuple[catalogue.MetricDef, str, dict[str, str]]]:
+    """Web-vital histograms among the enabled ``rum_*`` entries of the catalogue.
+
+    Each item is ``(entry, vital, fixed labels)``: a histogram with a ``metric``
+    label (``rum_web_vitals_seconds``) gives one item per vital it carries
+    (``{"metric": "LCP"}``, ...); one named after a vital (``rum_layout_shift``,
+    ``rum_lcp_seconds``) gives one item with no fixed label.
+    """
+    out: list[tuple[catalogue.MetricDef, str, dict[str, str]]] = []
     for entry in catalogue.CATALOGUE:
         if not entry.name.startswith("rum_") or entry.kind != "histogram":
             continue
@@ -1076,8 +1089,13 @@ def rum_entries(config: ObservabilityConfig) -> list[tuple[catalogue.MetricDef, 
             continue
         words = set(entry.name.split("_"))
         vital = next((v for v in WEB_VITALS if v in words), None)
+        if vital is None:
+            vital = next((_VITAL_WORDS[w] for w in entry.name.split("_") if w in _VITAL_WORDS),
+                         None)
         if vital is not None:
-            out.append((entry, vital))
+            out.append((entry, vital, {}))
+        elif _VITAL_LABEL in entry.labels and entry.unit == "seconds":
+            out.extend((entry, v, {_VITAL_LABEL: v.upper()}) for v in WEB_VITALS if v != "cls")
     return out
 
 
@@ -1094,18 +1112,20 @@ def _rum_group(n: _Names) -> RuleGroup | None:
         return None
     guard = _num(n.s.min_page_request_rate)
     alerts_: list[Alert] = []
-    for entry, vital in found:
+    for entry, vital, fixed in found:
         good, poor = WEB_VITALS[vital]
-        group = [lab for lab in entry.labels if lab not in ("rating", "navigation_type")]
-        by = ", ".join(["job", *group])
-        bucket = n.sel(entry.name, suffix="_bucket")
-        count = n.sel(entry.name, suffix="_count")
+        group = [lab for lab in entry.labels
+                 if lab not in ("rating", "navigation_type") and lab not in fixed]
+        by = ", ".join(["job", *fixed, *group])
+        pinned = tuple(f"{k}={_q(v)}" for k, v in fixed.items())
+        bucket = n.sel(entry.name, *pinned, suffix="_bucket")
+        count = n.sel(entry.name, *pinned, suffix="_count")
         bounds = sorted(getattr(n.config, entry.buckets or "")) if entry.buckets and hasattr(
             n.config, entry.buckets) else []
         exact = next((b for b in bounds if math.isclose(b, poor)), None)
         unit = "s" if entry.unit == "seconds" else ""
         if exact is not None:
-            poor_le = n.sel(entry.name, f"le={_q(go_float(exact))}", suffix="_bucket")
+            poor_le = n.sel(entry.name, *pinned, f"le={_q(go_float(exact))}", suffix="_bucket")
             value = (f"1 - (\n  sum by ({by}) (rate({poor_le}[30m]))\n  /\n"
                      f"  sum by ({by}) (rate({count}[30m]))\n)")
             expr = f"{value} > 0.25"
@@ -1117,7 +1137,7 @@ def _rum_group(n: _Names) -> RuleGroup | None:
             desc = (f"The 75th percentile of {vital.upper()} is {{{{ $value | humanize }}}}"
                     f"{unit} (poor above {_num(poor)}{unit}).")
         expr += f"\nand on ({by})\nsum by ({by}) (rate({count}[30m])) >= {guard}"
-        labels = dict.fromkeys(group, "/checkout")
+        labels = {**fixed, **dict.fromkeys(group, "/checkout")}
         cases: tuple[Case, ...] = ()
         if bounds:
             if exact is not None:

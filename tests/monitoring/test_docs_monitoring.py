@@ -6,15 +6,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mestres_observability.config import ObservabilityConfig
 from mestres_observability.monitoring import rules, runbook
 from mestres_observability.monitoring.settings import RenderSettings
+
+#: the docs' runbook: default settings with every optional feature on
+EVERY_FEATURE = RenderSettings(config=ObservabilityConfig(rum_enabled=True))
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "runbook.md"
 
 
 def test_runbook_page_is_current() -> None:
-    assert RUNBOOK.read_text(encoding="utf-8") == runbook.page(RenderSettings()), \
+    assert RUNBOOK.read_text(encoding="utf-8") == runbook.page(EVERY_FEATURE), \
         "run: python docs/gen_reference.py"
 
 
@@ -23,7 +27,9 @@ def test_every_runbook_url_points_at_a_section_of_the_docs_page() -> None:
     anchors = {h.lower() for h in re.findall(r"^### (\w+)$", text, re.MULTILINE)}
     default = RenderSettings()
     assert default.runbook_url.endswith("/docs/runbook.md")
-    for _group, alert in rules.alerts(default):
+    names = {a.name for _g, a in rules.alerts(EVERY_FEATURE)}
+    assert {"WebVitalLCPPoor", "WebVitalCLSPoor", "JavaScriptErrors"} <= names
+    for _group, alert in rules.alerts(EVERY_FEATURE):
         url = alert.annotations["runbook_url"]
         base, _, anchor = url.partition("#")
         assert base == default.runbook_url

@@ -71,6 +71,20 @@ def test_rum_rule_tests_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr
 
 
+def test_rum_rules_from_the_real_rum_metrics_pass_promtool(tmp_path: Path) -> None:
+    """With RUM on, the web-vitals alerts come from the real catalogue entries (one histogram
+    with a ``metric`` label, plus CLS) and their generated tests pass."""
+    promtool = require_binary("promtool")
+    out = render(tmp_path, config=ObservabilityConfig(rum_enabled=True))
+    rum = (out / "prometheus" / "rules" / "rum.yml").read_text(encoding="utf-8")
+    for alert in ("WebVitalLCPPoor", "WebVitalINPPoor", "WebVitalFCPPoor", "WebVitalTTFBPoor",
+                  "WebVitalCLSPoor", "JavaScriptErrors"):
+        assert f"alert: {alert}" in rum, alert
+    assert 'rum_web_vitals_seconds_bucket{job="mestres-cafe-api",metric="LCP",le="4.0"}' in rum
+    res = run([promtool, "test", "rules", str(out / "prometheus" / "tests" / "rum.yml")])
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr
+
+
 @pytest.mark.parametrize(("rule", "old", "new"), [
     ("http", "> 0.05", "> 0.5"),              # HighErrorRate no longer fires
     ("http", ">= 0.1", ">= 0"),               # the traffic guard is gone: it pages
