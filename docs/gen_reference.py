@@ -155,7 +155,8 @@ API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Modules documented after the top-level names (their ``__all__``).
 API_MODULES = ("mestres_observability.testing", "mestres_observability.flask",
                "mestres_observability.fastapi", "mestres_observability.django",
-               "mestres_observability.gunicorn", "mestres_observability.uvicorn")
+               "mestres_observability.gunicorn", "mestres_observability.uvicorn",
+               "mestres_observability.celery")
 #: Classes whose constructor takes one keyword per setting: shown as ``(**settings)``.
 SETTINGS_CLASSES = {"ObservabilityConfig": "configuration.md"}
 

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
 from .cardinality import LabelGuard
-from .catalogue import MetricDef, entries, lookup, reference_table
+from .catalogue import MetricDef, entries, is_enabled, lookup, reference_table
 from .config import ObservabilityConfig
 from .errors import MetricConflictError
 
@@ -84,6 +84,30 @@ def _make(
         return Gauge(name, doc, labels, registry=registry,
                      multiprocess_mode=cast(Any, multiprocess_mode))
     return Histogram(name, doc, labels, registry=registry, buckets=tuple(buckets or ()))
+
+
+class _Inert:
+    """The metric of a family its setting turns off: registered nowhere, records nothing."""
+
+    __slots__ = ()
+
+    def labels(self, *values: object, **kw: object) -> _Inert:
+        return self
+
+    def inc(self, amount: float = 1.0, exemplar: object = None) -> None:
+        return None
+
+    def dec(self, amount: float = 1.0) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def observe(self, amount: float, exemplar: object = None) -> None:
+        return None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        return None
 
 
 class _Family:
@@ -228,6 +252,8 @@ class LibraryMetrics:
                 metric = self._overflow_metric
             elif d is errors_def:
                 metric = errors_metric
+            elif not is_enabled(d, config):  # off by its setting (celery_metrics=false ...)
+                metric = _Inert()
             else:
                 metric = self._build_raw(d)
             guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
@@ -263,6 +289,23 @@ class LibraryMetrics:
     mestres_observability_errors_total: GuardedCounter
     mestres_observability_label_overflow_total: GuardedCounter
     mestres_observability_spans_dropped_total: GuardedCounter
+    celery_tasks_total: GuardedCounter
+    celery_task_duration_seconds: GuardedHistogram
+    celery_task_queue_wait_seconds: GuardedHistogram
+    celery_tasks_in_progress: GuardedGauge
+    http_client_requests_total: GuardedCounter
+    http_client_request_duration_seconds: GuardedHistogram
+    db_query_duration_seconds: GuardedHistogram
+    db_query_errors_total: GuardedCounter
+    db_pool_size: GuardedGauge
+    db_pool_checked_out: GuardedGauge
+    db_pool_overflow: GuardedGauge
+    db_pool_wait_seconds: GuardedHistogram
+    cache_requests_total: GuardedCounter
+    job_runs_total: GuardedCounter
+    job_duration_seconds: GuardedGauge
+    job_last_success_timestamp_seconds: GuardedGauge
+    job_last_failure_timestamp_seconds: GuardedGauge
 
     def _build_raw(self, d: MetricDef) -> Any:
         name = self.config.metric_name(d.name) if d.prefixed else d.name

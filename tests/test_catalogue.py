@@ -50,6 +50,8 @@ SETTINGS: list[dict[str, Any]] = [
     {"system_metrics": False, "process_metrics": False},
     {"enabled": False},
     {"namespace": "shop", "created_series": False},
+    {"celery_metrics": False, "http_client_metrics": False, "db_metrics": False,
+     "job_metrics": False},
 ]
 
 #: run in a fresh interpreter (multiprocess mode is chosen at import): init with
