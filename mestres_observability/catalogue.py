@@ -306,9 +306,12 @@ CATALOGUE: tuple[MetricDef, ...] = (
               ("method", "host", "status"), ("host",), group="outbound",
               feature="http_client_metrics"),
     MetricDef("http_client_request_duration_seconds", "histogram",
-              "Outbound HTTP request duration in seconds, until the response headers arrived.",
+              "Outbound HTTP request duration in seconds, by method and target host.",
               ("method", "host"), ("host",), buckets="http_buckets", group="outbound",
-              unit="seconds", feature="http_client_metrics"),
+              unit="seconds", feature="http_client_metrics",
+              description="Outbound HTTP request duration in seconds, by method and target "
+              "host: with httpx until the response headers arrived, with requests until the "
+              "body was read (unless `stream=True`)."),
     # ---- database and cache (mestres_observability.db: SQLAlchemy, Django)
     MetricDef("db_query_duration_seconds", "histogram",
               "Database statement duration in seconds, by database and operation (SELECT, "
