@@ -156,7 +156,8 @@ API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 API_MODULES = ("mestres_observability.testing", "mestres_observability.flask",
                "mestres_observability.fastapi", "mestres_observability.django",
                "mestres_observability.gunicorn", "mestres_observability.uvicorn",
-               "mestres_observability.celery", "mestres_observability.outbound")
+               "mestres_observability.celery", "mestres_observability.outbound",
+               "mestres_observability.db")
 #: Classes whose constructor takes one keyword per setting: shown as ``(**settings)``.
 SETTINGS_CLASSES = {"ObservabilityConfig": "configuration.md"}
 
