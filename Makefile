@@ -74,7 +74,7 @@ serve: $(DEMO_STAMP)
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e '.[flask,fastapi,django,otlp]' -r benchmarks/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[flask,fastapi,django,otlp,celery]' -r benchmarks/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -78,6 +78,10 @@ NEWEST = [
     "starlette",
     "fastapi",
     "django",
+    "celery",
+    "requests",
+    "opentelemetry-instrumentation-requests",
+    "opentelemetry-instrumentation-celery",
 ]
 
 #: What the whole suite imports or starts besides the package and its extras.
@@ -89,6 +93,9 @@ SUITE_TEST_DEPS = [
     "gunicorn>=22",
     "uvicorn>=0.30",
     "psycopg2-binary>=2.9",
+    "requests>=2.31",  # outbound calls and the contrib instrumentations by name
+    "opentelemetry-instrumentation-requests>=0.46b0",
+    "opentelemetry-instrumentation-celery>=0.46b0",
 ]
 
 #: Test ids left out of ``newest_deps``, each with the reason (a test about benchmarks, or
@@ -101,7 +108,7 @@ NEWEST_DESELECT: list[str] = []
 @nox.session(python="3.13")
 def newest_deps(session: nox.Session) -> None:
     """The whole suite against the newest releases of the libraries in :data:`NEWEST`."""
-    session.install("-e", ".[flask,fastapi,django,otlp,redis,sql]", *SUITE_TEST_DEPS)
+    session.install("-e", ".[flask,fastapi,django,otlp,redis,sql,celery]", *SUITE_TEST_DEPS)
     session.install("--upgrade", *NEWEST)
     session.run("python", "-c", _PRINT_VERSIONS, *NEWEST)
     session.run("pytest", "-q", "-p", "no:cacheprovider",

@@ -168,6 +168,7 @@ API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
       "track_inventory_movement", "set_inventory_level")),
     ("Generic instrumentation", ("counted", "timed", "timer", "traced", "span")),
     ("Logs", ("get_logger", "log_event", "bind_context", "set_user_id")),
+    ("Batch jobs", ("job",)),
     ("Health", ("health_check", "HealthRegistry")),
     ("Errors", ("ObservabilityError", "ConfigurationError", "MetricConflictError",
                 "MissingExtraError")),
@@ -175,7 +176,9 @@ API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Modules documented after the top-level names (their ``__all__``).
 API_MODULES = ("mestres_observability.testing", "mestres_observability.flask",
                "mestres_observability.fastapi", "mestres_observability.django",
-               "mestres_observability.gunicorn", "mestres_observability.uvicorn")
+               "mestres_observability.gunicorn", "mestres_observability.uvicorn",
+               "mestres_observability.celery", "mestres_observability.outbound",
+               "mestres_observability.db", "mestres_observability.jobs")
 #: Classes whose constructor takes one keyword per setting: shown as ``(**settings)``.
 SETTINGS_CLASSES = {"ObservabilityConfig": "configuration.md"}
 

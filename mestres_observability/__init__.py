@@ -31,6 +31,7 @@ from .config import ObservabilityConfig
 from .errors import ConfigurationError, MetricConflictError, MissingExtraError, ObservabilityError
 from .health import HealthRegistry, health_check
 from .instrument import counted, timed, timer
+from .jobs import job
 from .logs import bind_context, get_logger, log_event, set_user_id
 from .observability import Observability, get_observability, init_observability
 from .tracing import span, traced
@@ -50,6 +51,7 @@ __all__ = [
     "get_observability",
     "health_check",
     "init_observability",
+    "job",
     "log_event",
     "record_order",
     "record_payment",

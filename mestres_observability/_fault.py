@@ -22,6 +22,7 @@ __all__ = ["COMPONENTS", "FaultReporter"]
 COMPONENTS: tuple[str, ...] = (
     "business", "metrics", "cardinality", "system", "exposition", "tracing", "logging",
     "health", "http", "multiprocess", "config", "instrument",
+    "celery", "outbound", "db", "jobs",
 )
 
 _log = logging.getLogger("mestres_observability")

@@ -12,6 +12,7 @@ import the face, never the other way round.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -19,7 +20,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:  # type-only
     from .observability import Observability
 
-__all__ = ["ADAPTERS", "check_app_type", "framework_of", "instrument_app"]
+__all__ = ["ADAPTERS", "check_app_type", "framework_of", "instrument_app", "wire_integrations"]
 
 #: framework -> the adapter module whose ``instrument(app, obs)`` wires it.
 ADAPTERS: dict[str, str] = {
@@ -69,3 +70,21 @@ def instrument_app(app: Any, obs: Observability | None = None) -> None:
         check_app_type(app)
         return
     importlib.import_module(module).instrument(app, obs)
+
+
+def wire_integrations(obs: Observability) -> None:
+    """Instrument the integrations whose library this process imported already (at init).
+
+    Celery (``celery_auto_instrument``): when ``celery`` is in ``sys.modules``
+    (a worker, or a web process that enqueues tasks), its signals are
+    connected. Nothing is imported that was not imported before. Never raises:
+    a failure is counted under the integration's component.
+    """
+    cfg = obs.config
+    if not cfg.enabled:
+        return
+    if cfg.celery_auto_instrument and "celery" in sys.modules:
+        try:
+            importlib.import_module("mestres_observability.celery").auto_instrument(obs)
+        except Exception as exc:
+            obs.faults.report("celery", "auto_instrument", "instrumenting Celery failed", exc)

@@ -76,9 +76,9 @@ KINDS: tuple[str, ...] = ("counter", "gauge", "histogram", "summary", "info")
 
 #: What a metric is about; dashboards and rule files are organised by group.
 Group = Literal["http", "business", "infrastructure", "health", "self", "process", "system",
-                "rum"]
+                "rum", "tasks", "outbound", "database", "jobs"]
 GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self", "process",
-                           "system", "rum")
+                           "system", "rum", "tasks", "outbound", "database", "jobs")
 
 #: Which part of the library produces a family's values.
 Source = Literal["library", "system", "process"]
@@ -373,6 +373,78 @@ CATALOGUE: tuple[MetricDef, ...] = (
     MetricDef("rum_events_duplicate_total", "counter",
               "RUM reports dropped because their id was already counted (per worker process).",
               group="rum", feature="rum_enabled"),
+    # ---- Celery tasks (mestres_observability.celery), recorded in the worker
+    MetricDef("celery_tasks_total", "counter",
+              "Celery tasks finished, by task name and state (succeeded, failed, retried, "
+              "rejected, revoked).",
+              ("task", "state"), ("task",), group="tasks", feature="celery_metrics"),
+    MetricDef("celery_task_duration_seconds", "histogram",
+              "Run time of Celery tasks in the worker, by task name.",
+              ("task",), ("task",), buckets="task_buckets", group="tasks", unit="seconds",
+              feature="celery_metrics"),
+    MetricDef("celery_task_queue_wait_seconds", "histogram",
+              "Time from publishing a Celery task to the start of its run, by task name.",
+              ("task",), ("task",), buckets="task_buckets", group="tasks", unit="seconds",
+              feature="celery_metrics"),
+    MetricDef("celery_tasks_in_progress", "gauge", "Celery tasks running right now, by task name.",
+              ("task",), ("task",), multiprocess_mode="livesum", group="tasks",
+              feature="celery_metrics"),
+    # ---- outbound HTTP (mestres_observability.outbound: requests, httpx)
+    MetricDef("http_client_requests_total", "counter",
+              "Outbound HTTP requests, by method, target host and status code (error: no "
+              "response).",
+              ("method", "host", "status"), ("host",), group="outbound",
+              feature="http_client_metrics"),
+    MetricDef("http_client_request_duration_seconds", "histogram",
+              "Outbound HTTP request duration in seconds, by method and target host.",
+              ("method", "host"), ("host",), buckets="http_buckets", group="outbound",
+              unit="seconds", feature="http_client_metrics",
+              description="Outbound HTTP request duration in seconds, by method and target "
+              "host: with httpx until the response headers arrived, with requests until the "
+              "body was read (unless `stream=True`)."),
+    # ---- database and cache (mestres_observability.db: SQLAlchemy, Django)
+    MetricDef("db_query_duration_seconds", "histogram",
+              "Database statement duration in seconds, by database and operation (SELECT, "
+              "INSERT ...; never the SQL text).",
+              ("database", "operation"), ("database",), buckets="db_buckets", group="database",
+              unit="seconds", feature="db_metrics"),
+    MetricDef("db_query_errors_total", "counter",
+              "Database statements that raised, by database and operation.",
+              ("database", "operation"), ("database",), group="database", feature="db_metrics"),
+    MetricDef("db_pool_size", "gauge", "Connections the pool keeps open at most without "
+              "overflow (its size), by database.",
+              ("database",), ("database",), multiprocess_mode="livesum", group="database",
+              feature="db_metrics"),
+    MetricDef("db_pool_checked_out", "gauge", "Pool connections in use right now, by database.",
+              ("database",), ("database",), multiprocess_mode="livesum", group="database",
+              feature="db_metrics"),
+    MetricDef("db_pool_overflow", "gauge",
+              "Connections open beyond the pool size right now, by database.",
+              ("database",), ("database",), multiprocess_mode="livesum", group="database",
+              feature="db_metrics"),
+    MetricDef("db_pool_wait_seconds", "histogram",
+              "Time to get a connection from the pool (waiting for a free one, or opening one), "
+              "by database.",
+              ("database",), ("database",), buckets="db_buckets", group="database",
+              unit="seconds", feature="db_metrics"),
+    MetricDef("cache_requests_total", "counter",
+              "Cache reads (Django cache get/get_many), by cache alias and result (hit or miss).",
+              ("cache", "result"), ("cache",), group="database", feature="db_metrics"),
+    # ---- batch jobs (mestres_observability.jobs: job())
+    MetricDef("job_runs_total", "counter", "Runs of batch jobs, by job and status (success or "
+              "failure).",
+              ("job", "status"), ("job",), group="jobs", feature="job_metrics"),
+    MetricDef("job_duration_seconds", "gauge", "Duration of each job's last run, in seconds.",
+              ("job",), ("job",), multiprocess_mode="mostrecent", group="jobs", unit="seconds",
+              feature="job_metrics"),
+    MetricDef("job_last_success_timestamp_seconds", "gauge",
+              "When each job last succeeded, in seconds since the Unix epoch.",
+              ("job",), ("job",), multiprocess_mode="mostrecent", group="jobs", unit="seconds",
+              feature="job_metrics"),
+    MetricDef("job_last_failure_timestamp_seconds", "gauge",
+              "When each job last failed, in seconds since the Unix epoch.",
+              ("job",), ("job",), multiprocess_mode="mostrecent", group="jobs", unit="seconds",
+              feature="job_metrics"),
     # ---- host or container, computed at scrape time (system.SystemCollector)
     MetricDef("memory_usage_bytes", "gauge",
               "Memory in use: the container's working set (cgroup v2 memory.current minus "

@@ -74,6 +74,15 @@ RUM_CLS_THRESHOLDS: tuple[float, ...] = (0.1, 0.25)
 DEFAULT_RUM_NAVIGATION_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
+#: Default buckets for task and job durations and queue waits (seconds), to an hour.
+DEFAULT_TASK_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0, 3600.0,
+)
+#: Default buckets for database statements and pool waits (seconds).
+DEFAULT_DB_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -304,6 +313,57 @@ class ObservabilityConfig:
         "`sqlalchemy,redis`.",
     )
 
+    # ---- beyond the web request: Celery, outbound calls, databases, jobs ----
+    celery_metrics: bool = _setting(
+        True, kind="bool",
+        doc="Record `celery_*` task metrics in Celery workers (`mestres_observability.celery`).",
+    )
+    celery_auto_instrument: bool = _setting(
+        True, kind="bool",
+        doc="Instrument Celery (task metrics, spans, trace context in task headers) when "
+        "`init_observability` runs in a process that imported `celery` or is a Celery worker.",
+    )
+    task_buckets: tuple[float, ...] = _setting(
+        DEFAULT_TASK_BUCKETS, kind="floats",
+        doc="Histogram buckets (seconds) for `celery_task_duration_seconds` and "
+        "`celery_task_queue_wait_seconds`.",
+    )
+    http_client_metrics: bool = _setting(
+        True, kind="bool",
+        doc="Record `http_client_*` metrics of outbound calls (`mestres_observability.outbound`).",
+    )
+    db_metrics: bool = _setting(
+        True, kind="bool",
+        doc="Record `db_*` and `cache_*` metrics of instrumented SQLAlchemy engines and Django "
+        "connections and caches (`mestres_observability.db`).",
+    )
+    db_buckets: tuple[float, ...] = _setting(
+        DEFAULT_DB_BUCKETS, kind="floats",
+        doc="Histogram buckets (seconds) for `db_query_duration_seconds` and "
+        "`db_pool_wait_seconds`.",
+    )
+    job_metrics: bool = _setting(
+        True, kind="bool", doc="Record `job_*` metrics of batch jobs (`job()`).",
+    )
+    pushgateway_url: str | None = _setting(
+        None, kind="str", optional=True,
+        doc="Pushgateway base URL (`http://pushgateway:9091`): each `job()` pushes its metrics "
+        "there when it ends, grouped by job and instance. A failed push is counted, never raised.",
+    )
+    pushgateway_timeout: float = _setting(
+        2.0, kind="float", minimum=0.001,
+        doc="Timeout (seconds) of one push to the Pushgateway.",
+    )
+    job_textfile_dir: str | None = _setting(
+        None, kind="str", optional=True,
+        doc="Directory of node-exporter's textfile collector: each `job()` writes "
+        "`<job>.prom` there when it ends (atomic rename).",
+    )
+    job_instance: str | None = _setting(
+        None, kind="str", optional=True,
+        doc="`instance` of a job's Pushgateway grouping key. Unset: the host name.",
+    )
+
     # ---- health -----------------------------------------------------------
     health_deadline: float = _setting(
         0.8, kind="float", minimum=0.01,
@@ -517,7 +577,7 @@ class ObservabilityConfig:
                 "with a digit",
             )
         for name in ("http_buckets", "order_value_buckets", "rum_vitals_buckets",
-                     "rum_cls_buckets", "rum_navigation_buckets"):
+                     "rum_cls_buckets", "rum_navigation_buckets", "task_buckets", "db_buckets"):
             buckets: tuple[float, ...] = getattr(self, name)
             if not buckets:
                 raise ConfigurationError(name, buckets, "needs at least one bucket")
@@ -540,6 +600,10 @@ class ObservabilityConfig:
             p = getattr(self, path_name)
             if p is not None and not p.startswith("/"):
                 raise ConfigurationError(path_name, p, "paths must start with '/' (empty: off)")
+        if self.pushgateway_url is not None and urllib.parse.urlsplit(
+                self.pushgateway_url).scheme not in ("http", "https"):
+            raise ConfigurationError("pushgateway_url", self.pushgateway_url,
+                                     "expected an http:// or https:// URL")
         if self.metrics_port is not None and self.metrics_port > 65535:
             raise ConfigurationError("metrics_port", self.metrics_port, "must be 0..65535")
         self._validate_rum()

@@ -86,15 +86,12 @@ def _make(
     return Histogram(name, doc, labels, registry=registry, buckets=tuple(buckets or ()))
 
 
-class _Disabled:
-    """Stands in for the metric of a family whose feature setting is off
-    (:func:`~mestres_observability.catalogue.is_enabled`): it records nothing
-    and is on no registry, so the family is never exposed (in multiprocess mode
-    a real metric would write its series to the shared files)."""
+class _Inert:
+    """The metric of a family its setting turns off: registered nowhere, records nothing."""
 
     __slots__ = ()
 
-    def labels(self, *values: object) -> _Disabled:
+    def labels(self, *values: object, **kw: object) -> _Inert:
         return self
 
     def inc(self, amount: float = 1.0, exemplar: object = None) -> None:
@@ -109,8 +106,11 @@ class _Disabled:
     def observe(self, amount: float, exemplar: object = None) -> None:
         return None
 
+    def set_function(self, f: Callable[[], float]) -> None:
+        return None
 
-_DISABLED = _Disabled()
+
+_INERT = _Inert()
 
 
 class _Family:
@@ -255,8 +255,8 @@ class LibraryMetrics:
                 metric = self._overflow_metric
             elif d is errors_def:
                 metric = errors_metric
-            elif not is_enabled(d, config):
-                metric = _DISABLED  # the attribute exists; nothing is recorded or exposed
+            elif not is_enabled(d, config):  # off by its setting (rum_enabled, celery_metrics ...)
+                metric = _INERT  # the attribute exists; nothing is recorded or exposed
             else:
                 metric = self._build_raw(d)
             guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
@@ -305,6 +305,23 @@ class LibraryMetrics:
     rum_events_total: GuardedCounter
     rum_events_rejected_total: GuardedCounter
     rum_events_duplicate_total: GuardedCounter
+    celery_tasks_total: GuardedCounter
+    celery_task_duration_seconds: GuardedHistogram
+    celery_task_queue_wait_seconds: GuardedHistogram
+    celery_tasks_in_progress: GuardedGauge
+    http_client_requests_total: GuardedCounter
+    http_client_request_duration_seconds: GuardedHistogram
+    db_query_duration_seconds: GuardedHistogram
+    db_query_errors_total: GuardedCounter
+    db_pool_size: GuardedGauge
+    db_pool_checked_out: GuardedGauge
+    db_pool_overflow: GuardedGauge
+    db_pool_wait_seconds: GuardedHistogram
+    cache_requests_total: GuardedCounter
+    job_runs_total: GuardedCounter
+    job_duration_seconds: GuardedGauge
+    job_last_success_timestamp_seconds: GuardedGauge
+    job_last_failure_timestamp_seconds: GuardedGauge
 
     def _build_raw(self, d: MetricDef) -> Any:
         name = self.config.metric_name(d.name) if d.prefixed else d.name

@@ -26,7 +26,7 @@ from . import _current
 from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
-from ._wiring import check_app_type, instrument_app
+from ._wiring import check_app_type, instrument_app, wire_integrations
 from .config import ObservabilityConfig
 from .errors import MetricConflictError
 from .exposition import MetricsResponse, render_metrics
@@ -352,6 +352,7 @@ def init_observability(
         cfg = ObservabilityConfig.from_env(**settings)
     check_app_type(app)
     obs = _start(cfg, read_env=config is None)
+    wire_integrations(obs)
     if app is not None:
         instrument_app(app, obs)
     return obs

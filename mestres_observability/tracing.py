@@ -757,6 +757,33 @@ _INSTRUMENTORS = {
 }
 
 
+def _instrumentor_class(key: str, module_name: str, class_name: str) -> Any:
+    """The instrumentor class for ``key``: its ``opentelemetry_instrumentor`` entry point,
+    else the named class, else the concrete ``*Instrumentor`` class the module defines.
+
+    Raises:
+        ImportError: neither an entry point nor the module exists.
+        LookupError: the module defines no concrete instrumentor class.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="opentelemetry_instrumentor", name=key):
+        return ep.load()
+    module = importlib.import_module(module_name)
+    found = getattr(module, class_name, None) if class_name else None
+    if found is not None:
+        return found
+    # the module also holds what it imported (OpenTelemetry's abstract BaseInstrumentor):
+    # a concrete class, preferably one the module defines itself
+    candidates = [v for k, v in vars(module).items()
+                  if k.endswith("Instrumentor") and isinstance(v, type) and not inspect.isabstract(v)
+                  and k != "BaseInstrumentor"]
+    own = [c for c in candidates if c.__module__.startswith(module.__name__)]
+    if own or candidates:
+        return (own or candidates)[0]
+    raise LookupError(f"{module_name} defines no concrete *Instrumentor class")
+
+
 def _auto_instrument(config: ObservabilityConfig, provider: Any, faults: FaultReporter) -> None:
     for name in config.auto_instrument:
         key = name.lower()
@@ -766,7 +793,7 @@ def _auto_instrument(config: ObservabilityConfig, provider: Any, faults: FaultRe
             key, (f"opentelemetry.instrumentation.{key}", "")
         )
         try:
-            module = importlib.import_module(module_name)
+            cls = _instrumentor_class(key, module_name, class_name)
         except ImportError:
             _log.info(
                 "auto-instrumentation %r skipped: %s is not installed "
@@ -775,11 +802,10 @@ def _auto_instrument(config: ObservabilityConfig, provider: Any, faults: FaultRe
             )
             _GLOBAL.instrumented.add(key)
             continue
+        except Exception as exc:
+            faults.report("tracing", "auto_instrument", f"auto-instrumentation {name} failed", exc)
+            continue
         try:
-            cls = getattr(module, class_name, None) if class_name else None
-            if cls is None:
-                cls = next(v for k, v in vars(module).items()
-                           if k.endswith("Instrumentor") and isinstance(v, type))
             instrumentor = cls()
             if not getattr(instrumentor, "is_instrumented_by_opentelemetry", False):
                 instrumentor.instrument(tracer_provider=provider)

@@ -52,6 +52,8 @@ SETTINGS: list[dict[str, Any]] = [
     {"namespace": "shop", "created_series": False},
     {"rum_enabled": True},
     {"rum_enabled": True, "namespace": "shop"},
+    {"celery_metrics": False, "http_client_metrics": False, "db_metrics": False,
+     "job_metrics": False},
 ]
 
 #: run in a fresh interpreter (multiprocess mode is chosen at import): init with

@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from mestres_observability import counted, timed, timer, track_order, track_payment
+from mestres_observability import counted, job, timed, timer, track_order, track_payment
 
 
 class Order:
@@ -37,10 +37,23 @@ class Shop:
         return 1
 
 
+@job("nightly_report")
+def nightly_report(day: str) -> int:
+    return 1
+
+
+@job("inventory_sync")
+async def inventory_sync() -> None:
+    return None
+
+
 def use() -> None:
     order: Order = create(["espresso"])
     payment: dict[str, Any] = Shop().pay(order, "pix")
     with timer("block_seconds") as t:
         pass
     elapsed: float | None = t.elapsed
-    del payment, elapsed
+    rows: int = nightly_report("2026-01-01")
+    with job("inventory_sync") as run:
+        name: str = run.name
+    del payment, elapsed, rows, name

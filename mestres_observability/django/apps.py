@@ -23,7 +23,8 @@ class MestresObservabilityConfig(AppConfig):  # type: ignore[misc]
     default = True
 
     def ready(self) -> None:
-        """Initialise the library and start the separate metrics listener if configured."""
+        """Initialise the library, start the separate metrics listener if configured and
+        instrument the database connections and caches (``db_metrics``)."""
         from django.conf import settings  # type: ignore[import-untyped]
 
         from .._adapter import setup
@@ -36,3 +37,6 @@ class MestresObservabilityConfig(AppConfig):  # type: ignore[misc]
         else:
             obs = init_observability(**dict(options or {}))
         setup(obs, "django")
+        from ..db import instrument_django
+
+        instrument_django(obs)  # statement and cache metrics (db_metrics)

@@ -428,6 +428,7 @@ def _technical(c: _Ctx) -> list[_Item]:
             "Health check duration", "timeseries",
             (_Query(f"max by (check) ({c.m('health_check_duration_seconds')})", "{{check}}"),),
             unit="s"))
+    items.extend(_beyond_requests(c))
     items.append(_Row("Instrumentation"))
     if c.on("service_info"):
         items.append(_Panel(
@@ -465,6 +466,102 @@ def _technical(c: _Ctx) -> list[_Item]:
                     "{{metric}}"),),
             description="Label sets beyond max_label_values, folded into <overflow>.",
             width=8))
+    return items
+
+
+def _beyond_requests(c: _Ctx) -> list[_Item]:
+    """Rows for what runs outside the request: Celery tasks, outbound calls, databases and
+    caches, batch jobs (each row only while its families are on)."""
+    items: list[_Item] = []
+    if c.on("celery_tasks_total"):
+        items.append(_Row("Celery tasks"))
+        items.append(_Panel(
+            "Tasks finished per second by task and state", "timeseries",
+            (_Query(_rate(c.m("celery_tasks_total"), ["task", "state"]), "{{task}} {{state}}"),),
+            unit="ops", width=8, stack=True))
+        items.append(_Panel(
+            "Task duration p95 by task", "timeseries",
+            (_Query(_quantile(0.95, c.bucket("celery_task_duration_seconds"), ["task"]),
+                    "{{task}}"),),
+            description="95th percentile of task run time in the workers. Dots are "
+            "exemplars: click one to open the task's trace.", unit="s", width=8))
+        items.append(_Panel(
+            "Time waiting in the queue p95 by task", "timeseries",
+            (_Query(_quantile(0.95, c.bucket("celery_task_queue_wait_seconds"), ["task"]),
+                    "{{task}}"),),
+            description="From publishing (or the ETA) to the start of the run: growing means "
+            "too few workers.", unit="s", width=8))
+        items.append(_Panel(
+            "Tasks in progress", "timeseries",
+            (_Query(f"sum by (task) ({c.m('celery_tasks_in_progress')})", "{{task}}"),),
+            width=8))
+    if c.on("http_client_requests_total"):
+        items.append(_Row("Outbound calls"))
+        calls = c.m("http_client_requests_total")
+        items.append(_Panel(
+            "Outbound requests per second by host and status", "timeseries",
+            (_Query(_rate(calls, ["host", "status"]), "{{host}} {{status}}"),),
+            description="Calls to payment, shipping and other APIs; status error: no "
+            "response.", unit="reqps", width=8))
+        items.append(_Panel(
+            "Outbound error ratio by host", "timeseries",
+            (_Query(_rate(calls, ["host"], '{status=~"5..|error"}') + " / "
+                    + _rate(calls, ["host"]), "{{host}}"),),
+            unit="percentunit", min=0, width=8))
+        items.append(_Panel(
+            "Outbound latency p95 by host", "timeseries",
+            (_Query(_quantile(0.95, c.bucket("http_client_request_duration_seconds"), ["host"]),
+                    "{{host}}"),),
+            description="Dots are exemplars: click one to open the call's trace.", unit="s",
+            width=8))
+    if c.on("db_query_duration_seconds"):
+        items.append(_Row("Databases and caches"))
+        items.append(_Panel(
+            "Statement duration p95 by operation", "timeseries",
+            (_Query(_quantile(0.95, c.bucket("db_query_duration_seconds"),
+                              ["database", "operation"]), "{{database}} {{operation}}"),),
+            unit="s", width=8))
+        items.append(_Panel(
+            "Statement errors per second", "timeseries",
+            (_Query(_rate(c.m("db_query_errors_total"), ["database", "operation"]),
+                    "{{database}} {{operation}}"),),
+            unit="ops", width=8))
+        items.append(_Panel(
+            "Connection pool", "timeseries",
+            (_Query(f"sum by (database) ({c.m('db_pool_checked_out')})", "{{database}} in use"),
+             _Query(f"sum by (database) ({c.m('db_pool_size')})", "{{database}} size"),
+             _Query(f"sum by (database) ({c.m('db_pool_overflow')})", "{{database}} overflow")),
+            description="Connections in use against the pool size; overflow above zero means "
+            "the pool is too small.", width=8))
+        items.append(_Panel(
+            "Pool wait p95", "timeseries",
+            (_Query(_quantile(0.95, c.bucket("db_pool_wait_seconds"), ["database"]),
+                    "{{database}}"),),
+            unit="s", width=8))
+        items.append(_Panel(
+            "Cache hit ratio", "timeseries",
+            (_Query(_rate(c.m("cache_requests_total"), ["cache"], '{result="hit"}') + " / "
+                    + _rate(c.m("cache_requests_total"), ["cache"]), "{{cache}}"),),
+            unit="percentunit", min=0, max=1, width=8))
+    if c.on("job_runs_total"):
+        items.append(_Row("Batch jobs"))
+        items.append(_Panel(
+            "Time since the last success", "table",
+            (_Query(f"time() - max by (job) ({c.m('job_last_success_timestamp_seconds')})",
+                    instant=True, table=True),),
+            description="Seconds since each job last succeeded (pushed to the Pushgateway or "
+            "written as a textfile).", unit="s", width=8))
+        items.append(_Panel(
+            "Runs by job and status", "timeseries",
+            (_Query(_rate(c.m("job_runs_total"), ["job", "status"], window="1h",
+                          func="increase"), "{{job}} {{status}}"),),
+            width=8))
+        items.append(_Panel(
+            "Last run duration and last failure", "timeseries",
+            (_Query(f"max by (job) ({c.m('job_duration_seconds')})", "{{job}} duration"),
+             _Query(f"time() - max by (job) ({c.m('job_last_failure_timestamp_seconds')})",
+                    "{{job}} since failure")),
+            unit="s", width=8))
     return items
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 import pytest
 
+from mestres_observability.config import ObservabilityConfig
 from mestres_observability.monitoring import promql, rules
 from mestres_observability.monitoring.exporters import EXPORTERS
 from mestres_observability.monitoring.render import render_all
@@ -168,6 +169,10 @@ def _start(stack_: ExitStack) -> Stack:
     am_port = free_port()
     s.pg_exporter = f"127.0.0.1:{ports['pg']}"
     s.settings = RenderSettings(
+        # the shop runs no Celery worker, outbound client, SQLAlchemy engine or batch job:
+        # render for what it is, as its own settings would say
+        config=ObservabilityConfig(celery_metrics=False, http_client_metrics=False,
+                                   db_metrics=False, job_metrics=False),
         service=SERVICE, targets=(s.shop.removeprefix("http://"),),
         alertmanager_target=f"127.0.0.1:{am_port}",
         node_exporter_target=f"127.0.0.1:{ports['node']}", postgres_exporter_target=s.pg_exporter,

@@ -21,7 +21,7 @@ PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "topk", "bottomk", "max", "min",
     "count", "le", "status", "endpoint", "currency", "product_id", "method", "error_type",
     "action", "user_type", "movement_type", "instance", "mountpoint", "check", "service", "version",
-    "environment", "component", "metric", "page_group",
+    "environment", "component", "metric", "page_group", "time", "job",
 }
 
 
