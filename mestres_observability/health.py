@@ -12,21 +12,30 @@ How checks run:
 
 * concurrently, each under the smaller of its own timeout
   (``health_check_timeout`` by default) and the probe's overall deadline
-  (``health_deadline``, 0.8 s: below the kubelet's 1 s default probe timeout);
-* sync checks on a small bounded thread pool owned by the library, async checks
-  on the caller's event loop under :meth:`~HealthRegistry.aprobe` and on one
-  library-owned event-loop thread under :meth:`~HealthRegistry.probe`;
+  (``health_deadline``, 0.8 s: below the kubelet's 1 s default probe timeout).
+  A timeout measures the check's own run, from when it starts; a probe never
+  waits past its deadline: a run still queued then is ``not_started``;
+* sync checks on a thread pool owned by the library (:class:`_Pool`): 16
+  threads within their timeout, critical checks first and with room kept for
+  them, more threads only beside stuck ones, 64 at most; async checks on the
+  caller's event loop under :meth:`~HealthRegistry.aprobe` and on a
+  library-owned event-loop thread under :meth:`~HealthRegistry.probe` (a loop
+  stalled by a check that blocks it is left to that check, the others move to
+  a new one);
 * **at most one run per check at a time** (single-flight). Python cannot stop a
   thread, so a hung check keeps its one thread; later probes do not start a
   second run but report ``timeout`` at once, and concurrent probes share one run;
+* whatever a check raises (``BaseException`` included) fails that check; only a
+  cancellation of :meth:`~HealthRegistry.aprobe` itself propagates;
 * a finished result is reused for ``health_cache_ttl`` seconds;
 * fork-safe (``gunicorn --preload``): a forked child starts its own thread pool
   and event-loop thread on its first probe, with a fresh lock and fresh
   single-flight state, so a run still in flight in the parent at the fork
   (hung or not) is run again in the child rather than reported as ``timeout``.
 
-Responses carry a status and an error *kind* only (the exception class name or
-``timeout``); the full, redacted detail goes to the
+Responses carry a status and an error *kind* only (the exception class name,
+``timeout``, ``not_started`` ...), and details with every address replaced by
+``[address]``; the full, redacted detail goes to the
 ``mestres_observability.health`` logger.
 """
 
@@ -123,8 +132,9 @@ class CheckResult:
     Attributes:
         ok: the check passed.
         duration: how long the run took, in seconds (measured, not estimated).
-        error: ``None`` when it passed, else ``"timeout"``, the exception class
-            name, or ``"failed"`` (the check returned a false value).
+        error: ``None`` when it passed, else ``"timeout"``, ``"not_started"``
+            (still queued at the probe's deadline), the exception class name,
+            or ``"failed"`` (the check returned a false value).
         details: JSON-safe, redacted, bounded details the check returned.
         finished: ``time.monotonic()`` when the run ended.
     """
@@ -286,11 +296,6 @@ class _Pool:
             times = [w.since + w.job.timeout for w in self._workers
                      if w.job is not None and not w.stuck]
             return min(times) if times else None
-
-    @property
-    def threads(self) -> int:
-        """Threads alive (busy, stuck or idle)."""
-        return len(self._workers)
 
     def _dispatch(self) -> list[_Job]:
         """Hand queued runs to idle or new threads as the rules allow (lock held)."""
@@ -1316,7 +1321,7 @@ def _error_kind(exc: BaseException) -> str:
     return "error"  # pragma: no cover - object's name always matches
 
 
-ADDRESS = "[address]"
+_ADDRESS = "[address]"
 _URL_HOST_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,31}://)[^\s/?#'\"<>\\]+")
 _IPV6_RE = re.compile(r"(?<![\w.:%])[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[\w.-]+)?")
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
@@ -1341,11 +1346,11 @@ def _v6_sub(match: re.Match[str]) -> str:
             ipaddress.IPv6Address(candidate)
         except ValueError:
             continue
-        return ADDRESS + rest
+        return _ADDRESS + rest
     return text
 
 
-def scrub_addresses(text: str) -> str:
+def _scrub_addresses(text: str) -> str:
     """``text`` with IP addresses, ``host:port`` pairs, URL hosts and port numbers replaced.
 
     IPv4 and IPv6 literals (with a zone, a port, brackets, or in the
@@ -1356,26 +1361,26 @@ def scrub_addresses(text: str) -> str:
     """
     if ":" in text or "." in text:
         if "://" in text:
-            text = _URL_HOST_RE.sub(lambda m: m.group(1) + ADDRESS, text)
+            text = _URL_HOST_RE.sub(lambda m: m.group(1) + _ADDRESS, text)
         if ":" in text:
             text = _IPV6_RE.sub(_v6_sub, text)
         if "." in text:
-            text = _IPV4_RE.sub(ADDRESS, text)
+            text = _IPV4_RE.sub(_ADDRESS, text)
         if ":" in text:
-            text = _HOST_PORT_RE.sub(ADDRESS, text)
+            text = _HOST_PORT_RE.sub(_ADDRESS, text)
     if "ort" in text:
         text = _PORT_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}[port]", text)
-    if ADDRESS in text:
-        text = _WRAPPED_RE.sub(ADDRESS, text)
+    if _ADDRESS in text:
+        text = _WRAPPED_RE.sub(_ADDRESS, text)
     return text
 
 
 def _scrub_tree(value: Any) -> Any:
-    """Apply :func:`scrub_addresses` to every string and key of a JSON-safe value."""
+    """Apply :func:`_scrub_addresses` to every string and key of a JSON-safe value."""
     if isinstance(value, str):
-        return scrub_addresses(value)
+        return _scrub_addresses(value)
     if isinstance(value, dict):
-        return {scrub_addresses(str(k)): _scrub_tree(v) for k, v in value.items()}
+        return {_scrub_addresses(str(k)): _scrub_tree(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrub_tree(v) for v in value]
     return value
