@@ -18,5 +18,21 @@ def order(order_id: int) -> object:
     return response
 
 
-init_observability(app, service_name="flask-multiworker", configure_logging=False,
-                   tracing_enabled=False, access_log=False)
+_made = [0]
+
+
+@app.get("/jobs/<int:count>")
+def jobs(count: int) -> object:
+    """``count`` new label sets of a user counter (fills a small multiprocess directory)."""
+    first = _made[0]
+    _made[0] += count
+    for i in range(first, first + count):
+        JOBS.labels(f"{os.getpid()}-{i}").inc()
+    response = jsonify({"created": count})
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
+
+
+obs = init_observability(app, service_name="flask-multiworker", configure_logging=False,
+                         tracing_enabled=False, access_log=False)
+JOBS = obs.counter("jobs", "Jobs.", ["id"])
