@@ -340,7 +340,7 @@ def add_extra(_: Any, __: str, event_dict: EventDict) -> EventDict:
 
 
 _LOG_RECORD_KEYS = frozenset(
-    logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__) | {"message"}
+    logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__) | {"message", "asctime"}
 
 
 def add_service(_: Any, __: str, event_dict: EventDict) -> EventDict:
