@@ -458,13 +458,15 @@ _values_guard_lock = threading.Lock()
 _dropped = 0
 _reported = 0
 _drops_lock = threading.Lock()
-renew_locks_after_fork(sys.modules[__name__], "_drops_lock", "_values_guard_lock")
 _drop_listener: Callable[[int], object] | None = None
 
 
 def _drops_reported_by_parent() -> None:  # pragma: no cover - runs in forked children
-    # what the parent dropped is the parent's to report
-    global _reported
+    # fresh locks (a parent thread may have held them), and what the parent dropped is the
+    # parent's to report (one renew_locks_after_fork per module: that one renews _degraded_lock)
+    global _reported, _drops_lock, _values_guard_lock
+    _drops_lock = threading.Lock()
+    _values_guard_lock = threading.Lock()
     _reported = _dropped
 
 
