@@ -65,6 +65,7 @@ RETRY_INTERVAL = 5.0
 HEADER_TIMEOUT = 5.0
 #: Connections served at once (one thread each). Read when a listener starts.
 MAX_CONNECTIONS = 32
+_CONN_THREAD = "mestres-observability-metrics-conn"
 _BUSY_503 = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
              b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
 _SERVER_NAME = "mestres-observability"
@@ -261,7 +262,8 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name=_CONN_THREAD, daemon=True).start()
         except Exception:  # could not start a thread: give the slot back
             with self._conns_lock:
                 self._conns.pop(request, None)
