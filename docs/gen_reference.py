@@ -19,7 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from mestres_observability.catalogue import entries, reference_table  # noqa: E402
-from mestres_observability.config import settings_table  # noqa: E402
+from mestres_observability.config import (  # noqa: E402
+    DEFAULT_REDACT_QUERY_PARAMS,
+    settings_table,
+)
 from mestres_observability.monitoring import runbook  # noqa: E402
 from mestres_observability.monitoring.settings import RenderSettings  # noqa: E402
 
@@ -70,6 +73,26 @@ later at request time.
 `OTEL_SDK_DISABLED=true` sets `tracing_enabled` to false.
 
 {settings_table()}
+
+## Query strings in the access log
+
+The `url` of each `http_request` line keeps its query string with the values of
+sensitive parameters replaced by `[REDACTED]` (`?page=2&token=[REDACTED]`); what
+is not redacted is logged exactly as sent. A parameter is sensitive when its name
+is one of `redact_keys` or of the list below, compared after percent-decoding
+(`+` as a space), case-insensitively, `-`, `.` and `_` alike or left out
+(`accesskey`), camelCase split
+(`accessToken` is `access_token`) and each part of `user[password]` or
+`password[]` on its own. A listed name of five or more characters also matches as
+a `_`-suffix (`X-Amz-Signature` and `oauth_signature` match `signature`); a shorter
+one only as a whole name (`code`, but not `country_code`). The value of any other
+parameter is redacted too when, decoded, it holds a payment card number (Luhn,
+with `redact_card_numbers`), a `Bearer`/`Basic` credential, a JSON Web Token, a
+URL with a password (`next=postgres%3A%2F%2Fu%3Apw%40db`) or a `key=value` pair
+with a sensitive key. Spans carry no query string.
+
+Parameters always redacted (`DEFAULT_REDACT_QUERY_PARAMS`):
+{", ".join(f"`{name}`" for name in DEFAULT_REDACT_QUERY_PARAMS)}.
 """
 
 

@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import logging
+import mmap
 import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import structlog
 
-from ._forksafe import renew_locks_after_fork
+from ._forksafe import renew_locks_after_fork, run_after_fork
 
 __all__ = [
     "FASTAPI_NATIVE_SPAN_ATTR",
@@ -38,6 +41,8 @@ __all__ = [
     "STRUCTLOG_UNBOUND",
     "degraded_features",
     "disable_fastapi_native_tracing",
+    "flush_values_drops",
+    "guard_values_files",
     "histogram_upper_bounds",
     "labelled_children",
     "mark_django_response_logged",
@@ -52,11 +57,13 @@ __all__ = [
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
     "restore_structlog_context",
+    "set_values_drop_listener",
     "span_queue",
     "structlog_context_var",
     "update_provider_resource",
     "use_multiprocess_values",
     "value_holder",
+    "values_dropped_total",
     "values_file_kind",
     "values_file_pid",
     "values_file_spare_word",
@@ -422,6 +429,276 @@ def merge_values_files(files: Sequence[str]) -> list[Any]:
         return []
     collector = MultiProcessCollector(None, path=os.path.dirname(files[0]))  # type: ignore[no-untyped-call]
     return list(collector.collect())  # type: ignore[no-untyped-call]
+
+
+# ---------------------------------------------------------------------- files that cannot grow
+# prometheus_client's ``MmapedDict`` creates its file with ``truncate`` (a sparse file)
+# and grows it the same way, then writes through the mmap. When the filesystem is full,
+# the kernel cannot back the page being written and the process gets SIGBUS (exit 135):
+# a full PROMETHEUS_MULTIPROC_DIR kills the worker. The guard below reserves the space
+# with ``os.posix_fallocate`` (which fails with ENOSPC, or an explicit write of zeros
+# where fallocate is unsupported) *before* the mmap is written, and when the file cannot
+# grow, a new key (a new label set) is not added: its value lives only in the
+# prometheus_client value object of this process, existing series keep updating, and
+# the drop is counted. Internals: ``MmapedDict.__init__``, ``_init_value``,
+# ``read_value``, ``write_value`` and its attributes ``_f``, ``_m``, ``_used``,
+# ``_capacity``, ``_positions`` (checked below through the names the originals use),
+# ``mmap_dict._INITIAL_MMAP_SIZE``, and the value class's ``__init__`` (drops are
+# reported after it returns, outside prometheus_client's value lock, which the error
+# counter's own increment takes). Public replacement: none (prometheus_client could
+# reserve before growing). Fallback: prometheus_client's own code (logged once).
+_ENTRY_HEAD = struct.Struct("<i")
+_TWO_DOUBLES = struct.Struct("<dd")
+_pack_two_doubles = _TWO_DOUBLES.pack
+_unpack_two_doubles = _TWO_DOUBLES.unpack_from
+#: seconds between two attempts to grow a file that could not grow
+_GROW_RETRY_SECONDS = 5.0
+_values_guarded = False
+_values_guard_lock = threading.Lock()
+# drops are counted under prometheus_client's value lock (serialised there) and reported
+# under this lock, outside it: ``_dropped`` only grows, ``_reported`` follows it
+_dropped = 0
+_reported = 0
+_drops_lock = threading.Lock()
+_drop_listener: Callable[[int], object] | None = None
+
+
+def _drops_reported_by_parent() -> None:  # pragma: no cover - runs in forked children
+    # fresh locks (a parent thread may have held them), and what the parent dropped is the
+    # parent's to report (one renew_locks_after_fork per module: that one renews _degraded_lock)
+    global _reported, _drops_lock, _values_guard_lock
+    _drops_lock = threading.Lock()
+    _values_guard_lock = threading.Lock()
+    _reported = _dropped
+
+
+run_after_fork(_drops_reported_by_parent)
+
+
+def _reserve(fd: int, offset: int, length: int, *, may_write: bool) -> None:
+    """Make the file's blocks in ``[offset, offset+length)`` exist (raises ``OSError`` if not).
+
+    ``may_write``: the range holds no data, so zeros may be written where the
+    filesystem has no fallocate.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS) or not may_write:
+                raise
+    elif not may_write:
+        return  # nothing safe to try; prometheus_client's own behaviour
+    zeros = bytes(min(length, 1 << 16))
+    pos, end = offset, offset + length
+    while pos < end:
+        pos += os.pwrite(fd, zeros[: end - pos], pos)
+
+
+def _note_drop() -> None:
+    global _dropped
+    _dropped += 1  # the caller holds prometheus_client's value lock
+
+
+def values_dropped_total() -> int:
+    """New series this process could not add to its files (the directory was full)."""
+    return _dropped
+
+
+def set_values_drop_listener(listener: Callable[[int], object] | None) -> None:
+    """Call ``listener(n)`` with the number of newly dropped series (outside any metric lock)."""
+    global _drop_listener
+    _drop_listener = listener
+    flush_values_drops()
+
+
+def flush_values_drops() -> None:
+    """Report the drops counted since the last report to the listener (never raises)."""
+    global _reported
+    listener = _drop_listener
+    if listener is None or _dropped == _reported:
+        return
+    with _drops_lock:
+        n = _dropped - _reported
+        _reported += n
+    if n > 0:
+        try:
+            listener(n)
+        except Exception:
+            _log.debug("the multiprocess drop listener failed", exc_info=True)
+
+
+def _wrap_value_class(cls: Any) -> None:
+    """Report drops after each value object of the multiprocess value class is made."""
+    original = cls.__init__
+    if getattr(original, "_mestres_reports_drops", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if _dropped != _reported:
+            flush_values_drops()
+
+    __init__._mestres_reports_drops = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+
+
+def _names_used(fn: Any) -> set[str]:
+    code = getattr(fn, "__code__", None)
+    return set(getattr(code, "co_names", ()))
+
+
+def guard_values_files() -> bool:
+    """Make prometheus_client's per-process files reserve space before they grow.
+
+    See the comment above. Idempotent; call it in multiprocess mode before the
+    first metric value (it also covers files already open). Returns False (and
+    logs once) when prometheus_client's file class is not the one this was
+    written for: then a full directory can still end the process with SIGBUS.
+    """
+    global _values_guarded
+    with _values_guard_lock:
+        if _values_guarded:
+            _wrap_current_value_class()
+            return True
+        try:
+            from prometheus_client import mmap_dict
+
+            cls = mmap_dict.MmapedDict
+            initial = mmap_dict._INITIAL_MMAP_SIZE
+            original_init = getattr(cls.__init__, "_mestres_original", cls.__init__)
+            needed = {
+                "__init__": {"_f", "_m", "_used", "_capacity", "_positions"},
+                "_init_value": {"_used", "_capacity", "_f", "_m", "_positions", "truncate"},
+                "read_value": {"_positions", "_init_value", "_m"},
+                "write_value": {"_positions", "_init_value", "_m"},
+            }
+            missing = [name for name, names in needed.items()
+                       if not names <= _names_used(getattr(cls, name, None))]
+            if missing or not isinstance(initial, int) or initial <= 0:
+                raise AttributeError(f"MmapedDict internals changed: {missing or 'size'}")
+        except Exception as exc:
+            _degrade("prometheus_client.mmap_dict.MmapedDict growth",
+                     "a full multiprocess directory can still end the process with SIGBUS", exc)
+            return False
+        _install_values_guard(cls, original_init, initial)
+        _values_guarded = True
+        _wrap_current_value_class()
+        return True
+
+
+def _wrap_current_value_class() -> None:
+    try:
+        from prometheus_client import values
+
+        cls = values.ValueClass
+        if getattr(cls, "_multiprocess", False):
+            _wrap_value_class(cls)
+    except Exception as exc:
+        _degrade("prometheus_client.values.ValueClass.__init__",
+                 "series dropped on a full multiprocess directory are counted at scrape time",
+                 exc)
+
+
+def _install_values_guard(cls: Any, original_init: Callable[..., None], initial: int) -> None:
+    def attach(self: Any, filename: str) -> bool:
+        """Open ``filename`` with its space reserved; False when the space is not there."""
+        try:
+            with open(filename, "a+b") as f:
+                fd = f.fileno()
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    try:
+                        _reserve(fd, 0, initial, may_write=True)
+                    except OSError:
+                        os.ftruncate(fd, 0)  # leave it empty: scrapes skip empty files
+                        raise
+            original_init(self, filename)
+        except OSError:
+            return False
+        # a file opened again keeps its size; what lies past ``_used`` may be a hole
+        self._mestres_backed = self._capacity if size == 0 else self._used
+        self._mestres_retry_at = 0.0
+        return True
+
+    def __init__(self: Any, filename: str, read_mode: bool = False) -> None:
+        if read_mode:
+            original_init(self, filename, read_mode)
+            return
+        if not attach(self, filename):
+            # detached: no file yet; every key is dropped until the space is there
+            self._f = None  # prometheus_client's close() then does nothing
+            self._m = None
+            self._fname = filename
+            self._capacity = 0
+            self._used = 8
+            self._positions = {}
+            self._mestres_backed = 0
+            self._mestres_retry_at = time.monotonic() + _GROW_RETRY_SECONDS
+
+    def _init_value(self: Any, key: str) -> bool:
+        """Add ``key``; False (nothing written) when the file cannot grow."""
+        retry_at = getattr(self, "_mestres_retry_at", 0.0)
+        if retry_at:
+            if time.monotonic() < retry_at:
+                return False
+            self._mestres_retry_at = 0.0
+            if self._f is None and not attach(self, self._fname):
+                self._mestres_retry_at = time.monotonic() + _GROW_RETRY_SECONDS
+                return False
+        encoded = key.encode("utf-8")
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        entry = _ENTRY_HEAD.pack(len(encoded)) + padded + _pack_two_doubles(0.0, 0.0)
+        used = self._used
+        end = used + len(entry)
+        backed = getattr(self, "_mestres_backed", used)
+        if end > backed:
+            capacity = self._capacity
+            grown = capacity
+            while end > grown:
+                grown *= 2
+            fd = self._f.fileno()
+            try:
+                _reserve(fd, backed, grown - backed, may_write=True)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, capacity)  # give back what a failed reserve took
+                self._mestres_retry_at = time.monotonic() + _GROW_RETRY_SECONDS
+                return False
+            self._mestres_backed = grown
+            if grown != capacity:
+                self._capacity = grown
+                self._m = mmap.mmap(fd, grown)
+        self._m[used:end] = entry
+        self._used = end
+        self._m[0:4] = _ENTRY_HEAD.pack(end)
+        self._positions[key] = end - 16
+        return True
+
+    def read_value(self: Any, key: str) -> tuple[float, float]:
+        pos = self._positions.get(key)
+        if pos is None:
+            if not self._init_value(key):
+                _note_drop()  # a new series (values are read once, when a child is made)
+                return 0.0, 0.0
+            pos = self._positions[key]
+        return _unpack_two_doubles(self._m, pos)
+
+    def write_value(self: Any, key: str, value: float, timestamp: float) -> None:
+        pos = self._positions.get(key)
+        if pos is None:
+            if not self._init_value(key):
+                return  # a dropped series: its value stays in this process's value object
+            pos = self._positions[key]
+        self._m[pos:pos + 16] = _pack_two_doubles(value, timestamp)  # one slice: atomic
+
+    __init__._mestres_original = original_init  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+    cls._init_value = _init_value
+    cls.read_value = read_value
+    cls.write_value = write_value
 
 
 # ====================================================================== OpenTelemetry SDK

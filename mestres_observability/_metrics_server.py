@@ -22,6 +22,15 @@ Several workers, one port:
 
 Outside multiprocess mode a port that cannot be bound is a configuration error
 raised at start-up.
+
+**Slow or idle clients cannot take the listener.** A client has
+:data:`HEADER_TIMEOUT` seconds in all to send its request line and headers
+(trickling a byte at a time does not extend it), every socket read and write
+times out after the same time, and at most :data:`MAX_CONNECTIONS` connections
+are served at once, one thread each. A new connection past the bound takes the
+place of the oldest one still sending its headers (closed at once), so a
+flood of half-sent requests never locks a scraper out; when every slot is
+busy answering, the newcomer gets a ``503`` and is closed without a thread.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import errno
 import http.client
 import logging
 import os
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -42,17 +53,25 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .observability import Observability
 
-__all__ = ["RETRY_INTERVAL", "metrics_server_address", "metrics_server_role",
-           "start_metrics_server", "stop_metrics_server"]
+__all__ = ["HEADER_TIMEOUT", "MAX_CONNECTIONS", "RETRY_INTERVAL", "metrics_server_address",
+           "metrics_server_role", "start_metrics_server", "stop_metrics_server"]
 
 _log = logging.getLogger("mestres_observability")
 
 #: Seconds between two bind attempts of a worker standing by for the port.
 RETRY_INTERVAL = 5.0
+#: Seconds a client has to send a whole request head; also each socket read's and write's
+#: timeout. Read when a listener starts.
+HEADER_TIMEOUT = 5.0
+#: Connections served at once (one thread each). Read when a listener starts.
+MAX_CONNECTIONS = 32
+_CONN_THREAD = "mestres-observability-metrics-conn"
+_BUSY_503 = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+             b"Content-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n")
 _SERVER_NAME = "mestres-observability"
 
 _lock = threading.Lock()
-_server: ThreadingHTTPServer | None = None
+_server: _Server | None = None
 _thread: threading.Thread | None = None
 _standby: _Standby | None = None
 #: ``(host, port)`` a parent process served when this process was forked from it.
@@ -62,9 +81,20 @@ _inherited: tuple[str, int] | None = None
 class _Handler(BaseHTTPRequestHandler):
     server_version = _SERVER_NAME
     sys_version = ""
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.header_timeout)  # each read and write
+
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection)  # the head must arrive before its deadline
+        super().handle_one_request()
 
     def _answer(self, method: str) -> None:
         from .observability import get_observability
+
+        self.server.answering(self.connection)
 
         path, _, query = self.path.partition("?")
         endpoint = _endpoints(get_observability()).get(path)
@@ -168,13 +198,101 @@ def _held_by_us(host: str, port: int) -> bool:
         conn.close()
 
 
-def _bind(host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
-    return server
+class _Server(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a bound on connections and a deadline for request heads.
+
+    Each connection is ``[reading, deadline]``: reading its head (evictable, closed
+    once the deadline passes) or answering. The accept loop reaps expired heads
+    (``service_actions`` runs every half second) and makes room for a newcomer by
+    closing the oldest connection still reading; with every slot answering, the
+    newcomer gets a 503 from the accept thread itself.
+    """
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.header_timeout = HEADER_TIMEOUT
+        self.max_connections = max(1, MAX_CONNECTIONS)
+        self._conns: dict[socket.socket, list[Any]] = {}
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    # ------------------------------------------------------------ per connection state
+    def reading(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            state = self._conns.get(conn)
+            if state is not None:
+                state[0], state[1] = True, time.monotonic() + self.header_timeout
+
+    def answering(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            state = self._conns.get(conn)
+            if state is not None:
+                state[0] = False
+
+    @property
+    def connections(self) -> int:
+        """Connections currently held (reading or answering)."""
+        return len(self._conns)
+
+    def _close(self, conn: socket.socket) -> None:
+        """End a connection another thread is blocked on: its read returns at once."""
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------ accept loop
+    def process_request(self, request: Any, client_address: Any) -> None:
+        evict = None
+        with self._conns_lock:
+            if len(self._conns) >= self.max_connections:
+                readers = [(state[1], c) for c, state in self._conns.items() if state[0]]
+                if readers:
+                    evict = min(readers, key=lambda r: r[0])[1]
+                    self._conns.pop(evict, None)
+            full = len(self._conns) >= self.max_connections
+            if not full:
+                self._conns[request] = [True, time.monotonic() + self.header_timeout]
+        if evict is not None:
+            self._close(evict)
+        if full:  # every slot is answering a request: a short 503, no thread
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_BUSY_503)
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name=_CONN_THREAD, daemon=True).start()
+        except Exception:  # could not start a thread: give the slot back
+            with self._conns_lock:
+                self._conns.pop(request, None)
+            self.shutdown_request(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that resets or vanishes mid-request: nothing for the service's logs
+        _log.debug("mestres_observability: metrics listener request failed", exc_info=True)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._conns_lock:
+            expired = [c for c, state in self._conns.items() if state[0] and state[1] <= now]
+            for conn in expired:
+                self._conns.pop(conn, None)
+        for conn in expired:
+            self._close(conn)
 
 
-def _serve(server: ThreadingHTTPServer) -> None:
+def _bind(host: str, port: int) -> _Server:
+    return _Server((host, port))
+
+
+def _serve(server: _Server) -> None:
     """Start serving ``server`` (the caller holds ``_lock``)."""
     global _server, _thread
     thread = threading.Thread(target=server.serve_forever, name="mestres-observability-metrics",

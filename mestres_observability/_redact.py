@@ -23,11 +23,12 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["REDACTED", "Redactor", "luhn_ok", "normalise_key"]
+__all__ = ["REDACTED", "QueryRedactor", "Redactor", "luhn_ok", "normalise_key"]
 
 REDACTED = "[REDACTED]"
 #: Keys never scanned for card numbers or tokens (correlation ids).
@@ -42,6 +43,8 @@ _CARD_RE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _BEARER_RE = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}")
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _URL_PASS_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s]+@")
+# a whole value that is an Authorization header value, however short its credential
+_AUTH_VALUE_RE = re.compile(r"(?i)\s*(?:bearer|basic|digest|token)\s+\S")
 
 
 def normalise_key(key: str) -> str:
@@ -129,6 +132,11 @@ class Redactor:
         if self._header_re is not None and ":" in text:
             text = self._header_re.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         return text
+
+    def holds_secret(self, value: str) -> bool:
+        """True when :meth:`scrub_text` would redact something in ``value``, or
+        ``value`` as a whole is an ``Authorization`` header value (``Bearer x``)."""
+        return self.scrub_text(value) != value or _AUTH_VALUE_RE.match(value) is not None
 
     def truncate(self, text: str) -> str:
         """Cut ``text`` to ``max_length`` characters plus a marker."""
@@ -235,6 +243,140 @@ class Redactor:
             else:
                 out[ks] = self.clean(v, ks, 0)
         return out
+
+
+# ---------------------------------------------------------------------- query strings
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_KEY_SEPARATORS = str.maketrans({"-": "_", ".": "_", " ": "_"})
+_BRACKETS_RE = re.compile(r"[\[\]]+")
+#: names this long or longer also match as a ``_``-suffix (``x_amz_signature``); shorter
+#: ones (``key``, ``code``, ``sig``) only as a whole name, so ``country_code`` is kept
+_SUFFIX_MIN = 5
+#: shorter values cannot hold a card number, a credential, a JWT or a URL with a password
+_VALUE_MIN = 7
+_KEY_CACHE_ITEMS = 1024
+
+
+def _percent_decoded(text: str) -> str:
+    """``text`` percent-decoded (``+`` as a space), up to three times (double encoding)."""
+    for _ in range(3):
+        if "%" not in text and "+" not in text:
+            break
+        decoded = urllib.parse.unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+class QueryRedactor:
+    """Redacts secrets in a URL query string, keeping its shape (``key=[REDACTED]``).
+
+    A parameter's value is replaced when its name is sensitive: compared after
+    percent-decoding (``+`` as a space), case-insensitively, ``-``, ``.`` and
+    ``_`` alike (or left out: ``accesskey``), camelCase split (``accessToken`` is
+    ``access_token``), and each part of ``user[password]`` or ``password[]`` on its
+    own; a part equal to a listed name matches, and so does a ``_``-suffix of a
+    listed name of five or more characters (``x_amz_signature`` matches ``signature``; ``country_code``
+    does not match ``code``). Otherwise the value is replaced when, decoded, it
+    holds a secret the ``values`` :class:`Redactor` finds: a card number, a
+    ``Bearer``/``Basic`` credential, a JWT, a URL with a password or a
+    ``key=value`` pair with a sensitive key. Everything else is kept exactly as
+    sent (never decoded and re-encoded).
+
+    Args:
+        keys: the sensitive parameter names.
+        values: the redactor whose value checks apply (None: names only).
+    """
+
+    __slots__ = ("_cache", "_clean", "_compact", "_exact", "_suffixes", "_values")
+
+    def __init__(self, keys: Iterable[str], values: Redactor | None = None) -> None:
+        names = {self._normalise(k) for k in keys if k}
+        names.discard("")
+        self._exact = frozenset(names)
+        # without separators: ``accesskey`` and ``AccesSKey`` are ``access_key`` too
+        self._compact = frozenset(n.replace("_", "") for n in names)
+        self._suffixes = frozenset(n for n in names if len(n) >= _SUFFIX_MIN)
+        self._values = values
+        self._cache: dict[str, bool] = {}
+        # short values already checked and found clean (utm tags, sort orders, search
+        # terms sent again): a set lookup instead of a decode and a scan
+        self._clean: set[str] = set()
+
+    @staticmethod
+    def _normalise(name: str) -> str:
+        return name.strip().lower().translate(_KEY_SEPARATORS)
+
+    def sensitive(self, name: str) -> bool:
+        """True when the values of parameter ``name`` (as sent) are redacted."""
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = self._classify(name)
+            if len(self._cache) < _KEY_CACHE_ITEMS:
+                self._cache[name] = hit
+        return hit
+
+    def _classify(self, name: str) -> bool:
+        decoded = _percent_decoded(name)
+        for form in {decoded, _CAMEL_RE.sub("_", decoded)}:
+            for part in _BRACKETS_RE.split(self._normalise(form)):
+                part = part.strip("_ ")
+                if not part:
+                    continue
+                if part in self._exact or part.replace("_", "") in self._compact:
+                    return True
+                i = part.find("_")
+                while i >= 0:
+                    if part[i + 1:] in self._suffixes:
+                        return True
+                    i = part.find("_", i + 1)
+        return False
+
+    def _secret_value(self, value: str) -> bool:
+        values = self._values
+        if values is None or (len(value) < _VALUE_MIN and "=" not in value):
+            return False
+        clean = self._clean
+        if value in clean:
+            return False
+        if values.holds_secret(_percent_decoded(value) if ("%" in value or "+" in value)
+                               else value):
+            return True
+        if len(value) <= _CACHE_TEXT_LENGTH:
+            if len(clean) >= _CACHE_TEXT_ITEMS:
+                clean.clear()
+            clean.add(value)
+        return False
+
+    def __call__(self, query: str) -> str:
+        """``query`` with sensitive values replaced by ``[REDACTED]``."""
+        if not query:
+            return query
+        parts = query.split("&")
+        changed = False
+        for i, part in enumerate(parts):
+            if ";" in part:  # some servers split on ``;`` too: judge each piece
+                pieces = part.split(";")
+                redacted = [self._part(piece) for piece in pieces]
+                if redacted != pieces:
+                    parts[i] = ";".join(redacted)
+                    changed = True
+                continue
+            out = self._part(part)
+            if out is not part:
+                parts[i] = out
+                changed = True
+        return "&".join(parts) if changed else query
+
+    def _part(self, part: str) -> str:
+        name, sep, value = part.partition("=")
+        if sep:
+            if value and (self.sensitive(name) or self._secret_value(value)):
+                return f"{name}={REDACTED}"
+        elif self._secret_value(name):  # a bare part: ``?eyJ...``
+            return REDACTED
+        return part
 
 
 def _type_name(value: Any) -> str:

@@ -50,10 +50,26 @@ DEFAULT_REDACT_KEYS: tuple[str, ...] = (
     "cookie", "set_cookie", "card_number", "cvv", "cvc", "private_key", "access_key",
     "client_secret", "session", "credentials",
 )
-#: Query-string parameters redacted from logged URLs.
+#: Query-string parameters whose values are redacted from logged URLs, besides
+#: ``redact_keys``. Names are compared after percent-decoding, case-insensitively,
+#: ``-``, ``.`` and ``_`` alike or left out, camelCase split, each part of
+#: ``user[password]`` on its own; a name of five or more characters also matches as a
+#: ``_``-suffix (``X-Amz-Signature``, ``oauth_signature``), a shorter one only whole
+#: (``code``, not ``country_code``). See the configuration reference.
 DEFAULT_REDACT_QUERY_PARAMS: tuple[str, ...] = (
-    "token", "access_token", "refresh_token", "id_token", "password", "passwd", "secret",
-    "key", "api_key", "apikey", "signature", "sig", "code", "auth",
+    # tokens and keys
+    "token", "access_token", "refresh_token", "id_token", "jwt", "key", "api_key", "apikey",
+    "access_key", "private_key", "credential", "assertion", "samlresponse",
+    "ticket",
+    # passwords and secrets
+    "password", "passwd", "pwd", "pass", "passphrase", "secret", "client_secret", "pin", "otp",
+    # signatures
+    "signature", "sig", "hmac",
+    # sessions
+    "session", "sessionid", "session_id", "sid", "jsessionid", "phpsessid",
+    # codes
+    "code", "auth_code", "authorization_code", "device_code", "user_code", "verification_code",
+    "auth",
 )
 
 #: Default buckets (seconds) of ``rum_web_vitals_seconds``: every Web Vitals

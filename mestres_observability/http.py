@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +61,7 @@ from ._endpoint import (
 )
 from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
+from ._redact import QueryRedactor, Redactor
 from .config import DEFAULT_REDACT_QUERY_PARAMS
 
 if TYPE_CHECKING:
@@ -108,7 +108,6 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 # workers never share ids
 _ID_POOL: list[str] = []
 _POOL_IDS = 64
-_REDACTED = "[REDACTED]"
 _log = logging.getLogger("mestres_observability")
 
 EndpointResponse = Response
@@ -163,26 +162,17 @@ def wsgi_trace_headers(environ: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-def redact_query(query: str, keys: frozenset[str]) -> str:
+def redact_query(query: str, keys: frozenset[str] | QueryRedactor) -> str:
     """``query`` with the values of sensitive parameters replaced by ``[REDACTED]``.
 
-    Parameter names are compared case-insensitively after percent-decoding;
-    the rest of the query is kept as sent.
+    ``keys``: the sensitive names, or a
+    :class:`~mestres_observability._redact.QueryRedactor` (which also checks
+    values: the request pass uses the one of :class:`HttpState`). Names are
+    matched after percent-decoding, case-insensitively and part by part
+    (``user[password]``); the rest of the query is kept as sent.
     """
-    if not query:
-        return query
-    out = []
-    for part in query.split("&"):
-        name, _sep, _value = part.partition("=")
-        try:
-            key = urllib.parse.unquote_plus(name).strip().lower()
-        except Exception:  # pragma: no cover - unquote_plus does not raise on str
-            key = name.lower()
-        if key.replace("-", "_") in keys:
-            out.append(f"{name}={_REDACTED}")
-        else:
-            out.append(part)
-    return "&".join(out)
+    redactor = keys if isinstance(keys, QueryRedactor) else QueryRedactor(keys)
+    return redactor(query)
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -277,6 +267,9 @@ class HttpState:
         self.redact_keys = frozenset(
             k.lower().replace("-", "_") for k in (*DEFAULT_REDACT_QUERY_PARAMS, *cfg.redact_keys)
         )
+        #: the access log's query redaction: names, then values (cards, credentials, URLs)
+        self.redact_query = QueryRedactor(
+            self.redact_keys, Redactor(cfg.redact_keys, card_numbers=cfg.redact_card_numbers))
         self.request_id_header = cfg.request_id_header
         self.request_id_lower = cfg.request_id_header.lower()
         self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
@@ -577,7 +570,7 @@ class RequestPass:
         try:
             url = self.path
             if self.query:
-                url = f"{url}?{redact_query(self.query, state.redact_keys)}"
+                url = f"{url}?{state.redact_query(self.query)}"
             if user_id is None:
                 user_id = (bound_user_id() if self._kept_user_id is _UNSET
                            else self._kept_user_id)

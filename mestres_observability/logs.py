@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from opentelemetry import trace as _otel_trace
@@ -38,9 +38,14 @@ from ._forksafe import renew_locks_after_fork
 from ._redact import Redactor
 from .config import DEFAULT_REDACT_KEYS, ObservabilityConfig
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
+    "INTERNAL_KEYS",
     "RESERVED_KEYS",
     "USER_FIELDS_KEY",
+    "BoundLogger",
     "bind_context",
     "clear_context",
     "configure_logging",
@@ -60,12 +65,166 @@ RESERVED_KEYS = frozenset({
     "timestamp", "level", "event", "logger", "service", "trace_id", "span_id",
     "request_id", "exception", "fields",
 })
-#: Where :func:`log_event` puts user fields whose names are reserved.
+#: Where user fields whose names collide with the library's or structlog's are put.
 USER_FIELDS_KEY = "fields"
+#: Keys structlog and the standard library use internally (or in their call signatures):
+#: a user field of that name is moved under :data:`USER_FIELDS_KEY` too.
+INTERNAL_KEYS = frozenset({
+    "_record", "_from_structlog", "_logger", "_name", "positional_args", "exc_info",
+    "stack_info", "stacklevel", "extra", "self", "method_name",
+})
+# moved from logger calls, logger-bound values and the bound context: everything but the
+# correlation ids, which a caller may set on purpose (``log.info(..., request_id=job.id)``)
+_MOVED = frozenset(RESERVED_KEYS - {"trace_id", "span_id", "request_id"}) | INTERNAL_KEYS
+# moved from business events (log_event): every reserved or internal key
+_MOVED_EVENT = RESERVED_KEYS | INTERNAL_KEYS
 EVENTS_LOGGER = "mestres_observability.events"
 _HEAD = ("timestamp", "level", "event", "logger", "service")
 
 EventDict = MutableMapping[str, Any]
+
+
+class _MovedFields(dict):  # type: ignore[type-arg]
+    """The ``fields`` dict the library builds (what it holds is merged, never overwritten)."""
+
+    __slots__ = ()
+
+
+def _exc_info_value(value: Any) -> bool:
+    """True for what ``exc_info`` means to logging (``True``, an exception, a 3-tuple)."""
+    if value is None or value is True or value is False or isinstance(value, BaseException):
+        return True
+    return (type(value) is tuple and len(value) == 3
+            and (value[0] is None or (isinstance(value[0], type)
+                                      and issubclass(value[0], BaseException))))
+
+
+def _move_fields(values: dict[str, Any], moving: frozenset[str],
+                 into: Any = None) -> dict[str, Any]:
+    """``values`` with the keys in ``moving`` put under ``fields`` (merged into ``into``,
+    the ``fields`` already there, when the library built it). One rule for every entry
+    point: any key is logged, none overwrites the library's or breaks structlog."""
+    out: dict[str, Any] = {}
+    moved = _MovedFields(into) if type(into) is _MovedFields else _MovedFields()
+    for key, value in values.items():
+        if key == USER_FIELDS_KEY and type(value) is _MovedFields:
+            moved.update(value)  # moved already (a call passed on): merged, not nested
+        elif key in moving and not (key == "exc_info" and _exc_info_value(value)):
+            moved[key] = value
+        else:
+            out[key] = value
+    if moved:
+        out[USER_FIELDS_KEY] = moved
+    return out
+
+
+class BoundLogger(structlog.stdlib.BoundLogger):
+    """structlog's standard-library logger, for which any field name is just a field.
+
+    ``get_logger()`` returns it while the library's logging configuration is
+    in place. A field named like a key the library owns (``level``,
+    ``timestamp``, ``event``, ``logger``, ``service``, ``exception``,
+    ``fields``) or one structlog and ``logging`` use internally
+    (:data:`INTERNAL_KEYS`: ``_record``, ``positional_args``, ``exc_info``
+    unless it is an exception or ``True`` ...) is moved under ``fields``:
+    nothing raises, nothing is overwritten, nothing is dropped. The event is
+    positional-only, so even ``event=`` and ``self=`` are fields.
+    """
+
+    def _fielded(self, kw: dict[str, Any]) -> dict[str, Any]:
+        if kw and not _MOVED.isdisjoint(kw):
+            return _move_fields(kw, _MOVED, self._context.get(USER_FIELDS_KEY))
+        return kw
+
+    def bind(self, /, **new_values: Any) -> Self:
+        """A new logger with ``new_values`` added (colliding names under ``fields``)."""
+        return super().bind(**self._fielded(new_values))
+
+    def new(self, /, **new_values: Any) -> Self:
+        """Clear the bound values and bind ``new_values``."""
+        if new_values and not _MOVED.isdisjoint(new_values):
+            new_values = _move_fields(new_values, _MOVED)  # nothing bound before is kept
+        return super().new(**new_values)
+
+    def debug(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at DEBUG."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("debug", event, *args, **kw)
+
+    def info(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at INFO."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("info", event, *args, **kw)
+
+    def warning(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at WARNING."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("warning", event, *args, **kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at ERROR."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("error", event, *args, **kw)
+
+    def critical(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at CRITICAL."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("critical", event, *args, **kw)
+
+    def fatal(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at CRITICAL."""
+        if kw and not _MOVED.isdisjoint(kw):  # inline: this runs for every line
+            kw = self._fielded(kw)
+        return self._proxy_to_logger("critical", event, *args, **kw)
+
+    def exception(self, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at ERROR with the exception being handled."""
+        kw = self._fielded(kw)
+        kw.setdefault("exc_info", True)
+        return self._proxy_to_logger("exception", event, *args, **kw)
+
+    def log(  # type: ignore[override]  # level positional-only too: ``level=`` is a field
+            self, level: int, event: str | None = None, /, *args: Any, **kw: Any) -> Any:
+        """Log at ``level`` (a ``logging`` level number)."""
+        name = logging.getLevelName(level).lower() if isinstance(level, int) else "info"
+        if name not in _LEVELNO or name in ("warn", "fatal"):
+            name = "info"
+        return self._proxy_to_logger(name, event, *args, **self._fielded(kw))
+
+    async def adebug(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at DEBUG from a thread pool."""
+        await super().adebug(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def ainfo(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at INFO from a thread pool."""
+        await super().ainfo(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def awarning(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at WARNING from a thread pool."""
+        await super().awarning(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def aerror(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at ERROR from a thread pool."""
+        await super().aerror(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def acritical(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at CRITICAL from a thread pool."""
+        await super().acritical(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def afatal(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at CRITICAL from a thread pool."""
+        await super().acritical(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
+
+    async def aexception(self, event: str | None = None, /, *args: Any, **kw: Any) -> None:
+        """Log at ERROR with the exception being handled, from a thread pool."""
+        await super().aexception(event, *args, **self._fielded(kw))  # type: ignore[arg-type]
 
 
 class _State:
@@ -123,14 +282,69 @@ def add_trace_ids(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+def merge_context(logger: Any, name: str, event_dict: EventDict) -> EventDict:
+    """structlog's ``merge_contextvars``, and the ``fields`` moved out of the bound context
+    merged with those of the call (both are kept)."""
+    own = event_dict.get(USER_FIELDS_KEY)
+    event_dict = structlog.contextvars.merge_contextvars(logger, name, event_dict)
+    if type(own) is _MovedFields:
+        bound = structlog.contextvars.get_contextvars().get(USER_FIELDS_KEY)
+        if type(bound) is _MovedFields and bound is not own:
+            event_dict[USER_FIELDS_KEY] = _MovedFields({**bound, **own})
+    return event_dict
+
+
 def add_logger_name(logger: Any, _: str, event_dict: EventDict) -> EventDict:
     """Add ``logger`` from the stdlib logger or the log record."""
     if "logger" not in event_dict:
         record = event_dict.get("_record")
-        name = record.name if record is not None else getattr(logger, "name", None)
-        if name:
+        name = (record.name if isinstance(record, logging.LogRecord)
+                else getattr(logger, "name", None))
+        if name and isinstance(name, str):
             event_dict["logger"] = name
     return event_dict
+
+
+_format_positional = structlog.stdlib.PositionalArgumentsFormatter()
+
+
+def format_positional(logger: Any, name: str, event_dict: EventDict) -> EventDict:
+    """``log.info("%s paid", user)``: the stdlib's formatting of positional arguments.
+
+    An event that does not format with its arguments (``log.info("100% done", x)``)
+    is logged unformatted, its arguments under ``fields``, instead of raising.
+    """
+    if "positional_args" not in event_dict:
+        return event_dict
+    try:
+        return _format_positional(logger, name, event_dict)
+    except Exception:
+        args = event_dict.pop("positional_args", None)
+        into = event_dict.get(USER_FIELDS_KEY)
+        moved = _MovedFields(into) if type(into) is _MovedFields else _MovedFields()
+        moved["positional_args"] = args
+        event_dict[USER_FIELDS_KEY] = moved
+        return event_dict
+
+
+def add_extra(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Standard-library records: ``extra=`` fields, colliding names under ``fields``
+    (as ``structlog.stdlib.ExtraAdder`` does otherwise)."""
+    record = event_dict.get("_record")
+    if not isinstance(record, logging.LogRecord):
+        return event_dict
+    extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_RECORD_KEYS}
+    if extra.get("service", extra) == _state.service:
+        del extra["service"]  # what the line carries anyway: not repeated under fields
+    if extra:
+        for key, value in _move_fields(extra, _MOVED,
+                                       event_dict.get(USER_FIELDS_KEY)).items():
+            event_dict[key] = value
+    return event_dict
+
+
+_LOG_RECORD_KEYS = frozenset(
+    logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__) | {"message", "asctime"}
 
 
 def add_service(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -200,6 +414,16 @@ def redact_and_clean(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """
     record = event_dict.pop("_record", None)
     from_structlog = event_dict.pop("_from_structlog", None)
+    if (record is not None and not isinstance(record, logging.LogRecord)) or (
+            record is None and from_structlog is not None):
+        # fields of those names bound through structlog's own API: data, under fields
+        stray = {k: v for k, v in (("_record", record), ("_from_structlog", from_structlog))
+                 if v is not None}
+        into = event_dict.get(USER_FIELDS_KEY)
+        moved = _MovedFields(into) if type(into) is _MovedFields else _MovedFields()
+        moved.update(stray)
+        event_dict = {**event_dict, USER_FIELDS_KEY: moved}
+        record = from_structlog = None
     cleaned = _state.redactor.clean_event(event_dict)
     if record is not None:
         cleaned["_record"] = record
@@ -274,10 +498,10 @@ class _SafeConsoleRenderer:
 def _context_chain() -> list[Any]:
     """Processors that need the caller's context (contextvars, current span)."""
     return [
-        structlog.contextvars.merge_contextvars,
+        merge_context,
         add_logger_name,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.PositionalArgumentsFormatter(),
+        format_positional,
         add_trace_ids,
     ]
 
@@ -443,7 +667,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         structlog.configure(
             processors=chain,
             logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
+            wrapper_class=BoundLogger,
             context_class=dict,
             cache_logger_on_first_use=True,
         )
@@ -455,7 +679,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
 def _formatter(renderer: Any) -> structlog.stdlib.ProcessorFormatter:
     """The formatter of the library's handler: stdlib records through the same chain."""
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_context_chain(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_context_chain(), add_extra],
         processors=[
             clean_foreign,
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -541,6 +765,8 @@ def get_logger(name: str | None = None, /, **initial: Any) -> Any:
         >>> log = get_logger("shop.checkout")
         >>> log.info("cart_loaded", items=3)  # doctest: +SKIP
     """
+    if initial and not _MOVED.isdisjoint(initial):
+        initial = _move_fields(initial, _MOVED)
     if name is None:
         return structlog.get_logger(**initial)
     return structlog.get_logger(name, **initial)
@@ -574,16 +800,16 @@ def log_event(event: str, /, **fields: Any) -> None:
     """Log a business event (``order_created``, ``payment_processed`` ...) at INFO.
 
     Fields whose names are reserved (:data:`RESERVED_KEYS`: ``level``,
-    ``timestamp``, ``event``, ``trace_id`` ...) cannot overwrite the library's
-    own: they are moved under the ``fields`` key. Emitted inside a span, the
-    line carries that span's ``trace_id``. Never raises.
+    ``timestamp``, ``event``, ``trace_id`` ...) or internal to structlog and
+    ``logging`` (:data:`INTERNAL_KEYS`: ``_record``, ``positional_args`` ...)
+    cannot overwrite the library's own or break the logging: they are moved
+    under the ``fields`` key. Emitted inside a span, the line carries that
+    span's ``trace_id``. Never raises.
     """
     global _events_logger
     try:
-        if not RESERVED_KEYS.isdisjoint(fields):
-            clash = [k for k in fields if k in RESERVED_KEYS]
-            moved = {k: fields.pop(k) for k in clash}
-            fields[USER_FIELDS_KEY] = moved
+        if not _MOVED_EVENT.isdisjoint(fields):
+            fields = _move_fields(fields, _MOVED_EVENT)
         event = event if type(event) is str else str(event)
         std = _own_events_logger()
         if std is not None:
@@ -614,9 +840,19 @@ def bind_context(**fields: Any) -> None:
 
     Every line logged afterwards in this context carries them. The HTTP
     adapters undo what was bound during a request when it ends; outside a
-    request, use :func:`request_context` or :func:`clear_context`.
+    request, use :func:`request_context` or :func:`clear_context`. A name the
+    library or structlog owns (``level``, ``event``, ``_record`` ...) is bound
+    under ``fields`` instead; ``request_id``, ``trace_id`` and ``span_id`` set
+    the lines' correlation ids.
     """
-    structlog.contextvars.bind_contextvars(**fields)
+    structlog.contextvars.bind_contextvars(**_context_fields(fields))
+
+
+def _context_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if not fields or _MOVED.isdisjoint(fields):
+        return fields
+    bound = structlog.contextvars.get_contextvars().get(USER_FIELDS_KEY)
+    return _move_fields(fields, _MOVED, bound)
 
 
 def set_user_id(user_id: Any) -> None:
@@ -644,7 +880,7 @@ def request_context(**fields: Any) -> Iterator[None]:
         ...     set_user_id(42)
     """
     before = structlog.contextvars.get_contextvars()
-    tokens = structlog.contextvars.bind_contextvars(**fields)
+    tokens = structlog.contextvars.bind_contextvars(**_context_fields(fields))
     try:
         yield
     finally:
@@ -692,7 +928,7 @@ def _capture(config: ObservabilityConfig | None = None) -> Iterator[list[dict[st
     structlog.configure(
         processors=[*_structlog_chain(), *_post_chain(), drop],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=BoundLogger,
         context_class=dict,
         cache_logger_on_first_use=False,
     )

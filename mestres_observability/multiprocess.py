@@ -20,6 +20,14 @@ worker reads all of them. This module adds what prometheus_client leaves out:
   process leaves a marker with its pid and start time; at scrape time a pid
   whose process is gone, or whose pid now belongs to a process started at
   another time, is dead. A worker never removes the files of a live sibling.
+* **A full directory never kills a worker.** prometheus_client writes its files
+  through ``mmap`` and grows them sparsely, so a full filesystem ends the process
+  with SIGBUS. Here space is reserved before a file grows; when it cannot grow, new
+  label sets are not written (their values stay in the process), existing series
+  keep updating, and each dropped series is counted in
+  ``mestres_observability_errors_total{component="multiprocess"}`` and logged (once
+  per interval). Growth is retried every few seconds, so series dropped while the
+  disk was full appear, with their whole count, once space is back.
 * **What never reaches the files** is served from the scraping worker: callback
   gauges (``set_active_connections``), exemplars (prometheus_client drops them in
   multiprocess mode; here the scraping worker attaches the exemplars it
@@ -588,6 +596,7 @@ class MultiprocessMetricMaker:
     def __init__(self, discard: Sequence[str] = ()) -> None:
         self.made: list[Any] = []
         self.discard = frozenset(discard)
+        _compat.guard_values_files()  # before this instance's first value: see the module doc
 
     def __call__(
         self,
@@ -645,6 +654,14 @@ def build_collector(
     from .system import ProcessCollector
 
     register_process(path)
+
+    def dropped(n: int) -> None:
+        for _ in range(n):
+            faults.report("multiprocess", "directory_full",
+                          f"{ENV_VAR} ({path}) is full: new label sets are not recorded "
+                          "(existing series keep updating); free space or enlarge it")
+
+    _compat.set_values_drop_listener(dropped)
     siblings = (ProcessCollector(faults, pids=lambda: live_pids(path))
                 if config.enabled and config.process_metrics else None)
 
@@ -738,6 +755,7 @@ class MultiprocessCollector:
 
     def collect(self) -> Iterable[Metric]:
         """One scrape: reap, read the files, add this process's families and exemplars."""
+        _compat.flush_values_drops()
         if self._reap_enabled:
             try:
                 self.reap()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             pass
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {message}")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``"256k"``) on ``path`` (created), for disk-full tests.
+
+    Needs root (CI runs as root); skips with the reason when the mount fails,
+    and fails instead under ``MESTRES_TEST_REQUIRE_INTEGRATION=1``.
+    """
+    path.mkdir(mode=0o700, exist_ok=True)
+    mount = shutil.which("mount")
+    result = (subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              str(path)], capture_output=True, text=True, check=False)
+              if mount else None)
+    if result is None or result.returncode != 0:
+        why = result.stderr.strip() if result is not None else "no mount command"
+        reason = f"cannot mount a {size} tmpfs on {path} (needs root): {why}"
+        if REQUIRE_INTEGRATION:
+            pytest.fail(f"MESTRES_TEST_REQUIRE_INTEGRATION=1 but {reason}")
+        pytest.skip(reason)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

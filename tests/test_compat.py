@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ast
 import contextvars
+import errno
 import logging
 import math
+import os
 import threading
 from collections import deque
 from pathlib import Path
@@ -301,6 +303,158 @@ def test_merge_without_the_static_method_reads_the_directory(
         assert _jobs_total(_compat.merge_values_files(files)) == 5.0
         assert _compat.merge_values_files([]) == []
     _degraded_once(caplog, "prometheus_client MultiProcessCollector.merge")
+
+
+# ---------------------------------------------------------------------- files that cannot grow
+def _guarded_dict_class() -> Any:
+    """A subclass of MmapedDict with the guard (prometheus_client's class stays as it is)."""
+    class Guarded(MmapedDict):
+        pass
+
+    original = getattr(MmapedDict.__init__, "_mestres_original", MmapedDict.__init__)
+    _compat._install_values_guard(Guarded, original, 1 << 16)
+    return Guarded
+
+
+class _Disk:
+    """Stands in for the filesystem's free space: ``full`` makes every reservation fail."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self.reserved: list[tuple[int, int]] = []
+        real = _compat._reserve
+
+        def reserve(fd: int, offset: int, length: int, *, may_write: bool) -> None:
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.reserved.append((offset, length))
+            real(fd, offset, length, may_write=may_write)
+
+        monkeypatch.setattr(_compat, "_reserve", reserve)
+        monkeypatch.setattr(_compat, "_GROW_RETRY_SECONDS", 3600.0)
+
+
+def _file_values(path: str) -> dict[str, float]:
+    return {k: v for k, v, _t, _p in MmapedDict.read_all_values_from_file(path)}
+
+
+def test_a_file_reserves_its_space_before_it_is_written_and_reads_as_prometheus_clients(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    path = str(tmp_path / "counter_1.db")
+    d = _guarded_dict_class()(path)
+    assert disk.reserved == [(0, 1 << 16)]  # the whole first block, before the header is written
+    keys = [_key("jobs", k=f"{i:05d}") for i in range(3000)]  # > 64 KiB: grows twice
+    for i, key in enumerate(keys):
+        d.write_value(key, float(i), 0.5)
+    assert d.read_value(keys[7]) == (7.0, 0.5)
+    assert disk.reserved[1:] == [(1 << 16, 1 << 16), (1 << 17, 1 << 17)]  # each growth, first
+    d.close()
+    assert _file_values(path) == {k: float(i) for i, k in enumerate(keys)}
+    assert [k for k, _v, _t in _compat._read_values_ourselves(path)] == keys
+    assert os.path.getsize(path) == 1 << 18
+
+
+def test_a_file_that_cannot_grow_drops_new_keys_and_keeps_updating_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    path = str(tmp_path / "counter_1.db")
+    d = _guarded_dict_class()(path)
+    disk.full = True  # the first 64 KiB are reserved; nothing more
+    keys = [_key("jobs", k=f"{i:05d}") for i in range(3000)]
+    before = _compat.values_dropped_total()
+    for key in keys:
+        assert d.read_value(key) == (0.0, 0.0)  # what a new child reads first
+        d.write_value(key, 1.0, 0.0)
+    kept = _file_values(path)
+    assert 500 < len(kept) < 3000
+    assert list(kept) == keys[:len(kept)]
+    dropped = keys[len(kept):]
+    assert _compat.values_dropped_total() - before == len(dropped)  # once per new series
+    assert os.path.getsize(path) == 1 << 16
+    d.write_value(keys[0], 42.0, 0.0)  # an existing series keeps updating
+    assert d.read_value(keys[0]) == (42.0, 0.0)
+    d.write_value(dropped[0], 5.0, 0.0)  # a dropped one stays out of the file
+    assert _file_values(path)[keys[0]] == 42.0
+    assert dropped[0] not in _file_values(path)
+    # space is back: after the retry interval, a dropped series is written with its value
+    disk.full = False
+    monkeypatch.setattr(_compat, "_GROW_RETRY_SECONDS", 0.0)
+    d._mestres_retry_at = 1e-9
+    d.write_value(dropped[0], 6.0, 0.0)
+    assert _file_values(path)[dropped[0]] == 6.0
+    assert _file_values(path)[keys[0]] == 42.0
+    d.close()
+
+
+def test_a_file_that_cannot_be_created_is_detached_until_there_is_space(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    disk.full = True
+    path = str(tmp_path / "histogram_1.db")
+    d = _guarded_dict_class()(path)
+    assert os.path.getsize(path) == 0  # empty: scrapes skip it
+    key = _key("lat")
+    assert d.read_value(key) == (0.0, 0.0)
+    d.write_value(key, 3.0, 0.0)
+    assert os.path.getsize(path) == 0
+    disk.full = False
+    d._mestres_retry_at = 1e-9
+    d.write_value(key, 4.0, 0.0)
+    assert _file_values(path) == {key: 4.0}
+    d.close()
+    d.close()  # prometheus_client's close, twice, as its cleanup may do
+
+
+def test_drops_are_reported_after_the_value_is_made_outside_its_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    disk.full = True
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "MmapedDict", _guarded_dict_class())
+    monkeypatch.setattr(_compat, "_drop_listener", None)
+    monkeypatch.setattr(_compat, "_reported", _compat._dropped)
+    cls = values.MultiProcessValue()
+    _compat._wrap_value_class(cls)
+    _compat._wrap_value_class(cls)  # idempotent
+    reports: list[tuple[int, bool]] = []
+    holder: list[Any] = []
+
+    def listener(n: int) -> None:
+        # the error counter's own increment takes the value lock: it must be free here
+        locked = [c.cell_contents for c in cls.inc.__closure__ or ()
+                  if type(c.cell_contents) is type(threading.Lock())]
+        reports.append((n, bool(locked) and locked[0].locked()))
+
+    cls("counter", "early", "early_total", [], [], "E.")  # dropped before any listener
+    _compat.set_values_drop_listener(listener)  # reports what was pending
+    assert reports == [(1, False)]
+    value = cls("counter", "jobs", "jobs_total", ["k"], ["a"], "Jobs.")
+    holder.append(value)
+    assert reports == [(1, False), (1, False)]
+    value.inc(2.0)  # a dropped series still counts in its process
+    assert value.get() == 2.0
+    _compat.flush_values_drops()
+    assert len(reports) == 2
+    _compat.set_values_drop_listener(None)
+    cls.close_all_files()
+
+
+def test_file_growth_internals_missing(monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    import prometheus_client.mmap_dict
+
+    class Other:  # a release whose file class grows differently
+        def __init__(self, filename: str) -> None:
+            self.filename = filename
+
+    monkeypatch.setattr(_compat, "_values_guarded", False)
+    monkeypatch.setattr(prometheus_client.mmap_dict, "MmapedDict", Other)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.guard_values_files() is False
+        assert _compat.guard_values_files() is False
+    _degraded_once(caplog, "prometheus_client.mmap_dict.MmapedDict growth")
+    assert not hasattr(Other, "_init_value")
 
 
 # ---------------------------------------------------------------------- OpenTelemetry SDK

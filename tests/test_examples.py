@@ -66,8 +66,10 @@ def test_demo_scripted_session() -> None:
 def test_make_demo_installs_the_library_and_flask_only() -> None:
     """``make demo`` (issue 11) builds its own light environment: no development toolchain."""
     make = require_binary("make")
-    res = subprocess.run([make, "-n", "-B", "demo"], capture_output=True, text=True, timeout=60,
-                         cwd=ROOT, check=False)
+    # --no-print-directory: under `make test` this make is nested and would print
+    # "make[1]: Entering directory" lines around the recipe
+    res = subprocess.run([make, "-n", "-B", "--no-print-directory", "demo"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT, check=False)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     installs = [line for line in lines if "pip install" in line]

@@ -165,6 +165,23 @@ def works_in_child():
     return "a test feature" in _compat.degraded_features()
 """
 
+_COMPAT_DROPS = r"""
+from mestres_observability import _compat
+
+def locks_to_hold():  # a parent thread reporting series a full directory dropped
+    return [_compat._drops_lock, _compat._values_guard_lock]
+
+def locks_in_child():
+    return [_compat._drops_lock, _compat._values_guard_lock]
+
+def works_in_child():
+    seen = []
+    _compat.set_values_drop_listener(seen.append)
+    _compat._note_drop()
+    _compat.flush_values_drops()
+    return seen == [1] and _compat.guard_values_files() in (True, False)
+"""
+
 
 def _run(setup: str) -> subprocess.CompletedProcess[str]:
     script = _HARNESS.format(setup=setup)
@@ -181,6 +198,7 @@ def _run(setup: str) -> subprocess.CompletedProcess[str]:
         pytest.param(_USER_GUARD, id="user-metric-cardinality-guard"),
         pytest.param(_INIT, id="init-lock-and-instance-lock"),
         pytest.param(_COMPAT, id="compat-degradation-log-lock"),
+        pytest.param(_COMPAT_DROPS, id="compat-full-directory-drop-locks"),
     ],
 )
 def test_lock_held_by_a_parent_thread_at_fork_is_usable_in_the_child(setup: str) -> None:

@@ -276,6 +276,174 @@ def test_property_one_object_per_line_and_no_leak(sink: Sink, event: str, key: s
         assert secret not in raw
 
 
+# ---------------------------------------------------------------- any field name (issue 10 #7)
+#: Names the library, structlog or logging own (the first two raised into the caller).
+COLLIDING = ("_record", "positional_args", "exc_info", "stack_info", "_from_structlog",
+             "_logger", "_name", "extra", "stacklevel", "self", "method_name", "timestamp",
+             "level", "event", "logger", "service", "exception", "fields")
+CORRELATION = ("trace_id", "span_id", "request_id")
+_MARK = "v-7f3a"
+
+
+def _value_of(line: dict[str, Any], key: str) -> Any:
+    """Where a field ended up: its own key, or under ``fields`` (the one rule)."""
+    moved = line.get("fields")
+    if isinstance(moved, dict) and key in moved:
+        return moved[key]
+    return line.get(key)
+
+
+@pytest.mark.parametrize("key", COLLIDING)
+@pytest.mark.parametrize("entry", ["info", "log_event", "bind_context", "bind", "initial",
+                                   "request_context", "exception", "ainfo"])
+def test_a_colliding_field_name_is_moved_under_fields_never_raised_or_dropped(
+        sink: Sink, key: str, entry: str) -> None:
+    log = get_logger("app")
+    fields = {key: f"{_MARK}-{key}"}
+    if entry == "info":
+        log.info("evt", **fields)
+    elif entry == "log_event":
+        log_event("evt", **fields)
+    elif entry == "bind_context":
+        bind_context(**fields)
+        log.info("evt")
+    elif entry == "bind":
+        if key == "self":  # structlog's lazy proxy takes ``self`` in bind() until first use
+            log.info("warm-up")
+            sink.buffer.seek(0)
+            sink.buffer.truncate()
+        log.bind(**fields).info("evt")
+    elif entry == "initial":
+        get_logger("app", **fields).info("evt")
+    elif entry == "request_context":
+        with request_context(**fields):
+            log.info("evt")
+    elif entry == "exception":
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("evt", **fields)
+    else:
+        asyncio.run(log.ainfo("evt", **fields))
+    (line,) = sink.lines()
+    assert (line["event"], line["logger"], line["service"]) == (
+        "evt", "mestres_observability.events" if entry == "log_event" else "app", "shop")
+    assert line["level"] == ("error" if entry == "exception" else "info")
+    assert TS.match(line["timestamp"])
+    assert line["fields"][key] == f"{_MARK}-{key}"
+    if entry == "exception":
+        assert line["exception"]["type"] == "ValueError"
+
+
+@pytest.mark.parametrize("key", CORRELATION)
+def test_correlation_ids_given_to_a_logger_are_kept_and_business_events_move_them(
+        sink: Sink, key: str) -> None:
+    get_logger("app").info("evt", **{key: "given"})
+    log_event("evt", **{key: "given"})
+    first, second = sink.lines()
+    assert first[key] == "given"  # a caller may set the line's correlation id
+    assert second["fields"] == {key: "given"}  # business data never sets it
+
+
+def test_exc_info_keeps_its_meaning_when_it_holds_an_exception(sink: Sink) -> None:
+    log = get_logger("app")
+    err = KeyError("k")
+    log.info("a", exc_info=err)
+    log.info("b", exc_info=(type(err), err, None))
+    log.info("c", exc_info=False)
+    log.info("d", exc_info="client text")
+    a, b, c, d = sink.lines()
+    assert a["exception"]["type"] == b["exception"]["type"] == "KeyError"
+    assert "exception" not in c
+    assert "fields" not in c
+    assert d["fields"] == {"exc_info": "client text"}
+    assert "exception" not in d
+
+
+def test_fields_moved_from_the_context_the_logger_and_the_call_are_all_kept(
+        sink: Sink) -> None:
+    bind_context(level="from-context", tenant="t")
+    log = get_logger("app").bind(logger="from-bind")
+    log.info("evt", event="from-call", n=1)
+    log_event("biz", timestamp="from-event")
+    first, second = sink.lines()
+    assert first["fields"] == {"level": "from-context", "logger": "from-bind",
+                               "event": "from-call"}
+    assert (first["tenant"], first["n"], first["event"], first["logger"]) == (
+        "t", 1, "evt", "app")
+    assert second["fields"] == {"level": "from-context", "timestamp": "from-event"}
+
+
+def test_arguments_that_do_not_format_are_logged_not_raised(sink: Sink) -> None:
+    log = get_logger("app")
+    log.info("100% done for %s", "bob", "extra")
+    log.info("%(who)s paid", {"who": "ann"})
+    log.info("%s of %s", 1, 2)
+    bad, named, ok = sink.lines()
+    assert bad["event"] == "100% done for %s"
+    assert bad["fields"] == {"positional_args": ["bob", "extra"]}
+    assert named["event"] == "ann paid"
+    assert ok["event"] == "1 of 2"
+
+
+def test_stdlib_extra_fields_with_reserved_names_go_under_fields(sink: Sink) -> None:
+    logging.getLogger("std").warning("hello %s", "you", extra={"level": "admin",
+                                                              "event": "forged", "user": "u"})
+    (line,) = sink.lines()
+    assert (line["level"], line["event"], line["user"]) == ("warning", "hello you", "u")
+    assert line["fields"] == {"level": "admin", "event": "forged"}
+
+
+def test_fields_bound_through_structlogs_own_api_never_raise(sink: Sink) -> None:
+    structlog.contextvars.bind_contextvars(_record="x", _from_structlog="y")
+    get_logger("app").info("evt")
+    (line,) = sink.lines()
+    assert line["fields"] == {"_record": "x", "_from_structlog": "y"}
+
+
+_KEY_NAMES = st.one_of(
+    st.sampled_from(COLLIDING + CORRELATION + ("user_id", "msg", "args", "name", "levelno")),
+    st.text(max_size=30),
+    st.text(alphabet="_abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12).map(
+        lambda k: "_" + k),
+)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(_KEY_NAMES, min_size=1, max_size=6, unique=True),
+       entry=st.sampled_from(["info", "log_event", "bind_context", "bind"]))
+def test_any_field_names_are_logged_with_their_values_and_never_raise(
+        sink: Sink, keys: list[str], entry: str) -> None:
+    sink.buffer.seek(0)
+    sink.buffer.truncate()
+    structlog.contextvars.clear_contextvars()
+    fields = {key: f"{_MARK}{i}" for i, key in enumerate(keys)}
+    log = get_logger("app")
+    if entry == "info":
+        log.info("evt", **fields)
+    elif entry == "log_event":
+        log_event("evt", **fields)
+    elif entry == "bind_context":
+        bind_context(**fields)
+        log.info("evt")
+    else:
+        log.info("warm-up")  # structlog's lazy proxy takes ``self`` in bind() until first use
+        sink.buffer.seek(0)
+        sink.buffer.truncate()
+        log.bind(**fields).info("evt")
+    structlog.contextvars.clear_contextvars()
+    (line,) = sink.lines()  # one line, strict JSON
+    assert line["event"] == "evt"
+    assert line["service"] == "shop"
+    assert line["level"] == "info"
+    for key, value in fields.items():
+        kept = _value_of(line, key)
+        assert kept in (value, "[REDACTED]"), (key, line)  # a secret-looking name is redacted
+        if kept == "[REDACTED]":
+            assert value not in sink.buffer.getvalue()
+
+
 # ---------------------------------------------------------------- direct path (issue 2)
 class _Recorder(logging.Handler):
     def __init__(self) -> None:

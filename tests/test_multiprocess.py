@@ -611,6 +611,57 @@ def test_a_forked_worker_never_inherits_a_held_lock_or_an_in_flight_check(tmp_pa
     assert child["scraped"]
 
 
+# ---------------------------------------------------------------- a full directory (issue 10 #1)
+_FILL_THE_DIRECTORY = """
+import json, os
+from flask import Flask
+from mestres_observability import _compat, init_observability
+app = Flask(__name__)
+obs = init_observability(app, service_name="svc", configure_logging=False, tracing_enabled=False,
+                         system_metrics=False, process_metrics=False, access_log=False)
+jobs = obs.counter("jobs", "Jobs.", ["id"])
+jobs.labels("early").inc(5)
+obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+for i in range(20_000):  # thousands of label sets: far more than 256 KiB holds
+    jobs.labels(f"job-{i:06d}").inc()
+jobs.labels("early").inc(2)  # an existing series still updates
+obs.histogram("late_seconds", "Late.", ["k"]).labels("x").observe(0.1)  # a new file kind
+obs.metrics.http_requests_total.inc(("GET", "/a", "200"))  # and a library one
+response = app.test_client().get("/metrics")
+body = response.get_data(as_text=True)
+print(json.dumps({"status": response.status_code, "body": body,
+                  "dropped": _compat.values_dropped_total(),
+                  "files": {n: os.path.getsize(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], n))
+                            for n in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])}}))
+"""
+
+
+def test_a_full_multiprocess_directory_drops_new_series_and_keeps_serving(
+        tmp_path: Path) -> None:
+    """Issue 10 #1: on a full filesystem prometheus_client's sparse mmap write ends the
+    process with SIGBUS (exit 135). Here the process lives, serves what it has, counts."""
+    from tests._support import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "small", "256k") as d:
+        proc = _run(_FILL_THE_DIRECTORY, d, check=False)
+    # before the fix: -7 (SIGBUS) within the first few thousand label sets
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["status"] == 200
+    lines = r["body"].splitlines()
+    assert 'jobs_total{id="early"} 7.0' in lines
+    assert 'http_requests_total{endpoint="/a",method="GET",status="200"} 2.0' in lines
+    kept = sum(1 for ln in lines if ln.startswith('jobs_total{id="job-'))
+    assert 500 < kept < 20_000  # the earlier series are there, the rest were dropped
+    # every dropped series is counted: the jobs that did not fit and the histogram's series
+    assert r["dropped"] >= 20_000 - kept
+    errors = f'mestres_observability_errors_total{{component="multiprocess"}} {float(r["dropped"])}'
+    assert errors in lines
+    assert proc.stderr.count("is full: new label sets are not recorded") == 1  # logged once
+    # the histogram's file could not be created: left empty (scrapes skip it), no crash
+    assert [size for name, size in r["files"].items() if name.startswith("histogram_")] == [0]
+
+
 # ---------------------------------------------------------------- metrics_port with several workers
 _PORT_WORKER = """
 import json, logging, os, sys, time

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mestres_observability.config import DEFAULT_REDACT_KEYS, DEFAULT_REDACT_QUERY_PARAMS
 from mestres_observability.observability import Observability
 from tests.otlp_receiver import OTLPReceiver, otlp_receiver  # noqa: F401 (fixture)
 
@@ -166,6 +168,81 @@ def check_access_line(logs: LogCapture, endpoint: str, status: int,
     assert "hunter2" not in logs.text
     assert "token=[REDACTED]&page=2" in line["url"]
     return line
+
+
+#: Query strings whose secrets reached the access log before (issue 10 #3): the query,
+#: and the strings none of which may appear in the logged ``url``.
+LEAKY_QUERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("X-Amz-Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe", ("fe5f80f77d5f",)),
+    ("oauth_signature=tR3%2BTy81lMeYAr%2FFid0kMTYa%2FWM%3D", ("tR3", "Ty81lMeYAr")),
+    ("auth_code=SplxlOBeZQQYbYS6WxSbIA", ("SplxlOBeZQQ",)),
+    ("user[password]=hunter2x", ("hunter2x",)),
+    ("user%5Bpassword%5D=hunter2y", ("hunter2y",)),
+    ("password[]=hunter2z", ("hunter2z",)),
+    ("sessionid=9f86d081884c7d65", ("9f86d081884c",)),
+    ("card=4111+1111+1111+1111", ("4111",)),
+    ("card=4111%201111%201111%201111", ("4111",)),
+    ("next=postgres%3A%2F%2Fu%3Apw%40db", ("pw%40", "pw@", "%3Apw", ":pw")),
+    ("h=Bearer%20tok", ("tok",)),
+)
+
+
+def check_leaky_queries(get: Callable[[str], object], logs: LogCapture,
+                        spans: Callable[[], list[Any]] | None = None) -> None:
+    """Each of :data:`LEAKY_QUERIES` through one adapter (``get(path_with_query)``):
+    the logged ``url`` keeps the query's shape with the secret's value redacted, the
+    harmless parameters as sent; the spans carry no query (or a redacted one)."""
+    for query, secrets in LEAKY_QUERIES:
+        logs.buffer.seek(0)
+        logs.buffer.truncate()
+        get(f"/orders/1?page=2&{query}&q=a%20b")
+        (line,) = logs.lines()
+        url = line["url"]
+        assert url.startswith("/orders/1?page=2&"), url
+        assert url.endswith("=[REDACTED]&q=a%20b"), url
+        assert url.count("&") == 2, url  # the shape: three parameters
+        for secret in secrets:
+            assert secret not in url, (query, url)
+        for span in spans() if spans is not None else ():
+            attrs = dict(span.attributes or {})
+            for key in ("url.query", "http.target", "url.full", "http.url"):
+                value = str(attrs.get(key, ""))
+                assert not any(secret in value for secret in secrets), (key, value)
+            for key, value in attrs.items():
+                assert not any(len(secret) >= 6 and secret in str(value)
+                               for secret in secrets), (key, value)
+
+
+#: Every name whose query values are redacted by default.
+SENSITIVE_NAMES = sorted({*DEFAULT_REDACT_QUERY_PARAMS, *DEFAULT_REDACT_KEYS})
+
+
+@st.composite
+def sensitive_name_variants(draw: st.DrawFn) -> str:
+    """A sensitive name as a client may send it: case, separators, camelCase, brackets,
+    percent-encoding (once or twice, any character)."""
+    name = draw(st.sampled_from(SENSITIVE_NAMES))
+    words = name.split("_")
+    if len(words) > 1 and draw(st.booleans()):  # accessToken
+        name = words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+    else:
+        name = draw(st.sampled_from(["_", "-", ".", "+", "%20"])).join(words)
+    name = "".join(c.upper() if draw(st.booleans()) else c for c in name)
+    name = draw(st.sampled_from(["{}", "{}[]", "user[{}]", "a[b][{}]", "{}[0]", " {} "])).format(
+        name)
+    out = []
+    for c in name:
+        if c not in "+%" and draw(st.integers(0, 4)) == 0:
+            enc = f"%{ord(c):02X}" if draw(st.booleans()) else f"%{ord(c):02x}"
+            out.append(enc.replace("%", "%25") if draw(st.booleans()) else enc)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+#: Values of sensitive parameters (distinct from anything else in a log line).
+SECRET_VALUES = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~",
+                 min_size=4, max_size=40).map(lambda v: "Zq9" + v)
 
 
 def check_server_span(span: Any, route: str, attributes: dict[str, Any]) -> None:

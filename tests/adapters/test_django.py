@@ -27,6 +27,7 @@ from .conftest import (  # noqa: E402
     LogCapture,
     OTLPReceiver,
     check_access_line,
+    check_leaky_queries,
     check_server_span,
     check_wire_span,
     series,
@@ -148,6 +149,20 @@ def test_access_log_fields(obs: Any, logs: LogCapture, mode: str) -> None:
     else:
         async_get(path, headers=headers)
     check_access_line(logs, "/orders/<int:order_id>", 200, level="info")
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_query_secrets_never_reach_the_access_log_or_spans(logs: LogCapture, mode: str) -> None:
+    with fresh_observability() as instance:
+        exporter = use_memory_tracer(instance)
+        c = wsgi_client()
+
+        def get(path: str) -> None:
+            exporter.clear()
+            r = c.get(path) if mode == "wsgi" else async_get(path)
+            assert r.status_code == 200
+
+        check_leaky_queries(get, logs, exporter.get_finished_spans)
 
 
 def test_user_id_resolver(obs: Any, logs: LogCapture, settings_override: Any) -> None:

@@ -30,6 +30,7 @@ from .conftest import (  # noqa: E402
     LogCapture,
     OTLPReceiver,
     check_access_line,
+    check_leaky_queries,
     check_server_span,
     check_wire_span,
     series,
@@ -204,6 +205,21 @@ def test_access_log_fields(app: FastAPI, logs: LogCapture) -> None:
                     headers={"User-Agent": "ua/1", "X-Request-ID": "rid-7"})
     line = check_access_line(logs, "/orders/{order_id}", 200, level="info")
     assert line["url"].startswith("/orders/2?token=[REDACTED]&page=2")
+
+
+def test_query_secrets_never_reach_the_access_log_or_spans(logs: LogCapture) -> None:
+    with fresh_observability() as obs:
+        exporter = use_memory_tracer(obs)
+        application = make_app()
+        instrument(application)
+        c = client(application)
+
+        def get(path: str) -> None:
+            exporter.clear()
+            assert c.get(path).status_code == 200
+
+        check_leaky_queries(get, logs, lambda: [s for s in exporter.get_finished_spans()
+                                                if s.kind is SpanKind.SERVER])
 
 
 def test_trusted_proxy_address(logs: LogCapture) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from tests._support import require_module
 
@@ -21,13 +22,16 @@ from mestres_observability.testing import fresh_observability, sample_value  # n
 
 from .conftest import (  # noqa: E402
     SECRET_QUERY,
+    SECRET_VALUES,
     TRACE_ID,
     TRACEPARENT,
     LogCapture,
     OTLPReceiver,
     check_access_line,
+    check_leaky_queries,
     check_server_span,
     check_wire_span,
+    sensitive_name_variants,
     use_memory_tracer,
 )
 
@@ -159,6 +163,33 @@ def test_access_log_fields(app: Any, logs: LogCapture) -> None:
     c = app.test_client()
     c.get(f"/orders/404?{SECRET_QUERY}", headers={"User-Agent": "ua/1", "X-Request-ID": "rid-7"})
     check_access_line(logs, "/orders/<int:order_id>", 404, level="warning")
+
+
+def test_query_secrets_never_reach_the_access_log_or_spans(logs: LogCapture) -> None:
+    with fresh_observability() as obs:
+        exporter = use_memory_tracer(obs)
+        application = make_app()
+        instrument(application)
+        c = application.test_client()
+
+        def get(path: str) -> None:
+            exporter.clear()
+            assert c.get(path).status_code == 200
+
+        check_leaky_queries(get, logs, exporter.get_finished_spans)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=sensitive_name_variants(), value=SECRET_VALUES)
+def test_a_sensitive_query_name_in_any_encoding_never_reaches_the_access_log(
+        app: Any, logs: LogCapture, name: str, value: str) -> None:
+    logs.buffer.seek(0)
+    logs.buffer.truncate()
+    assert app.test_client().get(f"/orders/1?page=2&{name}={value}").status_code == 200
+    (line,) = logs.lines()
+    assert value not in logs.text
+    assert line["url"].endswith("=[REDACTED]")
 
 
 def test_user_id_resolver_and_faults(logs: LogCapture) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -32,7 +35,14 @@ from mestres_observability.http import (
 )
 from mestres_observability.testing import fresh_observability, sample_value
 
-from .conftest import PARENT_ID, TRACE_ID, TRACEPARENT, use_memory_tracer
+from .conftest import (
+    PARENT_ID,
+    SECRET_VALUES,
+    TRACE_ID,
+    TRACEPARENT,
+    sensitive_name_variants,
+    use_memory_tracer,
+)
 
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -98,6 +108,70 @@ def test_redaction_never_leaks_a_sensitive_value(
     parts = [f"{k}={v}" for k, v in others] + [f"{key}={secret}"]
     out = redact_query("&".join(parts), frozenset({"token", "password", "secret", "api_key"}))
     assert secret not in out
+    for k, v in others:
+        assert f"{k}={v}" in out
+
+
+@functools.cache
+def _state_redactor() -> Any:
+    """The request pass's query redaction with the default settings."""
+    with fresh_observability(tracing_enabled=False) as obs:
+        return http_state(obs).redact_query
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("X-Amz-Signature=fe5f80&X-Amz-Date=20240101T000000Z",
+     "X-Amz-Signature=[REDACTED]&X-Amz-Date=20240101T000000Z"),
+    ("oauth_signature=tR3%2BTy8%3D&oauth_nonce=abc", "oauth_signature=[REDACTED]&oauth_nonce=abc"),
+    ("auth_code=Splx&state=xyz", "auth_code=[REDACTED]&state=xyz"),
+    ("code=Splx&state=xyz", "code=[REDACTED]&state=xyz"),
+    ("user[password]=hunter2&user[name]=bob", "user[password]=[REDACTED]&user[name]=bob"),
+    ("user%5Bpassword%5D=hunter2", "user%5Bpassword%5D=[REDACTED]"),
+    ("user%255Bpassword%255D=hunter2", "user%255Bpassword%255D=[REDACTED]"),  # twice encoded
+    ("password[]=a&password[]=b", "password[]=[REDACTED]&password[]=[REDACTED]"),
+    ("sessionid=9f86&PHPSESSID=1&JSESSIONID=2", "sessionid=[REDACTED]&PHPSESSID=[REDACTED]"
+                                                "&JSESSIONID=[REDACTED]"),
+    ("accessToken=x&apiKey=y&clientSecret=z",
+     "accessToken=[REDACTED]&apiKey=[REDACTED]&clientSecret=[REDACTED]"),
+    ("api+key=k&api%20key=k2", "api+key=[REDACTED]&api%20key=[REDACTED]"),
+    ("card=4111+1111+1111+1111", "card=[REDACTED]"),
+    ("card=4111%201111%201111%201111", "card=[REDACTED]"),
+    ("card=4111-1111-1111-1111&order=4111111111111112", "card=[REDACTED]&order=4111111111111112"),
+    ("next=postgres%3A%2F%2Fu%3Apw%40db", "next=[REDACTED]"),
+    ("next=postgres://u:pw@db/x", "next=[REDACTED]"),
+    ("h=Bearer%20tok", "h=[REDACTED]"),
+    ("h=basic+dTpw", "h=[REDACTED]"),
+    ("t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "t=[REDACTED]"),
+    ("back=%2Flogin%3Fpassword%3Dhunter2", "back=[REDACTED]"),
+    ("a=1;sessionid=abc;b=2", "a=1;sessionid=[REDACTED];b=2"),
+    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "[REDACTED]"),
+])
+def test_query_secrets_by_name_and_by_value(query: str, expected: str) -> None:
+    assert _state_redactor()(query) == expected
+
+
+@pytest.mark.parametrize("query", [
+    "", "page=2", "page=2&sort=name&q=a%20b", "country_code=US&zip_code=12345&status_code=200",
+    "sort_key=name&tokens_used=5&monkey=1&codec=h264", "q=caf%C3%A9+au+lait&x=%ZZ&&=&k",
+    "ts=2024-01-01T10:00:00Z&url=https%3A%2F%2Fexample.com%2Fa", "password=&token",
+    "order_id=1234567890123",  # 13 digits failing Luhn: an id, kept
+])
+def test_harmless_queries_are_kept_exactly_as_sent(query: str) -> None:
+    assert _state_redactor()(query) is query
+
+
+_HARMLESS = st.lists(st.tuples(st.sampled_from(["page", "q", "sort", "lang"]),
+                               st.text(alphabet="abc123", max_size=5)), max_size=3)
+
+
+@given(sensitive_name_variants(), SECRET_VALUES, _HARMLESS)
+def test_a_sensitive_name_in_any_encoding_never_shows_its_value(
+        name: str, value: str, others: list[tuple[str, str]]) -> None:
+    parts = [f"{k}={v}" for k, v in others] + [f"{name}={value}"]
+    out = _state_redactor()("&".join(parts))
+    assert value not in out
+    assert value not in urllib.parse.unquote_plus(out)
+    assert f"{name}=[REDACTED]" in out  # the shape: the name as sent
     for k, v in others:
         assert f"{k}={v}" in out
 

@@ -32,7 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mestres_observability.multiprocess import prepare_directory
-from tests._support import free_port, require_binary, wait_until
+from tests._support import free_port, mounted_tmpfs, require_binary, wait_until
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
@@ -347,6 +347,42 @@ def test_gunicorn_config_module_makes_its_own_private_directory(server: object) 
         pids.add(headers.get("x-worker-pid"))
     assert len(pids) >= 2
     assert _settled_totals(port, 60, 6) == [60.0] * 6
+
+
+def test_gunicorn_workers_survive_a_full_multiprocess_directory(server: object,
+                                                               tmp_path: Path) -> None:
+    """Issue 10 #1 under gunicorn: workers filling a 1 MiB directory are not killed (SIGBUS),
+    every request and scrape still answers, and the drops are counted."""
+    with mounted_tmpfs(tmp_path / "prometheus", "1m"):
+        port = server(_gunicorn("flask_app:app", workers=2))  # type: ignore[operator]
+        def multiprocess_errors() -> float:
+            _status, _headers, body = _get(port, "/metrics")
+            for family in text_string_to_metric_families(body.decode()):
+                for s in family.samples:
+                    if (s.name == "mestres_observability_errors_total"
+                            and s.labels == {"component": "multiprocess"}):
+                        return float(s.value)
+            return 0.0
+
+        first = multiprocess_errors()
+        pids: set[str] = set()
+        for _ in range(12):  # 12 x 3000 label sets over two workers: far more than 1 MiB holds
+            status, headers, _body = _get(port, "/jobs/3000")
+            assert status == 200
+            pids.add(headers["x-worker-pid"])
+        for i in range(20):
+            status, headers, _body = _get(port, f"/orders/{i}")
+            assert status == 200
+            pids.add(headers["x-worker-pid"])
+        assert len(pids) == 2, f"a worker was replaced (killed?): {pids}"
+        status, _headers, body = _get(port, "/metrics")
+        assert status == 200
+        assert body.count(b'jobs_total{id="') > 1000  # the earlier series
+        assert multiprocess_errors() - first > 10_000
+        log = server.log.read_text()  # type: ignore[attr-defined]
+        assert "SIGBUS" not in log
+        assert "Traceback" not in log
+        assert "is full: new label sets are not recorded" in log
 
 
 class SharedInstanceIdError(AssertionError):

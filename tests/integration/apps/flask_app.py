@@ -23,6 +23,22 @@ def boom() -> object:
     raise RuntimeError("boom")  # a 500 whose traceback is logged
 
 
-init_observability(app, service_name="flask-multiworker",
-                   configure_logging=os.environ.get("APP_CONFIGURE_LOGGING") == "1",
-                   tracing_enabled=False, access_log=False)
+_made = [0]
+
+
+@app.get("/jobs/<int:count>")
+def jobs(count: int) -> object:
+    """``count`` new label sets of a user counter (fills a small multiprocess directory)."""
+    first = _made[0]
+    _made[0] += count
+    for i in range(first, first + count):
+        JOBS.labels(f"{os.getpid()}-{i}").inc()
+    response = jsonify({"created": count})
+    response.headers["X-Worker-Pid"] = str(os.getpid())
+    return response
+
+
+obs = init_observability(app, service_name="flask-multiworker",
+                         configure_logging=os.environ.get("APP_CONFIGURE_LOGGING") == "1",
+                         tracing_enabled=False, access_log=False)
+JOBS = obs.counter("jobs", "Jobs.", ["id"])
