@@ -67,8 +67,8 @@ def detect_file(args: tuple[str, str, str]) -> tuple[str, list[datetime], list[f
         history_t = [t.timestamp() for t in timestamps[:probation]]
         detector.fit(history_t, values[:probation])
         scores = [0.0] * probation  # probation: not scored
-        for t, x in zip(timestamps[probation:], values[probation:], strict=True):
-            v = detector.update(t.timestamp(), x)
+        rest_t = [t.timestamp() for t in timestamps[probation:]]
+        for v in detector.score_many(rest_t, values[probation:]):  # in time order
             scores.append(0.0 if v.suppressed or math.isnan(v.score) else v.score)
     return name, timestamps, scores, time.process_time() - start
 

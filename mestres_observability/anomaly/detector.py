@@ -67,6 +67,9 @@ class Detector(Protocol):
     def update(self, timestamp: float, value: float) -> Verdict:
         """Score the next point, in time order (NaN: a missing value)."""
 
+    def score_many(self, timestamps: Sequence[float], values: Sequence[float]) -> list[Verdict]:
+        """:meth:`update` with each point in turn (faster for a batch, for some detectors)."""
+
     def state(self) -> dict[str, Any]:
         """Parameters and learned state as JSON-compatible data (see :mod:`.model`)."""
 
@@ -104,8 +107,8 @@ def run(detector: Detector, metric: str, timestamps: Sequence[float],
         values: Sequence[float]) -> list[Point]:
     """Update ``detector`` with every point in order; one :class:`Point` per point."""
     out: list[Point] = []
-    for t, x in zip(timestamps, values, strict=True):
-        v = detector.update(float(t), float(x))
+    verdicts = detector.score_many(timestamps, values)
+    for t, x, v in zip(timestamps, values, verdicts, strict=True):
         sev = severity(v.score) if v.is_anomaly else ""
         out.append(Point(float(t), metric, float(x), v.score, v.is_anomaly, sev, v.kind))
     return out

@@ -320,6 +320,10 @@ class SeasonalDetector:
             return Verdict(score, True, best)
         return Verdict(score, False, best)
 
+    def score_many(self, timestamps: Any, values: Any) -> list[Verdict]:
+        """:meth:`update` with each point in turn."""
+        return [self.update(float(t), float(x)) for t, x in zip(timestamps, values, strict=True)]
+
     @property
     def alert_score(self) -> float:
         """The score at and above which a point is an anomaly (outside a cool-down)."""
