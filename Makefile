@@ -79,6 +79,7 @@ nab: $(STAMP)
 	$(PY) -m pip install -q -e '.[anomaly]'
 	@echo "== seasonal"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector seasonal
 	@echo "== isolation-forest"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector isolation-forest
+	@echo "== forecasts on nyc_taxi"; $(PY) benchmarks/forecast_taxi.py --data $(NAB_DIR)/data/realKnownCause/nyc_taxi.csv
 	@echo "== Windowed Gaussian (published scores, scorer check)"; \
 	  $(PY) benchmarks/nab.py $(NAB_ARGS) --scores $(NAB_DIR)/results/windowedGaussian
 

@@ -108,7 +108,7 @@ def test_parameters_are_checked() -> None:
         SeasonalParams(alpha=1.5)
     p = SeasonalParams.for_history(600)
     assert (p.window, p.cooldown) == (600, 150)
-    assert p.threshold == pytest.approx(4 / 601)
+    assert p.threshold == pytest.approx(5 / 601)  # five components, beyond the whole window
 
 
 def test_severity_follows_the_seed_thresholds() -> None:

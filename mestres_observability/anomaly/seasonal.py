@@ -1,17 +1,24 @@
 """The streaming seasonal detector: robust baselines, calibrated per series, constant work per point.
 
-For each new point four *components* measure how far it is from what the
-series' own past says it should be, each as a robust z-score (distance to a
-median, in units of the interquartile range / 1.349, the standard deviation
+For each new point up to five *components* measure how far it is from what
+the series' own past says it should be, each as a robust z-score (distance to
+a median, in units of the interquartile range / 1.349, the standard deviation
 of a normal distribution with that IQR):
 
 * ``level``: the value against the last ``window`` values (a global outlier);
+  left out while a seasonal baseline explains the series (its residuals
+  spread less than ``seasonal_gain`` times the values do: the daily peak is
+  then no anomaly);
 * ``change``: the step from the previous value against the last ``window``
   steps (a jump in a smooth series that stays inside its usual range);
 * ``daily`` and ``weekly``: the value against the median of the means of the
   same time-of-day (of-week) bucket and its two neighbours over the last
-  ``periods`` days (weeks), and that residual against its own recent
-  distribution (a drop at a time of day when traffic is usually high).
+  ``periods`` days (weeks), and that residual against the recent residuals;
+  once a bucket has seen 20 residuals, against that time of day's own spread
+  (counts are noisier at the peak than at night);
+* ``sustained``: the mean of the last ``sustained`` signed deviations (from
+  the weekly baseline, else the daily, else the level), times the square root
+  of their number: a drop or rise that lasts, each point of it unremarkable.
 
 A z-score means different things on different series (a heavy-tailed one
 reaches 6 every day), so each component's z is turned into an empirical
@@ -28,9 +35,10 @@ The score reported for every point is ``log(p) / log(1 / (rank_window + 1))``,
 between 0 and 1: 1 means "further out than anything in the history the
 detector keeps". Every step is a few binary searches and insertions into
 arrays of fixed size, so the work per point is bounded whatever the length of
-the series; the memory per series is fixed by the parameters (about 130 KB
-with the defaults). Missing values (NaN: a gap in Prometheus) update nothing;
-``absent_after`` missing points in a row raise one ``absent`` anomaly.
+the series; so is the memory per series (about 190 KB with the defaults:
+ten arrays of at most ``rank_window`` floats). Missing values (NaN: a gap in
+Prometheus) update nothing; ``absent_after`` missing points in a row raise
+one ``absent`` anomaly.
 
 Parameters were chosen on principle and checked on the Numenta Anomaly
 Benchmark, never per series: see ``docs/anomaly.md``.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,12 +58,14 @@ from .detector import Verdict
 __all__ = ["COMPONENTS", "SeasonalDetector", "SeasonalParams"]
 
 #: The components, in the order they are reported.
-COMPONENTS: tuple[str, ...] = ("level", "change", "daily", "weekly")
+COMPONENTS: tuple[str, ...] = ("level", "change", "daily", "weekly", "sustained")
 
 _DAY = 86400.0
 _WEEK = 7 * _DAY
 _IQR_TO_SIGMA = 1.349
 _STEP_SAMPLES = 20
+_SPREAD_WEIGHT = 0.05
+_SPREAD_MIN_SEEN = 20
 _MIN_HISTORY = 10
 _MIN_RANKED = 20
 
@@ -72,6 +83,10 @@ class SeasonalParams:
             ``len(components) / (window + 1)``.
         cooldown: points after an anomaly during which no other is reported.
         absent_after: missing points in a row that make an ``absent`` anomaly (0: never).
+        min_z: a point is an anomaly only if its component's z-score is at least this.
+        seasonal_gain: leave the level component out while a seasonal baseline's
+            residuals spread less than this share of the values' spread.
+        sustained: deviations the sustained component averages.
         components: the components used (a subset of :data:`COMPONENTS`).
         daily_buckets: buckets per day of the daily baseline (5 minutes each by default).
         weekly_buckets: buckets per week of the weekly baseline (30 minutes each by default).
@@ -84,6 +99,9 @@ class SeasonalParams:
     alpha: float | None = None
     cooldown: int = 187
     absent_after: int = 10
+    min_z: float = 0.0
+    seasonal_gain: float = 0.5
+    sustained: int = 10
     components: tuple[str, ...] = COMPONENTS
     daily_buckets: int = 288
     weekly_buckets: int = 336
@@ -93,8 +111,8 @@ class SeasonalParams:
                      "weekly_buckets"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
-        if self.cooldown < 0 or self.absent_after < 0:
-            raise ValueError("cooldown and absent_after must be >= 0")
+        if self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1:
+            raise ValueError("cooldown and absent_after must be >= 0, sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
         unknown = set(self.components) - set(COMPONENTS)
@@ -150,13 +168,17 @@ class _Window:
         f = k - i
         return a[i] * (1.0 - f) + a[i + 1] * f
 
+    def scale(self) -> float:
+        """The interquartile range over 1.349 (a normal distribution's standard deviation)."""
+        return (self.quantile(0.75) - self.quantile(0.25)) / _IQR_TO_SIGMA
+
     def z(self, x: float, reference: float) -> float:
-        """Robust z-score of ``x`` (``reference``: a magnitude for a zero spread)."""
+        """Signed robust z-score of ``x`` (``reference``: a magnitude for a zero spread)."""
         med = self.quantile(0.5)
-        scale = (self.quantile(0.75) - self.quantile(0.25)) / _IQR_TO_SIGMA
+        scale = self.scale()
         if scale <= 0.0:
             scale = max(abs(reference) * 1e-3, 1e-6)
-        return abs(x - med) / scale
+        return (x - med) / scale
 
     def state(self) -> dict[str, Any]:
         ordered = list(self.ring[self.pos:]) + list(self.ring[:self.pos])
@@ -199,7 +221,8 @@ class _Rank:
 class _Season:
     """Same-time-of-period baseline: per bucket, the mean of each of the last ``periods`` periods."""
 
-    __slots__ = ("buckets", "counts", "epochs", "period", "periods", "residuals", "sums")
+    __slots__ = ("buckets", "counts", "epochs", "period", "periods", "residuals", "seen", "signed",
+                 "spread", "sums")
 
     def __init__(self, period: float, buckets: int, periods: int, residual_window: int) -> None:
         self.period = period
@@ -209,6 +232,9 @@ class _Season:
         self.counts = array("d", [0.0]) * (buckets * periods)
         self.epochs = array("q", [-1]) * (buckets * periods)  # which period a slot holds
         self.residuals = _Window(residual_window)
+        self.spread = array("d", [0.0]) * buckets  # per bucket: mean |residual|, recent
+        self.seen = array("d", [0.0]) * buckets  # residuals seen per bucket
+        self.signed = math.nan  # this point's signed z, when there is one
 
     def z(self, t: float, x: float) -> float | None:
         nb, k = self.buckets, self.periods
@@ -223,13 +249,28 @@ class _Season:
                 if counts[i] > 0.0 and epoch - k < epochs[i] <= epoch:
                     near.append(sums[i] / counts[i])
         out = None
+        self.signed = math.nan
         if len(near) >= 2 * k:
             near.sort()
             predicted = near[len(near) // 2]
             r = x - predicted
+            spread, seen = self.spread, self.seen
             if len(self.residuals) >= _MIN_RANKED:
-                out = self.residuals.z(r, predicted)
+                z = self.residuals.z(r, predicted)
+                local = [spread[(phase + d) % nb] for d in (-1, 0, 1)
+                         if seen[(phase + d) % nb] >= _SPREAD_MIN_SEEN]
+                if local and z and r:
+                    # noise differs with the time of day (counts: more at the peak): once
+                    # a bucket has seen enough residuals, scale by its own spread (never
+                    # below a quarter of the overall one)
+                    overall = abs(r / z)
+                    here = 1.2533 * sum(local) / len(local)  # mean |r| -> sigma
+                    z *= overall / max(here, 0.25 * overall)
+                self.signed = z
+                out = abs(z)
             self.residuals.add(r)
+            n = seen[phase] = seen[phase] + 1.0
+            spread[phase] += max(_SPREAD_WEIGHT, 1.0 / n) * (abs(r) - spread[phase])
         i = phase * k + epoch % k
         if epochs[i] != epoch:
             epochs[i], sums[i], counts[i] = epoch, 0.0, 0.0
@@ -239,6 +280,7 @@ class _Season:
 
     def state(self) -> dict[str, Any]:
         return {"sums": list(self.sums), "counts": list(self.counts), "epochs": list(self.epochs),
+                "spread": list(self.spread), "seen": list(self.seen),
                 "residuals": self.residuals.state()}
 
     def load(self, data: dict[str, Any]) -> None:
@@ -248,6 +290,10 @@ class _Season:
         self.sums = array("d", [float(v) for v in data["sums"]])
         self.counts = array("d", [float(v) for v in data["counts"]])
         self.epochs = array("q", [int(v) for v in data["epochs"]])
+        if not len(data["spread"]) == len(data["seen"]) == self.buckets:
+            raise ValueError("seasonal state does not match the parameters")
+        self.spread = array("d", [float(v) for v in data["spread"]])
+        self.seen = array("d", [float(v) for v in data["seen"]])
         self.residuals = _Window.from_state(data["residuals"])
 
 
@@ -268,6 +314,8 @@ class SeasonalDetector:
         self._step = 0.0
         self._cool = 0
         self._missing = 0
+        self._recent: deque[float] = deque(maxlen=p.sustained)
+        self._recent_sum = 0.0
         self._floor = math.log(1.0 / (p.rank_window + 1))
         self._alpha = p.threshold
 
@@ -290,14 +338,19 @@ class SeasonalDetector:
         self._missing = 0
         self._learn_step(timestamp)
         zs: list[tuple[str, float]] = []
-        if "level" in self._ranks:
-            if len(self._level) >= _MIN_HISTORY:
-                zs.append(("level", self._level.z(value, value)))
-            self._level.add(value)
+        signed = math.nan  # the deviation the sustained component averages
+        cyclic = self._cyclic()
+        if len(self._level) >= _MIN_HISTORY:
+            level_z = self._level.z(value, value)
+            if not cyclic:
+                signed = level_z
+                if "level" in self._ranks:
+                    zs.append(("level", abs(level_z)))
+        self._level.add(value)
         if "change" in self._ranks and not math.isnan(self._previous):
             step = value - self._previous
             if len(self._change) >= _MIN_HISTORY:
-                zs.append(("change", self._change.z(step, self._previous)))
+                zs.append(("change", abs(self._change.z(step, self._previous))))
             self._change.add(step)
         self._previous = value
         if self._step > 0.0:
@@ -305,11 +358,23 @@ class SeasonalDetector:
                 z = season.z(timestamp, value)
                 if z is not None:
                     zs.append((name, z))
-        best_p, best = 1.0, ""
+                    # the last season with a baseline (weekly over daily over level)
+                    signed = season.signed if not math.isnan(season.signed) else signed
+        if "sustained" in self._ranks and not math.isnan(signed):
+            recent = self._recent
+            if len(recent) == recent.maxlen:
+                self._recent_sum -= recent[0]
+            recent.append(signed)
+            self._recent_sum += signed
+            if len(recent) == recent.maxlen:
+                zs.append(("sustained", abs(self._recent_sum) / math.sqrt(len(recent))))
+        best_p, best, best_z = 1.0, "", 0.0
         for name, z in zs:
             pz = self._ranks[name].p(z)
-            if pz < best_p:
-                best_p, best = pz, name
+            if pz < best_p or (pz == best_p and z > best_z):
+                best_p, best, best_z = pz, name, z
+        if best_z < p.min_z:
+            best_p = 1.0
         best_p = min(1.0, best_p * len(self._ranks))
         score = min(1.0, math.log(best_p) / self._floor) if best_p < 1.0 else 0.0
         if self._cool > 0:
@@ -319,6 +384,19 @@ class SeasonalDetector:
             self._cool = p.cooldown
             return Verdict(score, True, best)
         return Verdict(score, False, best)
+
+    def _cyclic(self) -> bool:
+        """Whether a seasonal baseline explains the series: its residuals spread less
+        than ``seasonal_gain`` times the values do (the level component is then left
+        out: the usual peaks of the cycle are not anomalies)."""
+        if not self._seasons or len(self._level) < _MIN_HISTORY:
+            return False
+        level = self._level.scale()
+        for season in self._seasons.values():
+            r = season.residuals
+            if len(r) >= _MIN_RANKED and r.scale() < self.params.seasonal_gain * level:
+                return True
+        return False
 
     def score_many(self, timestamps: Any, values: Any) -> list[Verdict]:
         """:meth:`update` with each point in turn."""
@@ -364,6 +442,7 @@ class SeasonalDetector:
             "step": self._step,
             "cooldown_left": self._cool,
             "missing": self._missing,
+            "recent": list(self._recent),
         }
 
     @classmethod
@@ -387,4 +466,6 @@ class SeasonalDetector:
         d._last_t = math.nan if data["last_t"] is None else float(data["last_t"])
         d._cool = int(data["cooldown_left"])
         d._missing = int(data["missing"])
+        d._recent.extend(float(x) for x in data["recent"])
+        d._recent_sum = sum(d._recent)
         return d
