@@ -91,7 +91,7 @@ def _clean(rng: Any, t: Any) -> dict[str, Any]:
 
 
 def generate(kind: str | None = None, *, weeks: int = 4, history_weeks: int = 2, seed: int = 7,
-             events_per_metric: int = 3, step: int = 60) -> Shop:
+             events_per_metric: int = 3, step: int = 60, start: float = _START) -> Shop:
     """The shop's series with anomalies of ``kind`` (``None``: every kind) injected
     after ``history_weeks`` of clean history (none when ``events_per_metric`` is 0;
     level shifts, drifts and dead metrics are injected once per metric).
@@ -104,7 +104,8 @@ def generate(kind: str | None = None, *, weeks: int = 4, history_weeks: int = 2,
     if not 0 < history_weeks < weeks:
         raise ValueError("history_weeks must be between 0 and weeks")
     rng = np.random.default_rng(seed)
-    t = np.arange(_START, _START + weeks * 7 * _DAY, step, dtype=float)
+    first = float(start) - float(start) % step
+    t = np.arange(first, first + weeks * 7 * _DAY, step, dtype=float)
     series = _clean(rng, t)
     history = history_weeks * 7 * _DAY // step
     shop = Shop(t, series, [], step, history)
