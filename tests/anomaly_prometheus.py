@@ -29,7 +29,7 @@ def openmetrics(shop: Any, gap: tuple[float, float] | None = None) -> str:
     """The shop's series as OpenMetrics text (gauges; NaN and ``gap`` left out)."""
     lines: list[str] = []
     by_family: dict[str, list[str]] = {}
-    for metric, (family, labels) in FAMILIES.items():
+    for metric, (family, _labels) in FAMILIES.items():
         by_family.setdefault(family, []).append(metric)
     for family, metrics in by_family.items():
         lines.append(f"# TYPE {family} gauge")
