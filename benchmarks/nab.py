@@ -9,7 +9,9 @@ order, one point at a time (no look-ahead); the first min(floor(0.15 n), 750)
 records are its probation period (it learns from them; detections there are
 not scored); one parameter set is used for every file; the threshold is tuned
 once per cost profile over the whole corpus. With ``--scores DIR`` the anomaly
-scores of existing NAB result files are scored instead of running a detector.
+scores of existing NAB result files are scored instead of running a detector;
+with ``--decisions`` the detector's own anomaly decisions are scored, with no
+threshold tuned at all.
 
 Prints one line per profile (``standard: 55.3``), the normalised score: 0 for
 the null detector, 100 for a perfect one. Details (thresholds, detected and
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,9 +54,10 @@ def make_detector(name: str, probation: int) -> Detector | None:
     raise SystemExit(f"unknown detector {name!r}; one of {', '.join(DETECTORS)}")
 
 
-def detect_file(args: tuple[str, str, str]) -> tuple[str, list[datetime], list[float], float]:
-    """Run detector ``args[0]`` over one data file; (name, timestamps, scores, CPU seconds)."""
-    detector_name, name, path = args
+def detect_file(args: tuple[str, str, str, bool]) -> tuple[str, list[datetime], list[float], float]:
+    """Run detector ``args[0]`` over one data file; (name, timestamps, scores, CPU seconds).
+    With ``args[3]`` the score is the detector's own decision (1 for an anomaly, else 0)."""
+    detector_name, name, path, decisions = args
     timestamps, values = nab.read_series(path)
     probation = nab.probation_length(len(values))
     detector = make_detector(detector_name, probation)
@@ -69,7 +71,12 @@ def detect_file(args: tuple[str, str, str]) -> tuple[str, list[datetime], list[f
         scores = [0.0] * probation  # probation: not scored
         rest_t = [t.timestamp() for t in timestamps[probation:]]
         for v in detector.score_many(rest_t, values[probation:]):  # in time order
-            scores.append(0.0 if v.suppressed or math.isnan(v.score) else v.score)
+            # what the detector reports: the scores of its anomalies (0 elsewhere), so a
+            # tuned threshold can only drop reports; --decisions: the reports alone
+            if decisions:
+                scores.append(1.0 if v.is_anomaly else 0.0)
+            else:
+                scores.append(v.score if v.is_anomaly else 0.0)
     return name, timestamps, scores, time.process_time() - start
 
 
@@ -98,6 +105,9 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
                          "results' file-name prefix (default: the folder's name)")
     ap.add_argument("--scores", type=Path, help="score existing NAB results files instead")
     ap.add_argument("--threshold", type=float, help="one fixed threshold for every profile")
+    ap.add_argument("--decisions", action="store_true",
+                    help="score the detector's own anomaly decisions (1 or 0) at a fixed "
+                         "threshold of 0.5: no threshold tuned at all")
     ap.add_argument("--only", default="", help="only the data files whose path contains this")
     ap.add_argument("--jobs", type=int, default=1, help="processes running the detector (default 1)")
     ap.add_argument("--out", type=Path, help="write NAB-style results files here")
@@ -126,7 +136,9 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] | None = 
     else:
         args.detector = args.detector or "seasonal"
         make_detector(args.detector, 1)  # fail early on an unknown name or a missing extra
-        jobs = [(args.detector, name, str(path)) for name, path in files.items()]
+        jobs = [(args.detector, name, str(path), args.decisions) for name, path in files.items()]
+        if args.decisions and args.threshold is None:
+            args.threshold = 0.5
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
                 outcomes = list(pool.map(detect_file, jobs))
