@@ -78,6 +78,8 @@ NAB_ARGS = --data $(NAB_DIR)/data --windows $(NAB_DIR)/labels/combined_windows.j
 nab: $(STAMP)
 	$(PY) -m pip install -q -e '.[anomaly]'
 	@echo "== seasonal"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector seasonal
+	@echo "== seasonal, its own decisions (no threshold tuned)"; \
+	  $(PY) benchmarks/nab.py $(NAB_ARGS) --detector seasonal --decisions
 	@echo "== isolation-forest"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector isolation-forest
 	@echo "== forecasts on nyc_taxi"; $(PY) benchmarks/forecast_taxi.py --data $(NAB_DIR)/data/realKnownCause/nyc_taxi.csv
 	@echo "== Windowed Gaussian (published scores, scorer check)"; \

@@ -169,3 +169,7 @@ def test_seasonal_detector_on_a_subset_of_nab(tmp_path: Path) -> None:
     again, _ = run_benchmark(*argv, "--scores", str(tmp_path), "--detector", "seasonal")
     assert again == scores
     assert not math.isnan(scores["reward_low_FN_rate"])
+    # the detector's own decisions at a fixed threshold: nothing tuned, no better than tuned
+    fixed, details = run_benchmark(*argv, "--decisions")
+    assert "threshold 0.5," in details
+    assert 0.0 < fixed["standard"] <= scores["standard"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 import signal
 import threading
 import urllib.request
@@ -60,6 +61,7 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
+_NAME_RE = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:.-]*$")
 TIME = _Time()
 DURATION = _Duration()
 
@@ -69,9 +71,10 @@ def _queries(_ctx: click.Context, _param: click.Parameter,
     out: list[tuple[str, str]] = []
     for item in value:
         name, sep, query = item.partition("=")
-        # NAME=PROMQL when the part before '=' is a plain name (PromQL has '=' in matchers)
-        if sep and name.strip().replace("_", "a").replace(":", "a").isalnum() and "{" not in name:
-            out.append((name.strip(), query.strip()))
+        # NAME=PROMQL when what comes before the first '=' is a plain name (PromQL has '='
+        # in matchers and '==' as an operator)
+        if sep and _NAME_RE.match(name) and not query.startswith("="):
+            out.append((name, query.strip()))
         else:
             out.append(("", item.strip()))
         if not out[-1][1]:
