@@ -247,14 +247,18 @@ class IsolationForestDetector:
     def from_state(cls, data: dict[str, Any]) -> IsolationForestDetector:
         """The detector :meth:`state` describes (the forest refitted with its seed)."""
         d = cls(ForestParams(**data["params"]))
-        d._center = np.asarray(data["center"], dtype=float)
-        d._scale = np.asarray(data["scale"], dtype=float)
-        rows = np.asarray(data["training_rows"], dtype=float)
-        width = 9 if d.params.seasonal_features else 5
-        if rows.ndim != 2 or rows.shape[1] != width or d._center.shape != (width,):
-            raise ValueError("the model's training rows do not match its parameters")
-        d._fit_scaled(rows)
-        d._recent_t.extend(float(t) for t in data["recent_t"])
-        d._recent_x.extend(math.nan if x is None else float(x) for x in data["recent_x"])
-        d._cool = int(data["cooldown_left"])
+        d.load_state(data)
         return d
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        """Take the scaler, training rows and recent points of :meth:`state` (same parameters)."""
+        self._center = np.asarray(data["center"], dtype=float)
+        self._scale = np.asarray(data["scale"], dtype=float)
+        rows = np.asarray(data["training_rows"], dtype=float)
+        width = 9 if self.params.seasonal_features else 5
+        if rows.ndim != 2 or rows.shape[1] != width or self._center.shape != (width,):
+            raise ValueError("the model's training rows do not match its parameters")
+        self._fit_scaled(rows)
+        self._recent_t.extend(float(t) for t in data["recent_t"])
+        self._recent_x.extend(math.nan if x is None else float(x) for x in data["recent_x"])
+        self._cool = int(data["cooldown_left"])
