@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS := dev,flask,fastapi,django,otlp,redis,sql
+EXTRAS := dev,flask,fastapi,django,otlp,redis,sql,anomaly
 STAMP  := $(VENV)/.installed
 # benchmarks compare against the peer exporters: their own venv, so the peers'
 # OpenTelemetry pins never change the development one
@@ -13,7 +13,7 @@ DEMO_VENV  ?= .venv-demo
 DEMO_PY    := $(DEMO_VENV)/bin/python
 DEMO_STAMP := $(DEMO_VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit docs demo serve bench test-versions test-newest clean
+.PHONY: help venv test lint typecheck unit docs demo serve bench nab test-versions test-newest clean
 
 help:
 	@echo "make demo           run the example coffee-shop service (scripted) and show its telemetry"
@@ -23,6 +23,7 @@ help:
 	@echo "make test-versions  core tests on 3.10 and 3.13, adapter tests on 3.11 + Django 5.2 and 3.13 + Django 6.1 (nox)"
 	@echo "make test-newest    the whole suite on 3.13 with the newest prometheus-client, OpenTelemetry, structlog, Flask, Starlette/FastAPI, Django (nox)"
 	@echo "make bench          benchmarks (ratios measured in one run)"
+	@echo "make nab            the anomaly detectors on the Numenta Anomaly Benchmark (NAB_DIR=../shared/nab)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +80,20 @@ $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 
 bench: $(BENCH_STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BENCH_VENV)/bin/python $$b || exit 1; done
+
+# the Numenta Anomaly Benchmark's data is not in the repository: NAB v1.1's
+# data/, labels/ and config/ (github.com/numenta/NAB, MIT) under NAB_DIR
+NAB_DIR ?= ../shared/nab
+NAB_ARGS = --data $(NAB_DIR)/data --windows $(NAB_DIR)/labels/combined_windows.json --jobs 2
+nab: $(STAMP)
+	$(PY) -m pip install -q -e '.[anomaly]'
+	@echo "== seasonal"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector seasonal
+	@echo "== seasonal, its own decisions (no threshold tuned)"; \
+	  $(PY) benchmarks/nab.py $(NAB_ARGS) --detector seasonal --decisions
+	@echo "== isolation-forest"; $(PY) benchmarks/nab.py $(NAB_ARGS) --detector isolation-forest
+	@echo "== forecasts on nyc_taxi"; $(PY) benchmarks/forecast_taxi.py --data $(NAB_DIR)/data/realKnownCause/nyc_taxi.csv
+	@echo "== Windowed Gaussian (published scores, scorer check)"; \
+	  $(PY) benchmarks/nab.py $(NAB_ARGS) --scores $(NAB_DIR)/results/windowedGaussian
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_VENV) site .mypy_cache .pytest_cache .ruff_cache .nox

@@ -108,7 +108,7 @@ NEWEST_DESELECT: list[str] = []
 @nox.session(python="3.13")
 def newest_deps(session: nox.Session) -> None:
     """The whole suite against the newest releases of the libraries in :data:`NEWEST`."""
-    session.install("-e", ".[flask,fastapi,django,otlp,redis,sql,celery]", *SUITE_TEST_DEPS)
+    session.install("-e", ".[flask,fastapi,django,otlp,redis,sql,celery,anomaly]", *SUITE_TEST_DEPS)
     session.install("--upgrade", *NEWEST)
     session.run("python", "-c", _PRINT_VERSIONS, *NEWEST)
     session.run("pytest", "-q", "-p", "no:cacheprovider",

@@ -147,6 +147,14 @@ are on.
 With several worker processes (gunicorn, uvicorn workers) the `process_*`
 families carry a `pid` label, one series per live worker.
 
+## Anomaly detection and forecasts
+
+Exposed by `mestres-observability anomaly serve` on its own port (9464 by
+default), not by the service; the rendered stack reads them when rendered with
+`--anomaly-rules` (see [Anomaly detection](../anomaly.md)).
+
+{reference_table(entries(source="anomaly"))}
+
 ## Differences from the seed
 
 - `http_requests_total` and `http_request_duration_seconds` label the route

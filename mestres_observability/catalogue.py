@@ -76,17 +76,18 @@ KINDS: tuple[str, ...] = ("counter", "gauge", "histogram", "summary", "info")
 
 #: What a metric is about; dashboards and rule files are organised by group.
 Group = Literal["http", "business", "infrastructure", "health", "self", "process", "system",
-                "rum", "tasks", "outbound", "database", "jobs"]
+                "rum", "tasks", "outbound", "database", "jobs", "anomaly"]
 GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self", "process",
-                           "system", "rum", "tasks", "outbound", "database", "jobs")
+                           "system", "rum", "tasks", "outbound", "database", "jobs", "anomaly")
 
 #: Which part of the library produces a family's values.
-Source = Literal["library", "system", "process"]
-SOURCES: tuple[str, ...] = ("library", "system", "process")
+Source = Literal["library", "system", "process", "anomaly"]
+SOURCES: tuple[str, ...] = ("library", "system", "process", "anomaly")
 
 #: Processes that expose metrics: ``"service"`` is the instrumented application
-#: (every worker of it). Later: ``"anomaly-serve"``.
-PROCESSES: tuple[str, ...] = ("service",)
+#: (every worker of it); ``"anomaly-serve"`` is ``mestres-observability anomaly
+#: serve`` (detection and forecasts over Prometheus data, on its own port).
+PROCESSES: tuple[str, ...] = ("service", "anomaly-serve")
 
 #: :attr:`MetricDef.feature` of a family exposed whatever the settings.
 ALWAYS = "always"
@@ -142,7 +143,9 @@ class MetricDef:
         source: ``"library"`` (a prometheus_client metric built by
             :class:`~mestres_observability.metrics.LibraryMetrics`, attribute
             of the same name), ``"system"`` or ``"process"`` (computed at
-            scrape time by the collectors of :mod:`mestres_observability.system`).
+            scrape time by the collectors of :mod:`mestres_observability.system`),
+            or ``"anomaly"`` (set by ``anomaly serve``, process ``anomaly-serve``;
+            its :attr:`feature` is a setting of the rendered monitoring stack).
         multiprocess_labels: labels added only in multiprocess mode (``pid``
             on ``process_*``: one series per live worker).
         created: counters, histograms and summaries: whether the family has a
@@ -491,6 +494,29 @@ CATALOGUE: tuple[MetricDef, ...] = (
     MetricDef("process_threads", "gauge", "Number of OS threads in the process.",
               prefixed=False, group="process", feature="process_metrics",
               source="process", multiprocess_labels=("pid",)),
+    # ---- `mestres-observability anomaly serve`, on its own port (dashboards and the
+    #      anomaly rules read them when the stack is rendered with --anomaly-rules)
+    MetricDef("anomaly_score", "gauge",
+              "Anomaly score of the last point of each watched series: 0 usual, 1 further out "
+              "than anything in its history.",
+              ("metric",), ("metric",), prefixed=False, group="anomaly", feature="anomaly_rules",
+              process="anomaly-serve", source="anomaly"),
+    MetricDef("anomalies_total", "counter",
+              "Anomalies reported, by watched series and severity.",
+              ("metric", "severity"), ("metric",), prefixed=False, group="anomaly",
+              feature="anomaly_rules", process="anomaly-serve", source="anomaly"),
+    MetricDef("forecast", "gauge",
+              "Forecast of each watched series, by horizon (1h, 4h...).",
+              ("metric", "horizon"), ("metric",), prefixed=False, group="anomaly",
+              feature="anomaly_rules", process="anomaly-serve", source="anomaly"),
+    MetricDef("forecast_lower", "gauge",
+              "Lower bound of the forecast's 80% prediction interval, by horizon.",
+              ("metric", "horizon"), ("metric",), prefixed=False, group="anomaly",
+              feature="anomaly_rules", process="anomaly-serve", source="anomaly"),
+    MetricDef("forecast_upper", "gauge",
+              "Upper bound of the forecast's 80% prediction interval, by horizon.",
+              ("metric", "horizon"), ("metric",), prefixed=False, group="anomaly",
+              feature="anomaly_rules", process="anomaly-serve", source="anomaly"),
 )
 
 _BY_NAME: dict[str, MetricDef] = {d.name: d for d in CATALOGUE}
@@ -542,9 +568,12 @@ def find_sample(sample: str, namespace: str = "", *, created: bool = True) -> Me
 def is_enabled(entry: MetricDef, settings: object) -> bool:
     """Whether ``entry`` is exposed under ``settings``.
 
-    ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` or a
-    mapping of setting names to values (missing settings take their default:
-    on, except those in :data:`OFF_BY_DEFAULT`). A family whose
+    ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` (or
+    another settings object, such as the monitoring stack's ``RenderSettings``)
+    or a mapping of setting names to values; a setting it does not have takes
+    its default: on, except those in :data:`OFF_BY_DEFAULT` (so a family of
+    another process, such as ``anomaly-serve``, is not switched off by the
+    service's settings). A family whose
     :attr:`~MetricDef.feature` is :data:`ALWAYS` is exposed whatever the
     settings; any other needs its setting and the master switch ``enabled``
     to be true.
@@ -555,7 +584,7 @@ def is_enabled(entry: MetricDef, settings: object) -> bool:
     def setting(name: str) -> bool:
         if isinstance(settings, Mapping):
             return bool(settings.get(name, name not in OFF_BY_DEFAULT))
-        return bool(getattr(settings, name))
+        return bool(getattr(settings, name, name not in OFF_BY_DEFAULT))
 
     return setting("enabled") and setting(entry.feature)
 

@@ -236,3 +236,14 @@ def check(directory: Path, namespace: str | None, strict: bool) -> None:
         report.skip("metrics and labels of every expression", "no rule files rendered")
     if report.failed or (strict and report.skipped):
         raise SystemExit(1)
+
+
+def _add_tool_groups() -> None:
+    """The anomaly-detection and incident-response groups (their numerical parts load on use)."""
+    from .anomaly.cli import anomaly, incidents
+
+    main.add_command(anomaly)
+    main.add_command(incidents)
+
+
+_add_tool_groups()

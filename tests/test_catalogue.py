@@ -39,6 +39,9 @@ from mestres_observability.testing import fresh_observability
 from tests.test_multiprocess import _private_dir, _run
 
 ROOT = Path(__file__).resolve().parent.parent
+#: what an instance of the library exposes (other processes' entries, such as
+#: `anomaly serve`'s, are exposed elsewhere: tests/test_anomaly_serve.py)
+SERVICE = catalogue.entries(process="service")
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 GUARDED = {"counter": GuardedCounter, "gauge": GuardedGauge, "histogram": GuardedHistogram}
 
@@ -97,7 +100,7 @@ def _families(body: str) -> dict[str, Any]:
 
 def _expected(settings: dict[str, Any]) -> dict[str, MetricDef]:
     namespace = settings.get("namespace", "")
-    return {d.family_name(namespace): d for d in CATALOGUE if is_enabled(d, settings)}
+    return {d.family_name(namespace): d for d in SERVICE if is_enabled(d, settings)}
 
 
 def _check_exposure(settings: dict[str, Any], scrape: dict[str, str], *, multiprocess: bool) -> None:
@@ -153,7 +156,7 @@ def test_families_of_an_instance_in_this_process_are_in_the_catalogue() -> None:
     for settings in ({}, {"rum_enabled": True}):
         with fresh_observability(**settings) as obs:
             collected = {m.name: m.type for m in obs.registry.collect()}
-        assert collected == {d.family_name(): d.kind for d in CATALOGUE
+        assert collected == {d.family_name(): d.kind for d in SERVICE
                              if is_enabled(d, settings)}
 
 
@@ -164,7 +167,7 @@ def test_with_the_global_registry_every_entry_is_still_exposed_once() -> None:
         body = obs.render_metrics(accept=OPENMETRICS).body.decode()
         own = {m.name for m in obs.registry.collect()}
     exposed = _families(body)
-    ours = {d.family_name() for d in CATALOGUE if is_enabled(d, obs.config)}
+    ours = {d.family_name() for d in SERVICE if is_enabled(d, obs.config)}
     # process_* families prometheus_client's global registry already has are left to it
     assert ours <= set(exposed)
     assert own <= ours
@@ -193,7 +196,7 @@ def test_library_metrics_attributes_are_plain_instance_attributes_of_the_catalog
 
 
 def test_library_and_system_tables_partition_the_catalogue() -> None:
-    assert LIBRARY_METRICS + SYSTEM_METRICS == CATALOGUE
+    assert LIBRARY_METRICS + SYSTEM_METRICS == SERVICE
     assert all(d.source == "library" for d in LIBRARY_METRICS)
     assert {d.source for d in SYSTEM_METRICS} == {"system", "process"}
     assert metrics.MetricDef is vars(system)["MetricDef"] is MetricDef
@@ -256,13 +259,17 @@ def test_entry_is_well_formed(entry: MetricDef) -> None:
         assert isinstance(buckets, tuple)
         assert buckets
         assert all(isinstance(b, float) for b in buckets)
-    if entry.feature != ALWAYS:
+    if entry.feature != ALWAYS and entry.process == "service":
         assert isinstance(getattr(cfg, entry.feature), bool), entry.feature
+    if entry.process != "service":  # a setting of the rendered stack (dashboards, rules)
+        from mestres_observability.monitoring.settings import RenderSettings
+
+        assert isinstance(getattr(RenderSettings(), entry.feature), bool), entry.feature
     for namespace in ("", "shop"):
         c = ObservabilityConfig(namespace=namespace)
         assert entry.exposed_name(namespace) == (
             c.metric_name(entry.name) if entry.prefixed else entry.name)
-    if entry.source != "library":
+    if entry.source in ("system", "process"):
         assert entry.process == "service"
         assert entry.data_labels == ()  # scrape-time families have no data-derived labels
 
@@ -348,7 +355,9 @@ def test_entries_filters() -> None:
     assert catalogue.entries(source="library") == LIBRARY_METRICS
     assert {d.name for d in catalogue.entries(group="health")} == {
         "health_check_status", "health_check_duration_seconds"}
-    assert catalogue.entries(process="anomaly-serve") == ()
+    assert {d.name for d in catalogue.entries(process="anomaly-serve")} == {
+        "anomaly_score", "anomalies_total", "forecast", "forecast_lower", "forecast_upper"}
+    assert catalogue.entries(process="anomaly-serve") == catalogue.entries(source="anomaly")
 
 
 def test_is_enabled_follows_the_feature_and_the_master_switch() -> None:

@@ -59,6 +59,12 @@ def _module(name: str) -> object | None:
     return importlib.import_module(qualified)
 
 
+def _tool_module(qualified: str) -> object | None:
+    if importlib.util.find_spec(qualified.rpartition(".")[0]) is None:
+        return None
+    return importlib.import_module(qualified)
+
+
 def render_files(settings: RenderSettings, notes: list[str] | None = None) -> dict[str, str]:
     """Every file of the stack for ``settings``: relative path -> content.
 
@@ -78,7 +84,8 @@ def render_files(settings: RenderSettings, notes: list[str] | None = None) -> di
             notes.append(f"{name}: not rendered (mestres_observability.monitoring.{name} is "
                          "not part of this version)")
     if settings.anomaly_rules:
-        module = _module("anomaly")
+        # found by name: the anomaly tool sits above monitoring in the layers and imports it
+        module = _tool_module("mestres_observability.anomaly.rules")
         render = getattr(module, "render", None)
         anomaly_metrics = [e for e in catalogue.CATALOGUE if e.name.startswith("anomaly_")]
         if callable(render):

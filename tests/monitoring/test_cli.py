@@ -170,8 +170,19 @@ def test_console_script_is_declared() -> None:
     assert '"pyyaml>=6"' in text
 
 
-def test_anomaly_rules_say_why_they_are_not_rendered_yet(tmp_path: Path) -> None:
-    code, out = invoke("render", "--out", str(tmp_path), "--anomaly-rules")
+def test_anomaly_rules_are_rendered_with_their_tests_only_when_asked(tmp_path: Path) -> None:
+    code, out = invoke("render", "--out", str(tmp_path / "with"), "--anomaly-rules")
     assert code == 0, out
-    assert "note: anomaly rules: not rendered" in out
-    assert not (tmp_path / "prometheus" / "rules" / "anomaly.yml").exists()
+    assert "anomaly rules: not rendered" not in out
+    assert (tmp_path / "with" / "prometheus" / "rules" / "anomaly.yml").exists()
+    assert (tmp_path / "with" / "prometheus" / "tests" / "anomaly.yml").exists()
+    code, out = invoke("render", "--out", str(tmp_path / "without"))
+    assert code == 0, out
+    assert not (tmp_path / "without" / "prometheus" / "rules" / "anomaly.yml").exists()
+
+
+def test_the_tool_groups_are_attached() -> None:
+    code, out = invoke("--help")
+    assert code == 0, out
+    for group in ("anomaly", "incidents", "render", "check"):
+        assert group in out

@@ -1,0 +1,247 @@
+"""The detectors: what they catch and what they leave alone, bounded state, gaps,
+model files, and the optional extra kept out of the core."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mestres_observability.anomaly import model as model_file
+from mestres_observability.anomaly.detector import Point, anomalies, run, severity
+from mestres_observability.anomaly.seasonal import SeasonalDetector, SeasonalParams
+from tests._support import require_module
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP = 300.0  # 5 minutes
+DAY_POINTS = int(86400 / STEP)
+
+
+def daily_series(days: int, seed: int = 1) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    ts = [1_700_000_000.0 - 1_700_000_000.0 % 86400 + i * STEP for i in range(days * DAY_POINTS)]
+    xs = [100 + 50 * math.sin(2 * math.pi * (t % 86400) / 86400) + rng.gauss(0, 3) for t in ts]
+    return ts, xs
+
+
+def split(ts: list[float], xs: list[float], at: int) -> tuple[list[float], ...]:
+    return ts[:at], xs[:at], ts[at:], xs[at:]
+
+
+# ---------------------------------------------------------------- seasonal detector
+def test_seasonal_detector_flags_a_spike_once_and_not_the_usual_cycle() -> None:
+    ts, xs = daily_series(10)
+    at = 7 * DAY_POINTS
+    xs[at + 100] += 80  # a spike, inside the usual range of the day's cycle
+    d = SeasonalDetector().fit(ts[:at], xs[:at])
+    points = run(d, "load", ts[at:], xs[at:])
+    found = anomalies(points)
+    assert [p.timestamp for p in found] == [ts[at + 100]]
+    assert found[0].metric == "load"
+    assert found[0].severity in ("medium", "high", "critical")
+    assert found[0].score >= d.alert_score
+    assert all(0.0 <= p.score <= 1.0 for p in points)
+
+
+def test_a_drop_at_a_busy_time_of_day_is_caught_by_the_daily_baseline() -> None:
+    ts, xs = daily_series(10, seed=2)
+    at = 8 * DAY_POINTS
+    peak = at + DAY_POINTS // 4  # the sine's maximum: 150
+    for i in range(peak, peak + 12):
+        xs[i] = 60.0  # low for noon, but an ordinary value at night
+    d = SeasonalDetector().fit(ts[:at], xs[:at])
+    found = anomalies(run(d, "orders", ts[at:], xs[at:]))
+    assert len(found) == 1  # one report for the hour-long episode (cool-down)
+    assert ts[peak] <= found[0].timestamp <= ts[peak + 2]
+
+
+def test_cooldown_suppresses_the_rest_of_an_episode_then_rearms() -> None:
+    ts, xs = daily_series(9, seed=3)
+    at = 7 * DAY_POINTS
+    xs[at + 10] += 200
+    xs[at + 20] += 200  # inside the cool-down: not reported
+    xs[at + 400] += 200  # after it: reported
+    d = SeasonalDetector(SeasonalParams(cooldown=100)).fit(ts[:at], xs[:at])
+    verdicts = d.score_many(ts[at:], xs[at:])
+    assert [i for i, v in enumerate(verdicts) if v.is_anomaly] == [10, 400]
+    assert verdicts[20].suppressed
+    assert not verdicts[20].is_anomaly
+
+
+def test_gaps_update_nothing_and_a_long_one_is_reported_once_as_absent() -> None:
+    ts, xs = daily_series(8, seed=4)
+    at = 7 * DAY_POINTS
+    d = SeasonalDetector(SeasonalParams(absent_after=5)).fit(ts[:at], xs[:at])
+    before = json.dumps(d.state())
+    verdicts = [d.update(ts[at + i], math.nan) for i in range(12)]
+    assert [v.kind for v in verdicts if v.is_anomaly] == ["absent"]
+    assert all(math.isnan(v.score) for v in verdicts if not v.is_anomaly)
+    state = d.state()
+    assert state["missing"] == 12
+    state["missing"] = 0
+    assert json.dumps(state) == before  # nothing else learned from a gap
+
+
+def test_state_is_bounded_whatever_the_length_of_the_series() -> None:
+    params = SeasonalParams(window=200, seasonal_window=300, rank_window=500)
+    sizes = []
+    for days in (6, 12):
+        ts, xs = daily_series(days, seed=5)
+        d = SeasonalDetector(params).fit(ts, xs)
+        sizes.append(len(json.dumps(d.state())) // 1000)
+    assert sizes[1] <= sizes[0] * 1.1  # twice the points, the same state
+
+
+def test_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="window must be at least 1"):
+        SeasonalParams(window=0)
+    with pytest.raises(ValueError, match="components"):
+        SeasonalParams(components=("level", "hourly"))
+    with pytest.raises(ValueError, match="alpha"):
+        SeasonalParams(alpha=1.5)
+    p = SeasonalParams.for_history(600)
+    assert (p.window, p.cooldown) == (600, 150)
+    assert p.threshold == pytest.approx(5 / 601)  # five components, beyond the whole window
+
+
+def test_severity_follows_the_seed_thresholds() -> None:
+    assert [severity(s) for s in (0.95, 0.8, 0.6, 0.4, 0.1)] == [
+        "critical", "high", "medium", "low", "low"]
+
+
+def test_point_as_dict_is_json() -> None:
+    p = Point(1.0, "m", math.nan, math.nan, False, "", "")
+    assert json.loads(json.dumps(p.as_dict())) == {
+        "timestamp": 1.0, "metric": "m", "value": None, "score": None, "is_anomaly": False,
+        "severity": "", "kind": ""}
+
+
+# ---------------------------------------------------------------- model files
+def test_model_round_trip_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    ts, xs = daily_series(9, seed=6)
+    at = 7 * DAY_POINTS
+    xs[at + 50] += 150
+    trained = SeasonalDetector().fit(ts[:at], xs[:at])
+    path = tmp_path / "model.json"
+    model_file.save(model_file.Model("seasonal", {"load": trained}, info={"step": 300}), path)
+    loaded = model_file.load(path)
+    assert loaded.kind == "seasonal"
+    assert loaded.info == {"step": 300}
+    again = loaded.detectors["load"]
+    assert again.score_many(ts[at:], xs[at:]) == trained.score_many(ts[at:], xs[at:])
+    assert b"pickle" not in path.read_bytes()
+
+
+def test_a_model_file_of_another_version_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    ts, xs = daily_series(2)
+    path = tmp_path / "model.json"
+    model_file.save(model_file.Model("seasonal", {"m": SeasonalDetector().fit(ts, xs)}), path)
+    body = json.loads(path.read_text())
+    body["version"] = 99
+    path.write_text(json.dumps(body))
+    with pytest.raises(model_file.ModelFormatError, match=r"format version 99.*train the model again"):
+        model_file.load(path)
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(model_file.ModelFormatError, match="not a mestres-observability anomaly model"):
+        model_file.load(path)
+    path.write_bytes(b"\x80\x04\x95 pickle")
+    with pytest.raises(model_file.ModelFormatError, match="not JSON"):
+        model_file.load(path)
+    body["version"] = model_file.FORMAT_VERSION
+    del body["metrics"]["m"]["level"]
+    path.write_text(json.dumps(body))
+    with pytest.raises(model_file.ModelFormatError, match="damaged"):
+        model_file.load(path)
+
+
+# ---------------------------------------------------------------- IsolationForest
+def test_isolation_forest_is_fitted_on_history_only_and_round_trips(tmp_path: Path) -> None:
+    require_module("sklearn")
+    from mestres_observability.anomaly.forest import ForestParams, IsolationForestDetector
+
+    ts, xs = daily_series(9, seed=7)
+    at = 7 * DAY_POINTS
+    xs[at + 100] += 120
+    d = IsolationForestDetector(ForestParams(cooldown=50)).fit(ts[:at], xs[:at])
+    verdicts = d.score_many(ts[at:], xs[at:])
+    flagged = [i for i, v in enumerate(verdicts) if v.is_anomaly]
+    assert flagged[0] in (100, 101)  # the spike, or the next point (its window holds the spike)
+    assert len(flagged) <= 10  # not a fixed share of the batch (the seed's contamination=0.1)
+    path = tmp_path / "forest.json"
+    d2 = IsolationForestDetector(ForestParams(cooldown=50)).fit(ts[:at], xs[:at])
+    model_file.save(model_file.Model("isolation-forest", {"m": d2}), path)
+    loaded = model_file.load(path).detectors["m"]
+    assert loaded.score_many(ts[at:], xs[at:]) == verdicts  # refitted with its seed: same scores
+
+
+def test_isolation_forest_leaves_gaps_unscored_and_needs_history() -> None:
+    require_module("sklearn")
+    from mestres_observability.anomaly.forest import IsolationForestDetector
+
+    ts, xs = daily_series(3, seed=8)
+    with pytest.raises(ValueError, match="needs at least 30 points"):
+        IsolationForestDetector().fit(ts[:15], xs[:15])
+    d = IsolationForestDetector().fit(ts[:500], xs[:500])
+    window = [xs[500], math.nan, xs[502]]
+    verdicts = d.score_many(ts[500:503], window)
+    assert not math.isnan(verdicts[0].score)
+    assert all(math.isnan(v.score) for v in verdicts[1:])  # a gap in the rolling window: no score
+    with pytest.raises(RuntimeError, match="fit"):
+        IsolationForestDetector().score_many([1.0], [1.0])
+
+
+# ---------------------------------------------------------------- the optional extra
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, check=False, env=env)
+
+
+def test_the_library_never_imports_numpy_or_scikit_learn() -> None:
+    proc = _python("""
+        import importlib, json, pkgutil, sys
+        import mestres_observability as m
+        skipped = []
+        for info in pkgutil.walk_packages(m.__path__, "mestres_observability."):
+            if info.name.startswith(("mestres_observability.anomaly", "mestres_observability.django")):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except ImportError as exc:  # a framework adapter whose framework is missing
+                skipped.append(f"{info.name}: {exc}")
+        import mestres_observability.anomaly, mestres_observability.anomaly.seasonal
+        import mestres_observability.anomaly.nab, mestres_observability.anomaly.model
+        print(json.dumps({"loaded": sorted(k for k in sys.modules
+                                           if k.split(".")[0] in ("numpy", "sklearn", "scipy")),
+                          "skipped": skipped}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+
+
+def test_a_missing_extra_names_the_pip_command() -> None:
+    proc = _python("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("numpy", "sklearn"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from mestres_observability import MissingExtraError
+        from mestres_observability.anomaly.seasonal import SeasonalDetector
+        SeasonalDetector().update(0.0, 1.0)  # the seasonal detector needs no extra
+        try:
+            import mestres_observability.anomaly.forest
+        except MissingExtraError as exc:
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'mestres-observability[anomaly]'" in proc.stdout

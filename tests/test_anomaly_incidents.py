@@ -1,0 +1,293 @@
+"""Incident response: de-duplication, grouping, escalation, cool-down, one resolution,
+state across restarts, actions, and the Alertmanager receiver over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mestres_observability.anomaly.detector import Point
+from mestres_observability.anomaly.incidents import (
+    Action,
+    IncidentManager,
+    alert_severity,
+    make_server,
+)
+from tests._support import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeNotifier:
+    def __init__(self, kind: str, ok: bool = True) -> None:
+        self.kind = kind
+        self.ok = ok
+        self.sent: list[Any] = []
+
+    def send_alert(self, alert: Any) -> Any:
+        self.sent.append(alert)
+        return SimpleNamespace(ok=self.ok)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def point(score: float, metric: str = "orders", t: float = 0.0) -> Point:
+    sev = "critical" if score > 0.9 else "high" if score > 0.7 else "medium" if score > 0.5 else "low"
+    return Point(t, metric, 3.0, score, True, sev, "daily")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[IncidentManager, dict[str, FakeNotifier], Clock]:
+    notifiers = {k: FakeNotifier(k) for k in ("slack", "email", "webhook")}
+    clock = Clock()
+    m = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), service="shop",
+                        clock=clock, cooldown=600, resolve_after=300)
+    return m, notifiers, clock
+
+
+def counts(notifiers: dict[str, FakeNotifier]) -> dict[str, int]:
+    return {k: len(n.sent) for k, n in notifiers.items()}
+
+
+def test_an_ongoing_incident_is_paged_once_and_resolved_once(setup: Any) -> None:
+    m, notifiers, clock = setup
+    first = m.handle_anomaly(point(0.95))
+    for _ in range(5):  # the same metric keeps being anomalous: the same incident
+        clock.now += 60
+        assert m.handle_anomaly(point(0.97)).id == first.id
+    assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}
+    alert = notifiers["slack"].sent[0]
+    assert alert.severity == "critical"
+    assert alert.service == "shop"
+    assert alert.labels["status"] == "firing"
+    assert m.get(first.id).events == 6
+    m.tick()  # not quiet long enough yet
+    assert m.get(first.id).status == "open"
+    clock.now += 301
+    m.tick()
+    m.tick()
+    assert m.get(first.id).status == "resolved"
+    assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}  # one resolution each
+    assert notifiers["webhook"].sent[-1].name.startswith("RESOLVED")
+    assert notifiers["webhook"].sent[-1].labels["status"] == "resolved"
+
+
+def test_cooldown_reopens_the_same_incident_without_paging_then_a_new_one(setup: Any) -> None:
+    m, notifiers, clock = setup
+    first = m.handle_anomaly(point(0.95))
+    clock.now += 400
+    m.tick()
+    assert m.get(first.id).status == "resolved"
+    clock.now += 100  # within the 600 s cool-down: flapping, the same incident
+    again = m.handle_anomaly(point(0.95))
+    assert again.id == first.id
+    assert again.status == "open"
+    assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}  # no second page
+    clock.now += 400
+    m.tick()
+    clock.now += 700
+    later = m.handle_anomaly(point(0.95))
+    assert later.id != first.id
+    assert counts(notifiers)["slack"] == 3  # a new incident is paged
+
+
+def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, tmp_path: Path) -> None:
+    _, notifiers, clock = setup
+    scaled: list[int] = []
+    m = IncidentManager(tmp_path / "esc.sqlite", list(notifiers.values()), clock=clock,
+                        actions=[Action("autoscale", lambda i: scaled.append(i.id))])
+    i = m.handle_anomaly(point(0.6, metric='orders{product_id="latte"}'))
+    assert counts(notifiers) == {"slack": 0, "email": 0, "webhook": 1}
+    clock.now += 1
+    m.handle_anomaly(point(0.8, metric='orders{product_id="espresso"}'))  # grouped: same metric
+    assert counts(notifiers) == {"slack": 1, "email": 0, "webhook": 1}
+    assert scaled == []
+    clock.now += 1
+    m.handle_anomaly(point(0.99))
+    m.handle_anomaly(point(0.99))
+    assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}
+    assert scaled == [i.id]
+    assert m.get(i.id).severity == "critical"
+    assert m.handle_anomaly(point(0.2, metric="latency")).id != i.id  # another metric
+    assert m.deliveries(i.id) == [("webhook", "page", "medium"), ("slack", "page", "high"),
+                                  ("email", "page", "critical")]
+
+
+def test_state_survives_a_restart(setup: Any, tmp_path: Path) -> None:
+    m, notifiers, clock = setup
+    i = m.handle_anomaly(point(0.95))
+    m.close()
+    again = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), clock=clock,
+                            resolve_after=300)
+    assert again.handle_anomaly(point(0.95)).id == i.id
+    assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}  # not paged twice
+    clock.now += 400
+    again.tick()
+    assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}
+
+
+def test_a_failed_delivery_is_retried_on_the_next_tick(tmp_path: Path) -> None:
+    flaky = FakeNotifier("webhook", ok=False)
+    clock = Clock()
+    m = IncidentManager(tmp_path / "s.sqlite", [flaky], clock=clock)
+    i = m.handle_anomaly(point(0.6))
+    assert len(flaky.sent) == 1
+    assert m.deliveries(i.id) == []
+    flaky.ok = True
+    m.tick()
+    m.tick()
+    assert len(flaky.sent) == 2
+    assert m.deliveries(i.id) == [("webhook", "page", "medium")]
+
+
+def am_payload(status: str, *alerts: tuple[str, str, str]) -> dict[str, Any]:
+    return {"version": "4", "status": status, "receiver": "incidents", "alerts": [
+        {"status": st, "labels": {"alertname": name, "service": "shop", "severity": "critical",
+                                  "instance": inst},
+         "annotations": {"summary": f"{name} on {inst}"}, "startsAt": "2026-01-01T00:00:00Z",
+         "fingerprint": f"{name}-{inst}"} for name, inst, st in alerts]}
+
+
+def test_alertmanager_alerts_group_and_resolve_when_all_are_resolved(setup: Any) -> None:
+    m, notifiers, _ = setup
+    (i,) = m.handle_alertmanager(am_payload("firing", ("HighErrorRate", "a", "firing"),
+                                            ("HighErrorRate", "b", "firing")))
+    assert i.alerts == {"HighErrorRate-a": "firing", "HighErrorRate-b": "firing"}
+    m.handle_alertmanager(am_payload("firing", ("HighErrorRate", "a", "firing")))  # repeat
+    assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}
+    (i,) = m.handle_alertmanager(am_payload("resolved", ("HighErrorRate", "a", "resolved")))
+    assert i.status == "open"
+    (i,) = m.handle_alertmanager(am_payload("resolved", ("HighErrorRate", "b", "resolved")))
+    assert i.status == "resolved"
+    assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}
+    assert m.handle_alertmanager(am_payload("resolved", ("HighErrorRate", "b", "resolved"))) == []
+    assert alert_severity("warning") == "medium"
+    assert alert_severity("page") == "critical"
+    with pytest.raises(ValueError, match="no 'alerts' list"):
+        m.handle_alertmanager({"status": "firing"})
+
+
+# ---------------------------------------------------------------- over HTTP
+class Receiver:
+    """A local HTTP server that records what notifiers POST to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Any] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                n = int(self.headers["Content-Length"])
+                outer.bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def post(url: str, body: Any) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, receiver: Receiver) -> None:
+    from mestres_observability.anomaly.cli import _JsonWebhook
+
+    m = IncidentManager(tmp_path / "s.sqlite", [_JsonWebhook(receiver.url, "webhook")])
+    server = make_server(m, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, body = post(base + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))
+        assert status == 200
+        assert len(body["incidents"]) == 1
+        assert receiver.bodies[0]["name"] == "Down"
+        assert receiver.bodies[0]["severity"] == "critical"
+        status, body = post(base + "/anomaly", point(0.8).as_dict())
+        assert status == 200
+        assert post(base + "/alertmanager", b"{not json")[0] == 400
+        assert post(base + "/alertmanager", {"nope": 1})[0] == 400
+        assert post(base + "/elsewhere", {})[0] == 404
+        with urllib.request.urlopen(base + "/incidents?status=open", timeout=5) as r:
+            listed = json.loads(r.read())
+        assert {i["source"] for i in listed} == {"alertmanager", "anomaly"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        m.close()
+
+
+def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
+                                                             receiver: Receiver) -> None:
+    db = tmp_path / "incidents.sqlite"
+    code = "from mestres_observability.anomaly.cli import incidents; incidents()"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
+                                 "--db", str(db), "--webhook", receiver.url],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+
+        wait_until(up, timeout=30, message="incidents serve")
+        return proc, url
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+
+    proc, url = start()
+    assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
+    stop(proc)
+    proc, url = start()  # the same alert still firing after a restart: not paged again
+    assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
+    assert post(url + "/alertmanager", am_payload("resolved", ("Down", "x", "resolved")))[0] == 200
+    stop(proc)
+    assert [b["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]
