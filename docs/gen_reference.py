@@ -124,6 +124,17 @@ are on.
 With several worker processes (gunicorn, uvicorn workers) the `process_*`
 families carry a `pid` label, one series per live worker.
 
+## Python runtime metrics
+
+prometheus_client's own garbage-collector and platform families, on the
+instance's registry while `runtime_metrics` and `enabled` are on (the
+`python_gc_*` ones on CPython only). With several worker processes each worker
+writes its own garbage-collector counts to the shared files, labelled by
+`pid` (at most `runtime_metrics_interval` seconds old; the worker serving the
+scrape writes its own first); `python_info` is the serving worker's.
+
+{reference_table(entries(source="runtime"))}
+
 ## Differences from the seed
 
 - `http_requests_total` and `http_request_duration_seconds` label the route

@@ -9,7 +9,8 @@ serves it) and how it is documented. Everything else reads this table:
 * :class:`~mestres_observability.metrics.LibraryMetrics` builds one attribute
   per entry whose :attr:`~MetricDef.source` is ``"library"``;
 * the scrape-time collectors of :mod:`mestres_observability.system` take the
-  names, labels and help texts of the ``"system"`` and ``"process"`` entries;
+  names, labels and help texts of the ``"system"`` and ``"process"`` entries,
+  :mod:`mestres_observability.runtime` those of the ``"runtime"`` ones;
 * the metrics reference page of the docs (``docs/gen_reference.py``) is
   generated with :func:`reference_table`;
 * alert rules, dashboards and the browser (RUM) and anomaly metrics are to be
@@ -81,8 +82,8 @@ GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self
                            "system", "rum", "tasks", "outbound", "database", "jobs")
 
 #: Which part of the library produces a family's values.
-Source = Literal["library", "system", "process"]
-SOURCES: tuple[str, ...] = ("library", "system", "process")
+Source = Literal["library", "system", "process", "runtime"]
+SOURCES: tuple[str, ...] = ("library", "system", "process", "runtime")
 
 #: Processes that expose metrics: ``"service"`` is the instrumented application
 #: (every worker of it). Later: ``"anomaly-serve"``.
@@ -142,7 +143,9 @@ class MetricDef:
         source: ``"library"`` (a prometheus_client metric built by
             :class:`~mestres_observability.metrics.LibraryMetrics`, attribute
             of the same name), ``"system"`` or ``"process"`` (computed at
-            scrape time by the collectors of :mod:`mestres_observability.system`).
+            scrape time by the collectors of :mod:`mestres_observability.system`),
+            ``"runtime"`` (prometheus_client's garbage-collector and platform
+            families, registered by :mod:`mestres_observability.runtime`).
         multiprocess_labels: labels added only in multiprocess mode (``pid``
             on ``process_*``: one series per live worker).
         created: counters, histograms and summaries: whether the family has a
@@ -491,6 +494,31 @@ CATALOGUE: tuple[MetricDef, ...] = (
     MetricDef("process_threads", "gauge", "Number of OS threads in the process.",
               prefixed=False, group="process", feature="process_metrics",
               source="process", multiprocess_labels=("pid",)),
+    # ---- the Python runtime (runtime module): prometheus_client's GCCollector and
+    #      PlatformCollector families; in multiprocess mode each worker's, labelled by pid
+    MetricDef("python_gc_objects_collected_total", "counter", "Objects collected during gc",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Objects the garbage collector collected, by generation (`0`, `1`, "
+              "`2`; CPython only)."),
+    MetricDef("python_gc_objects_uncollectable_total", "counter",
+              "Uncollectable objects found during GC",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Objects the garbage collector found uncollectable, by generation "
+              "(CPython only); above zero, something keeps reference cycles it cannot free."),
+    MetricDef("python_gc_collections_total", "counter",
+              "Number of times this generation was collected",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Collections of each generation by the garbage collector (CPython "
+              "only)."),
+    MetricDef("python_info", "gauge", "Python platform information",
+              ("implementation", "major", "minor", "patchlevel", "version"), prefixed=False,
+              group="process", feature="runtime_metrics", source="runtime",
+              description="Always 1; the interpreter (`implementation`, `version`, `major`, "
+              "`minor`, `patchlevel`). In multiprocess mode the scraping worker's, the same "
+              "in every worker."),
 )
 
 _BY_NAME: dict[str, MetricDef] = {d.name: d for d in CATALOGUE}

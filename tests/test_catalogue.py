@@ -34,6 +34,7 @@ from mestres_observability.metrics import (
     LibraryMetrics,
     metrics_reference,
 )
+from mestres_observability.runtime import RUNTIME_METRICS
 from mestres_observability.system import SYSTEM_METRICS
 from mestres_observability.testing import fresh_observability
 from tests.test_multiprocess import _private_dir, _run
@@ -54,6 +55,7 @@ SETTINGS: list[dict[str, Any]] = [
     {"rum_enabled": True, "namespace": "shop"},
     {"celery_metrics": False, "http_client_metrics": False, "db_metrics": False,
      "job_metrics": False},
+    {"runtime_metrics": False},
 ]
 
 #: run in a fresh interpreter (multiprocess mode is chosen at import): init with
@@ -192,10 +194,11 @@ def test_library_metrics_attributes_are_plain_instance_attributes_of_the_catalog
             assert attr.guard.limit == obs.config.limit_for(d.name)
 
 
-def test_library_and_system_tables_partition_the_catalogue() -> None:
-    assert LIBRARY_METRICS + SYSTEM_METRICS == CATALOGUE
+def test_library_system_and_runtime_tables_partition_the_catalogue() -> None:
+    assert LIBRARY_METRICS + SYSTEM_METRICS + RUNTIME_METRICS == CATALOGUE
     assert all(d.source == "library" for d in LIBRARY_METRICS)
     assert {d.source for d in SYSTEM_METRICS} == {"system", "process"}
+    assert {d.source for d in RUNTIME_METRICS} == {"runtime"}
     assert metrics.MetricDef is vars(system)["MetricDef"] is MetricDef
     # the original positional form still builds an entry
     old = metrics.MetricDef("jobs_total", "counter", "Jobs.", ("kind",), ("kind",), None, True,

@@ -414,6 +414,30 @@ def _technical(c: _Ctx) -> list[_Item]:
             (_Query(f"sum by (instance) ({c.m('active_connections')})", "{{instance}}"),),
             description="Connections the application reports (e.g. its database pool).",
             width=8))
+    gc_collections = c.on("python_gc_collections_total")
+    gc_objects = c.on("python_gc_objects_collected_total")
+    if gc_collections or gc_objects:
+        items.append(_Row("Python runtime"))
+    if gc_collections:
+        items.append(_Panel(
+            "Garbage collections per second by generation", "timeseries",
+            (_Query(_rate(c.m("python_gc_collections_total"), ["generation"]),
+                    "generation {{generation}}"),),
+            description="Collections of each generation by CPython's garbage collector, "
+            "every worker added up. A climbing generation-2 rate means long-lived objects "
+            "churn (full collections are the slow ones).", width=8))
+    if gc_objects:
+        queries = [_Query(_rate(c.m("python_gc_objects_collected_total"), ["generation"]),
+                          "collected, generation {{generation}}")]
+        if c.on("python_gc_objects_uncollectable_total"):
+            queries.append(_Query(
+                _rate(c.m("python_gc_objects_uncollectable_total"), ["generation"]),
+                "uncollectable, generation {{generation}}"))
+        items.append(_Panel(
+            "Objects freed by the garbage collector per second", "timeseries", tuple(queries),
+            description="Objects the collector freed (and found uncollectable: above zero, "
+            "reference cycles it cannot free), per generation, every worker added up.",
+            width=8))
     if c.on("health_check_status") or c.on("health_check_duration_seconds"):
         items.append(_Row("Health checks"))
     if c.on("health_check_status"):
@@ -436,6 +460,13 @@ def _technical(c: _Ctx) -> list[_Item]:
             (_Query(f"count by (service, version, environment) ({c.m('service_info')})",
                     instant=True, table=True),),
             description="Instances per service version and environment.", width=8))
+    if c.on("python_info"):
+        items.append(_Panel(
+            "Python runtimes", "table",
+            (_Query(f"count by (implementation, version) ({c.m('python_info')})",
+                    instant=True, table=True),),
+            description="Interpreter implementation and version, per series (one per "
+            "instance, from the worker that answered the scrape).", width=8))
     if c.on("mestres_observability_spans_dropped_total") and s.config.tracing_enabled:
         items.append(_Panel(
             "Spans dropped per second", "timeseries",

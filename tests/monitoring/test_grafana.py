@@ -209,6 +209,17 @@ def test_disabled_features_remove_panels() -> None:
     assert "CPU usage" not in _titles(_render(enabled=False))
 
 
+def test_runtime_panels_follow_the_setting() -> None:
+    full = _titles(_render())
+    assert {"Garbage collections per second by generation",
+            "Objects freed by the garbage collector per second", "Python runtimes"} <= full
+    off = _render(runtime_metrics=False)
+    exprs = " ".join(t["expr"] for d in _dashboards(off).values() for _, t in _targets(d))
+    assert "python_" not in exprs
+    tech = _dashboards(off)["grafana/dashboards/technical.json"]
+    assert "Python runtime" not in [p["title"] for p in tech["panels"] if p["type"] == "row"]
+
+
 def test_empty_rows_dropped() -> None:
     out = _render(system_metrics=False, process_metrics=False)
     tech = _dashboards(out)["grafana/dashboards/technical.json"]
