@@ -32,10 +32,11 @@ CHANGELOG = HERE.parent / "CHANGELOG.md"
 
 def runbook_page() -> str:
     """The runbook of the rules rendered with the default settings and every optional
-    feature on (RUM), so each alert's ``runbook_url`` finds its section."""
+    feature on (RUM, the Pushgateway), so each alert's ``runbook_url`` finds its section."""
     from mestres_observability.config import ObservabilityConfig
 
-    return runbook.page(RenderSettings(config=ObservabilityConfig(rum_enabled=True)))
+    return runbook.page(RenderSettings(config=ObservabilityConfig(rum_enabled=True),
+                                       pushgateway_target="pushgateway:9091"))
 
 
 def changelog_page() -> str:

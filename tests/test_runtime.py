@@ -161,7 +161,7 @@ def test_each_worker_writes_its_own_counts_in_multiprocess_mode(tmp_path: Path) 
     assert by_pid[child] == out["child_count"]
     assert by_pid[parent] <= out["parent_count"] < out["child_count"]
     # python_info: the serving process's, without pid
-    assert [s[1] for s in live["python_info"]["samples"]][0].keys() == {
+    assert next(s[1] for s in live["python_info"]["samples"]).keys() == {
         "implementation", "major", "minor", "patchlevel", "version"}
     # the exited worker's series went with it
     assert {s[1]["pid"] for s in gone["python_gc_collections"]["samples"]} == {parent}
