@@ -34,6 +34,7 @@ the scraping one, without ``pid``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import threading
@@ -248,13 +249,17 @@ def register_runtime_collectors(
         from ._compat import registered_names
 
         exclude = registered_names(REGISTRY)  # its GC and platform collectors stay its own
+    # a registry that already has them (prometheus_client's global one passed as the
+    # instance's registry) keeps its own: ValueError is its duplicate-name refusal
     if "python_info" not in exclude:
-        PlatformCollector(registry=registry)
+        with contextlib.suppress(ValueError):
+            PlatformCollector(registry=registry)
     if not gc_supported():
         return
     if not multiprocess:
         if not {d.name for d in _GC_ENTRIES} & exclude:
-            GCCollector(registry=registry)
+            with contextlib.suppress(ValueError):
+                GCCollector(registry=registry)
         return
     if write_files:
         registry.register(_WriteOnScrape())

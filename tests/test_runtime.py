@@ -181,3 +181,15 @@ def test_multiprocess_mode_without_the_setting_writes_nothing(tmp_path: Path) ->
     assert "python_gc" not in body
     assert "python_info" not in body
     assert not list(mpdir.glob("gauge_liveall_*.db"))
+
+
+def test_a_registry_that_already_has_them_keeps_its_own() -> None:
+    from mestres_observability._fault import FaultReporter
+    from mestres_observability.config import ObservabilityConfig
+
+    registry = CollectorRegistry(auto_describe=True)  # as the instances' and the global one
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    faults = FaultReporter()
+    runtime.register_runtime_collectors(registry, ObservabilityConfig(), faults)  # no error
+    assert sorted(m.name for m in registry.collect()) == sorted((*GC_NAMES, "python_info"))
