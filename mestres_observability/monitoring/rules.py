@@ -1192,8 +1192,9 @@ def _jobs_group(n: _Names) -> RuleGroup:
              "start, was it killed?",
              "Where the numbers come from: the Pushgateway's page (`push_time_seconds` of the "
              "job's group) or the node exporter's textfile directory."),
-            f"`job_max_age_seconds` ({limit_text}) for every job, `job_max_ages` for one job "
-            "(its period plus a margin). A job that moved to another host leaves its old "
+            f"`--job-max-age SECONDS` (`job_max_age_seconds`, {limit_text}) for every job, "
+            "`--job-max-age JOB=SECONDS` (`job_max_ages`) for one job: its period plus a "
+            "margin. A job that moved to another host leaves its old "
             "Pushgateway group behind; it does not keep this alert firing (the newest success "
             "of any host counts), but delete it from the Pushgateway. A job that never "
             "succeeded has no success series: JobFailing catches it once it has failed.",
