@@ -35,10 +35,11 @@ CHANGELOG = HERE.parent / "CHANGELOG.md"
 
 def runbook_page() -> str:
     """The runbook of the rules rendered with the default settings and every optional
-    feature on (RUM), so each alert's ``runbook_url`` finds its section."""
+    feature on (RUM, the Pushgateway), so each alert's ``runbook_url`` finds its section."""
     from mestres_observability.config import ObservabilityConfig
 
-    return runbook.page(RenderSettings(config=ObservabilityConfig(rum_enabled=True)))
+    return runbook.page(RenderSettings(config=ObservabilityConfig(rum_enabled=True),
+                                       pushgateway_target="pushgateway:9091"))
 
 
 def changelog_page() -> str:
@@ -146,6 +147,17 @@ are on.
 
 With several worker processes (gunicorn, uvicorn workers) the `process_*`
 families carry a `pid` label, one series per live worker.
+
+## Python runtime metrics
+
+prometheus_client's own garbage-collector and platform families, on the
+instance's registry while `runtime_metrics` and `enabled` are on (the
+`python_gc_*` ones on CPython only). With several worker processes each worker
+writes its own garbage-collector counts to the shared files, labelled by
+`pid` (at most `runtime_metrics_interval` seconds old; the worker serving the
+scrape writes its own first); `python_info` is the serving worker's.
+
+{reference_table(entries(source="runtime"))}
 
 ## Anomaly detection and forecasts
 

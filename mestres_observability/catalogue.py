@@ -9,7 +9,8 @@ serves it) and how it is documented. Everything else reads this table:
 * :class:`~mestres_observability.metrics.LibraryMetrics` builds one attribute
   per entry whose :attr:`~MetricDef.source` is ``"library"``;
 * the scrape-time collectors of :mod:`mestres_observability.system` take the
-  names, labels and help texts of the ``"system"`` and ``"process"`` entries;
+  names, labels and help texts of the ``"system"`` and ``"process"`` entries,
+  :mod:`mestres_observability.runtime` those of the ``"runtime"`` ones;
 * the metrics reference page of the docs (``docs/gen_reference.py``) is
   generated with :func:`reference_table`;
 * alert rules, dashboards and the browser (RUM) and anomaly metrics are to be
@@ -81,8 +82,8 @@ GROUPS: tuple[str, ...] = ("http", "business", "infrastructure", "health", "self
                            "system", "rum", "tasks", "outbound", "database", "jobs", "anomaly")
 
 #: Which part of the library produces a family's values.
-Source = Literal["library", "system", "process", "anomaly"]
-SOURCES: tuple[str, ...] = ("library", "system", "process", "anomaly")
+Source = Literal["library", "system", "process", "runtime", "anomaly"]
+SOURCES: tuple[str, ...] = ("library", "system", "process", "runtime", "anomaly")
 
 #: Processes that expose metrics: ``"service"`` is the instrumented application
 #: (every worker of it); ``"anomaly-serve"`` is ``mestres-observability anomaly
@@ -144,6 +145,8 @@ class MetricDef:
             :class:`~mestres_observability.metrics.LibraryMetrics`, attribute
             of the same name), ``"system"`` or ``"process"`` (computed at
             scrape time by the collectors of :mod:`mestres_observability.system`),
+            ``"runtime"`` (prometheus_client's garbage-collector and platform
+            families, registered by :mod:`mestres_observability.runtime`),
             or ``"anomaly"`` (set by ``anomaly serve``, process ``anomaly-serve``;
             its :attr:`feature` is a setting of the rendered monitoring stack).
         multiprocess_labels: labels added only in multiprocess mode (``pid``
@@ -494,6 +497,31 @@ CATALOGUE: tuple[MetricDef, ...] = (
     MetricDef("process_threads", "gauge", "Number of OS threads in the process.",
               prefixed=False, group="process", feature="process_metrics",
               source="process", multiprocess_labels=("pid",)),
+    # ---- the Python runtime (runtime module): prometheus_client's GCCollector and
+    #      PlatformCollector families; in multiprocess mode each worker's, labelled by pid
+    MetricDef("python_gc_objects_collected_total", "counter", "Objects collected during gc",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Objects the garbage collector collected, by generation (`0`, `1`, "
+              "`2`; CPython only)."),
+    MetricDef("python_gc_objects_uncollectable_total", "counter",
+              "Uncollectable objects found during GC",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Objects the garbage collector found uncollectable, by generation "
+              "(CPython only); above zero, something keeps reference cycles it cannot free."),
+    MetricDef("python_gc_collections_total", "counter",
+              "Number of times this generation was collected",
+              ("generation",), prefixed=False, group="process", feature="runtime_metrics",
+              source="runtime", multiprocess_labels=("pid",), created=False,
+              description="Collections of each generation by the garbage collector (CPython "
+              "only)."),
+    MetricDef("python_info", "gauge", "Python platform information",
+              ("implementation", "major", "minor", "patchlevel", "version"), prefixed=False,
+              group="process", feature="runtime_metrics", source="runtime",
+              description="Always 1; the interpreter (`implementation`, `version`, `major`, "
+              "`minor`, `patchlevel`). In multiprocess mode the scraping worker's, the same "
+              "in every worker."),
     # ---- `mestres-observability anomaly serve`, on its own port (dashboards and the
     #      anomaly rules read them when the stack is rendered with --anomaly-rules)
     MetricDef("anomaly_score", "gauge",
@@ -568,12 +596,9 @@ def find_sample(sample: str, namespace: str = "", *, created: bool = True) -> Me
 def is_enabled(entry: MetricDef, settings: object) -> bool:
     """Whether ``entry`` is exposed under ``settings``.
 
-    ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` (or
-    another settings object, such as the monitoring stack's ``RenderSettings``)
-    or a mapping of setting names to values; a setting it does not have takes
-    its default: on, except those in :data:`OFF_BY_DEFAULT` (so a family of
-    another process, such as ``anomaly-serve``, is not switched off by the
-    service's settings). A family whose
+    ``settings`` is an :class:`~mestres_observability.ObservabilityConfig` or a
+    mapping of setting names to values (missing settings take their default:
+    on, except those in :data:`OFF_BY_DEFAULT`). A family whose
     :attr:`~MetricDef.feature` is :data:`ALWAYS` is exposed whatever the
     settings; any other needs its setting and the master switch ``enabled``
     to be true.
@@ -584,7 +609,7 @@ def is_enabled(entry: MetricDef, settings: object) -> bool:
     def setting(name: str) -> bool:
         if isinstance(settings, Mapping):
             return bool(settings.get(name, name not in OFF_BY_DEFAULT))
-        return bool(getattr(settings, name, name not in OFF_BY_DEFAULT))
+        return bool(getattr(settings, name))
 
     return setting("enabled") and setting(entry.feature)
 

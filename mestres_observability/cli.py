@@ -69,6 +69,26 @@ def _slo_latency(_ctx: click.Context, _param: click.Parameter,
     return threshold, target
 
 
+def _job_max_ages(_ctx: click.Context, _param: click.Parameter,
+                  value: Sequence[str]) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    default: float | None = None
+    per_job: dict[str, float] = {}
+    for item in value:
+        name, sep, seconds = item.rpartition("=")
+        try:
+            limit = float(seconds)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not [JOB=]SECONDS (e.g. 93600 or "
+                                     "hourly_sync=5400)") from None
+        if not limit > 0 or limit == float("inf") or (sep and not name.strip()):
+            raise click.BadParameter(f"{item!r}: SECONDS > 0, and a job name before '='")
+        if sep:
+            per_job[name.strip()] = limit
+        else:
+            default = limit
+    return default, tuple(per_job.items())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mestres-observability")
 def main() -> None:
@@ -89,10 +109,21 @@ def main() -> None:
 @click.option("--slo-latency", callback=_slo_latency, metavar="SECONDS:PERCENT",
               help="Latency objective: PERCENT of requests under SECONDS, an http_buckets "
               "bound (default 0.25:99).")
+@click.option("--pushgateway", "pushgateway", metavar="HOST:PORT",
+              callback=lambda ctx, param, value: _targets(ctx, param, (value,))[0]
+              if value else None,
+              help="The Pushgateway batch jobs push to: scraped with honor_labels, and "
+              "PushgatewayDown alerts when it cannot be.")
+@click.option("--job-max-age", "job_max_ages", multiple=True, metavar="[JOB=]SECONDS",
+              callback=_job_max_ages,
+              help="JobNotSucceeded fires when a batch job's last success is older: SECONDS "
+              "for every job (default 93600, 26 h), JOB=SECONDS for one; repeat it.")
 @click.option("--anomaly-rules", is_flag=True, help="Also render the anomaly-detection rules.")
 def render(out_dir: Path, targets: tuple[str, ...], service: str | None,
            namespace: str | None, slo_availability: float | None,
-           slo_latency: tuple[float, float] | None, anomaly_rules: bool) -> None:
+           slo_latency: tuple[float, float] | None, pushgateway: str | None,
+           job_max_ages: tuple[float | None, tuple[tuple[str, float], ...]],
+           anomaly_rules: bool) -> None:
     """Render the monitoring stack into OUT."""
     from .monitoring import rules
     from .monitoring.render import render_all
@@ -119,6 +150,13 @@ def render(out_dir: Path, targets: tuple[str, ...], service: str | None,
         if problem is not None:
             raise click.UsageError(f"the default latency objective's threshold: {problem}; "
                                    "choose one with --slo-latency SECONDS:PERCENT")
+    if pushgateway is not None:
+        kwargs["pushgateway_target"] = pushgateway
+    default_age, per_job_ages = job_max_ages
+    if default_age is not None:
+        kwargs["job_max_age_seconds"] = default_age
+    if per_job_ages:
+        kwargs["job_max_ages"] = per_job_ages
     settings = RenderSettings(**kwargs)
     try:
         result = render_all(settings, out_dir)

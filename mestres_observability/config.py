@@ -215,6 +215,16 @@ class ObservabilityConfig:
     process_metrics: bool = _setting(
         True, kind="bool", doc="Collect `process_*` metrics for this process at scrape time."
     )
+    runtime_metrics: bool = _setting(
+        True, kind="bool",
+        doc="Expose prometheus_client's `python_gc_*` and `python_info` families; with several "
+        "workers, each worker's garbage-collector counts, labelled by `pid`.",
+    )
+    runtime_metrics_interval: float = _setting(
+        5.0, kind="float", minimum=0.01,
+        doc="Multiprocess mode: how often (seconds) each worker writes its garbage-collector "
+        "counts to the shared files (a worker serving a scrape writes its own first).",
+    )
     system_mountpoints: tuple[str, ...] = _setting(
         ("/",), kind="strs",
         doc="Mount points whose usage `disk_usage_percent` reports. Only these are read: a dead "

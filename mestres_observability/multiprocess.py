@@ -32,7 +32,9 @@ worker reads all of them. This module adds what prometheus_client leaves out:
   gauges (``set_active_connections``), exemplars (prometheus_client drops them in
   multiprocess mode; here the scraping worker attaches the exemplars it
   recorded itself), system metrics, and ``process_*`` metrics of every live
-  worker, read with psutil and labelled by ``pid``.
+  worker, read with psutil and labelled by ``pid``. Each worker's garbage
+  collector counts (``python_gc_*{pid}``) are written by that worker, see
+  :mod:`mestres_observability.runtime`.
 
 :func:`prepare_directory` creates the directory (mode 0700) or empties it safely
 at start-up; :mod:`mestres_observability.gunicorn` calls it for you.
@@ -63,6 +65,7 @@ from ._fault import FaultReporter
 from ._forksafe import run_after_fork
 from .config import ObservabilityConfig
 from .errors import ConfigurationError
+from .runtime import FILE_FAMILIES, from_files
 
 _fcntl: Any
 try:  # POSIX only; Windows has no fork-based servers, and there the files are read unlocked
@@ -777,6 +780,8 @@ class MultiprocessCollector:
         for family in self._file_families():
             if family.name in own:
                 continue
+            if family.name in FILE_FAMILIES:  # each worker's GC counts: counters again
+                family = from_files(family)
             if exemplars:
                 family.samples = [
                     s._replace(exemplar=exemplars.get((s.name, tuple(sorted(s.labels.items())))))

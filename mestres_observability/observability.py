@@ -105,6 +105,11 @@ class Observability:
             self._check_global_registry()
         if self.config.enabled:
             register_system_collectors(self.registry, self.config, self.faults)
+            from .runtime import register_runtime_collectors
+
+            register_runtime_collectors(self.registry, self.config, self.faults,
+                                        multiprocess=mp_dir is not None,
+                                        write_files=install_globals)
         self._multiprocess = (
             mp.build_collector(mp_dir, self.registry, self.config, self.faults, mp_maker)
             if mp_dir is not None and mp_maker is not None else None

@@ -232,9 +232,10 @@ def post(url: str, body: Any) -> tuple[int, Any]:
 
 
 def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, receiver: Receiver) -> None:
-    from mestres_observability.anomaly.cli import _JsonWebhook
+    from mestres_observability.monitoring.notifiers import Alert, WebhookNotifier
 
-    m = IncidentManager(tmp_path / "s.sqlite", [_JsonWebhook(receiver.url, "webhook")])
+    m = IncidentManager(tmp_path / "s.sqlite", [WebhookNotifier(receiver.url)],
+                        alert_factory=Alert)
     server = make_server(m, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -242,8 +243,8 @@ def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, rece
         status, body = post(base + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))
         assert status == 200
         assert len(body["incidents"]) == 1
-        assert receiver.bodies[0]["name"] == "Down"
-        assert receiver.bodies[0]["severity"] == "critical"
+        assert receiver.bodies[0]["alert"]["name"] == "Down"
+        assert receiver.bodies[0]["alert"]["severity"] == "critical"
         status, body = post(base + "/anomaly", point(0.8).as_dict())
         assert status == 200
         assert post(base + "/alertmanager", b"{not json")[0] == 400
@@ -290,4 +291,5 @@ def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
     assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
     assert post(url + "/alertmanager", am_payload("resolved", ("Down", "x", "resolved")))[0] == 200
     stop(proc)
-    assert [b["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]
+    # the monitoring package's WebhookNotifier: {"version": "1", "alert": {...}}
+    assert [b["alert"]["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]

@@ -34,6 +34,7 @@ from mestres_observability.metrics import (
     LibraryMetrics,
     metrics_reference,
 )
+from mestres_observability.runtime import RUNTIME_METRICS
 from mestres_observability.system import SYSTEM_METRICS
 from mestres_observability.testing import fresh_observability
 from tests.test_multiprocess import _private_dir, _run
@@ -57,6 +58,7 @@ SETTINGS: list[dict[str, Any]] = [
     {"rum_enabled": True, "namespace": "shop"},
     {"celery_metrics": False, "http_client_metrics": False, "db_metrics": False,
      "job_metrics": False},
+    {"runtime_metrics": False},
 ]
 
 #: run in a fresh interpreter (multiprocess mode is chosen at import): init with
@@ -195,10 +197,11 @@ def test_library_metrics_attributes_are_plain_instance_attributes_of_the_catalog
             assert attr.guard.limit == obs.config.limit_for(d.name)
 
 
-def test_library_and_system_tables_partition_the_catalogue() -> None:
-    assert LIBRARY_METRICS + SYSTEM_METRICS == SERVICE
+def test_library_system_and_runtime_tables_partition_the_catalogue() -> None:
+    assert LIBRARY_METRICS + SYSTEM_METRICS + RUNTIME_METRICS == SERVICE
     assert all(d.source == "library" for d in LIBRARY_METRICS)
     assert {d.source for d in SYSTEM_METRICS} == {"system", "process"}
+    assert {d.source for d in RUNTIME_METRICS} == {"runtime"}
     assert metrics.MetricDef is vars(system)["MetricDef"] is MetricDef
     # the original positional form still builds an entry
     old = metrics.MetricDef("jobs_total", "counter", "Jobs.", ("kind",), ("kind",), None, True,
@@ -370,7 +373,7 @@ def test_is_enabled_follows_the_feature_and_the_master_switch() -> None:
     assert is_enabled(orders, ObservabilityConfig(enabled=False))
     # a feature that is off by default reads as off in a mapping without it, as in the config
     defaults = ObservabilityConfig()
-    for d in CATALOGUE:
+    for d in SERVICE:  # anomaly-serve families follow the rendering settings, not the config
         assert is_enabled(d, {}) == is_enabled(d, defaults), d.name
     vitals = catalogue.lookup("rum_web_vitals_seconds")
     assert not is_enabled(vitals, {})

@@ -397,42 +397,10 @@ def _load_action(spec: str) -> Any:
 
 
 def _notifiers(webhooks: Sequence[str], slack: Sequence[str]) -> list[Any]:
-    """Notifiers from the monitoring package when it has them, else a minimal JSON poster."""
-    try:
-        notifiers = importlib.import_module("mestres_observability.monitoring.notifiers")
-        webhook_cls = notifiers.WebhookNotifier
-        slack_cls = notifiers.SlackNotifier
-    except (ImportError, AttributeError):
-        webhook_cls = slack_cls = None
-    out: list[Any] = []
-    for url in webhooks:
-        out.append(webhook_cls(url) if webhook_cls else _JsonWebhook(url, "webhook"))
-    for url in slack:
-        out.append(slack_cls(url) if slack_cls else _JsonWebhook(url, "slack"))
-    return out
+    """The monitoring package's webhook and Slack notifiers (timeouts, retries, no secrets logged)."""
+    from ..monitoring.notifiers import SlackNotifier, WebhookNotifier
 
-
-class _JsonWebhook:
-    """POSTs the alert's fields as JSON (until the monitoring notifiers are installed)."""
-
-    def __init__(self, url: str, kind: str) -> None:
-        self.url = url
-        self.kind = kind
-
-    def send_alert(self, alert: Any) -> Any:
-        from types import SimpleNamespace
-
-        body = {k: getattr(alert, k) for k in ("name", "severity", "service", "summary",
-                                               "description", "labels", "links")}
-        body = json.loads(json.dumps(body, default=dict))
-        body["starts_at"] = alert.starts_at.isoformat()
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return SimpleNamespace(ok=200 <= response.status < 300)
-        except OSError as exc:
-            return SimpleNamespace(ok=False, error=str(exc))
+    return [*(WebhookNotifier(url) for url in webhooks), *(SlackNotifier(url) for url in slack)]
 
 
 @incidents.command(name="serve")
@@ -455,11 +423,12 @@ def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: 
                     slack_webhook: tuple[str, ...], cooldown: float, resolve_after: float,
                     actions: tuple[str, ...], tick: float) -> None:
     """Receive Alertmanager webhooks (POST /alertmanager) and anomalies (POST /anomaly)."""
+    from ..monitoring.notifiers import Alert
     from .incidents import IncidentManager, make_server
 
     manager = IncidentManager(db_path, _notifiers(webhook, slack_webhook), service=service,
                               actions=[_load_action(a) for a in actions], cooldown=cooldown,
-                              resolve_after=resolve_after)
+                              resolve_after=resolve_after, alert_factory=Alert)
     server = make_server(manager, host, port)
     stop = _until_signalled()
 

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["EXPORTERS", "PROMETHEUS_SERIES", "TARGET_LABELS", "Exporter", "by_job"]
+__all__ = ["EXPORTERS", "PROMETHEUS_SERIES", "PUSHGATEWAY_JOB", "TARGET_LABELS", "Exporter",
+           "by_job"]
 
 #: Labels Prometheus adds to every scraped series (from the target).
 TARGET_LABELS: tuple[str, ...] = ("job", "instance")
@@ -60,6 +61,12 @@ EXPORTERS: tuple[Exporter, ...] = (
         "redis_memory_used_bytes": (),
     })),
 )
+
+#: The scrape job of the Pushgateway (rendered when ``pushgateway_target`` is set). It
+#: scrapes with ``honor_labels: true``: the pushed series keep the ``job`` and
+#: ``instance`` of their push (the batch job's name and its grouping key), so only
+#: the Pushgateway's own series (``up`` among them) carry ``job="pushgateway"``.
+PUSHGATEWAY_JOB = "pushgateway"
 
 #: Series Prometheus writes for every target, whatever it exposes.
 PROMETHEUS_SERIES: Mapping[str, tuple[str, ...]] = MappingProxyType({

@@ -158,8 +158,12 @@ def _enabled(entry: MetricDef, settings: RenderSettings) -> bool:
     """Whether ``entry`` is exposed by the service rendered for.
 
     A feature the library's settings do not know yet (a catalogue entry added
-    ahead of its setting) counts as off.
+    ahead of its setting) counts as off. A family of another process
+    (``anomaly-serve``) is on when the rendering's own setting of that name is
+    (``anomaly_rules``).
     """
+    if entry.process != "service":
+        return bool(getattr(settings, entry.feature, False))
     try:
         return catalogue.is_enabled(entry, settings.config)
     except AttributeError:
@@ -300,6 +304,36 @@ def _business(c: _Ctx) -> list[_Item]:
     return items
 
 
+def _predictions(c: _Ctx) -> list[_Item]:
+    """The Business overview's predictions, from ``mestres-observability anomaly serve``."""
+    if not c.on("anomaly_score"):
+        return []
+    items: list[_Item] = [_Row("Predictions")]
+    items.append(_Panel(
+        "Anomaly score by series", "timeseries",
+        (_Query(f"max by (metric) ({c.m('anomaly_score')})", "{{metric}}"),),
+        description="0: usual for this hour of the week; 1: further out than anything in the "
+        "series' history (mestres-observability anomaly serve).", min=0, max=1, width=8,
+        thresholds=((0, "green"), (0.9, "red")), threshold_lines=True))
+    if c.on("forecast"):
+        items.append(_Panel(
+            "Forecast with its 80% interval", "timeseries",
+            (_Query(f"max by (metric, horizon) ({c.m('forecast')})", "{{metric}} {{horizon}}"),
+             _Query(f"max by (metric, horizon) ({c.m('forecast_lower')})",
+                    "{{metric}} {{horizon}} low"),
+             _Query(f"max by (metric, horizon) ({c.m('forecast_upper')})",
+                    "{{metric}} {{horizon}} high")),
+            description="Demand and load a few hours ahead, never negative, with the bounds "
+            "the forecaster expects to hold 80% of the time.", width=8))
+    if c.on("anomalies_total"):
+        items.append(_Panel(
+            "Anomalies reported", "timeseries",
+            (_Query(_rate(c.m("anomalies_total"), ["metric", "severity"], window="1h",
+                          func="increase"), "{{metric}} {{severity}}"),),
+            width=8))
+    return items
+
+
 def _technical(c: _Ctx) -> list[_Item]:
     s = c.settings
     items: list[_Item] = [_Row("Traffic")]
@@ -414,6 +448,30 @@ def _technical(c: _Ctx) -> list[_Item]:
             (_Query(f"sum by (instance) ({c.m('active_connections')})", "{{instance}}"),),
             description="Connections the application reports (e.g. its database pool).",
             width=8))
+    gc_collections = c.on("python_gc_collections_total")
+    gc_objects = c.on("python_gc_objects_collected_total")
+    if gc_collections or gc_objects:
+        items.append(_Row("Python runtime"))
+    if gc_collections:
+        items.append(_Panel(
+            "Garbage collections per second by generation", "timeseries",
+            (_Query(_rate(c.m("python_gc_collections_total"), ["generation"]),
+                    "generation {{generation}}"),),
+            description="Collections of each generation by CPython's garbage collector, "
+            "every worker added up. A climbing generation-2 rate means long-lived objects "
+            "churn (full collections are the slow ones).", width=8))
+    if gc_objects:
+        queries = [_Query(_rate(c.m("python_gc_objects_collected_total"), ["generation"]),
+                          "collected, generation {{generation}}")]
+        if c.on("python_gc_objects_uncollectable_total"):
+            queries.append(_Query(
+                _rate(c.m("python_gc_objects_uncollectable_total"), ["generation"]),
+                "uncollectable, generation {{generation}}"))
+        items.append(_Panel(
+            "Objects freed by the garbage collector per second", "timeseries", tuple(queries),
+            description="Objects the collector freed (and found uncollectable: above zero, "
+            "reference cycles it cannot free), per generation, every worker added up.",
+            width=8))
     if c.on("health_check_status") or c.on("health_check_duration_seconds"):
         items.append(_Row("Health checks"))
     if c.on("health_check_status"):
@@ -436,6 +494,13 @@ def _technical(c: _Ctx) -> list[_Item]:
             (_Query(f"count by (service, version, environment) ({c.m('service_info')})",
                     instant=True, table=True),),
             description="Instances per service version and environment.", width=8))
+    if c.on("python_info"):
+        items.append(_Panel(
+            "Python runtimes", "table",
+            (_Query(f"count by (implementation, version) ({c.m('python_info')})",
+                    instant=True, table=True),),
+            description="Interpreter implementation and version, per series (one per "
+            "instance, from the worker that answered the scrape).", width=8))
     if c.on("mestres_observability_spans_dropped_total") and s.config.tracing_enabled:
         items.append(_Panel(
             "Spans dropped per second", "timeseries",
@@ -830,7 +895,7 @@ def dashboards(settings: RenderSettings,
     out = {
         "business.json": _dashboard(
             c, "business", "Business overview",
-            _layout(c, _business(c), prediction_panels(settings)),
+            _layout(c, [*_business(c), *_predictions(c)], prediction_panels(settings)),
             "Revenue, orders, products, order values and payment outcomes."),
         "technical.json": _dashboard(
             c, "technical", "Technical",

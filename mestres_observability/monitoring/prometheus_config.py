@@ -7,6 +7,10 @@
   ``metrics_credentials_file``, never written here.
 * The node, PostgreSQL and Redis exporters and Alertmanager have a job each
   (the seed's names and ports).
+* With ``pushgateway_target``, the Pushgateway has a job too, with
+  ``honor_labels: true``: what batch jobs pushed keeps its own ``job`` (the
+  batch job's name) and ``instance`` (its grouping key) instead of the
+  Pushgateway's.
 * Rule files are listed one by one, relative to this file: a file left over
   from an earlier rendering (RUM switched off) is not loaded.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _yaml
-from .exporters import EXPORTERS
+from .exporters import EXPORTERS, PUSHGATEWAY_JOB
 from .rules import build, rule_file_paths
 from .settings import RenderSettings
 
@@ -49,6 +53,9 @@ def config(settings: RenderSettings) -> dict[str, Any]:
     for exporter in EXPORTERS:
         scrape.append({"job_name": exporter.job, "static_configs": [
             {"targets": [getattr(settings, exporter.target_setting)]}]})
+    if settings.pushgateway_target:
+        scrape.append({"job_name": PUSHGATEWAY_JOB, "honor_labels": True,
+                       "static_configs": [{"targets": [settings.pushgateway_target]}]})
     scrape.append({"job_name": "alertmanager",
                    "static_configs": [{"targets": [settings.alertmanager_target]}]})
     return {

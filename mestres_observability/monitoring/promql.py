@@ -455,13 +455,22 @@ def known_series(config: ObservabilityConfig) -> dict[str, tuple[frozenset[str],
     The catalogue's samples under ``config.namespace`` whose feature is on (with
     ``le`` on ``_bucket`` samples and ``quantile`` on summaries), the exporters'
     metrics and Prometheus' own per-target series; all with ``job`` and ``instance``.
+
+    A catalogue label named like a target label (the ``job`` label of the
+    ``job_*`` batch-job families) can reach Prometheus either way: as itself
+    when Prometheus keeps the scraped labels (the Pushgateway's job, with
+    ``honor_labels: true``), or renamed ``exported_job`` when the target's own
+    label wins (node-exporter's textfile collector, the service's ``/metrics``).
+    Such a family therefore has ``exported_<label>`` too.
     """
     out: dict[str, tuple[frozenset[str], str]] = {}
     target = frozenset(TARGET_LABELS)
     for entry in catalogue.CATALOGUE:
-        if not catalogue.is_enabled(entry, config):
+        # another process's families (anomaly-serve) do not depend on the service's settings
+        if entry.process == "service" and not catalogue.is_enabled(entry, config):
             continue
         labels = frozenset(entry.all_labels(multiprocess=True)) | target
+        labels |= {f"exported_{label}" for label in entry.labels if label in target}
         family = entry.family_name(config.namespace)
         for sample in entry.sample_names(config.namespace):
             extra: frozenset[str] = frozenset()

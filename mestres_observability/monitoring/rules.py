@@ -1066,6 +1066,200 @@ def _self_group(n: _Names) -> RuleGroup:
                      alerts=alerts_)
 
 
+def _batch_job_series(name: str, job: str, values: str, route: str,
+                      instance: str = "cron-1") -> Series:
+    """A batch-job series as Prometheus stores it, by the route it took there:
+    ``pushgateway``, ``textfile`` or ``service:<scrape job>``."""
+    if route == "pushgateway":  # honor_labels: the push's own job and instance
+        labels = {"job": job, "instance": instance}
+    elif route == "textfile":  # node-exporter's target labels win: job -> exported_job
+        labels = {"job": "node-exporter", "instance": "node-exporter:9100", "exported_job": job}
+    else:  # the service's own /metrics (a scheduler process): its job wins too
+        labels = {"job": route.removeprefix("service:"), "instance": "app:8000",
+                  "exported_job": job}
+    inner = ",".join(f"{k}={_q(v)}" for k, v in labels.items())
+    return Series(f"{name}{{{inner}}}", values)
+
+
+def _jobs_group(n: _Names) -> RuleGroup:
+    """Batch jobs: a job that has not succeeded in time, a job whose last run failed.
+
+    The ``job`` label of the ``job_*`` series is the *batch job's* name, not the
+    service's scrape job: pushed to the Pushgateway (scraped with
+    ``honor_labels: true``) it stays ``job``; written for node-exporter's
+    textfile collector, or exposed by a long-running process on the service's
+    ``/metrics``, Prometheus renames it ``exported_job`` because the target's
+    ``job`` wins. The recording rules put the name back into ``job`` for both
+    routes (``label_replace`` from ``exported_job`` when there is one) and keep
+    the newest timestamp per job, whichever instance or route reported it; the
+    alerts read those. These series are therefore not selected with the
+    service's ``job=`` matcher: every batch job whose series reach this
+    Prometheus is covered (load one rendering's jobs rules per Prometheus).
+    """
+    s = n.s
+    ok, bad = n.m("job_last_success_timestamp_seconds"), n.m("job_last_failure_timestamp_seconds")
+    rec_ok, rec_bad = f"job:{ok}:max", f"job:{bad}:max"
+
+    def normalised(metric: str) -> str:
+        return f'max by (job) (label_replace({metric}, "job", "$1", "exported_job", "(.+)"))'
+
+    recs = (
+        Recording(rec_ok, normalised(ok), uses=("job_last_success_timestamp_seconds",),
+                  help="when each batch job last succeeded (Unix time), by the job's name, "
+                  "from the Pushgateway, node-exporter's textfile collector or the service"),
+        Recording(rec_bad, normalised(bad), uses=("job_last_failure_timestamp_seconds",),
+                  help="when each batch job last failed (Unix time), by the job's name"),
+    )
+    series = (_batch_job_series(ok, "inventory_sync", "100x10", "pushgateway"),
+              _batch_job_series(ok, "inventory_sync", "150x10", "pushgateway", "cron-2"),
+              _batch_job_series(ok, "nightly_report", "200x10", "textfile"),
+              _batch_job_series(ok, "stock_refresh", "300x10", f"service:{s.service}"))
+    rec_case = RecordingCase(
+        "inventory_sync pushed from two hosts, nightly_report through node-exporter's textfile "
+        "collector, stock_refresh on the service's /metrics: one series per job name, the "
+        "newest success",
+        series, "5m",
+        tuple(({"__name__": rec_ok, "job": job}, value)
+              for job, value in (("inventory_sync", 150.0), ("nightly_report", 200.0),
+                                 ("stock_refresh", 300.0))))
+
+    default = s.job_max_age_seconds
+    overrides = dict(s.job_max_ages)
+    age = f"time() - {rec_ok}"
+    if overrides:
+        branches = [f"({age}{{job={_q(job)}}}) > {_num(limit)}"
+                    for job, limit in overrides.items()]
+        named = " or ".join(f"{rec_ok}{{job={_q(job)}}}" for job in overrides)
+        branches.append(f"(({age}) > {_num(default)} unless on (job) ({named}))")
+        not_succeeded = "\nor\n".join(branches)
+    else:
+        not_succeeded = f"{age} > {_num(default)}"
+    limit_text = _humanize_duration(default)
+
+    def free(name: str) -> str:  # an example job name no override applies to
+        return name if name not in overrides else free(name + "_2")
+
+    inventory, report = free("inventory_sync"), free("nightly_report")
+    # promtool's clock starts at 0: a success "at 0" is, an hour past the limit, limit + 1 h old
+    eval_minutes = int(default // 60) + 60
+    eval_at = f"{eval_minutes}m"
+    points = eval_minutes + 20
+    age_at_eval = eval_minutes * 60.0
+
+    def success(job: str, route: str, values: str, instance: str = "cron-1") -> Series:
+        return _batch_job_series(ok, job, values, route, instance)
+
+    every_minute = f"0+60x{points}"  # a run that succeeds every minute: its age stays 0
+    cases: list[Case] = [
+        Case(f"{inventory} pushed its last success {_humanize_duration(age_at_eval)} ago "
+             "(the Pushgateway)", (success(inventory, "pushgateway", f"0x{points}"),),
+             eval_at, True, {"job": inventory}, age_at_eval),
+        Case(f"{report}'s last success is {_humanize_duration(age_at_eval)} old "
+             "(node-exporter's textfile collector: exported_job)",
+             (success(report, "textfile", f"0x{points}"),), eval_at, True, {"job": report},
+             age_at_eval),
+        Case(f"{inventory} succeeds every minute",
+             (success(inventory, "pushgateway", every_minute),), eval_at, False),
+        Case("an old success on a retired host, recent ones on the current host",
+             (success(inventory, "pushgateway", f"0x{points}", "cron-old"),
+              success(inventory, "pushgateway", every_minute)), eval_at, False),
+    ]
+    for job, limit in overrides.items():
+        at_minutes = int(limit // 60) + 60
+        cases.append(Case(
+            f"{job}'s own limit ({_humanize_duration(limit)}) is passed",
+            (success(job, "pushgateway", f"0x{at_minutes + 20}"),), f"{at_minutes}m", True,
+            {"job": job}, at_minutes * 60.0))
+        if limit > age_at_eval:
+            cases.append(Case(
+                f"{job} is {_humanize_duration(age_at_eval)} old: past the default limit, "
+                "within its own", (success(job, "pushgateway", f"0x{points}"),), eval_at,
+                False))
+    failure_values = "_x20 1200x20"
+    alerts_: list[Alert] = [
+        Alert(
+            "JobNotSucceeded", not_succeeded, "5m", "ticket",
+            "Batch job {{ $labels.job }} has not succeeded in time",
+            "The last success of batch job {{ $labels.job }} was {{ $value | humanizeDuration }} "
+            f"ago, longer than its limit (default {limit_text}).",
+            "A batch job (`with job(...)`, `@job(...)`) has not succeeded within its limit: it "
+            "failed, hangs, or no longer runs at all (a removed cron entry, a host that is "
+            "gone). Whatever it maintains (inventory, reports, exports) is getting stale.",
+            (f"`{rec_ok}` and `{rec_bad}`: did the job fail since (JobFailing), or not run?",
+             "The job's own log lines: every line of a run carries `job`, and each run ends "
+             "with a `job_finished` line.",
+             "The scheduler (cron, a Kubernetes CronJob): is the job still scheduled, did it "
+             "start, was it killed?",
+             "Where the numbers come from: the Pushgateway's page (`push_time_seconds` of the "
+             "job's group) or the node exporter's textfile directory."),
+            f"`--job-max-age SECONDS` (`job_max_age_seconds`, {limit_text}) for every job, "
+            "`--job-max-age JOB=SECONDS` (`job_max_ages`) for one job: its period plus a "
+            "margin. A job that moved to another host leaves its old "
+            "Pushgateway group behind; it does not keep this alert firing (the newest success "
+            "of any host counts), but delete it from the Pushgateway. A job that never "
+            "succeeded has no success series: JobFailing catches it once it has failed.",
+            tuple(cases),
+            probe=age, probe_note="a batch job has a series only once it has run",
+            uses=("job_last_success_timestamp_seconds",)),
+        Alert(
+            "JobFailing",
+            f"time() - (\n  {rec_bad} > on (job) {rec_ok}\n  or\n"
+            f"  {rec_bad} unless on (job) {rec_ok}\n)", "5m", "ticket",
+            "The last run of batch job {{ $labels.job }} failed",
+            "Batch job {{ $labels.job }} failed {{ $value | humanizeDuration }} ago and has "
+            "not succeeded since.",
+            "The newest run of a batch job raised (its failure is newer than its last "
+            "success, or it never succeeded). The next scheduled run may recover; until then "
+            "what it maintains is stale.",
+            ("The failed run's log: its `job_finished` line (`status=failure`) and the "
+             "exception before it, with the run's `trace_id`.",
+             "The run's trace (the span named after the job, status ERROR).",
+             "What it depends on: the database, an external API, disk space."),
+            "`for` (5m): a retry that succeeds within five minutes stays quiet. No threshold; "
+            "silence it in Alertmanager while a known failure is being fixed.",
+            (Case("inventory_sync succeeded, then its next run failed (the Pushgateway keeps "
+                  "both times)",
+                  (success("inventory_sync", "pushgateway", "600x40"),
+                   _batch_job_series(bad, "inventory_sync", failure_values, "pushgateway")),
+                  "30m", True, {"job": "inventory_sync"}, 600.0),
+             Case("nightly_report failed and never succeeded (node-exporter's textfile)",
+                  (_batch_job_series(bad, "nightly_report", failure_values, "textfile"),),
+                  "30m", True, {"job": "nightly_report"}, 600.0),
+             Case("inventory_sync failed, then succeeded",
+                  (_batch_job_series(bad, "inventory_sync", "600x40", "pushgateway"),
+                   success("inventory_sync", "pushgateway", failure_values)), "30m", False)),
+            probe=f"{rec_bad} > on (job) {rec_ok}",
+            probe_note="a failure series exists only once a job has failed",
+            uses=("job_last_success_timestamp_seconds", "job_last_failure_timestamp_seconds")),
+    ]
+    if s.pushgateway_target:
+        from .exporters import PUSHGATEWAY_JOB
+
+        up = f"up{{job={_q(PUSHGATEWAY_JOB)}}}"
+        labels = {"job": PUSHGATEWAY_JOB, "instance": s.pushgateway_target}
+        up_series = "up{" + ",".join(f"{k}={_q(v)}" for k, v in labels.items()) + "}"
+        alerts_.append(Alert(
+            "PushgatewayDown", f"{up} == 0", "5m", "ticket",
+            "The Pushgateway cannot be scraped",
+            "Prometheus has failed to scrape the Pushgateway {{ $labels.instance }} for 5 "
+            "minutes: the batch jobs' series are gone meanwhile, and JobNotSucceeded and "
+            "JobFailing cannot fire.",
+            "Prometheus cannot scrape the Pushgateway. Batch jobs' pushes fail too (each is "
+            "counted in `mestres_observability_errors_total{component=\"jobs\"}` of the job, "
+            "never raised), and the batch-job alerts are blind until it is back.",
+            ("Prometheus' Targets page: the scrape error.",
+             "The Pushgateway's process and its persistence file (`--persistence.file`): "
+             "without one, a restart forgets every job's last success."),
+            "`for` (5m).",
+            (Case("the Pushgateway is down", (Series(up_series, "0x20"),), "10m", True,
+                  labels, 0.0),
+             Case("the Pushgateway is up", (Series(up_series, "1x20"),), "10m", False)),
+            probe=up))
+    return RuleGroup("jobs", f"{s.service}-jobs", "Batch-job alerts", recordings=recs,
+                     alerts=tuple(alerts_), recording_cases=(rec_case,),
+                     test_evaluation_interval="5m")
+
+
 #: label of a RUM histogram that carries several web vitals, and its values per vital
 _VITAL_LABEL = "metric"
 #: web vitals named by words of a histogram's name (``rum_layout_shift`` is CLS)
@@ -1232,7 +1426,7 @@ def build(settings: RenderSettings) -> list[RuleGroup]:
     groups: list[RuleGroup | None] = [
         _recording_group(n), _slo_recording_group(n), _slo_group(n), _http_group(n),
         _business_group(n), _infrastructure_group(n), _health_group(n), _self_group(n),
-        _rum_group(n),
+        _jobs_group(n), _rum_group(n),
     ]
     out = [g for g in (_finish(settings, g) for g in groups if g is not None) if g is not None]
     keys = {g.key for g in out}

@@ -34,6 +34,14 @@ class RenderSettings:
         node_exporter_target: ``host:port`` of the node exporter.
         postgres_exporter_target: ``host:port`` of the PostgreSQL exporter.
         redis_exporter_target: ``host:port`` of the Redis exporter.
+        pushgateway_target: ``host:port`` of the Pushgateway batch jobs push to
+            (the library's ``pushgateway_url``); set: a ``pushgateway`` scrape job
+            with ``honor_labels: true`` (so ``job`` and ``instance`` stay the pushed
+            job's) and the PushgatewayDown alert. ``None``: no such job.
+        job_max_age_seconds: JobNotSucceeded fires for a batch job whose last
+            success is older than this (default 26 h: a daily job plus a margin).
+        job_max_ages: ``(job name, seconds)`` pairs overriding
+            :attr:`job_max_age_seconds` for single jobs (``(("hourly_sync", 5400),)``).
         jaeger_url: Jaeger's query address (the Grafana trace datasource).
         otlp_endpoint: where the collector sends traces (Jaeger's OTLP port).
         log_path: the JSON log file the log shipper tails.
@@ -60,7 +68,8 @@ class RenderSettings:
             PostgreSQL's ``max_connections`` in use.
         alert_teams: ``(rule group, team)`` pairs overriding :attr:`team` for the
             alerts of one group (``(("business", "sales"),)``); groups: ``http``,
-            ``business``, ``infrastructure``, ``health``, ``slo``, ``self``, ``rum``.
+            ``business``, ``infrastructure``, ``health``, ``slo``, ``self``, ``rum``,
+            ``jobs``.
         alert_for_override: test-only: replaces the ``for:`` of every alert
             (``"0s"``), so an end-to-end run sees alerts fire within seconds.
         alert_group_wait: Alertmanager's ``group_wait`` (first notification of a group).
@@ -95,6 +104,9 @@ class RenderSettings:
     node_exporter_target: str = "node-exporter:9100"
     postgres_exporter_target: str = "postgres-exporter:9187"
     redis_exporter_target: str = "redis-exporter:9121"
+    pushgateway_target: str | None = None
+    job_max_age_seconds: float = 26 * 3600.0
+    job_max_ages: tuple[tuple[str, float], ...] = ()
     jaeger_url: str = "http://jaeger:16686"
     otlp_endpoint: str = "http://jaeger:4318"
     log_path: str = "/var/log/mestres/app.log"
@@ -125,6 +137,31 @@ class RenderSettings:
     smtp_auth_username: str = ""
     smtp_auth_password_file: str = "/etc/alertmanager/secrets/smtp-password"
     metrics_credentials_file: str = "/etc/prometheus/secrets/metrics-credentials"
+
+    def __post_init__(self) -> None:
+        """Refuse job age limits that cannot work (not positive, a job named twice).
+
+        Raises:
+            ValueError: a limit that is not a positive number, or an empty or
+                repeated job name in :attr:`job_max_ages`.
+        """
+        limits = [("job_max_age_seconds", self.job_max_age_seconds)]
+        seen: set[str] = set()
+        for name, seconds in self.job_max_ages:
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"job_max_ages: {name!r} is not a job name")
+            if name in seen:
+                raise ValueError(f"job_max_ages: job {name!r} is given twice")
+            seen.add(name)
+            limits.append((f"job_max_ages[{name!r}]", seconds))
+        for what, seconds in limits:
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                    or not seconds > 0 or seconds == float("inf"):
+                raise ValueError(f"{what}: {seconds!r} is not a positive number of seconds")
+
+    def job_max_age(self, job: str) -> float:
+        """The age limit of batch job ``job``'s last success, in seconds."""
+        return dict(self.job_max_ages).get(job, self.job_max_age_seconds)
 
     def metric(self, base: str) -> str:
         """The exposed name of catalogue entry ``base`` under this service's namespace.

@@ -536,3 +536,70 @@ def test_separate_metrics_port_under_uvicorn_workers_survives_the_serving_worker
     assert "Traceback" not in log, log
     assert "cannot listen" not in log, log
     assert "held by another program" not in log, log
+
+
+def _gc_collections(port: int) -> tuple[dict[str, float], set[str]]:
+    """``python_gc_collections_total{generation="2"}`` by pid, and the families' types."""
+    _status, _headers, body = _get(port, "/metrics")
+    by_pid: dict[str, float] = {}
+    types: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name.startswith("python_gc_"):
+            types.add(family.type)
+        if family.name == "python_gc_collections":
+            for s in family.samples:
+                if s.name == "python_gc_collections_total" and s.labels["generation"] == "2":
+                    by_pid[s.labels["pid"]] = s.value
+    return by_pid, types
+
+
+def _live(pids: set[str]) -> set[str]:
+    return {p for p in pids if psutil.pid_exists(int(p))}
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_every_gunicorn_worker_reports_its_own_gc_counts(server: object, preload: bool) -> None:
+    """issue 16, runtime metrics: prometheus_client's GC collector would show the one worker
+    a scrape reaches; here every scrape shows ``python_gc_*{pid}`` of every live worker,
+    with that worker's own counts (a full collection in a worker shows up under its pid),
+    and a recycled worker's series go with it. Under ``--preload`` the writer starts in the
+    master and again in each forked worker."""
+    argv = _gunicorn("flask_app:app")
+    argv[argv.index("--max-requests") + 1] = "40"  # the 30 /gc requests recycle no worker
+    port = server([*argv, *(["--preload"] if preload else [])],  # type: ignore[operator]
+                  {"MESTRES_OBS_RUNTIME_METRICS_INTERVAL": "0.2"})
+    # a full collection in each worker: its generation-2 count, as the worker itself reads it
+    counted: dict[str, float] = {}
+    for _ in range(30):
+        status, _headers, body = _get(port, "/gc")
+        assert status == 200
+        answer = json.loads(body)
+        counted[str(answer["pid"])] = max(counted.get(str(answer["pid"]), 0.0),
+                                         float(answer["collections"]))
+    assert len(counted) >= 2, f"the /gc requests reached one worker only: {counted}"
+
+    def every_worker_counted() -> bool:
+        by_pid, types = _gc_collections(port)
+        assert types == {"counter"}, types
+        return all(by_pid.get(pid, -1.0) >= n for pid, n in counted.items())
+
+    # whichever worker serves the scrape, every worker's count is there, within the interval
+    for _ in range(6):
+        wait_until(every_worker_counted, timeout=10,
+                   message=f"every worker's GC count: {counted} in {_gc_collections(port)}")
+    by_pid, _types = _gc_collections(port)
+    assert set(counted) <= set(by_pid)
+    assert _live(set(by_pid)) == set(by_pid)
+    # recycle the workers (--max-requests 40): the dead ones' series are gone, the new ones'
+    # are there, and the scrape still shows one series per live process
+    served = {_get(port, f"/orders/{i}")[1]["x-worker-pid"] for i in range(150)}
+    assert served - set(counted), "no worker was recycled"
+
+    def only_live_workers() -> bool:
+        pids = set(_gc_collections(port)[0])
+        return pids == _live(pids) and not (set(counted) - _live(set(counted))) & pids \
+            and bool(pids & _live(served - set(counted)))
+
+    wait_until(only_live_workers, timeout=15, message="the recycled workers' GC series to go")
+    assert not [line for line in server.log.read_text().splitlines()  # type: ignore[attr-defined]
+                if "Traceback" in line]

@@ -43,6 +43,26 @@ def test_render_writes_the_stack(tmp_path: Path) -> None:
     assert (tmp_path / "runbook.md").read_text().startswith("# Runbook")
 
 
+def test_pushgateway_and_job_ages(tmp_path: Path) -> None:
+    code, out = invoke("render", "--out", str(tmp_path), "--pushgateway", "pgw:9091",
+                       "--job-max-age", "7200", "--job-max-age", "hourly_sync=5400")
+    assert code == 0, out
+    prom = _yaml.load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    pushgateway = next(j for j in prom["scrape_configs"] if j["job_name"] == "pushgateway")
+    assert pushgateway == {"job_name": "pushgateway", "honor_labels": True,
+                           "static_configs": [{"targets": ["pgw:9091"]}]}
+    jobs = (tmp_path / "prometheus" / "rules" / "jobs.yml").read_text()
+    assert '{job="hourly_sync"}) > 5400' in jobs
+    assert "> 7200 unless on (job)" in jobs
+    assert "alert: PushgatewayDown" in jobs
+    # without --pushgateway: no such scrape job, no such alert
+    code, out = invoke("render", "--out", str(tmp_path / "plain"))
+    prom = _yaml.load((tmp_path / "plain" / "prometheus" / "prometheus.yml").read_text())
+    assert "pushgateway" not in [j["job_name"] for j in prom["scrape_configs"]]
+    assert "PushgatewayDown" not in (tmp_path / "plain" / "prometheus" / "rules" /
+                                     "jobs.yml").read_text()
+
+
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     code, out = invoke("render", "--out", str(tmp_path), "--slo-latency", "0.3:99",
                        env={"MESTRES_OBS_NAMESPACE": "shop", "OTEL_SERVICE_NAME": "cafe",
@@ -79,7 +99,9 @@ def test_a_latency_threshold_that_is_not_a_bucket_bound_is_refused(tmp_path: Pat
 
 @pytest.mark.parametrize("args", [
     ["--slo-latency", "fast"], ["--slo-latency", "0.25:100"], ["--slo-availability", "100"],
-    ["--target", "no-port"], ["--target", "host:99999"],
+    ["--target", "no-port"], ["--target", "host:99999"], ["--pushgateway", "pgw"],
+    ["--job-max-age", "soon"], ["--job-max-age", "0"], ["--job-max-age", "=60"],
+    ["--job-max-age", "x=-1"],
 ])
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
     code, out = invoke("render", "--out", str(tmp_path), *args)

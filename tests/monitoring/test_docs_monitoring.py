@@ -11,7 +11,8 @@ from mestres_observability.monitoring import rules, runbook
 from mestres_observability.monitoring.settings import RenderSettings
 
 #: the docs' runbook: default settings with every optional feature on
-EVERY_FEATURE = RenderSettings(config=ObservabilityConfig(rum_enabled=True))
+EVERY_FEATURE = RenderSettings(config=ObservabilityConfig(rum_enabled=True),
+                               pushgateway_target="pushgateway:9091")
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -28,7 +29,8 @@ def test_every_runbook_url_points_at_a_section_of_the_docs_page() -> None:
     default = RenderSettings()
     assert default.runbook_url.endswith("/docs/runbook.md")
     names = {a.name for _g, a in rules.alerts(EVERY_FEATURE)}
-    assert {"WebVitalLCPPoor", "WebVitalCLSPoor", "JavaScriptErrors"} <= names
+    assert {"WebVitalLCPPoor", "WebVitalCLSPoor", "JavaScriptErrors", "JobNotSucceeded",
+            "JobFailing", "PushgatewayDown"} <= names
     for _group, alert in rules.alerts(EVERY_FEATURE):
         url = alert.annotations["runbook_url"]
         base, _, anchor = url.partition("#")

@@ -153,7 +153,8 @@ def test_expressions_use_catalogue_names_only() -> None:
 
 
 def test_every_catalogue_family_appears_somewhere() -> None:
-    every_feature = RenderSettings(config=ObservabilityConfig(rum_enabled=True))
+    every_feature = RenderSettings(config=ObservabilityConfig(rum_enabled=True),
+                                   anomaly_rules=True)
     exprs = " ".join(e for _, e in grafana.dashboard_expressions(every_feature))
     shown = {d.name for d in catalogue.CATALOGUE
              if any(n in exprs for n in d.sample_names("", created=False))}
@@ -207,6 +208,17 @@ def test_disabled_features_remove_panels() -> None:
     assert "Spans dropped per second" not in _titles(_render(tracing_enabled=False))
     # the master switch turns every optional family off
     assert "CPU usage" not in _titles(_render(enabled=False))
+
+
+def test_runtime_panels_follow_the_setting() -> None:
+    full = _titles(_render())
+    assert {"Garbage collections per second by generation",
+            "Objects freed by the garbage collector per second", "Python runtimes"} <= full
+    off = _render(runtime_metrics=False)
+    exprs = " ".join(t["expr"] for d in _dashboards(off).values() for _, t in _targets(d))
+    assert "python_" not in exprs
+    tech = _dashboards(off)["grafana/dashboards/technical.json"]
+    assert "Python runtime" not in [p["title"] for p in tech["panels"] if p["type"] == "row"]
 
 
 def test_empty_rows_dropped() -> None:

@@ -24,6 +24,9 @@ VARIANTS = {
                            "alert_teams": (("business", "sales"),),
                            "smtp_auth_username": "alerts"},
     "system-metrics-off": {"config": ObservabilityConfig(system_metrics=False)},
+    "pushgateway-and-job-ages": {"pushgateway_target": "127.0.0.1:9091",
+                                 "job_max_age_seconds": 7200,
+                                 "job_max_ages": (("hourly_sync", 5400), ("weekly", 8 * 86400))},
 }
 
 
@@ -90,6 +93,9 @@ def test_rum_rules_from_the_real_rum_metrics_pass_promtool(tmp_path: Path) -> No
     ("http", ">= 0.1", ">= 0"),               # the traffic guard is gone: it pages
     ("slo", "(14.4 * 0.001)", "(1 * 0.001)"),  # a 5x burn now pages
     ("business", "increase(orders_total{", "rate(orders_total{"),  # the seed's per-second rate
+    ("jobs", '"exported_job"', '"job"'),      # textfile-route jobs keep node-exporter's job
+    ("jobs", "> 93600", "> 100000"),          # a later limit: the 27-hour-old success is silent
+    ("jobs", "on (job) job:", "on (instance) job:"),  # JobFailing no longer matches per job
 ])
 def test_generated_tests_catch_a_broken_rule(tmp_path: Path, rule: str, old: str,
                                              new: str) -> None:

@@ -34,7 +34,8 @@ def all_expressions(settings: RenderSettings) -> tuple[dict[str, str], list[tupl
     RenderSettings(),
     RenderSettings(config=ObservabilityConfig(namespace="shop"), service="shop-api"),
     RenderSettings(config=ObservabilityConfig(system_metrics=False, process_metrics=False)),
-], ids=["defaults", "namespace", "system-metrics-off"])
+    RenderSettings(pushgateway_target="pushgateway:9091", job_max_ages=(("hourly_sync", 5400),)),
+], ids=["defaults", "namespace", "system-metrics-off", "pushgateway-and-job-ages"])
 def test_every_rendered_expression_names_only_known_metrics_and_labels(
         settings: RenderSettings) -> None:
     files, panels = all_expressions(settings)
@@ -51,6 +52,21 @@ def test_with_rum_metrics_the_rum_rules_check_too(monkeypatch: pytest.MonkeyPatc
     files, panels = all_expressions(RenderSettings())
     assert "prometheus/rules/rum.yml" in files
     assert promql.check_rule_files(files, config=CFG, extra_expressions=panels) == []
+
+
+def test_exported_job_exists_on_the_families_whose_own_label_is_job() -> None:
+    """A ``job_*`` series scraped from node-exporter's textfile or the service keeps its
+    batch job's name in ``exported_job``: known there, nowhere else."""
+    relabel = 'label_replace({m}, "job", "$1", "exported_job", "(.+)")'
+    assert problems(f"max by (job) ({relabel.format(m='job_last_success_timestamp_seconds')})") \
+        == []
+    assert problems('job_runs_total{exported_job="inventory_sync"}') == []
+    found = problems('http_requests_total{exported_job="x"}')
+    assert found
+    assert "no label 'exported_job'" in found[0]
+    found = problems(relabel.format(m="orders_total"))
+    assert found
+    assert "'exported_job'" in found[0]
 
 
 def test_unknown_metric_is_refused_with_the_nearest_names() -> None:

@@ -111,9 +111,11 @@ def test_the_orders_per_hour_case_expects_a_count_per_hour() -> None:
 
 
 def test_every_series_is_scoped_to_the_service_or_its_exporter() -> None:
-    settings = RenderSettings(service="shop-api")
+    settings = RenderSettings(service="shop-api", pushgateway_target="pushgateway:9091")
     for group in rules.build(settings):
         exprs = [r.expr for r in group.recordings] + [a.expr for a in group.alerts]
+        if group.key == "jobs":  # the batch-job rules: see the next test
+            continue
         for expr in exprs:
             for sel in promql.selectors(promql.parse(expr)):
                 if sel.name and ":" in sel.name:
@@ -124,6 +126,67 @@ def test_every_series_is_scoped_to_the_service_or_its_exporter() -> None:
                     continue
                 jobs = [v for lab, op, v in sel.matchers if lab == "job"]
                 assert jobs in (["shop-api"], ["postgres-exporter"], ["redis-exporter"]), expr
+
+
+def test_batch_job_series_are_selected_by_the_batch_jobs_name_not_the_service() -> None:
+    """The ``job`` label of ``job_*`` series is the batch job's (Pushgateway, honor_labels)
+    or moved to ``exported_job`` (textfile collector, the service's /metrics): the service's
+    ``job=`` matcher would select none of them. The jobs rules name no scrape job but the
+    Pushgateway's own ``up``, and a per-job limit selects the job by its name."""
+    settings = RenderSettings(service="shop-api", pushgateway_target="pushgateway:9091",
+                              job_max_ages=(("hourly_sync", 5400.0),))
+    group = next(g for g in rules.build(settings) if g.key == "jobs")
+    assert [r.record for r in group.recordings] == [
+        "job:job_last_success_timestamp_seconds:max", "job:job_last_failure_timestamp_seconds:max"]
+    for rec in group.recordings:
+        assert 'label_replace(' in rec.expr
+        assert '"exported_job", "(.+)")' in rec.expr
+        assert rec.expr.startswith("max by (job) (")
+    for expr in [r.expr for r in group.recordings] + [a.expr for a in group.alerts]:
+        for sel in promql.selectors(promql.parse(expr)):
+            jobs = [v for lab, _op, v in sel.matchers if lab == "job"]
+            if sel.name == "up":
+                assert jobs == ["pushgateway"], expr
+            else:
+                assert jobs in ([], ["hourly_sync"]), expr
+                assert "shop-api" not in expr
+    assert [a.name for a in group.alerts] == ["JobNotSucceeded", "JobFailing", "PushgatewayDown"]
+
+
+def test_job_age_limits_default_and_per_job() -> None:
+    plain = alert_map()["JobNotSucceeded"]
+    assert plain.expr == "time() - job:job_last_success_timestamp_seconds:max > 93600"
+    tuned = alert_map(RenderSettings(job_max_age_seconds=7200,
+                                     job_max_ages=(("hourly_sync", 5400), ("weekly", 8 * 86400))))
+    expr = tuned["JobNotSucceeded"].expr
+    assert '(time() - job:job_last_success_timestamp_seconds:max{job="hourly_sync"}) > 5400' \
+        in expr
+    assert '{job="weekly"}) > 691200' in expr
+    assert "> 7200 unless on (job)" in expr
+    names = [c.name for c in tuned["JobNotSucceeded"].cases]
+    assert any("hourly_sync's own limit" in n for n in names)
+    assert any("weekly" in n and "within its own" in n for n in names)  # beyond the default
+    # the example jobs of the cases stay clear of the overridden names
+    clash = alert_map(RenderSettings(job_max_ages=(("inventory_sync", 600),)))
+    assert {c.labels.get("job") for c in clash["JobNotSucceeded"].cases if c.fires} == {
+        "inventory_sync_2", "nightly_report", "inventory_sync"}
+    for bad in ({"job_max_age_seconds": 0}, {"job_max_age_seconds": float("nan")},
+                {"job_max_ages": (("x", -1.0),)}, {"job_max_ages": (("x", 60), ("x", 70))},
+                {"job_max_ages": (("", 60),)}):
+        with pytest.raises(ValueError, match="job_max_age"):
+            RenderSettings(**bad)  # type: ignore[arg-type]
+    assert RenderSettings(job_max_ages=(("x", 60),)).job_max_age("x") == 60
+    assert RenderSettings().job_max_age("x") == 93600
+
+
+def test_jobs_rules_follow_the_job_metrics_feature_and_the_pushgateway() -> None:
+    assert "PushgatewayDown" not in alert_map()  # no Pushgateway configured
+    off = RenderSettings(config=ObservabilityConfig(job_metrics=False))
+    assert not {"JobNotSucceeded", "JobFailing"} & set(alert_map(off))
+    assert "prometheus/rules/jobs.yml" not in rules.render(off)
+    shop = RenderSettings(config=ObservabilityConfig(namespace="shop"))
+    recs = {r.record for g in rules.build(shop) for r in g.recordings}
+    assert "job:shop_job_last_success_timestamp_seconds:max" in recs
 
 
 def test_namespace_prefixes_every_catalogue_metric() -> None:

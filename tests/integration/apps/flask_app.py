@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from flask import Flask, jsonify
@@ -16,6 +17,13 @@ def order(order_id: int) -> object:
     response = jsonify({"id": order_id})
     response.headers["X-Worker-Pid"] = str(os.getpid())
     return response
+
+
+@app.get("/gc")
+def collect() -> object:
+    """A full collection in this worker; its pid and generation-2 collection count."""
+    gc.collect()
+    return jsonify({"pid": os.getpid(), "collections": gc.get_stats()[2]["collections"]})
 
 
 @app.get("/boom")
