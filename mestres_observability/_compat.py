@@ -38,6 +38,7 @@ __all__ = [
     "STRUCTLOG_UNBOUND",
     "degraded_features",
     "disable_fastapi_native_tracing",
+    "histogram_observer",
     "histogram_upper_bounds",
     "labelled_children",
     "mark_django_response_logged",
@@ -101,6 +102,50 @@ def value_holder(child: Any) -> Any:
     """
     value = getattr(child, "_value", None)
     return value if value is not None and callable(getattr(value, "inc", None)) else child
+
+
+def histogram_observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` without exemplar, as one call over the child's value holders.
+
+    Internal: ``child._sum``, ``child._upper_bounds`` and ``child._buckets`` of a
+    prometheus_client ``Histogram`` child. Why: ``observe()`` checks the label
+    state (two calls) and walks the bounds in Python before incrementing the sum
+    and one bucket; the request pass observes one duration per request into a
+    child it resolved once, so the returned function adds to the sum and finds
+    the bucket with :func:`bisect.bisect_left` (the first bound ``>=`` the
+    amount, as the walk finds), through the same holders, under their own
+    locks. A NaN goes through ``observe()`` itself. Public replacement:
+    ``child.observe``, which is what the fallback returns (another class, such as
+    the multiprocess histogram or an inert child, or other internals). Resolved
+    once per series.
+    """
+    observe: Callable[[float], None] = child.observe
+    try:
+        from prometheus_client import Histogram
+
+        if type(child).observe is not Histogram.observe:
+            return observe
+        total = child._sum
+        bounds = [float(b) for b in child._upper_bounds]
+        incs = [b.inc for b in child._buckets]
+        inc_sum = total.inc
+        if (not bounds or len(bounds) != len(incs) or bounds[-1] != float("inf")
+                or bounds != sorted(bounds) or not callable(inc_sum)):
+            raise ValueError("unexpected histogram buckets")
+    except Exception as exc:
+        _degrade("prometheus_client histogram value holders",
+                 "request durations are observed through observe()", exc)
+        return observe
+    from bisect import bisect_left
+
+    def observe_fast(amount: float) -> None:
+        if amount != amount:  # NaN: no bucket (observe's walk finds none)
+            observe(amount)
+            return
+        inc_sum(amount)
+        incs[bisect_left(bounds, amount)](1)
+
+    return observe_fast
 
 
 def multiprocess_values_active() -> bool:
