@@ -199,7 +199,8 @@ class FlaskMiddleware:
     def _start(state: HttpState, environ: dict[str, Any], path_info: str) -> RequestPass | None:
         if not state.enabled or state.excluded(path_info):
             return None
-        trace_headers = wsgi_trace_headers(environ) if state.tracing else None
+        tracing = state.tracing
+        trace_headers = wsgi_trace_headers(environ) if tracing else None
         script = environ.get("SCRIPT_NAME", "")
         return start_request(
             state,
@@ -210,8 +211,10 @@ class FlaskMiddleware:
             user_agent=environ.get("HTTP_USER_AGENT"),
             peer=environ.get("REMOTE_ADDR"),
             forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            server_address=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
+            # scheme and Host: span attributes only
+            scheme=environ.get("wsgi.url_scheme", "http") if tracing else "http",
+            server_address=(environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
+                            if tracing else None),
             trace_headers=trace_headers,
         )
 
