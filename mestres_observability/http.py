@@ -717,8 +717,14 @@ def start_request(
             rx is not None and rx.fullmatch(path) is not None):
         return None
     try:
-        rp = RequestPass(state, method, path, query,
-                         safe_request_id(request_id) if request_id else new_request_id(), route)
+        if request_id:
+            rid = safe_request_id(request_id)
+        else:
+            try:  # new_request_id(), inline while its pool lasts
+                rid = _ID_POOL.pop()
+            except IndexError:
+                rid = new_request_id()
+        rp = RequestPass(state, method, path, query, rid, route)
         rp.user_agent = user_agent
         rp.peer = peer
         rp.forwarded_for = forwarded_for
