@@ -229,7 +229,15 @@ def _finish(event_dict: EventDict) -> EventDict:
     """``add_timestamp``, ``add_service`` and ``finalize`` in one step (same result)."""
     event_dict["timestamp"] = _timestamp()
     event_dict["service"] = _state.service
-    return finalize(None, "", event_dict)
+    head = {}
+    for k in _HEAD:  # finalize(), inline
+        if k in event_dict:
+            head[k] = event_dict[k]
+    head.update(event_dict)
+    if _state.captures:
+        for sink in _state.captures:
+            sink.append(dict(head))
+    return head
 
 
 def render_json(_: Any, __: str, event_dict: EventDict) -> str:
