@@ -7,10 +7,9 @@ or turns its optimisation off: it never raises into the host, and logs the
 degradation once (:func:`degraded_features` lists them). ``nox -s newest_deps``
 runs the suite against the newest releases, so a break shows up there first.
 
-Hot paths resolve the internal once, at set-up (a holder object, a bound
-callable, a context variable), and then use it directly; only
-:func:`value_holder` runs per request, at the cost of the helper it replaced,
-and FastAPI's per-request record is read inline through two constants.
+Hot paths resolve the internal once, at set-up or once per series (a holder
+object, a bound callable, a context variable), and then use it directly;
+FastAPI's per-request record is read inline through two constants.
 
 Only the standard library and the libraries wrapped here are imported (web
 frameworks never at import time): this module sits in the foundations layer.
@@ -98,7 +97,7 @@ def value_holder(child: Any) -> Any:
     calls of the metrics-only pass. The holder takes its own lock, so this is
     as thread- and process-safe as ``inc()``. Public replacement: ``child.inc()``
     (and ``child.dec()``), which is what the fallback returns: the child itself.
-    Runs per request (it replaced an identical helper), so it stays two lookups.
+    The request pass resolves it once per series and keeps it.
     """
     value = getattr(child, "_value", None)
     return value if value is not None and callable(getattr(value, "inc", None)) else child

@@ -111,7 +111,9 @@ values = st.recursive(
     ),
     max_leaves=12,
 )
-fields = st.dictionaries(texts, values, max_size=6)
+#: keyword arguments of a log call (``self`` and ``event`` are the logger method's own)
+fields = st.dictionaries(texts.filter(lambda k: k not in ("self", "event")), values,
+                         max_size=6)
 
 
 # ---------------------------------------------------------------------- set-up
