@@ -73,6 +73,7 @@ NEWEST = [
     "opentelemetry-exporter-otlp-proto-http",
     "opentelemetry-proto",
     "structlog",
+    "orjson",
     "flask",
     "werkzeug",
     "starlette",

@@ -10,7 +10,10 @@ Run: ``python benchmarks/bench_tracing.py``
   written straight to the stream when the library's handler is the only one
   that would see the record; through the stdlib handler otherwise, measured
   too) against plain structlog running the same processors straight into a
-  ``PrintLogger``.
+  ``PrintLogger``;
+* that line and the HTTP access-log line (twelve fields) rendered by orjson
+  (where it writes the standard encoder's very bytes, the default) against the
+  same lines with the standard library's encoder alone.
 """
 
 from __future__ import annotations
@@ -121,6 +124,31 @@ def bench_logs() -> None:
         ],
     )
     fields = {"order_id": "o-1", "total_amount": 19.99, "items_count": 3, "user_id": "u-1"}
+    access = get_logger("mestres_observability.access")
+    access_fields = {
+        "request_id": "5b0e1c1e-8a3b-4b8e-9d1c-3c1f2e4a5b6c", "method": "GET",
+        "url": "/orders/42?page=2", "endpoint": "/orders/<int:order_id>", "status_code": 200,
+        "duration_seconds": 0.000123, "user_agent": "bench/1", "ip_address": "127.0.0.1",
+        "user_id": None, "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "span_id": "00f067aa0ba902b7",
+    }
+    fast = logs_module._FAST_DUMPS
+
+    def standard_encoder(fn: Any) -> Any:
+        """``fn`` with the fast renderer off (the standard library's encoder alone)."""
+        def run() -> None:
+            logs_module._FAST_DUMPS = None
+            try:
+                fn()
+            finally:
+                logs_module._FAST_DUMPS = fast
+        return run
+
+    def event_line() -> None:
+        ours.info("order_created", **fields)
+
+    def access_line() -> None:
+        access.info("http_request", **access_fields)
 
     def reset() -> None:
         sink.seek(0)
@@ -153,7 +181,10 @@ def bench_logs() -> None:
 
     n = 2000
     t = interleaved({
-        "ours": timed_reset(lambda: ours.info("order_created", **fields)),
+        "ours": timed_reset(event_line),
+        "ours standard": timed_reset(standard_encoder(event_line)),
+        "access": timed_reset(access_line),
+        "access standard": timed_reset(standard_encoder(access_line)),
         "stdlib": timed_reset(ours_via_stdlib),
         "plain": timed_reset(lambda: plain.info("order_created", **fields)),
         "bare": timed_reset(lambda: bare.info("order_created", **fields)),
@@ -168,6 +199,14 @@ def bench_logs() -> None:
     print(f"[logs] plain structlog, same procs   {t_plain:7.2f} us   ratio {t_ours / t_plain:.2f}x")
     print(f"[logs] bare structlog JSON           {t_bare:7.2f} us   ratio {t_ours / t_bare:.2f}x")
     print(f"[logs] library line inside a span    {t_ours_span:7.2f} us")
+    if fast is not None:
+        print(f"[logs] library line, standard encoder {t['ours standard']:6.2f} us   orjson / standard "
+              f"{t_ours / t['ours standard']:.2f}x")
+        print(f"[logs] access-log line (12 fields)   {t['access']:7.2f} us   standard encoder "
+              f"{t['access standard']:.2f} us, orjson / standard "
+              f"{t['access'] / t['access standard']:.2f}x")
+    else:
+        print("[logs] orjson not installed: every line uses the standard encoder")
     for h in list(logging.getLogger().handlers):
         if getattr(h, "mestres_handler", False):
             logging.getLogger().removeHandler(h)

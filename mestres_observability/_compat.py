@@ -7,10 +7,9 @@ or turns its optimisation off: it never raises into the host, and logs the
 degradation once (:func:`degraded_features` lists them). ``nox -s newest_deps``
 runs the suite against the newest releases, so a break shows up there first.
 
-Hot paths resolve the internal once, at set-up (a holder object, a bound
-callable, a context variable), and then use it directly; only
-:func:`value_holder` runs per request, at the cost of the helper it replaced,
-and FastAPI's per-request record is read inline through two constants.
+Hot paths resolve the internal once, at set-up or once per series (a holder
+object, a bound callable, a context variable), and then use it directly;
+FastAPI's per-request record is read inline through two constants.
 
 Only the standard library and the libraries wrapped here are imported (web
 frameworks never at import time): this module sits in the foundations layer.
@@ -43,6 +42,7 @@ __all__ = [
     "disable_fastapi_native_tracing",
     "flush_values_drops",
     "guard_values_files",
+    "histogram_observer",
     "histogram_upper_bounds",
     "labelled_children",
     "mark_django_response_logged",
@@ -104,10 +104,54 @@ def value_holder(child: Any) -> Any:
     calls of the metrics-only pass. The holder takes its own lock, so this is
     as thread- and process-safe as ``inc()``. Public replacement: ``child.inc()``
     (and ``child.dec()``), which is what the fallback returns: the child itself.
-    Runs per request (it replaced an identical helper), so it stays two lookups.
+    The request pass resolves it once per series and keeps it.
     """
     value = getattr(child, "_value", None)
     return value if value is not None and callable(getattr(value, "inc", None)) else child
+
+
+def histogram_observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` without exemplar, as one call over the child's value holders.
+
+    Internal: ``child._sum``, ``child._upper_bounds`` and ``child._buckets`` of a
+    prometheus_client ``Histogram`` child. Why: ``observe()`` checks the label
+    state (two calls) and walks the bounds in Python before incrementing the sum
+    and one bucket; the request pass observes one duration per request into a
+    child it resolved once, so the returned function adds to the sum and finds
+    the bucket with :func:`bisect.bisect_left` (the first bound ``>=`` the
+    amount, as the walk finds), through the same holders, under their own
+    locks. A NaN goes through ``observe()`` itself. Public replacement:
+    ``child.observe``, which is what the fallback returns (another class, such as
+    the multiprocess histogram or an inert child, or other internals). Resolved
+    once per series.
+    """
+    observe: Callable[[float], None] = child.observe
+    try:
+        from prometheus_client import Histogram
+
+        if type(child).observe is not Histogram.observe:
+            return observe
+        total = child._sum
+        bounds = [float(b) for b in child._upper_bounds]
+        incs = [b.inc for b in child._buckets]
+        inc_sum = total.inc
+        if (not bounds or len(bounds) != len(incs) or bounds[-1] != float("inf")
+                or bounds != sorted(bounds) or not callable(inc_sum)):
+            raise ValueError("unexpected histogram buckets")
+    except Exception as exc:
+        _degrade("prometheus_client histogram value holders",
+                 "request durations are observed through observe()", exc)
+        return observe
+    from bisect import bisect_left
+
+    def observe_fast(amount: float) -> None:
+        if amount != amount:  # NaN: no bucket (observe's walk finds none)
+            observe(amount)
+            return
+        inc_sum(amount)
+        incs[bisect_left(bounds, amount)](1)
+
+    return observe_fast
 
 
 def multiprocess_values_active() -> bool:

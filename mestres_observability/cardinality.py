@@ -107,6 +107,15 @@ class LabelGuard:
         cleaned = tuple(clean_label_value(v) for v in values)
         return self._resolve(cleaned, values)
 
+    def settled(self, values: tuple[Any, ...]) -> bool:
+        """True when ``values`` resolved to their own child within the bound (not folded
+        or dropped): every later :meth:`child` call with them returns that child and
+        counts nothing, so a caller may keep it."""
+        try:
+            return values in self._fast
+        except TypeError:  # unhashable
+            return False
+
     def _resolve(self, cleaned: tuple[str, ...], raw: tuple[Any, ...] | None) -> Any | None:
         child = self._children.get(cleaned)
         overflowed = False

@@ -130,7 +130,10 @@ class ObservabilityMiddleware:
         return getattr(router, "routes", None)
 
     def _match(self, scope: Scope, method: str) -> str | None:
-        routes = self._routes()
+        sa = self.starlette_app  # self._routes(), inline
+        if sa is None:
+            return None
+        routes = getattr(getattr(sa, "router", sa), "routes", None)
         if routes is None:
             return None
         marker = (id(routes), len(routes))
@@ -205,7 +208,8 @@ class ObservabilityMiddleware:
             route=route, request_id=headers.get("request_id"),
             user_agent=headers.get("user_agent"), peer=client[0] if client else None,
             forwarded_for=headers.get("forwarded_for"), scheme=scope.get("scheme", "http"),
-            server_address=headers.get("host"), trace_headers=trace_headers,
+            server_address=headers.get("host") if state.tracing else None,  # span only
+            trace_headers=trace_headers,
             server_span=server_span,
         )
 
@@ -233,7 +237,8 @@ class ObservabilityMiddleware:
             if (mtype == "http.response.body" and not message.get("more_body", False)) or (
                 mtype in _TERMINAL
             ):
-                rp.finish(status or 200, None, _user_id(resolver, scope, state))
+                rp.finish(status or 200, None,
+                          None if resolver is None else _user_id(resolver, scope, state))
 
         rp.activate()
         try:

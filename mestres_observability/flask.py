@@ -148,7 +148,9 @@ class FlaskMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
             state = http_state()
-            path_info = _text(environ.get("PATH_INFO") or "/")
+            path_info = environ.get("PATH_INFO") or "/"
+            if not path_info.isascii():
+                path_info = _text(path_info)
             endpoint = state.endpoints.get(path_info)
             rp = self._start(state, environ, path_info)
         except Exception as exc:
@@ -197,9 +199,12 @@ class FlaskMiddleware:
 
     @staticmethod
     def _start(state: HttpState, environ: dict[str, Any], path_info: str) -> RequestPass | None:
-        if not state.enabled or state.excluded(path_info):
+        rx = state.excluded_rx  # state.excluded(path_info), inline
+        if not state.enabled or path_info in state.excluded_exact or (
+                rx is not None and rx.fullmatch(path_info) is not None):
             return None
-        trace_headers = wsgi_trace_headers(environ) if state.tracing else None
+        tracing = state.tracing
+        trace_headers = wsgi_trace_headers(environ) if tracing else None
         script = environ.get("SCRIPT_NAME", "")
         return start_request(
             state,
@@ -210,8 +215,10 @@ class FlaskMiddleware:
             user_agent=environ.get("HTTP_USER_AGENT"),
             peer=environ.get("REMOTE_ADDR"),
             forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            server_address=environ.get("HTTP_HOST") or environ.get("SERVER_NAME"),
+            # scheme and Host: span attributes only
+            scheme=environ.get("wsgi.url_scheme", "http") if tracing else "http",
+            server_address=(environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
+                            if tracing else None),
             trace_headers=trace_headers,
         )
 

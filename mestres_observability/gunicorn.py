@@ -37,6 +37,7 @@ your own config file::
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import shutil
@@ -151,6 +152,13 @@ def child_exit(server: Any, worker: Any) -> None:
     """gunicorn hook (master, a worker exited): merge and remove its metric files."""
     try:
         _mp.mark_process_dead(worker.pid)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _log.exception("mestres_observability: cleaning up worker %s failed", worker.pid)
+        else:  # a full PROMETHEUS_MULTIPROC_DIR: an expected condition, no traceback
+            _log.warning("mestres_observability: worker %s's metric files are kept unmerged: "
+                         "the multiprocess directory is full (%s); scrapes still read them",
+                         worker.pid, exc.strerror)
     except Exception:  # never take the master down over metrics
         _log.exception("mestres_observability: cleaning up worker %s failed", worker.pid)
 

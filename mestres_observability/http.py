@@ -45,7 +45,13 @@ from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._compat import restore_structlog_context, structlog_context_var, value_holder
+from ._compat import (
+    STRUCTLOG_UNBOUND,
+    histogram_observer,
+    restore_structlog_context,
+    structlog_context_var,
+    value_holder,
+)
 from ._current import get_observability
 from ._endpoint import (
     Credentials,
@@ -104,8 +110,8 @@ STANDARD_METHODS = frozenset(
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # RFC 4122 variant: the first hex digit of the fourth group is 8, 9, a or b
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-# random hex drawn 64 ids at a time (one getrandom call); emptied in a forked child so
-# workers never share ids
+# request ids drawn and formatted 64 at a time (one getrandom call); emptied in a forked
+# child so workers never share ids
 _ID_POOL: list[str] = []
 _POOL_IDS = 64
 _log = logging.getLogger("mestres_observability")
@@ -135,16 +141,20 @@ def safe_request_id(value: str | None) -> str:
 def new_request_id() -> str:
     """A random UUID4 in its canonical text form (as ``str(uuid.uuid4())``, faster).
 
-    The 122 random bits come from :func:`os.urandom`, drawn for 64 ids at a
-    time; a forked child discards what its parent drew.
+    The 122 random bits come from :func:`os.urandom`, drawn and formatted for
+    64 ids at a time; a forked child discards what its parent drew.
     """
     try:
-        h = _ID_POOL.pop()
+        return _ID_POOL.pop()
     except IndexError:
         raw = os.urandom(16 * _POOL_IDS).hex()
-        _ID_POOL.extend([raw[i:i + 32] for i in range(32, len(raw), 32)])
-        h = raw[:32]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+        v = _VARIANT
+        ids = [f"{raw[i:i + 8]}-{raw[i + 8:i + 12]}-4{raw[i + 13:i + 16]}-"
+               f"{v[raw[i + 16]]}{raw[i + 17:i + 20]}-{raw[i + 20:i + 32]}"
+               for i in range(0, len(raw), 32)]
+        first = ids.pop()
+        _ID_POOL.extend(ids)
+        return first
 
 
 run_after_fork(_ID_POOL.clear)
@@ -281,6 +291,11 @@ class HttpState:
             self.logger = get_logger("mestres_observability.access")
         self._status_labels: dict[int, str] = {}
         self._hosts: dict[str, tuple[str, int | None]] = {}
+        #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
+        self.recorders: dict[tuple[str, str, int], tuple[Callable[[float], None],
+                                                          Callable[[float], None]]] = {}
+        #: ``(method, endpoint)`` -> the in-progress gauge's value holder
+        self.in_progress_values: dict[tuple[str, str], Any] = {}
         #: add ``Server-Timing: traceparent`` to HTML responses (tracing on and the setting)
         self.server_timing = bool(self.tracing and cfg.server_timing)
         #: path of a measured endpoint kind -> the state its requests are measured with
@@ -331,6 +346,43 @@ class HttpState:
                 self._status_labels[code] = label
         return label
 
+    def recorder(self, method: str, endpoint: str, code: int
+                 ) -> tuple[Callable[[float], None], Callable[[float], None]]:
+        """``(count, observe)`` of one request series: ``count(1)`` adds one to
+        ``http_requests_total``, ``observe(duration)`` records the duration, as the
+        children's ``inc``/``observe`` without exemplar do.
+
+        Resolved through the cardinality guards; kept in :attr:`recorders` (bounded)
+        only when both series are within their bounds, so a folded series is still
+        counted as folded on each request.
+        """
+        key = (method, endpoint, self.status(code))
+        counter = self.requests_child(key)
+        histogram = self.duration_child(key)
+        found = (value_holder(counter).inc if counter is not None else _ignore,
+                 histogram_observer(histogram) if histogram is not None else _ignore)
+        if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
+                and self.duration.guard.settled(key)):
+            self.recorders[(method, endpoint, code)] = found
+        return found
+
+    def in_progress_value(self, method: str, endpoint: str) -> Any:
+        """The value holder of ``http_requests_in_progress{method, endpoint}`` (its ``inc``
+        as the gauge's, see :func:`~mestres_observability._compat.value_holder`), or
+        ``None`` past the gauge's bound; kept in :attr:`in_progress_values` when settled."""
+        key = (method, endpoint)
+        child = self.in_progress_child(key)
+        if child is None:
+            return None
+        value = value_holder(child)
+        if len(self.in_progress_values) < 4096 and self.in_progress.guard.settled(key):
+            self.in_progress_values[key] = value
+        return value
+
+
+def _ignore(_amount: float) -> None:
+    """What a recorder does for a series the guard dropped."""
+
 
 _cached: tuple[Any, HttpState] | None = None
 
@@ -355,6 +407,7 @@ def http_state(obs: Observability | None = None) -> HttpState:
 
 # structlog's own context variables (resolved once; see _compat.structlog_context_var)
 _REQUEST_ID_VAR = structlog_context_var("request_id")
+_REQUEST_ID_IS_VAR = isinstance(_REQUEST_ID_VAR, contextvars.ContextVar)  # not the fallback
 _USER_ID_VAR = structlog_context_var("user_id")
 _UNSET: Any = object()
 
@@ -384,7 +437,7 @@ class RequestPass:
     """
 
     __slots__ = (
-        "_ctx_before", "_ctx_token", "_external_span", "_finished", "_in_progress",
+        "_ctx_before", "_ctx_bound", "_ctx_token", "_external_span", "_finished", "_in_progress",
         "_kept_user_id", "_parent", "_route_at_start", "_span", "client",
         "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
         "route", "start", "state", "user_agent",
@@ -393,7 +446,7 @@ class RequestPass:
     def __init__(self, state: HttpState, method: str, path: str, query: str,
                  request_id: str, route: str | None) -> None:
         self.state = state
-        self.method = normalize_method(method)
+        self.method = method if method in STANDARD_METHODS else "_OTHER"  # normalize_method
         self.method_original = method
         self.path = path
         self.query = query
@@ -409,6 +462,7 @@ class RequestPass:
         self._route_at_start = route is not None
         self._ctx_token: Any = None
         self._ctx_before: contextvars.Context | None = None
+        self._ctx_bound: contextvars.Context | None = None
         self._kept_user_id: Any = _UNSET
         self._in_progress: Any = None
         self._finished = False
@@ -452,9 +506,12 @@ class RequestPass:
         if self._in_progress is not None or self._finished:
             return
         try:
-            child = self.state.in_progress_child((self.method, self.route or UNMATCHED))
-            if child is not None:
-                value = value_holder(child)
+            state = self.state
+            endpoint = self.route or UNMATCHED
+            value = state.in_progress_values.get((self.method, endpoint))
+            if value is None:
+                value = state.in_progress_value(self.method, endpoint)
+            if value is not None:
                 value.inc(1)
                 self._in_progress = value
         except Exception as exc:
@@ -465,6 +522,8 @@ class RequestPass:
         try:
             self._ctx_before = contextvars.copy_context()  # what deactivate() restores
             _REQUEST_ID_VAR.set(self.request_id)
+            if _REQUEST_ID_IS_VAR:
+                self._ctx_bound = contextvars.copy_context()  # to tell if the app bound more
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
                 self._ctx_token = otel_context.attach(
@@ -489,7 +548,16 @@ class RequestPass:
                 otel_context.detach(token)
             if self._ctx_before is not None:
                 before, self._ctx_before = self._ctx_before, None
-                restore_structlog_context(before)
+                bound, self._ctx_bound = self._ctx_bound, None
+                try:
+                    # nothing set in the context since activate() (a C comparison, no walk)
+                    unchanged = bound is not None and contextvars.copy_context() == bound
+                except Exception:  # a value whose == raises: compare the long way
+                    unchanged = False
+                if unchanged:  # then the request id is all there is to restore
+                    _REQUEST_ID_VAR.set(before.get(_REQUEST_ID_VAR, STRUCTLOG_UNBOUND))
+                else:
+                    restore_structlog_context(before)
         except Exception as exc:
             self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
 
@@ -508,7 +576,6 @@ class RequestPass:
         try:
             if span is not None:
                 ids = _span_ids(span)
-            key = (self.method, endpoint, state.status(status))
             exemplar = None
             provider = state.metrics.exemplar_provider
             if provider is not None:
@@ -517,18 +584,20 @@ class RequestPass:
                     exemplar = provider()
                 elif ids is not None and ids[2] and self._span.is_recording():
                     exemplar = {"trace_id": ids[0], "span_id": ids[1]}
-            counter = state.requests_child(key)
-            histogram = state.duration_child(key)
             if exemplar:
+                key = (self.method, endpoint, state.status(status))
+                counter = state.requests_child(key)
+                histogram = state.duration_child(key)
                 if counter is not None:
                     counter.inc(1, exemplar)
                 if histogram is not None:
                     histogram.observe(duration, exemplar)
             else:
-                if counter is not None:
-                    value_holder(counter).inc(1)
-                if histogram is not None:
-                    histogram.observe(duration)
+                record = state.recorders.get((self.method, endpoint, status))
+                if record is None:
+                    record = state.recorder(self.method, endpoint, status)
+                record[0](1)
+                record[1](duration)
         except Exception as err:
             state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:
@@ -635,14 +704,26 @@ def start_request(
             request (FastAPI's native telemetry); it is used for log
             correlation instead of starting a second one.
     """
-    if not state.enabled or state.excluded(path):
+    # state.excluded(path), inline
+    rx = state.excluded_rx
+    if not state.enabled or path in state.excluded_exact or (
+            rx is not None and rx.fullmatch(path) is not None):
         return None
     try:
-        rp = RequestPass(state, method, path, query, safe_request_id(request_id), route)
+        if request_id:
+            rid = safe_request_id(request_id)
+        else:
+            try:  # new_request_id(), inline while its pool lasts
+                rid = _ID_POOL.pop()
+            except IndexError:
+                rid = new_request_id()
+        rp = RequestPass(state, method, path, query, rid, route)
         rp.user_agent = user_agent
         rp.peer = peer
         rp.forwarded_for = forwarded_for
-        rp.client = client_address(peer, forwarded_for, state.trusted)  # once: span and log
+        # once: span and log (client_address gives the peer itself without both)
+        rp.client = (client_address(peer, forwarded_for, state.trusted)
+                     if forwarded_for and state.trusted else peer)
         if server_span is not None:
             rp._external_span = server_span
         elif state.tracing:

@@ -13,7 +13,8 @@ request context (:func:`request_context`, :func:`bind_context`,
 span is current. Secrets are redacted before rendering (see
 :mod:`mestres_observability._redact`), long values are truncated with a marker,
 and the JSON is ASCII-only, so no input (newline, NUL, U+2028 ...) can split or
-forge a line. A field whose ``str`` raises is rendered as a marker: logging
+forge a line (written by orjson where that gives the standard encoder's very
+bytes, see :func:`render_json`). A field whose ``str`` raises is rendered as a marker: logging
 never raises into the caller.
 """
 
@@ -452,11 +453,33 @@ def _finish(event_dict: EventDict) -> EventDict:
     """``add_timestamp``, ``add_service`` and ``finalize`` in one step (same result)."""
     event_dict["timestamp"] = _timestamp()
     event_dict["service"] = _state.service
-    return finalize(None, "", event_dict)
+    head = {}
+    for k in _HEAD:  # finalize(), inline
+        if k in event_dict:
+            head[k] = event_dict[k]
+    head.update(event_dict)
+    if _state.captures:
+        for sink in _state.captures:
+            sink.append(dict(head))
+    return head
 
 
 def render_json(_: Any, __: str, event_dict: EventDict) -> str:
-    """One JSON object, ASCII only (no raw newline, NUL or U+2028), strict (no NaN)."""
+    """One JSON object, ASCII only (no raw newline, NUL or U+2028), strict (no NaN).
+
+    The line is written by orjson when that gives the very bytes the standard
+    library's encoder gives (see :func:`_fast_dumps`), else by the latter.
+    """
+    dumps = _FAST_DUMPS
+    if dumps is not None and type(event_dict) is dict and _plain(event_dict.values(), 0):
+        try:
+            out: bytes = dumps(event_dict)
+        except Exception:  # a lone surrogate, an int past 64 bits, a key that is not a str ...
+            pass
+        else:
+            # non-ASCII text is written raw by orjson (U+2028 too), DEL unescaped
+            if out.isascii() and b"\x7f" not in out:
+                return out.decode("ascii")
     try:
         return _ENCODER.encode(event_dict)
     except Exception as exc:
@@ -479,6 +502,85 @@ def _default(value: Any) -> Any:
 # built once: json.dumps with options builds a new encoder on every call
 _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, default=_default,
                             separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------- fast renderer
+# orjson writes the same JSON as _ENCODER for the values the processors leave (str, int,
+# finite float, bool, None, dict, list) except: text outside ASCII (written as raw UTF-8,
+# U+2028 included, where _ENCODER escapes it), DEL (0x7f, raw; _ENCODER escapes it), lone
+# surrogates, ints past 64 bits and keys that are not str (orjson raises), non-finite
+# floats (orjson writes null; _ENCODER refuses them) and the spelling of some floats.
+# render_json takes orjson's line only when none of these can be in it: the values are
+# walked first (_plain), the line checked after.
+_FAST_DEPTH = 16  # deeper (or circular) values take the standard encoder
+_FLOAT_LOW = 1e-4  # below it (zero aside) repr writes 1e-05 and orjson 0.00001 or 1e-5
+_FLOAT_HIGH = 1e16  # from here repr writes 1e+16; orjson since 3.11.7 too, before it 1e16
+#: floats from _FLOAT_LOW up that orjson must spell as repr does for the fast path to be used
+_PROBE_FLOATS = (0.0, -0.0, 1.0, -2.5, 0.1, 1e-4, 0.00012345, 1 / 3, 123456.789,
+                 1e15, 9999999999999998.0)
+#: floats from _FLOAT_HIGH up; if orjson spells them as repr does, the range is unbounded
+_PROBE_LARGE = (1e16, -1.5e17, 1.2345e22, 1.7976931348623157e308)
+_PROBE_TEXT = ("", "plain", '"\\/', "\n\r\t\b\f", "\x00\x01\x1f", "{}[],:")
+
+
+def _fast_dumps() -> Any:
+    """orjson's ``dumps``, or ``None`` when orjson is missing or spells the probes otherwise.
+
+    Sets the float range it is used for (see :func:`_plain`): finite floats of
+    magnitude from 1e-4 (and zero) to 1e16, or with no upper bound when orjson
+    writes large floats as ``repr`` does (``1e+16``, orjson 3.11.7 and later).
+    """
+    global _FLOAT_HIGH
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - a dependency; the standard encoder stands in
+        return None
+    dumps = orjson.dumps
+    try:
+        for value in (*_PROBE_FLOATS, *_PROBE_TEXT, 2**63, -(2**63), 2**64 - 1):
+            if dumps(value) != _ENCODER.encode(value).encode("ascii"):
+                return None
+        probe = {"a": [1, 2.5, None, True, False, {"b": "c"}], "d": {}, "e": []}
+        if dumps(probe) != _ENCODER.encode(probe).encode("ascii"):
+            return None
+        if all(dumps(v) == _ENCODER.encode(v).encode("ascii") for v in _PROBE_LARGE):
+            _FLOAT_HIGH = float("inf")
+    except Exception:  # pragma: no cover - a broken build
+        return None
+    return dumps
+
+
+def _plain(values: Any, depth: int) -> bool:
+    """True when orjson writes each of ``values`` as :data:`_ENCODER` does (a quick type walk).
+
+    str, int, bool, None, and floats in the range above; dicts and lists of
+    those, up to :data:`_FAST_DEPTH` levels. What orjson rejects (lone
+    surrogates, ints past 64 bits, keys that are not str) raises there, and the
+    standard encoder writes the line.
+    """
+    for v in values:
+        t = type(v)
+        if t is str or t is int or v is None or t is bool:
+            continue
+        if t is float:
+            if (_FLOAT_LOW <= v < _FLOAT_HIGH or -_FLOAT_HIGH < v <= -_FLOAT_LOW
+                    or v == 0.0):  # NaN fails every comparison
+                continue
+            return False
+        if t is dict:
+            if depth < _FAST_DEPTH and _plain(v.values(), depth + 1):
+                continue
+            return False
+        if t is list or t is tuple:
+            if depth < _FAST_DEPTH and _plain(v, depth + 1):
+                continue
+            return False
+        return False
+    return True
+
+
+#: ``orjson.dumps`` when usable (see :func:`_fast_dumps`), else ``None``
+_FAST_DUMPS: Any = _fast_dumps()
 
 
 class _SafeConsoleRenderer:

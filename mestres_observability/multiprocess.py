@@ -472,10 +472,17 @@ def _merge_locked(path: str, pids: Iterable[int]) -> int:
     tmp = os.path.join(path, _JOURNAL_NAME + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, json.dumps(journal).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            os.write(fd, json.dumps(journal).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        # a full directory: nothing was merged or removed (the dead workers' files stay
+        # and are still read by every scrape); the next merge retries
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, os.path.join(path, _JOURNAL_NAME))
     _apply_journal(path, journal)
     return sum(1 for n in remove if n.endswith(".db"))

@@ -833,3 +833,49 @@ def test_a_worker_forked_from_the_serving_master_never_binds_or_blocks(tmp_path:
     assert child["after_stop"] == "off"
     if child["fds"] is not None:
         assert not child["listening_fd_open"]
+
+
+def test_a_full_directory_during_a_dead_worker_merge_is_a_warning_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's child_exit on a full PROMETHEUS_MULTIPROC_DIR: the journal cannot be written,
+    so nothing is merged or removed (the files stay, scrapes still read them), the partial
+    journal is gone, and the master logs one warning without a traceback."""
+    import errno
+    import subprocess
+    import sys
+
+    from mestres_observability import multiprocess
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "counter_4242.db").write_bytes(b"\0" * 16)
+    with monkeypatch.context() as m:
+        m.setattr(multiprocess.os, "write", full)
+        with pytest.raises(OSError):
+            multiprocess.mark_process_dead(4242, str(tmp_path))
+    assert (tmp_path / "counter_4242.db").exists()  # kept, unmerged
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    # the hook module switches its importer to multiprocess mode: run it in a child
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    script = (
+        "import errno, logging, sys\n"
+        "from types import SimpleNamespace\n"
+        "logging.basicConfig(stream=sys.stdout, level=logging.WARNING,\n"
+        "                    format='%(levelname)s %(message)s|%(exc_text)s')\n"
+        "from mestres_observability import gunicorn as g\n"
+        "def full(pid):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "g._mp.mark_process_dead = full\n"
+        "g.child_exit(None, SimpleNamespace(pid=4242))\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(hook)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=60, check=True)
+    lines = [line for line in out.stdout.splitlines() if "4242" in line]
+    assert len(lines) == 1, out.stdout + out.stderr
+    assert lines[0].startswith("WARNING ")
+    assert "directory is full" in lines[0]
+    assert "Traceback" not in out.stdout + out.stderr

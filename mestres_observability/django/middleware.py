@@ -48,7 +48,15 @@ def route_of(request: HttpRequest) -> str | None:
     route = match.route
     if not isinstance(route, str):
         return None
-    return "/" + route.replace("^", "").replace("$", "").lstrip("/")
+    found = _TEMPLATES.get(route)
+    if found is None:
+        found = "/" + route.replace("^", "").replace("$", "").lstrip("/")
+        if len(_TEMPLATES) < 2048:  # the URLconf's routes (bounded anyway)
+            _TEMPLATES[route] = found
+    return found
+
+
+_TEMPLATES: dict[str, str] = {}
 
 
 class ObservabilityMiddleware:
@@ -180,7 +188,7 @@ class ObservabilityMiddleware:
                     existing = response.get("Server-Timing")
                     response["Server-Timing"] = f"{existing}, {value}" if existing else value
             exc = getattr(request, _EXC, None)
-            uid = self._user_id(state, request)
+            uid = None if self.user_id_resolver is None else self._user_id(state, request)
             status = response.status_code
             if response.streaming:
                 # recorded when Django closes the body; deactivate() below keeps a bound user_id
@@ -275,13 +283,15 @@ def django_response(result: Response) -> HttpResponse:
 
 def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:
     meta = request.META
-    trace_headers = wsgi_trace_headers(meta) if state.tracing else None
+    tracing = state.tracing
+    trace_headers = wsgi_trace_headers(meta) if tracing else None
     return start_request(
         state, request.method or "GET", request.path, query=meta.get("QUERY_STRING", ""),
         request_id=meta.get(state.request_id_environ), user_agent=meta.get("HTTP_USER_AGENT"),
         peer=meta.get("REMOTE_ADDR"), forwarded_for=meta.get("HTTP_X_FORWARDED_FOR"),
-        scheme=request.scheme or "http",
-        server_address=meta.get("HTTP_HOST") or meta.get("SERVER_NAME"),
+        # scheme and Host: span attributes only (request.scheme reads a setting each time)
+        scheme=(request.scheme or "http") if tracing else "http",
+        server_address=(meta.get("HTTP_HOST") or meta.get("SERVER_NAME")) if tracing else None,
         trace_headers=trace_headers,
     )
 

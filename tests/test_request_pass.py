@@ -1,0 +1,254 @@
+"""The metrics-only request pass, trimmed: the same series, bounds and context as before.
+
+The pass keeps what it resolves per series (the request counter's value holder, a
+histogram observer, the in-progress gauge's holder) and skips the context walk when the
+application bound nothing; these tests show each shortcut records and restores what the
+long way does.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from mestres_observability import _compat
+from mestres_observability import http as http_module
+from mestres_observability.cardinality import OVERFLOW, LabelGuard
+from mestres_observability.http import UNMATCHED, http_state, start_request
+from mestres_observability.logs import bind_context
+from mestres_observability.testing import fresh_observability, sample_value
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples
+            if not s.name.endswith("_created")]
+
+
+# ---------------------------------------------------------------------- histogram observer
+amounts = st.one_of(st.sampled_from([*BUCKETS, 0.0, -0.0, -1.0, math.inf, -math.inf, math.nan,
+                                     0.0050000001, 0.0049999999, 1e-9, 1e300]),
+                    st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(amounts, max_size=20))
+def test_histogram_observer_records_what_observe_records(values: list[float]) -> None:
+    registries = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+        observe = _compat.histogram_observer(child) if fast else child.observe
+        for v in values:
+            observe(v)
+        registries.append(registry)
+    slow, fast_ = (_samples(r) for r in registries)
+    assert len(slow) == len(fast_)
+    for (n1, l1, v1), (n2, l2, v2) in zip(slow, fast_, strict=True):
+        assert (n1, l1) == (n2, l2)
+        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
+def test_histogram_observer_is_not_observe_for_a_plain_histogram() -> None:
+    child = Histogram("d", "d", ["k"], registry=CollectorRegistry(), buckets=BUCKETS).labels("v")
+    assert _compat.histogram_observer(child) != child.observe
+
+
+def test_histogram_observer_falls_back_on_other_classes_and_missing_internals(
+        caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[float] = []
+
+    class Own(Histogram):
+        def observe(self, amount: float, exemplar: Any = None) -> None:
+            seen.append(amount)
+            super().observe(amount, exemplar)
+
+    own = Own("o", "o", ["k"], registry=CollectorRegistry(), buckets=BUCKETS).labels("v")
+    observe = _compat.histogram_observer(own)
+    observe(0.2)
+    assert seen == [0.2]  # its own observe ran
+
+    broken = Histogram("b", "b", ["k"], registry=CollectorRegistry(), buckets=BUCKETS).labels("v")
+    del broken._buckets  # an unexpected release
+    _compat._degraded.pop("prometheus_client histogram value holders", None)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.histogram_observer(broken) == broken.observe
+    assert "histogram value holders" in caplog.text
+    _compat._degraded.pop("prometheus_client histogram value holders", None)
+
+
+# ---------------------------------------------------------------------- guard
+def test_label_guard_settled_only_within_the_bound() -> None:
+    registry = CollectorRegistry()
+    from prometheus_client import Counter
+
+    guard = LabelGuard(Counter("t", "t", ["e"], registry=registry), "t_total", ["e"], ["e"], 2)
+    assert not guard.settled(("a",))  # not resolved yet
+    guard.child(("a",))
+    guard.child(("b",))
+    guard.child(("c",))  # past the bound: folded
+    assert guard.settled(("a",))
+    assert guard.settled(("b",))
+    assert not guard.settled(("c",))
+    assert not guard.settled(([],))  # unhashable
+    guard.child((1,))  # not a str: never kept by the guard either
+    assert not guard.settled((1,))
+
+
+# ---------------------------------------------------------------------- the pass
+def _request(state: Any, path: str, route: str, status: int = 200) -> None:
+    rp = start_request(state, "GET", path)
+    assert rp is not None
+    rp.activate()
+    try:
+        rp.set_route(route)
+        before = sample_value("http_requests_in_progress", method="GET", endpoint=route)
+        rp.track_in_progress()
+        during = sample_value("http_requests_in_progress", method="GET", endpoint=route)
+        assert during == (before + 1 if rp._in_progress is not None else before)
+        rp.finish(status)
+    finally:
+        rp.deactivate()
+
+
+def test_series_past_the_bound_are_counted_as_folded_on_every_request() -> None:
+    limits = {"http_requests_total": 2, "http_request_duration_seconds": 2,
+              "http_requests_in_progress": 2}
+    with fresh_observability(tracing_enabled=False, access_log=False,
+                             label_limits=limits) as obs:
+        state = http_state(obs)
+        routes = [f"/r{i}" for i in range(4)]
+        for _ in range(3):
+            for route in routes:
+                _request(state, route, route)
+        for route in routes[:2]:
+            assert sample_value("http_requests_total", method="GET", endpoint=route,
+                                status="200") == 3
+            assert sample_value("http_request_duration_seconds_count", method="GET",
+                                endpoint=route, status="200") == 3
+        assert sample_value("http_requests_total", method="GET", endpoint=OVERFLOW,
+                            status="200") == 6
+        assert sample_value("http_request_duration_seconds_count", method="GET",
+                            endpoint=OVERFLOW, status="200") == 6
+        # 6 folded requests per series family, each counted (none cached past the bound)
+        for name in ("http_requests_total", "http_request_duration_seconds"):
+            assert sample_value("mestres_observability_label_overflow_total", metric=name) == 6
+        # the in-progress gauge drops its excess: tracked only for the first two routes
+        assert sample_value("mestres_observability_label_overflow_total",
+                            metric="http_requests_in_progress") == 6
+        assert set(state.recorders) == {("GET", "/r0", 200), ("GET", "/r1", 200)}
+        assert set(state.in_progress_values) == {("GET", "/r0"), ("GET", "/r1")}
+        for route in routes[:2]:
+            assert sample_value("http_requests_in_progress", method="GET", endpoint=route) == 0
+
+
+def test_grouped_status_codes_share_a_series() -> None:
+    with fresh_observability(tracing_enabled=False, access_log=False,
+                             group_status_codes=True) as obs:
+        state = http_state(obs)
+        for status in (200, 201, 204, 404, 200):
+            _request(state, "/a", "/a", status)
+        assert sample_value("http_requests_total", method="GET", endpoint="/a",
+                            status="2xx") == 4
+        assert sample_value("http_request_duration_seconds_count", method="GET", endpoint="/a",
+                            status="4xx") == 1
+        assert len(state.recorders) == 4  # one per code seen, two series
+
+
+def test_an_unmatched_request_is_counted_under_unmatched() -> None:
+    with fresh_observability(tracing_enabled=False, access_log=False) as obs:
+        state = http_state(obs)
+        for _ in range(2):
+            rp = start_request(state, "GET", "/nowhere")
+            assert rp is not None
+            rp.track_in_progress()
+            rp.finish(404)
+        assert sample_value("http_requests_total", method="GET", endpoint=UNMATCHED,
+                            status="404") == 2
+        assert sample_value("http_requests_in_progress", method="GET", endpoint=UNMATCHED) == 0
+
+
+# ---------------------------------------------------------------------- request context
+class _NoEq:
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("no ==")
+
+    __hash__ = object.__hash__
+
+
+@pytest.mark.parametrize("app_binds", [False, True], ids=["nothing bound", "the app binds"])
+def test_the_context_walk_runs_only_when_the_app_bound_something(
+        monkeypatch: pytest.MonkeyPatch, app_binds: bool) -> None:
+    walks: list[object] = []
+    real = http_module.restore_structlog_context  # type: ignore[attr-defined]
+
+    def spy(before: contextvars.Context) -> None:
+        walks.append(before)
+        real(before)
+
+    monkeypatch.setattr(http_module, "restore_structlog_context", spy)
+
+    def scenario() -> list[dict[str, Any]]:
+        with fresh_observability(tracing_enabled=False) as obs:
+            state = http_state(obs)
+            bind_context(tenant="outer")
+            seen = []
+            for rid in ("first", "second"):
+                rp = start_request(state, "GET", "/a", request_id=rid)
+                assert rp is not None
+                rp.activate()
+                seen.append(structlog.contextvars.get_contextvars())
+                if app_binds:
+                    bind_context(cart=3)
+                rp.deactivate()
+                seen.append(structlog.contextvars.get_contextvars())
+            return seen
+
+    assert contextvars.copy_context().run(scenario) == [
+        {"tenant": "outer", "request_id": "first"}, {"tenant": "outer"},
+        {"tenant": "outer", "request_id": "second"}, {"tenant": "outer"},
+    ]
+    assert len(walks) == (2 if app_binds else 0)
+
+
+def test_a_bound_value_whose_equality_raises_takes_the_walk() -> None:
+    def scenario() -> tuple[dict[str, Any], object, object]:
+        with fresh_observability(tracing_enabled=False) as obs:
+            state = http_state(obs)
+            first = _NoEq()
+            bind_context(odd=first)
+            rp = start_request(state, "GET", "/a", request_id="r-1")
+            assert rp is not None
+            rp.activate()
+            bind_context(odd=_NoEq())  # a different object: comparing the contexts raises
+            rp.deactivate()
+            return (structlog.contextvars.get_contextvars(), first,
+                    sample_value("mestres_observability_errors_total", component="http"))
+
+    after, first, faults = contextvars.copy_context().run(scenario)
+    assert after["odd"] is first  # restored by the walk
+    assert "request_id" not in after
+    assert not faults
+
+
+def test_the_request_id_is_unbound_again_when_it_was_never_bound() -> None:
+    def scenario() -> list[object]:
+        with fresh_observability(tracing_enabled=False) as obs:
+            state = http_state(obs)
+            rp = start_request(state, "GET", "/a", request_id="r-1")
+            assert rp is not None
+            rp.activate()
+            during = structlog.contextvars.get_contextvars().get("request_id")
+            rp.deactivate()
+            return [during, structlog.contextvars.get_contextvars().get("request_id", "unset")]
+
+    assert contextvars.copy_context().run(scenario) == ["r-1", "unset"]
