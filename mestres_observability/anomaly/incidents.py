@@ -26,7 +26,8 @@ Notifiers are any object with ``send_alert(alert)`` returning something with a
 boolean ``ok`` (the Slack, email and webhook notifiers of
 ``mestres_observability.monitoring.notifiers``); a failed delivery is retried
 on the next :meth:`IncidentManager.tick`. The alert handed to them is built by
-``alert_factory`` from keyword arguments ``name``, ``severity``, ``service``,
+``alert_factory`` (by default :class:`~mestres_observability.monitoring.notifiers.Alert`)
+from keyword arguments ``name``, ``severity``, ``service``,
 ``summary``, ``description``, ``starts_at``, ``labels`` and ``links``.
 """
 
@@ -39,10 +40,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..monitoring.notifiers import Alert
 from .detector import Point, severity
 
 __all__ = ["DEFAULT_ROUTES", "SEVERITIES", "Action", "Incident", "IncidentAlert", "IncidentManager",
@@ -82,19 +84,8 @@ class Notifier(Protocol):
         """Deliver ``alert``; the result's ``ok`` says whether it was delivered."""
 
 
-@dataclass(frozen=True)
-class IncidentAlert:
-    """The alert sent to notifiers when no other ``alert_factory`` is given (the same
-    fields as ``mestres_observability.monitoring.notifiers.Alert``)."""
-
-    name: str
-    severity: str
-    service: str
-    summary: str
-    description: str = ""
-    starts_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
-    labels: Mapping[str, str] = field(default_factory=dict)
-    links: Mapping[str, str] = field(default_factory=dict)
+#: The alert handed to notifiers by default: the monitoring package's notifiers take it.
+IncidentAlert = Alert
 
 
 @dataclass(frozen=True)
