@@ -769,6 +769,15 @@ class MultiprocessCollector:
         if self._reap_enabled:
             try:
                 self.reap()
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # a full directory: the dead workers' files stay and are read as they
+                    # are; counted and logged with the other full-directory faults, no traceback
+                    self._faults.report("multiprocess", "directory_full",
+                                        "dead-worker clean-up skipped: PROMETHEUS_MULTIPROC_DIR "
+                                        "is full (their files are kept and still read)")
+                else:
+                    self._faults.report("multiprocess", "reap", "dead-worker clean-up failed", exc)
             except Exception as exc:
                 self._faults.report("multiprocess", "reap", "dead-worker clean-up failed", exc)
         local: list[Metric] = []
