@@ -258,7 +258,7 @@ class HttpState:
         self.duration_child = self.duration.guard.child
         self.in_progress_child = self.in_progress.guard.child
         self.tracing = bool(cfg.enabled and obs.tracing.enabled)
-        self.tracer = obs.tracer if self.tracing else None
+        self.tracer = obs.tracing.own_tracer if self.tracing else None  # lean spans: see tracing
         self.access_log = bool(cfg.enabled and cfg.access_log)
         self.grouped = cfg.group_status_codes
         #: path -> :class:`~mestres_observability._endpoint.Endpoint` (one dict get per request)

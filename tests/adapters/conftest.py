@@ -71,8 +71,9 @@ def use_memory_tracer(obs: Observability) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests")
     obs._tracing = SimpleNamespace(  # type: ignore[assignment]
-        tracer=provider.get_tracer("tests"), enabled=True,
+        tracer=tracer, own_tracer=tracer, enabled=True,
         shutdown=lambda timeout=None: provider.shutdown(), retire=lambda: None,
     )
     import mestres_observability.http as http_module
