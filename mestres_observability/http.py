@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -63,6 +62,7 @@ from ._endpoint import (
 from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
 from .config import DEFAULT_REDACT_QUERY_PARAMS
+from .tracing import extract_context
 
 if TYPE_CHECKING:
     from .observability import Observability
@@ -670,7 +670,7 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
         if len(h.get("traceparent", "")) > 55 or len(h.get("tracestate", "")) > 64 or len(
                 h.get("baggage", "")) > 128:
             trace_headers = bound_trace_headers(h, state)
-        ctx = propagate.extract(trace_headers)  # its log records are dropped: see _quiet
+        ctx = extract_context(trace_headers)  # propagator log records dropped: see _quiet
     attributes: dict[str, Any] = {
         "http.request.method": rp.method,
         "url.path": rp.path[:1024],  # the span attribute limit: past it the SDK warns

@@ -39,6 +39,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -49,8 +50,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
 from . import _compat, _leanspan
 from ._current import get_observability
@@ -67,7 +68,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["TracingHandle", "attach_processor", "record_exception", "setup_tracing", "span", "traced"]
+__all__ = ["TracingHandle", "attach_processor", "extract_context", "record_exception",
+           "setup_tracing", "span", "traced"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("mestres_observability.tracing")
@@ -538,6 +540,9 @@ class _Global:
         self.plan: _leanspan.SamplingPlan | None = None
         #: off once a span processor other than ours is added to the owned provider
         self.lean = _leanspan.LeanSwitch()
+        #: the global propagator the library installed when it is W3C trace context first
+        #: (then baggage or nothing): :func:`extract_context` parses a lone traceparent itself
+        self.w3c: Any = None
 
 
 _GLOBAL = _Global()
@@ -959,7 +964,7 @@ def setup_tracing(
     del sampler
     exporter = _exporter(config, exporter_name)
     propagator = _propagator(config)
-    from opentelemetry import propagate
+    names = tuple(n for n in config.propagators if n != "none")
 
     with _GLOBAL.lock:
         provider = _install_provider(config)
@@ -968,6 +973,8 @@ def setup_tracing(
         previous = _GLOBAL.active
         _GLOBAL.delegate.target = pipeline
         propagate.set_global_textmap(propagator)
+        _GLOBAL.w3c = propagator if names in (("tracecontext",), ("tracecontext", "baggage")) \
+            else None
         try:
             from . import _version
 
@@ -1011,6 +1018,31 @@ def _foreign_processor() -> None:
         _GLOBAL.lean.on = False
         _log.info("a span processor was added to the library's tracer provider: the library's "
                   "own spans are SDK spans from now on (lean spans off)")
+
+
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACE_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
+
+
+def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
+    """``propagate.extract(headers)`` for trace-context headers keyed in lower case.
+
+    When ``headers`` hold a lone version-00 ``traceparent`` (no ``tracestate``,
+    no ``baggage``) and the global propagator is the W3C one the library
+    installed, the header is parsed here, with the W3C propagator's rules and
+    result (a remote ``NonRecordingSpan`` in a new context); anything else goes
+    to ``propagate.extract``.
+    """
+    if len(headers) == 1 and propagate.get_global_textmap() is _GLOBAL.w3c:
+        value = headers.get("traceparent")
+        if value is not None and len(value) == 55:
+            m = _TRACEPARENT_00.fullmatch(value)
+            if m is not None:
+                trace_id, span_id = int(m[1], 16), int(m[2], 16)
+                if trace_id and span_id:
+                    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
+                        trace_id, span_id, True, _TRACE_FLAGS[m[3]])), otel_context.Context())
+    return propagate.extract(headers)
 
 
 def attach_processor(processor: Any) -> Callable[[], None]:
