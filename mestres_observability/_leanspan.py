@@ -789,8 +789,7 @@ def _tail(parts: list[bytes], events: Any, dropped_events: int, links: Any,
         ctx = link.context
         inner = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08",
                  ctx.span_id.to_bytes(8, "big")]
-        if ctx.trace_state:
-            _field(inner, b"\x1a", _trace_state(ctx.trace_state))
+        # (no trace_state: the SDK's encoder leaves a link's out)
         _attributes(inner, b"\x22", link.attributes)
         dropped = _dropped(link)
         if dropped:
