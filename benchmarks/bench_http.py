@@ -1,8 +1,9 @@
 """Per-request overhead of the HTTP adapters against the bare app and the peers.
 
-Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]``
-(all three by default; about 2-3 minutes; ``--markdown`` also prints the table
-as docs/benchmarks.md shows it). Apps are driven
+Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]
+[--no-cpu]`` (all three by default; about 3-4 minutes; ``--markdown`` also prints the
+tables as docs/benchmarks.md shows them; ``--cpu`` runs the CPU measure alone,
+``--no-cpu`` leaves it out; ``--profile`` prints cProfile call counts per request). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
@@ -17,8 +18,9 @@ Variants per framework:
 
 * ``bare``: the app alone.
 * ``ours metrics``: mestres-observability with tracing and access log off.
-* ``ours full``: metrics + SERVER span (SDK provider, batch processor, parent
-  extracted) + one JSON access-log line + request id.
+* ``ours full``: metrics + SERVER span (the library's own provider and bounded
+  pipeline: a lean span; parent extracted) + one JSON access-log line + request id.
+* ``ours full, SDK spans``: the same with ``lean_spans=False``.
 * ``peer metrics``: prometheus_flask_exporter / prometheus-fastapi-instrumentator
   (and starlette_exporter) / django-prometheus.
 * ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
@@ -30,6 +32,14 @@ Variants per framework:
   the span's exemplar, one structlog JSON line with the access log's twelve
   fields. No request id, no in-progress gauge, no route lookup (a constant),
   no redaction, no fault handling.
+
+Then the **CPU measure** (a process of its own, ``--cpu``): a real OTLP/HTTP
+exporter on each side (the library's pipeline; the peers' ``BatchSpanProcessor``)
+sending to a loopback receiver in another process, and the process CPU time per
+request (``time.process_time()``, all threads, so the export's encoding and HTTP
+requests count), each round flushed before it is timed; rows ``bare``, ``ours
+full``, ``ours full, SDK spans``, ``peer metrics+otel+log``, ``primitives by hand``
+(``BENCH_CPU_ROUNDS`` x ``BENCH_CPU_REQUESTS``, 15 x 200 by default).
 
 Peers that are not installed are shown as ``n/a``. Figures are reported, not
 gated: they depend on the machine.
@@ -759,12 +769,85 @@ def _cpu_main(only: set[str], as_markdown: bool) -> None:
         receiver.wait()
 
 
+# ---------------------------------------------------------------------- profile
+PROFILE_VARIANTS = ("bare", "ours metrics", "ours full", "ours full, SDK spans",
+                    "peer metrics+otel+log", "primitives by hand")
+#: where a function's code lives -> the group it is counted in
+_GROUPS = (("mestres_observability", "mestres_observability"),
+           ("opentelemetry", "OpenTelemetry API/SDK"), ("structlog", "structlog"),
+           ("prometheus", "prometheus_client + exporters"), ("json", "JSON encoding"),
+           ("orjson", "JSON encoding"),
+           ("flask", "framework"), ("werkzeug", "framework"), ("starlette", "framework"),
+           ("fastapi", "framework"), ("django", "framework"), ("anyio", "framework"),
+           ("asyncio", "framework"), ("pydantic", "framework"))
+
+
+def _group(filename: str) -> str:
+    for needle, group in _GROUPS:
+        if needle in filename:
+            return group
+    return "other (stdlib, builtins)"
+
+
+def _profile_main(only: set[str]) -> None:
+    """``--profile``: cProfile call counts per request by variant, and by library for the
+    full pass (deterministic counts; the times cProfile shows inflate Python calls)."""
+    import cProfile
+    import pstats
+
+    from mestres_observability._current import swap
+
+    _setup_globals()
+    n = 5000
+    for name, variants_name, runner_name in _FRAMEWORKS:
+        if only and name.split()[0].lower() not in only:
+            continue
+        variants = globals()[variants_name]()
+        runner = globals()[runner_name]
+        print(f"\n{name}: function calls per request (cProfile, C built-ins included)")
+        groups_of: dict[str, dict[str, tuple[float, float]]] = {}
+        for label in PROFILE_VARIANTS:
+            factory = variants.get(label)
+            if factory is None:
+                continue
+            built = factory()
+            app, obs = built if isinstance(built, tuple) else (built, None)
+            if obs is not None:
+                swap(obs)
+            run = runner(app)
+            run(1000)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run(n)
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            by_group: dict[str, list[float]] = {}
+            for (filename, _line, _fn), (_cc, calls, tottime, _ct, _callers) in \
+                    stats.stats.items():  # type: ignore[attr-defined]
+                entry = by_group.setdefault(_group(filename), [0.0, 0.0])
+                entry[0] += calls / n
+                entry[1] += tottime
+            total = sum(t for _c, t in by_group.values()) or 1.0
+            groups_of[label] = {g: (c, t / total) for g, (c, t) in by_group.items()}
+            print(f"  {label:<36} {stats.total_calls / n:7.0f}")  # type: ignore[attr-defined]
+        for label in ("ours full", "ours full, SDK spans"):
+            if label not in groups_of:
+                continue
+            print(f"  {label}, by library: calls per request (share of profiled time)")
+            for group, (calls, share) in sorted(groups_of[label].items(),
+                                                key=lambda kv: -kv[1][0]):
+                print(f"    {group:<34} {calls:6.0f}  ({share:4.0%})")
+
+
 def main() -> None:
     args = [a.lower() for a in sys.argv[1:]]
     as_markdown = "--markdown" in args
     only = {a for a in args if not a.startswith("--")}
     if "--cpu" in args:
         _cpu_main(only, as_markdown)
+        return
+    if "--profile" in args:
+        _profile_main(only)
         return
     _setup_globals()
     t0 = time.perf_counter()

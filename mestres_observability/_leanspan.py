@@ -80,6 +80,7 @@ _sdk_log = logging.getLogger("opentelemetry.sdk.trace")
 _encoder_log = logging.getLogger("opentelemetry.exporter.otlp.proto.common._internal")
 
 _MASK64 = (1 << 64) - 1
+_MISSING: Any = object()
 _UNLIMITED = sys.maxsize
 _UNSET_STATUS = Status(StatusCode.UNSET)
 #: ``TraceFlags`` by value: bit 0 sampled, bit 1 random trace id (what the SDK can set)
@@ -312,10 +313,10 @@ class LeanSpan(trace.Span):
         if cap == 0:
             self._dropped += 1
             return
-        if key in attrs:
-            del attrs[key]
-        elif len(attrs) >= cap:
-            del attrs[next(iter(attrs))]
+        # pop, not "in" then del: another thread may set the same key meanwhile
+        if attrs.pop(key, _MISSING) is _MISSING and len(attrs) >= cap:
+            with contextlib.suppress(StopIteration, RuntimeError):
+                attrs.pop(next(iter(attrs)), None)
             self._dropped += 1
         attrs[key] = value
 
@@ -346,9 +347,7 @@ class LeanSpan(trace.Span):
             self._set_slow(key, value)
             return
         attrs = self._attrs
-        if key in attrs:
-            del attrs[key]
-        elif len(attrs) >= self._tracer.max_attributes:
+        if attrs.pop(key, _MISSING) is _MISSING and len(attrs) >= self._tracer.max_attributes:
             self._store(key, value)
             return
         attrs[key] = value
@@ -385,9 +384,7 @@ class LeanSpan(trace.Span):
                 break
             if type(key) is not str or not key:
                 break
-            if key in attrs:
-                del attrs[key]
-            elif len(attrs) >= cap:
+            if attrs.pop(key, _MISSING) is _MISSING and len(attrs) >= cap:
                 break
             attrs[key] = value
             done += 1

@@ -374,7 +374,8 @@ class _Pipeline:
 
         ok = False
         try:
-            send = self.fast_send
+            # lean spans on (a processor added since gets SDK spans the public way)
+            send = self.fast_send if _GLOBAL.lean.on else None
             if send is not None:
                 try:
                     body: bytes | None = _leanspan.encode_spans(job.spans)
