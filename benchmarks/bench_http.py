@@ -786,12 +786,49 @@ def _group(filename: str) -> str:
     for needle, group in _GROUPS:
         if needle in filename:
             return group
-    return "other (stdlib, builtins)"
+    return "standard library"
+
+
+#: stages of the library's pass: the functions whose cumulative time is each stage's
+_STAGES = (
+    ("SERVER span start (headers, extraction, span)", ("_start_span",)),
+    ("SERVER span end (status, attributes, queue)", ("_end_span",)),
+    ("access-log line (fields, structlog, JSON)", ("_access_log",)),
+    ("request pass without span and log line", ("start_request", "finish", "activate",
+                                                "deactivate", "track_in_progress")),
+)
+
+
+def _by_library(stats: Any, n: int) -> dict[str, float]:
+    """Calls per request by library; a C built-in's calls count for the library calling it."""
+    out: dict[str, float] = {}
+    for (filename, _line, _fn), (_cc, calls, _tt, _ct, callers) in stats.stats.items():
+        if filename != "~":
+            group = _group(filename)
+            out[group] = out.get(group, 0.0) + calls / n
+            continue
+        for (caller_file, _l, _f), caller_entry in callers.items():
+            group = _group(caller_file)
+            out[group] = out.get(group, 0.0) + caller_entry[1] / n
+    return out
+
+
+def _stages(stats: Any) -> dict[str, float]:
+    """Cumulative profiled seconds of each of :data:`_STAGES` (the library's functions)."""
+    cum: dict[str, float] = {}
+    for (filename, _line, fn), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        if "mestres_observability" in filename and filename.endswith("http.py"):
+            cum[fn] = cum.get(fn, 0.0) + ct
+    span_log = sum(cum.get(f, 0.0) for f in ("_start_span", "_end_span", "_access_log"))
+    out = {label: sum(cum.get(f, 0.0) for f in fns) for label, fns in _STAGES[:3]}
+    out[_STAGES[3][0]] = sum(cum.get(f, 0.0) for f in _STAGES[3][1]) - span_log
+    return out
 
 
 def _profile_main(only: set[str]) -> None:
-    """``--profile``: cProfile call counts per request by variant, and by library for the
-    full pass (deterministic counts; the times cProfile shows inflate Python calls)."""
+    """``--profile``: cProfile call counts per request by variant, the full pass's calls
+    over the bare app by library, and its profiled time by stage (the counts are exact;
+    cProfile's times inflate Python calls, so read the shares, not the microseconds)."""
     import cProfile
     import pstats
 
@@ -805,7 +842,9 @@ def _profile_main(only: set[str]) -> None:
         variants = globals()[variants_name]()
         runner = globals()[runner_name]
         print(f"\n{name}: function calls per request (cProfile, C built-ins included)")
-        groups_of: dict[str, dict[str, tuple[float, float]]] = {}
+        libraries: dict[str, dict[str, float]] = {}
+        totals: dict[str, float] = {}
+        stages: dict[str, dict[str, float]] = {}
         for label in PROFILE_VARIANTS:
             factory = variants.get(label)
             if factory is None:
@@ -821,22 +860,29 @@ def _profile_main(only: set[str]) -> None:
             run(n)
             profiler.disable()
             stats = pstats.Stats(profiler)
-            by_group: dict[str, list[float]] = {}
-            for (filename, _line, _fn), (_cc, calls, tottime, _ct, _callers) in \
-                    stats.stats.items():  # type: ignore[attr-defined]
-                entry = by_group.setdefault(_group(filename), [0.0, 0.0])
-                entry[0] += calls / n
-                entry[1] += tottime
-            total = sum(t for _c, t in by_group.values()) or 1.0
-            groups_of[label] = {g: (c, t / total) for g, (c, t) in by_group.items()}
-            print(f"  {label:<36} {stats.total_calls / n:7.0f}")  # type: ignore[attr-defined]
-        for label in ("ours full", "ours full, SDK spans"):
-            if label not in groups_of:
+            libraries[label] = _by_library(stats, n)
+            totals[label] = stats.total_tt  # type: ignore[attr-defined]
+            stages[label] = _stages(stats)
+            print(f"  {label:<36} {stats.total_calls / n:7.0f}"  # type: ignore[attr-defined]
+                  f"  (+{(stats.total_calls / n) - sum(libraries['bare'].values()):4.0f} "  # type: ignore[attr-defined]
+                  f"over bare)")
+        bare = libraries["bare"]
+        for label in ("ours metrics", "ours full", "ours full, SDK spans"):
+            if label not in libraries:
                 continue
-            print(f"  {label}, by library: calls per request (share of profiled time)")
-            for group, (calls, share) in sorted(groups_of[label].items(),
-                                                key=lambda kv: -kv[1][0]):
-                print(f"    {group:<34} {calls:6.0f}  ({share:4.0%})")
+            print(f"  {label}: calls per request over the bare app, by library")
+            over = {g: c - bare.get(g, 0.0) for g, c in libraries[label].items()}
+            for group, calls in sorted(over.items(), key=lambda kv: -kv[1]):
+                if abs(calls) >= 0.5:
+                    print(f"    {group:<34} {calls:+6.0f}")
+            overhead = totals[label] - totals["bare"]
+            if label == "ours metrics":
+                continue
+            print(f"  {label}: share of the profiled overhead over the bare app, by stage")
+            for stage, seconds in stages[label].items():
+                print(f"    {stage:<48} {seconds / overhead:4.0%}")
+            rest = 1 - sum(stages[label].values()) / overhead
+            print(f"    {'the adapter itself, and the rest':<48} {rest:4.0%}")
 
 
 def main() -> None:
