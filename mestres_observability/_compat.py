@@ -457,7 +457,7 @@ def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
     with backoff and ``Retry-After`` within the exporter's timeout), ``_shutdown``
     and ``_max_request_size`` (exporter 1.4x). Why: the lean spans are encoded
     straight into the request's protobuf bytes (the bytes the SDK's encoder
-    produces, about five times faster), so only the sending half of
+    produces, four to five times faster), so only the sending half of
     ``export()`` is needed. Public replacement: an exporter method taking
     serialized bytes. Fallback: None, and the caller hands ``ReadableSpan``
     objects to ``export()`` (the encoding then costs what the SDK's does); also

@@ -36,7 +36,7 @@ Export: ended spans join the SDK spans in the same bounded queue and ledger
 (``tracing._Pipeline``). With the OTLP/HTTP exporter a batch is encoded by
 :func:`encode_spans` straight into the protobuf bytes of an
 ``ExportTraceServiceRequest``, the same bytes the SDK's encoder produces
-(tests compare them), about five times faster, then sent by the exporter's
+(tests compare them), four to five times faster, then sent by the exporter's
 own HTTP client (retries, compression, timeout).
 """
 
@@ -656,6 +656,7 @@ _pack_i = struct.Struct("<I").pack
 _LOCAL_FLAGS = _pack_i(0x100)  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE_FLAGS = _pack_i(0x300)  # ... | SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KEYS: dict[str, bytes] = {}  # attribute key -> its encoded KeyValue.key field
+_PAIRS: dict[tuple[str, str], bytes] = {}  # (key, short str value) -> its KeyValue message
 
 
 def _varint(n: int) -> bytes:
@@ -721,10 +722,17 @@ def _key_value(key: str, value: Any) -> bytes:
     """A ``KeyValue`` message; raises where the SDK's encoder raises."""
     t = type(value)
     if t is str:
+        if len(value) <= 64:  # a short string value: most repeat (methods, routes, hosts)
+            found = _PAIRS.get((key, value))
+            if found is not None:
+                return found
         raw: bytes = value.encode()
         n = len(raw)
         if n < 126:
-            return _key(key) + b"\x12" + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
+            kv = _key(key) + b"\x12" + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + raw
+            if len(value) <= 64 and len(_PAIRS) < 4096:
+                _PAIRS[(key, value)] = kv
+            return kv
         any_value = b"\x0a" + _varint(n) + raw
     elif t is int:
         if not -(1 << 63) <= value < (1 << 63):
