@@ -177,3 +177,78 @@ def test_lean_spans_from_the_environment() -> None:
 
     assert ObservabilityConfig.from_env({"MESTRES_OBS_LEAN_SPANS": "false"}).lean_spans is False
     assert ObservabilityConfig().lean_spans is True
+
+
+_SAMPLING = """
+import json, sys
+from opentelemetry import trace
+import flask
+from mestres_observability import init_observability, span
+from mestres_observability.flask import instrument
+obs = init_observability(configure_logging=False, traces_sampler=sys.argv[1],
+                         traces_sampler_arg=float(sys.argv[2]))
+sampler = trace.get_tracer_provider().sampler
+app = flask.Flask("sampling")
+seen = []
+
+@app.get("/")
+def index():
+    sc = trace.get_current_span().get_span_context()
+    seen.append([type(trace.get_current_span()).__name__, bool(sc.trace_flags & 1),
+                 format(sc.trace_id, "032x")])
+    return "ok"
+
+instrument(app)
+client = app.test_client()
+for flags in ("01", "00"):
+    client.get("/", headers={"traceparent": f"00-{'4bf92f3577b34da6a3ce929d0e0e4736'}-"
+                                            f"00f067aa0ba902b7-{flags}"})
+roots = []
+for _ in range(200):
+    with span("root") as sp:
+        ctx = sp.get_span_context()
+        expected = sampler.should_sample(None, ctx.trace_id, "root").decision.is_sampled()
+        roots.append([bool(ctx.trace_flags & 1), expected, sp.is_recording()])
+print(json.dumps({"lean": obs.tracing.lean, "requests": seen, "roots": roots}))
+"""
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_traceidratio", "traceidratio"])
+def test_the_configured_sampler_decides_lean_spans_as_the_sdk_would(sampler: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESTRES_OBS_"))}
+    proc = subprocess.run([sys.executable, "-c", _SAMPLING, sampler, "0.5"],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["lean"] is True
+    (sampled_parent, unsampled_parent) = out["requests"]
+    if sampler.startswith("parentbased_"):
+        # the incoming traceparent's flag decides: recorded (lean) when sampled, not else
+        assert sampled_parent[:2] == ["LeanSpan", True]
+        assert unsampled_parent[:2] == ["NonRecordingSpan", False]
+    else:  # the trace id alone decides, whatever the caller's flag
+        assert sampled_parent[1] == unsampled_parent[1]
+    assert sampled_parent[2] == unsampled_parent[2] == TRACE_ID
+    roots = out["roots"]
+    assert all(flag == expected == recording for flag, expected, recording in roots)
+    assert 40 < sum(flag for flag, _e, _r in roots) < 160  # about half, as the ratio says
+
+
+def test_captured_spans_sees_lean_spans_as_readable_spans() -> None:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from mestres_observability import span
+    from mestres_observability.testing import captured_spans
+
+    with fresh_observability(service_name="captured") as obs, captured_spans() as spans:
+        assert obs.tracing.lean
+        with span("outer", **{"order.id": "o-1"}) as outer, span("inner"):
+            assert type(outer).__name__ == "LeanSpan"
+    inner, outer_view = spans.spans
+    assert isinstance(inner, ReadableSpan)
+    assert isinstance(outer_view, ReadableSpan)
+    assert spans.names() == ["inner", "outer"]
+    assert dict(outer_view.attributes) == {"order.id": "o-1"}
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer_view.context.span_id
+    assert outer_view.instrumentation_scope.name == "mestres_observability"
