@@ -18,6 +18,12 @@
   at most one at a time. :meth:`TracingHandle.shutdown` runs on a daemon thread
   joined for at most its bound, and the library's own ``atexit`` hook uses the
   same bound, so a hung collector can never hang the process on exit.
+* **Lean spans.** The spans the library starts itself are lean spans
+  (:mod:`mestres_observability._leanspan`) when the provider is the library's, no
+  other processor is added to it and the sampler is a built-in one
+  (``lean_spans`` forces the SDK path): the same spans on the wire without the
+  SDK's per-span work, in the same pipeline, encoded for OTLP/HTTP by the
+  library (:func:`_leanspan.encode_spans`) and sent by the exporter's own client.
 * **Counted.** Every span ended is, exactly once, exported or dropped, by
   reason (``SPAN_DROP_REASONS``: ``queue_full``, ``export_failed``,
   ``export_timeout``, ``shutdown``), counted in

@@ -375,3 +375,47 @@ def test_switch_off_gives_sdk_spans() -> None:
     assert not isinstance(span, LeanSpan)
     span.end()
     assert pair.sdk_span().name == "x"
+
+
+# ---------------------------------------------------------------------- traceparent inline
+hexes = st.text("0123456789abcdefABCDEF", min_size=0, max_size=34)
+traceparents = st.one_of(
+    st.builds(lambda v, t, s, f: f"{v}-{t}-{s}-{f}",
+              st.sampled_from(["00", "01", "ff", "0", "zz"]),
+              st.one_of(st.just("0" * 32), st.just("4bf92f3577b34da6a3ce929d0e0e4736"), hexes),
+              st.one_of(st.just("0" * 16), st.just("00f067aa0ba902b7"), hexes),
+              st.sampled_from(["00", "01", "02", "03", "ff", "1", "0g"])),
+    st.text(max_size=60),
+)
+
+
+@pytest.fixture(scope="module")
+def w3c_installed() -> Iterator[None]:
+    """An instance whose propagator is the library's W3C one (the default)."""
+    from opentelemetry import propagate
+
+    from mestres_observability.testing import fresh_observability
+    from mestres_observability.tracing import _GLOBAL
+
+    with fresh_observability(service_name="extract"):
+        assert _GLOBAL.w3c is propagate.get_global_textmap()
+        yield
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=traceparents, extra=st.sampled_from([{}, {"tracestate": "a=1"},
+                                                   {"baggage": "k=v"}]))
+def test_inline_traceparent_gives_what_propagate_extract_gives(
+        w3c_installed: None, value: str, extra: dict[str, str]) -> None:
+    from opentelemetry import baggage, propagate
+
+    from mestres_observability.tracing import extract_context
+
+    headers = {"traceparent": value, **extra}
+    ours = extract_context(headers)
+    theirs = propagate.extract(headers)
+    assert trace.get_current_span(ours).get_span_context() == \
+        trace.get_current_span(theirs).get_span_context()
+    assert type(trace.get_current_span(ours)) is type(trace.get_current_span(theirs))
+    assert baggage.get_all(ours) == baggage.get_all(theirs)
+    assert len(ours) == len(theirs)  # the same keys: nothing else in the new context
