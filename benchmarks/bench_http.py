@@ -1,8 +1,9 @@
 """Per-request overhead of the HTTP adapters against the bare app and the peers.
 
-Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]``
-(all three by default; about 2-3 minutes; ``--markdown`` also prints the table
-as docs/benchmarks.md shows it). Apps are driven
+Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]
+[--no-cpu]`` (all three by default; about 3-4 minutes; ``--markdown`` also prints the
+tables as docs/benchmarks.md shows them; ``--cpu`` runs the CPU measure alone,
+``--no-cpu`` leaves it out; ``--profile`` prints cProfile call counts per request). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
@@ -17,8 +18,9 @@ Variants per framework:
 
 * ``bare``: the app alone.
 * ``ours metrics``: mestres-observability with tracing and access log off.
-* ``ours full``: metrics + SERVER span (SDK provider, batch processor, parent
-  extracted) + one JSON access-log line + request id.
+* ``ours full``: metrics + SERVER span (the library's own provider and bounded
+  pipeline: a lean span; parent extracted) + one JSON access-log line + request id.
+* ``ours full, SDK spans``: the same with ``lean_spans=False``.
 * ``peer metrics``: prometheus_flask_exporter / prometheus-fastapi-instrumentator
   (and starlette_exporter) / django-prometheus.
 * ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
@@ -30,6 +32,14 @@ Variants per framework:
   the span's exemplar, one structlog JSON line with the access log's twelve
   fields. No request id, no in-progress gauge, no route lookup (a constant),
   no redaction, no fault handling.
+
+Then the **CPU measure** (a process of its own, ``--cpu``): a real OTLP/HTTP
+exporter on each side (the library's pipeline; the peers' ``BatchSpanProcessor``)
+sending to a loopback receiver in another process, and the process CPU time per
+request (``time.process_time()``, all threads, so the export's encoding and HTTP
+requests count), each round flushed before it is timed; rows ``bare``, ``ours
+full``, ``ours full, SDK spans``, ``peer metrics+otel+log``, ``primitives by hand``
+(``BENCH_CPU_ROUNDS`` x ``BENCH_CPU_REQUESTS``, 15 x 200 by default).
 
 Peers that are not installed are shown as ``n/a``. Figures are reported, not
 gated: they depend on the machine.
@@ -77,9 +87,18 @@ class _Discard(SpanExporter):
         return None
 
 
-def _setup_globals() -> None:
+def _setup_globals(otlp_endpoint: str | None = None) -> None:
+    """The peers' global provider (a batch processor; an OTLP/HTTP exporter to
+    ``otlp_endpoint`` in the CPU measure, else one that discards) and structlog."""
+    global _OTLP_ENDPOINT
+    _OTLP_ENDPOINT = otlp_endpoint
+    exporter: SpanExporter = _Discard()
+    if otlp_endpoint is not None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_endpoint + "/v1/traces")
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=65536))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     trace.set_tracer_provider(provider)
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
     structlog.configure(
@@ -105,21 +124,40 @@ def log_line() -> None:
     _log.info("http_request", method="GET", url="/orders/42", status_code=200)
 
 
-def _init(full: bool) -> Any:
+#: OTLP/HTTP endpoint of the library's exporter in the CPU measure (``--cpu``); None: the
+#: wall-clock measure, where the exporter discards, as the peers' does
+_OTLP_ENDPOINT: str | None = None
+
+
+def _init(full: bool, lean: bool = True) -> Any:
+    """The library as it runs in production: its own tracer provider (the benchmark's global
+    one is the peers'), an OTLP exporter behind its bounded pipeline; ``lean=False``: SDK
+    spans (``lean_spans=false``)."""
     from mestres_observability import init_observability
 
-    return init_observability(
-        configure_logging=False, tracing_enabled=full, access_log=full,
+    obs = init_observability(
+        configure_logging=False, tracing_enabled=full, access_log=full, lean_spans=lean,
         system_metrics=False, process_metrics=False, service_name="bench",
+        respect_global_tracer_provider=False, span_queue_size=65536,
+        traces_exporter="otlp" if full else None,
+        otlp_endpoint=_OTLP_ENDPOINT or "http://127.0.0.1:9",
     )
+    pipeline = obs.tracing._pipeline
+    if full and _OTLP_ENDPOINT is None and pipeline is not None:
+        # the wall-clock measure: spans are batched and handed to an exporter that discards
+        # them, as the peers' are (no encoding on either side)
+        pipeline.exporter.inner = _Discard()
+        pipeline.fast_send = None
+    return obs
 
 
-def _ours(adapter: str, make: Callable[[], Any], full: bool) -> tuple[Any, Any]:
+def _ours(adapter: str, make: Callable[[], Any], full: bool, lean: bool = True
+          ) -> tuple[Any, Any]:
     """A fresh app wired by ``mestres_observability.<adapter>.instrument``, and its instance."""
     import importlib
 
     app = make()
-    obs = _init(full)
+    obs = _init(full, lean)
     importlib.import_module(f"mestres_observability.{adapter}").instrument(app, obs)
     return app, obs
 
@@ -282,6 +320,7 @@ def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: 
         "bare": make,
         "ours metrics": lambda: _ours(adapter, make, False),
         "ours full": lambda: _ours(adapter, make, True),
+        "ours full, SDK spans": lambda: _ours(adapter, make, True, lean=False),
         "peer metrics": _optional(lambda: metrics_peer(make())),
         **(more_metrics_peers or {}),
         "peer otel": _optional(lambda: otel(make())),
@@ -419,8 +458,8 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
 
         return app
 
-    def ours(full: bool) -> Any:
-        obs = _init(full)
+    def ours(full: bool, lean: bool = True) -> Any:
+        obs = _init(full, lean)
         return handler(["mestres_observability.django.ObservabilityMiddleware"]), obs
 
     prom = ["django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -429,6 +468,7 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
         "bare": lambda: handler([]),
         "ours metrics": lambda: ours(False),
         "ours full": lambda: ours(True),
+        "ours full, SDK spans": lambda: ours(True, lean=False),
         "peer metrics": _optional(lambda: handler(prom), "django_prometheus"),
         "peer otel": _optional(lambda: handler([], otel=True),
                                "opentelemetry.instrumentation.django"),
@@ -504,15 +544,16 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
     metric_peers = [v for k, v in over.items() if k.startswith("peer metrics") and "+" not in k]
     if combined:
         print(f"  ratio ours full / peers metrics+otel+log: "
-              f"{over['ours full'] / combined:5.2f}  (target <= 0.33)")
+              f"{over['ours full'] / combined:5.2f}  (target <= 0.25, aim 0.20)")
     floor = over.get("primitives by hand")
     if combined and floor:
         print(f"  ratio primitives by hand / peers metrics+otel+log: {floor / combined:5.2f}"
-              f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}")
+              f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}"
+              f"  (target <= 0.75)")
     if metric_peers:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
-              f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.50)")
+              f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
 
 
 def _ratio(over: dict[str, float], a: str, b: str) -> str:
@@ -536,36 +577,332 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
     overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
              for name, figs in results.items()}
     for title, a, b in (
-        ("**ours full / peers combined** (target ≤ 0.33)", "ours full", "peer metrics+otel+log"),
+        ("**ours full / peers combined** (target ≤ 0.25)", "ours full", "peer metrics+otel+log"),
         ("primitives by hand / peers combined", "primitives by hand", "peer metrics+otel+log"),
-        ("ours full / primitives by hand", "ours full", "primitives by hand"),
+        ("**ours full / primitives by hand** (target ≤ 0.75)", "ours full",
+         "primitives by hand"),
+        ("ours full with SDK spans / peers combined", "ours full, SDK spans",
+         "peer metrics+otel+log"),
     ):
         rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
     cheapest = []
     for n in names:
         peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
         cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}" if peers else "n/a")
-    rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.50) | "
+    rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.30) | "
                 + " | ".join(cheapest) + " |")
     return "\n".join(rows)
 
 
-def main() -> None:
+# ---------------------------------------------------------------------- CPU per request
+CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "15"))
+CPU_PER_ROUND = int(os.environ.get("BENCH_CPU_REQUESTS", "200"))
+#: the variants of the CPU measure (each exporting over OTLP/HTTP, but the bare app)
+CPU_VARIANTS = ("bare", "ours full", "ours full, SDK spans", "peer metrics+otel+log",
+                "primitives by hand")
+
+#: A loopback OTLP/HTTP receiver, run in its own process: it decodes every request with the
+#: official protobuf messages (so a malformed one is counted) and answers 200; ``GET`` gives
+#: "<spans received> <requests it could not decode>".
+_RECEIVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+got = [0, 0]
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            req = ExportTraceServiceRequest.FromString(body)
+            got[0] += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+        except Exception:
+            got[1] += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        out = f"{got[0]} {got[1]}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def measure_cpu(variants: dict[str, Callable[[], Any] | None],
+                runner: Callable[[Any], Callable[[int], None]]
+                ) -> dict[str, tuple[float, float] | None]:
+    """Per variant: median CPU time per request (us, all threads, export included) and its
+    median overhead over the bare app in the same round.
+
+    Each round serves ``CPU_PER_ROUND`` requests, then flushes the variant's span
+    pipeline, so the batch's encoding and its HTTP request fall in the round.
+    """
+    from mestres_observability._current import swap
+
+    runs: dict[str, tuple[Callable[[int], None], Any, Callable[[], Any]]] = {}
+    out: dict[str, tuple[float, float] | None] = {}
+    for label in CPU_VARIANTS:
+        out[label] = None
+        factory = variants.get(label)
+        if factory is None:
+            continue
+        try:
+            built = factory()
+        except ImportError:
+            continue
+        app, obs = built if isinstance(built, tuple) else (built, None)
+        flush: Callable[[], Any] = lambda: None  # noqa: E731
+        if obs is not None:
+            flush = obs.tracing._pipeline.bsp.force_flush
+        elif label != "bare":
+            flush = trace.get_tracer_provider().force_flush  # type: ignore[attr-defined]
+        runs[label] = (runner(app), obs, flush)
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for round_no in range(CPU_ROUNDS + 1):
+        for label, (run, obs, flush) in runs.items():
+            if obs is not None:
+                swap(obs)
+            gc.collect()
+            n = CPU_PER_ROUND if round_no else 100
+            t0 = time.process_time()
+            run(n)
+            flush()
+            if round_no:
+                times[label].append((time.process_time() - t0) / n * 1e6)
+    bare = times["bare"]
+    for label, values in times.items():
+        overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
+        out[label] = (statistics.median(values), overhead)
+    return out
+
+
+def report_cpu(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
+    print(f"\n{name}: CPU us per request, all threads, OTLP/HTTP export included "
+          f"(median; overhead over bare, median of rounds)")
+    over: dict[str, float] = {}
+    for label, value in figures.items():
+        if value is None:
+            print(f"  {label:<36} n/a (peer not installed)")
+            continue
+        print(f"  {label:<36} {value[0]:8.1f}   (+{value[1]:6.1f})")
+        over[label] = value[1]
+    if over.get("peer metrics+otel+log"):
+        print(f"  CPU ratio ours full / peers metrics+otel+log: "
+              f"{_ratio(over, 'ours full', 'peer metrics+otel+log')}"
+              f"   ours full / primitives by hand: {_ratio(over, 'ours full', 'primitives by hand')}"
+              f"   SDK spans / peers: "
+              f"{_ratio(over, 'ours full, SDK spans', 'peer metrics+otel+log')}")
+
+
+def markdown_cpu(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
+    """The CPU measure as a Markdown table (``--markdown``)."""
+    names = list(results)
+    rows = ["| CPU per request | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for label in CPU_VARIANTS:
+        cells = []
+        for name in names:
+            value = results[name].get(label)
+            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
+             for name, figs in results.items()}
+    for title, a, b in (
+        ("**ours full / peers combined**", "ours full", "peer metrics+otel+log"),
+        ("ours full / primitives by hand", "ours full", "primitives by hand"),
+        ("ours full with SDK spans / peers combined", "ours full, SDK spans",
+         "peer metrics+otel+log"),
+    ):
+        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    return "\n".join(rows)
+
+
+_FRAMEWORKS = (
+    ("Flask", "flask_variants", "wsgi_runner"),
+    ("FastAPI", "fastapi_variants", "asgi_runner"),
+    ("Django (WSGI)", "django_variants", "wsgi_runner"),
+)
+
+
+def _cpu_main(only: set[str], as_markdown: bool) -> None:
+    """The CPU measure (``--cpu``), in a process of its own: the peers' global provider
+    exports over OTLP/HTTP there, to a receiver in another process."""
+    import subprocess
+
+    receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        assert receiver.stdout is not None
+        endpoint = f"http://127.0.0.1:{receiver.stdout.readline().strip()}"
+        _setup_globals(endpoint)
+        results: dict[str, dict[str, tuple[float, float] | None]] = {}
+        t0 = time.perf_counter()
+        for name, variants, runner in _FRAMEWORKS:
+            if only and name.split()[0].lower() not in only:
+                continue
+            try:
+                figures = measure_cpu(globals()[variants](), globals()[runner])
+            except ImportError as exc:
+                print(f"\n{name}: skipped ({exc})")
+                continue
+            report_cpu(name, figures)
+            results[name] = figures
+        import urllib.request
+
+        with urllib.request.urlopen(endpoint) as answer:
+            spans, bad = answer.read().decode().split()
+        print(f"\n({CPU_ROUNDS} rounds x {CPU_PER_ROUND} requests; "
+              f"{time.perf_counter() - t0:.0f} s; the receiver decoded {spans} spans, "
+              f"{bad} request(s) it could not decode)")
+        if as_markdown and results:
+            print()
+            print(markdown_cpu(results))
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+# ---------------------------------------------------------------------- profile
+PROFILE_VARIANTS = ("bare", "ours metrics", "ours full", "ours full, SDK spans",
+                    "peer metrics+otel+log", "primitives by hand")
+#: where a function's code lives -> the group it is counted in
+_GROUPS = (("mestres_observability", "mestres_observability"),
+           ("opentelemetry", "OpenTelemetry API/SDK"), ("structlog", "structlog"),
+           ("prometheus", "prometheus_client + exporters"), ("json", "JSON encoding"),
+           ("orjson", "JSON encoding"),
+           ("flask", "framework"), ("werkzeug", "framework"), ("starlette", "framework"),
+           ("fastapi", "framework"), ("django", "framework"), ("anyio", "framework"),
+           ("asyncio", "framework"), ("pydantic", "framework"))
+
+
+def _group(filename: str) -> str:
+    for needle, group in _GROUPS:
+        if needle in filename:
+            return group
+    return "standard library"
+
+
+#: stages of the library's pass: the functions whose cumulative time is each stage's
+_STAGES = (
+    ("SERVER span start (headers, extraction, span)", ("_start_span",)),
+    ("SERVER span end (status, attributes, queue)", ("_end_span",)),
+    ("access-log line (fields, structlog, JSON)", ("_access_log",)),
+    ("request pass without span and log line", ("start_request", "finish", "activate",
+                                                "deactivate", "track_in_progress")),
+)
+
+
+def _by_library(stats: Any, n: int) -> dict[str, float]:
+    """Calls per request by library; a C built-in's calls count for the library calling it."""
+    out: dict[str, float] = {}
+    for (filename, _line, _fn), (_cc, calls, _tt, _ct, callers) in stats.stats.items():
+        if filename != "~":
+            group = _group(filename)
+            out[group] = out.get(group, 0.0) + calls / n
+            continue
+        for (caller_file, _l, _f), caller_entry in callers.items():
+            group = _group(caller_file)
+            out[group] = out.get(group, 0.0) + caller_entry[1] / n
+    return out
+
+
+def _stages(stats: Any) -> dict[str, float]:
+    """Cumulative profiled seconds of each of :data:`_STAGES` (the library's functions)."""
+    cum: dict[str, float] = {}
+    for (filename, _line, fn), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
+        if "mestres_observability" in filename and filename.endswith("http.py"):
+            cum[fn] = cum.get(fn, 0.0) + ct
+    span_log = sum(cum.get(f, 0.0) for f in ("_start_span", "_end_span", "_access_log"))
+    out = {label: sum(cum.get(f, 0.0) for f in fns) for label, fns in _STAGES[:3]}
+    out[_STAGES[3][0]] = sum(cum.get(f, 0.0) for f in _STAGES[3][1]) - span_log
+    return out
+
+
+def _profile_main(only: set[str]) -> None:
+    """``--profile``: cProfile call counts per request by variant, the full pass's calls
+    over the bare app by library, and its profiled time by stage (the counts are exact;
+    cProfile's times inflate Python calls, so read the shares, not the microseconds)."""
+    import cProfile
+    import pstats
+
+    from mestres_observability._current import swap
+
     _setup_globals()
-    t0 = time.perf_counter()
+    n = 5000
+    for name, variants_name, runner_name in _FRAMEWORKS:
+        if only and name.split()[0].lower() not in only:
+            continue
+        variants = globals()[variants_name]()
+        runner = globals()[runner_name]
+        print(f"\n{name}: function calls per request (cProfile, C built-ins included)")
+        libraries: dict[str, dict[str, float]] = {}
+        totals: dict[str, float] = {}
+        stages: dict[str, dict[str, float]] = {}
+        for label in PROFILE_VARIANTS:
+            factory = variants.get(label)
+            if factory is None:
+                continue
+            built = factory()
+            app, obs = built if isinstance(built, tuple) else (built, None)
+            if obs is not None:
+                swap(obs)
+            run = runner(app)
+            run(1000)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run(n)
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            libraries[label] = _by_library(stats, n)
+            totals[label] = stats.total_tt  # type: ignore[attr-defined]
+            stages[label] = _stages(stats)
+            print(f"  {label:<36} {stats.total_calls / n:7.0f}"  # type: ignore[attr-defined]
+                  f"  (+{(stats.total_calls / n) - sum(libraries['bare'].values()):4.0f} "  # type: ignore[attr-defined]
+                  f"over bare)")
+        bare = libraries["bare"]
+        for label in ("ours metrics", "ours full", "ours full, SDK spans"):
+            if label not in libraries:
+                continue
+            print(f"  {label}: calls per request over the bare app, by library")
+            over = {g: c - bare.get(g, 0.0) for g, c in libraries[label].items()}
+            for group, calls in sorted(over.items(), key=lambda kv: -kv[1]):
+                if abs(calls) >= 0.5:
+                    print(f"    {group:<34} {calls:+6.0f}")
+            overhead = totals[label] - totals["bare"]
+            if label == "ours metrics":
+                continue
+            print(f"  {label}: share of the profiled overhead over the bare app, by stage")
+            for stage, seconds in stages[label].items():
+                print(f"    {stage:<48} {seconds / overhead:4.0%}")
+            rest = 1 - sum(stages[label].values()) / overhead
+            print(f"    {'the adapter itself, and the rest':<48} {rest:4.0%}")
+
+
+def main() -> None:
     args = [a.lower() for a in sys.argv[1:]]
     as_markdown = "--markdown" in args
     only = {a for a in args if not a.startswith("--")}
+    if "--cpu" in args:
+        _cpu_main(only, as_markdown)
+        return
+    if "--profile" in args:
+        _profile_main(only)
+        return
+    _setup_globals()
+    t0 = time.perf_counter()
     results: dict[str, dict[str, tuple[float, float] | None]] = {}
-    for name, variants, runner in (
-        ("Flask", flask_variants, wsgi_runner),
-        ("FastAPI", fastapi_variants, asgi_runner),
-        ("Django (WSGI)", django_variants, wsgi_runner),
-    ):
+    for name, variants, runner in _FRAMEWORKS:
         if only and name.split()[0].lower() not in only:
             continue
         try:
-            figures = measure(name, variants(), runner)
+            figures = measure(name, globals()[variants](), globals()[runner])
         except ImportError as exc:
             print(f"\n{name}: skipped ({exc})")
             continue
@@ -575,6 +912,13 @@ def main() -> None:
     if as_markdown and results:
         print()
         print(markdown(results))
+    if "--no-cpu" not in args:
+        # a process of its own: the peers' global provider exports over OTLP there
+        import subprocess
+
+        sys.stdout.flush()
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--cpu", *sys.argv[1:]],
+                       check=False)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ __all__ = [
     "merge_values_files",
     "metric_base_name",
     "multiprocess_values_active",
+    "otlp_span_sender",
     "proxy_target_getter",
     "read_values_file",
     "rebind_structlog_context",
@@ -767,6 +768,51 @@ def span_queue(processor: Any) -> Any:
     _degrade("the BatchSpanProcessor queue",
              "spans dropped at a full queue are left to the SDK (logged, not counted)")
     return None
+
+
+def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
+    """A function sending one serialized ``ExportTraceServiceRequest`` through ``exporter``
+    (the OTLP/HTTP span exporter), True when the collector accepted it; or None.
+
+    Internal: ``OTLPSpanExporter._client`` (its HTTP client: compression, retries
+    with backoff and ``Retry-After`` within the exporter's timeout), ``_shutdown``
+    and ``_max_request_size`` (exporter 1.4x). Why: the lean spans are encoded
+    straight into the request's protobuf bytes (the bytes the SDK's encoder
+    produces, four to five times faster), so only the sending half of
+    ``export()`` is needed. Public replacement: an exporter method taking
+    serialized bytes. Fallback: None, and the caller hands ``ReadableSpan``
+    objects to ``export()`` (the encoding then costs what the SDK's does); also
+    None for a subclass of the exporter (it may change ``export()``) and when
+    the SDK's internal metrics are on (``export()`` counts spans in them).
+    Resolved once per pipeline.
+    """
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        return None
+    if type(exporter) is not OTLPSpanExporter:
+        return None
+    if os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "").strip().lower() == "true":
+        return None
+    client = getattr(exporter, "_client", None)
+    send = getattr(client, "export", None)
+    limit = getattr(exporter, "_max_request_size", None)
+    if not callable(send) or not isinstance(limit, int) or not isinstance(
+            getattr(exporter, "_shutdown", None), bool):
+        _degrade("OTLPSpanExporter._client",
+                 "lean spans are encoded by the SDK's encoder before export (more CPU per span)")
+        return None
+
+    def sender(body: bytes) -> bool:
+        if exporter._shutdown:
+            return False
+        if limit > 0 and len(body) > limit:
+            _log.warning("Dropping span batch: serialized size %d bytes exceeds max_request_size "
+                         "%d bytes.", len(body), limit)
+            return False
+        return bool(getattr(send(body), "success", False))
+
+    return sender
 
 
 def update_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> bool:

@@ -217,8 +217,8 @@ def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any)
                 "celery.task_name": name,
                 "celery.retries": getattr(request, "retries", 0) or 0,
             })
-            span = tracing.tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER,
-                                             attributes=attributes)
+            span = tracing.own_tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER,
+                                                 attributes=attributes)
             run.span = span
             run.token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
         if cfg.celery_metrics:

@@ -114,6 +114,7 @@ def _setting(
     otel: str | None = None,
     secret: bool = False,
     choices: tuple[str, ...] | None = None,
+    open_choices: bool = False,
     optional: bool = False,
     minimum: float | None = None,
     factory: Callable[[], Any] | None = None,
@@ -124,6 +125,7 @@ def _setting(
         "otel": otel,
         "secret": secret,
         "choices": choices,
+        "open_choices": open_choices,
         "optional": optional,
         "minimum": minimum,
     }
@@ -300,8 +302,10 @@ class ObservabilityConfig:
         choices=(
             "always_on", "always_off", "traceidratio", "parentbased_always_on",
             "parentbased_always_off", "parentbased_traceidratio",
-        ),
-        doc="Sampler name as in `OTEL_TRACES_SAMPLER`.",
+        ), open_choices=True,
+        doc="Sampler name as in `OTEL_TRACES_SAMPLER`: a built-in one, or the name of an "
+        "installed `opentelemetry_traces_sampler` entry point, given `traces_sampler_arg` "
+        "(the library's own spans are then SDK spans, see `lean_spans`).",
     )
     traces_sampler_arg: float | None = _setting(
         None, kind="float", optional=True, minimum=0.0, otel="OTEL_TRACES_SAMPLER_ARG",
@@ -322,6 +326,13 @@ class ObservabilityConfig:
     shutdown_timeout: float = _setting(
         5.0, kind="float", minimum=0.0,
         doc="Upper bound (seconds) of `Observability.shutdown()`, flush included.",
+    )
+    lean_spans: bool = _setting(
+        True, kind="bool",
+        doc="Start the library's own spans (request SERVER spans, business spans, `span()`, "
+        "`@traced`) as lean spans, encoded for OTLP without the SDK's per-span work, when "
+        "the tracer provider is the library's, no other span processor is added to it and "
+        "the sampler is a built-in one. Same spans on the wire; `false` forces SDK spans.",
     )
     respect_global_tracer_provider: bool = _setting(
         True, kind="bool",
@@ -880,7 +891,8 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
         if kind == "choice":
             choices: tuple[str, ...] = meta["choices"]
             norm = value.upper() if choices == _LEVELS else value.lower()
-            if norm not in choices:
+            if norm not in choices and not (
+                    meta["open_choices"] and re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,99}", norm)):
                 raise bad(f"expected one of {', '.join(choices)}")
             return norm
         if not value and not meta["optional"] and name not in ("namespace",):
@@ -1006,6 +1018,7 @@ def settings_table() -> str:
             shown = str(d).lower() if isinstance(d, bool) else str(d)
         doc = f.metadata["doc"]
         if f.metadata["choices"]:
-            doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+            doc += (" Built in: " if f.metadata["open_choices"] else " One of: ") + ", ".join(
+                f"`{c}`" for c in f.metadata["choices"]) + "."
         lines.append(f"| `{f.name}` | {env} | `{shown}` | {doc} |")
     return "\n".join(lines)

@@ -41,7 +41,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -69,6 +68,7 @@ from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
 from ._redact import QueryRedactor, Redactor
 from .config import DEFAULT_REDACT_QUERY_PARAMS
+from .tracing import extract_context
 
 if TYPE_CHECKING:
     from .observability import Observability
@@ -258,7 +258,7 @@ class HttpState:
         self.duration_child = self.duration.guard.child
         self.in_progress_child = self.in_progress.guard.child
         self.tracing = bool(cfg.enabled and obs.tracing.enabled)
-        self.tracer = obs.tracer if self.tracing else None
+        self.tracer = obs.tracing.own_tracer if self.tracing else None  # lean spans: see tracing
         self.access_log = bool(cfg.enabled and cfg.access_log)
         self.grouped = cfg.group_status_codes
         #: path -> :class:`~mestres_observability._endpoint.Endpoint` (one dict get per request)
@@ -744,7 +744,7 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
         if len(h.get("traceparent", "")) > 55 or len(h.get("tracestate", "")) > 64 or len(
                 h.get("baggage", "")) > 128:
             trace_headers = bound_trace_headers(h, state)
-        ctx = propagate.extract(trace_headers)  # its log records are dropped: see _quiet
+        ctx = extract_context(trace_headers)  # propagator log records dropped: see _quiet
     attributes: dict[str, Any] = {
         "http.request.method": rp.method,
         "url.path": rp.path[:1024],  # the span attribute limit: past it the SDK warns

@@ -99,8 +99,8 @@ class _Call:
                 attributes["server.port"] = port
             if m == "_OTHER":
                 attributes["http.request.method_original"] = method[:64]
-            span = tracing.tracer.start_span(m if m != "_OTHER" else "HTTP", kind=SpanKind.CLIENT,
-                                             attributes=attributes)
+            span = tracing.own_tracer.start_span(m if m != "_OTHER" else "HTTP",
+                                                 kind=SpanKind.CLIENT, attributes=attributes)
             self.span = span
             self.token = otel_context.attach(otel_trace.set_span_in_context(span))
         propagate.inject(headers)

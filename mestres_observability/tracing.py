@@ -18,6 +18,12 @@
   at most one at a time. :meth:`TracingHandle.shutdown` runs on a daemon thread
   joined for at most its bound, and the library's own ``atexit`` hook uses the
   same bound, so a hung collector can never hang the process on exit.
+* **Lean spans.** The spans the library starts itself are lean spans
+  (:mod:`mestres_observability._leanspan`) when the provider is the library's, no
+  other processor is added to it and the sampler is a built-in one
+  (``lean_spans`` forces the SDK path): the same spans on the wire without the
+  SDK's per-span work, in the same pipeline, encoded for OTLP/HTTP by the
+  library (:func:`_leanspan.encode_spans`) and sent by the exporter's own client.
 * **Counted.** Every span ended is, exactly once, exported or dropped, by
   reason (``SPAN_DROP_REASONS``: ``queue_full``, ``export_failed``,
   ``export_timeout``, ``shutdown``), counted in
@@ -39,6 +45,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -49,10 +56,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
-from . import _compat
+from . import _compat, _leanspan
 from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork, run_after_fork
@@ -67,7 +74,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["TracingHandle", "attach_processor", "record_exception", "setup_tracing", "span", "traced"]
+__all__ = ["TracingHandle", "attach_processor", "extract_context", "record_exception",
+           "setup_tracing", "span", "traced"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("mestres_observability.tracing")
@@ -167,8 +175,8 @@ class _Job:
 
     __slots__ = ("done", "ok", "spans")
 
-    def __init__(self, spans: Sequence[ReadableSpan]) -> None:
-        self.spans = spans
+    def __init__(self, spans: Sequence[Any]) -> None:
+        self.spans = spans  # ReadableSpan and LeanSpan
         self.done = False
         self.ok = False
 
@@ -214,6 +222,8 @@ class _Pipeline:
         self._counters = {reason: family.labels(reason) for reason in SPAN_DROP_REASONS}
         self.closed = False  # no span accepted any more
         self.settled = False  # the ledger is closed: nothing exported or counted any more
+        #: sends an encoded OTLP request (lean spans on the OTLP/HTTP exporter), else None
+        self.fast_send: Callable[[bytes], bool] | None = None
         self._shutdown_thread: threading.Thread | None = None
         self._new_ledger()
         call_after_fork(self, "_new_ledger")  # a forked worker: its own span counts
@@ -370,7 +380,20 @@ class _Pipeline:
 
         ok = False
         try:
-            ok = self.exporter.inner.export(job.spans) is SpanExportResult.SUCCESS
+            # lean spans on (a processor added since gets SDK spans the public way)
+            send = self.fast_send if _GLOBAL.lean.on else None
+            if send is not None:
+                try:
+                    body: bytes | None = _leanspan.encode_spans(job.spans)
+                except Exception:  # what the SDK's encoder refuses too: it logs and fails
+                    body = None
+                if body is not None:
+                    ok = send(body)
+                    return
+            spans = job.spans
+            if any(type(s) is _leanspan.LeanSpan for s in spans):
+                spans = [s.readable() if type(s) is _leanspan.LeanSpan else s for s in spans]
+            ok = self.exporter.inner.export(spans) is SpanExportResult.SUCCESS
         except Exception as exc:
             self.faults.report("tracing", "export", "span export raised", exc)
         finally:
@@ -482,6 +505,17 @@ def _make_delegate() -> SpanProcessor:
             for p in self.extra:
                 p.on_end(span)
 
+        def end_lean(self, span: _leanspan.LeanSpan) -> None:
+            """A lean span ended: into the same pipeline; extra processors get a ReadableSpan."""
+            target = self.target
+            if target is not None:
+                target.on_end(span)  # type: ignore[arg-type]
+            extra = self.extra
+            if extra:
+                view = span.readable()
+                for p in extra:
+                    p.on_end(view)
+
         def shutdown(self) -> None:
             target = self.target
             if target is not None:
@@ -506,6 +540,16 @@ class _Global:
         self.fork_hook_registered = False
         self.bound = 5.0
         self.instrumented: set[str] = set()
+        #: the owned provider's sampler and span limits, and the lean spans' rule for that
+        #: sampler (``None``: one they cannot honour)
+        self.sampler: Any = None
+        self.limits: Any = None
+        self.plan: _leanspan.SamplingPlan | None = None
+        #: off once a span processor other than ours is added to the owned provider
+        self.lean = _leanspan.LeanSwitch()
+        #: the global propagator the library installed when it is W3C trace context first
+        #: (then baggage or nothing): :func:`extract_context` parses a lone traceparent itself
+        self.w3c: Any = None
 
 
 _GLOBAL = _Global()
@@ -523,19 +567,31 @@ class TracingHandle:
 
     Attributes:
         tracer: the OpenTelemetry tracer (a no-op tracer when tracing is off).
+        own_tracer: the tracer of the spans the library starts itself: a lean span
+            tracer when :attr:`lean` (see :mod:`mestres_observability._leanspan`),
+            else :attr:`tracer`.
         enabled: whether spans are created at all.
         provider: the SDK provider in use (``None`` for the default instance or when off).
         exporter: ``otlp``, ``console`` or ``none``.
     """
 
     def __init__(self, tracer: trace.Tracer, enabled: bool, *, provider: Any = None,
-                 pipeline: _Pipeline | None = None, exporter: str = "none") -> None:
+                 pipeline: _Pipeline | None = None, exporter: str = "none",
+                 own_tracer: trace.Tracer | None = None) -> None:
         self.tracer = tracer
+        self.own_tracer = own_tracer if own_tracer is not None else tracer
         self.enabled = enabled
         self.provider = provider
         self.exporter = exporter
         self._pipeline = pipeline
         self._done = False
+
+    @property
+    def lean(self) -> bool:
+        """True when the library's own spans are lean spans (the provider is the library's,
+        only its pipeline is attached, the sampler is one they honour, ``lean_spans`` on)."""
+        own = self.own_tracer
+        return isinstance(own, _leanspan.LeanTracer) and own.switch.on
 
     @property
     def dropped(self) -> int:
@@ -627,7 +683,45 @@ def _sampler(config: ObservabilityConfig) -> Sampler:
         return sampling.ParentBased(sampling.ALWAYS_OFF)
     if name == "parentbased_traceidratio":
         return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+    if name == "parentbased_always_on":
+        return sampling.ParentBased(sampling.ALWAYS_ON)
+    return _entry_point_sampler(name, arg)
+
+
+def _entry_point_sampler(name: str, arg: float | None) -> Sampler:
+    """The sampler an installed ``opentelemetry_traces_sampler`` entry point called ``name``
+    builds (as the SDK's own configuration loads ``OTEL_TRACES_SAMPLER``), given ``arg``.
+
+    Raises:
+        ConfigurationError: no such entry point, or it does not build a ``Sampler``.
+    """
+    from importlib.metadata import entry_points
+
+    from opentelemetry.sdk.trace.sampling import Sampler as SdkSampler
+
+    found = list(entry_points(group="opentelemetry_traces_sampler", name=name))
+    if not found:
+        raise ConfigurationError(
+            "traces_sampler", name,
+            "no installed sampler has that name: install the package providing it (an "
+            "opentelemetry_traces_sampler entry point) or use one of always_on, always_off, "
+            "traceidratio, parentbased_always_on, parentbased_always_off, "
+            "parentbased_traceidratio", env=None)
+    try:
+        sampler = found[0].load()(arg)
+    except Exception as exc:
+        raise ConfigurationError("traces_sampler", name, f"the sampler failed to build: {exc!r}",
+                                 env=None) from exc
+    if not isinstance(sampler, SdkSampler):
+        raise ConfigurationError("traces_sampler", name,
+                                 f"its entry point built {type(sampler).__name__}, not a Sampler",
+                                 env=None)
+    return sampler
+
+
+def _ratio(config: ObservabilityConfig) -> float:
+    arg = config.traces_sampler_arg
+    return 1.0 if arg is None else float(arg)
 
 
 def _resource(config: ObservabilityConfig) -> Any:
@@ -712,6 +806,21 @@ def _exporter(config: ObservabilityConfig, name: str) -> SpanExporter | None:
                             timeout=config.otlp_timeout)
 
 
+def _owned_provider_class() -> type[TracerProvider]:
+    """The SDK ``TracerProvider``, noticing a span processor someone else adds to it."""
+    from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+
+    class OwnedTracerProvider(SdkProvider):
+        """The library's tracer provider (an SDK ``TracerProvider`` in every other respect)."""
+
+        def add_span_processor(self, span_processor: SpanProcessor) -> None:
+            super().add_span_processor(span_processor)
+            if span_processor is not _GLOBAL.delegate:
+                _foreign_processor()
+
+    return OwnedTracerProvider
+
+
 def _install_provider(config: ObservabilityConfig) -> Any:
     """The SDK provider carrying the delegating processor (installed once per process)."""
     from opentelemetry.sdk.trace import SpanLimits
@@ -725,11 +834,15 @@ def _install_provider(config: ObservabilityConfig) -> Any:
         provider = current
         g.owned = False
     else:
-        provider = SdkProvider(
-            resource=_resource(config), sampler=_sampler(config), shutdown_on_exit=False,
-            span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH),
+        sampler = _sampler(config)
+        limits = SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH)
+        provider = _owned_provider_class()(
+            resource=_resource(config), sampler=sampler, shutdown_on_exit=False,
+            span_limits=limits,
         )
         g.owned = True
+        g.sampler, g.limits = sampler, limits
+        g.plan = _leanspan.sampling_plan(config.traces_sampler, _ratio(config))
         if not isinstance(current, SdkProvider):
             trace.set_tracer_provider(provider)
     g.delegate = _make_delegate()
@@ -858,7 +971,7 @@ def setup_tracing(
     del sampler
     exporter = _exporter(config, exporter_name)
     propagator = _propagator(config)
-    from opentelemetry import propagate
+    names = tuple(n for n in config.propagators if n != "none")
 
     with _GLOBAL.lock:
         provider = _install_provider(config)
@@ -867,20 +980,76 @@ def setup_tracing(
         previous = _GLOBAL.active
         _GLOBAL.delegate.target = pipeline
         propagate.set_global_textmap(propagator)
+        _GLOBAL.w3c = propagator if names in (("tracecontext",), ("tracecontext", "baggage")) \
+            else None
         try:
             from . import _version
 
             version = _version.__version__
         except Exception:  # pragma: no cover
             version = None
-        handle = TracingHandle(provider.get_tracer(TRACER_NAME, version), True,
-                               provider=provider, pipeline=pipeline, exporter=exporter_name)
+        tracer = provider.get_tracer(TRACER_NAME, version)
+        own = _lean_tracer(config, provider, tracer, version)
+        if own is not None and pipeline is not None:
+            pipeline.fast_send = _compat.otlp_span_sender(exporter)
+        handle = TracingHandle(tracer, True, provider=provider, pipeline=pipeline,
+                               exporter=exporter_name, own_tracer=own)
         _GLOBAL.active = handle
     if retire_previous and previous is not None and previous is not handle:
         previous.retire()
     if config.auto_instrument:
         _auto_instrument(config, provider, faults)
     return handle
+
+
+def _lean_tracer(config: ObservabilityConfig, provider: Any, tracer: trace.Tracer,
+                 version: str | None) -> _leanspan.LeanTracer | None:
+    """The lean span tracer for the library's own spans, or ``None`` for the SDK path: a
+    provider that is not the library's, a processor added to it by someone else, a
+    sampler the lean span cannot honour, or ``lean_spans`` off."""
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+
+    g = _GLOBAL
+    if not (config.lean_spans and g.owned and g.lean.on and g.plan is not None
+            and provider is g.provider and isinstance(tracer, SdkTracer)
+            and getattr(provider, "sampler", None) is g.sampler):
+        return None
+    return _leanspan.LeanTracer(tracer, provider, g.plan, g.limits, TRACER_NAME, version,
+                                g.delegate.end_lean, g.delegate.extra, g.lean)
+
+
+def _foreign_processor() -> None:
+    """Someone added a span processor to the library's provider: from now on every span,
+    the library's own included, is an SDK span that processor sees."""
+    if _GLOBAL.lean.on:
+        _GLOBAL.lean.on = False
+        _log.info("a span processor was added to the library's tracer provider: the library's "
+                  "own spans are SDK spans from now on (lean spans off)")
+
+
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACE_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
+
+
+def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
+    """``propagate.extract(headers)`` for trace-context headers keyed in lower case.
+
+    When ``headers`` hold a lone version-00 ``traceparent`` (no ``tracestate``,
+    no ``baggage``) and the global propagator is the W3C one the library
+    installed, the header is parsed here, with the W3C propagator's rules and
+    result (a remote ``NonRecordingSpan`` in a new context); anything else goes
+    to ``propagate.extract``.
+    """
+    if len(headers) == 1 and propagate.get_global_textmap() is _GLOBAL.w3c:
+        value = headers.get("traceparent")
+        if value is not None and len(value) == 55:
+            m = _TRACEPARENT_00.fullmatch(value)
+            if m is not None:
+                trace_id, span_id = int(m[1], 16), int(m[2], 16)
+                if trace_id and span_id:
+                    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
+                        trace_id, span_id, True, _TRACE_FLAGS[m[3]])), otel_context.Context())
+    return propagate.extract(headers)
 
 
 def attach_processor(processor: Any) -> Callable[[], None]:
@@ -912,7 +1081,7 @@ def _current_tracer() -> trace.Tracer | None:
     t = get_observability()._tracing
     if not t.enabled:
         return None
-    return t.tracer
+    return t.own_tracer
 
 
 def _cut(text: str) -> str:

@@ -84,6 +84,9 @@ class OTLPReceiver:
         #: bytes of answers sent in ``trickle`` mode so far
         self.trickled = 0
         self.spans: list[ReceivedSpan] = []
+        #: every span as decoded, with its resource and scope: ``(Resource, InstrumentationScope,
+        #: Span)`` protobuf messages, in arrival order
+        self.messages: list[tuple[Any, Any, Any]] = []
         self.requests = 0
         #: the headers of every request, lower-cased names, in arrival order
         self.headers: list[dict[str, str]] = []
@@ -196,10 +199,12 @@ class OTLPReceiver:
             self._reply(h, 400, b"", {})
             return
         received = []
+        messages = []
         for rs in request.resource_spans:
             resource = {kv.key: _any_value(kv.value) for kv in rs.resource.attributes}
             for ss in rs.scope_spans:
                 for sp in ss.spans:
+                    messages.append((rs.resource, ss.scope, sp))
                     received.append(ReceivedSpan(
                         trace_id=sp.trace_id.hex(), span_id=sp.span_id.hex(),
                         parent_span_id=sp.parent_span_id.hex(), name=sp.name,
@@ -209,6 +214,7 @@ class OTLPReceiver:
                     ))
         with self._lock:
             self.spans.extend(received)
+            self.messages.extend(messages)
         response = ExportTraceServiceResponse()
         if self.mode == "partial":
             response.partial_success.rejected_spans = 3

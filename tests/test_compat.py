@@ -518,6 +518,78 @@ def test_without_the_queue_spans_still_queued_are_not_counted_as_dropped(
         assert pipeline.exported == 5
 
 
+def test_otlp_span_sender_sends_encoded_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from mestres_observability._leanspan import encode_spans
+    from tests.otlp_receiver import OTLPReceiver
+
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", raising=False)
+    span = TracerProvider().get_tracer("t").start_span("sent")
+    span.end()
+    body = encode_spans([span])  # type: ignore[list-item]
+    assert ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[
+        0].name == "sent"
+    with OTLPReceiver() as rx:
+        exporter = OTLPSpanExporter(endpoint=rx.endpoint + "/v1/traces", timeout=5)
+        send = _compat.otlp_span_sender(exporter)
+        assert send is not None
+        assert send(body) is True
+        assert rx.span_names() == {"sent"}
+        rx.mode = "400"
+        assert send(body) is False  # refused by the collector
+        exporter.shutdown()
+        assert send(body) is False  # after shutdown, as export() answers
+    small = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", max_request_size=8)
+    sender = _compat.otlp_span_sender(small)
+    assert sender is not None
+    assert sender(body) is False  # larger than max_request_size: dropped before sending
+
+
+def test_otlp_span_sender_is_none_where_export_must_run(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    class Mine(OTLPSpanExporter):  # a subclass may change export()
+        pass
+
+    assert _compat.otlp_span_sender(Mine(endpoint="http://127.0.0.1:9/v1/traces")) is None
+    assert _compat.otlp_span_sender(_NullExporter()) is None
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    assert _compat.otlp_span_sender(OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/t")) is None
+    monkeypatch.delenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")
+    older = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces")
+    del older._client  # an exporter release without the client
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.otlp_span_sender(older) is None
+        assert _compat.otlp_span_sender(older) is None
+    _degraded_once(caplog, "OTLPSpanExporter._client")
+
+
+def test_without_the_sender_lean_spans_go_through_export(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback: lean spans handed to the exporter's export() as ReadableSpans."""
+    from tests.otlp_receiver import OTLPReceiver
+
+    monkeypatch.setattr(_compat, "otlp_span_sender", lambda exporter: None)
+    with OTLPReceiver() as rx:
+        with fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+            assert obs.tracing.lean
+            assert obs.tracing._pipeline is not None
+            assert obs.tracing._pipeline.fast_send is None
+            from mestres_observability import span
+
+            with span("through_export", a=1):
+                pass
+        rx.wait_for(lambda: "through_export" in rx.span_names())
+        assert rx.by_name("through_export").attributes == {"a": 1}
+        assert obs.tracing.exported == 1
+
+
 def test_provider_resource_is_updated() -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider

@@ -61,6 +61,15 @@ def stuck(monkeypatch: pytest.MonkeyPatch) -> Iterator[StuckExporter]:
     exporter.release.set()
 
 
+@pytest.fixture(autouse=True, params=["lean", "sdk"])
+def span_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: the library's spans as lean spans (the default), then as SDK spans;
+    both share one queue bound, one drop ledger and one shutdown deadline."""
+    if request.param == "sdk":
+        monkeypatch.setattr(tracing, "_lean_tracer", lambda *args: None)
+    return str(request.param)
+
+
 def exposed(obs: Any) -> dict[str, float]:
     """``mestres_observability_spans_dropped_total`` as ``/metrics`` shows it, by label set."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -73,8 +82,16 @@ def exposed(obs: Any) -> dict[str, float]:
 
 def end_spans(n: int) -> None:
     for i in range(n):
-        with span(f"s{i % 3}"):
-            pass
+        with span(f"s{i % 3}") as sp:
+            assert type(sp).__name__ == ("LeanSpan" if _PATH[0] == "lean" else "_Span")
+
+
+_PATH = ["lean"]
+
+
+@pytest.fixture(autouse=True)
+def _path_seen(span_path: str) -> None:
+    _PATH[0] = span_path
 
 
 def export_threads() -> list[threading.Thread]:

@@ -73,8 +73,9 @@ def use_memory_tracer(obs: Observability) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests")
     obs._tracing = SimpleNamespace(  # type: ignore[assignment]
-        tracer=provider.get_tracer("tests"), enabled=True,
+        tracer=tracer, own_tracer=tracer, enabled=True,
         shutdown=lambda timeout=None: provider.shutdown(), retire=lambda: None,
     )
     import mestres_observability.http as http_module
@@ -284,3 +285,124 @@ def check_wire_span(rx: OTLPReceiver, logs: LogCapture, route: str,
     (line,) = logs.lines()
     assert line["trace_id"] == TRACE_ID
     assert line["span_id"] == span.span_id
+
+
+# ---------------------------------------------------------------------- lean spans on the wire
+class Loopback:
+    """A plain HTTP server on loopback answering ``200 ok``; keeps each request's headers."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.headers = []  # type: list[dict[str, str]]
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/downstream"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Loopback:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def wire_content(rx: OTLPReceiver) -> list[dict[str, Any]]:
+    """Every span ``rx`` decoded, as a dict of its protobuf fields with its resource and
+    scope, ids and timings aside: the trace id in hex, the parent id in hex or
+    ``"<SERVER>"`` for the request's SERVER span; sorted by name."""
+    from google.protobuf.json_format import MessageToDict
+
+    messages = list(rx.messages)
+    (server_id,) = [s.span_id for _, _, s in messages if s.kind == s.SPAN_KIND_SERVER]
+    out = []
+    for resource, scope, span in messages:
+        d = MessageToDict(span, preserving_proto_field_name=True)
+        for key in ("span_id", "start_time_unix_nano", "end_time_unix_nano"):
+            d.pop(key)
+        for event in d.get("events", []):
+            event.pop("time_unix_nano")
+        d["trace_id"] = span.trace_id.hex()
+        d["parent_span_id"] = ("<SERVER>" if span.parent_span_id == server_id
+                               else span.parent_span_id.hex())
+        d["resource"] = MessageToDict(resource)
+        d["scope"] = MessageToDict(scope)
+        out.append(d)
+    return sorted(out, key=lambda d: str(d["name"]))
+
+
+def check_lean_matches_sdk(send: Callable[[], int], route: str = "/traced") -> None:
+    """One request to ``route`` (:mod:`tests.adapters.traced_view`, sent with
+    :data:`TRACEPARENT` by ``send()``, which returns the status) through the lean span
+    path and again through the SDK path (``lean_spans=False``), each exported to its own
+    OTLP receiver: both decode to the same spans, field by field (name, kind, parent,
+    trace id, attributes, events, status, flags, resource, scope), ids and timings aside;
+    the requests CLIENT span and the user's span are children of the SERVER span on the
+    wire, and ``trace.get_current_span()`` in the view was the lean span."""
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    from mestres_observability.testing import fresh_observability
+
+    from . import traced_view
+
+    decoded: dict[bool, list[dict[str, Any]]] = {}
+    with Loopback() as downstream:
+        traced_view.LOOPBACK[:] = [downstream.url]
+        for lean in (True, False):
+            with OTLPReceiver() as rx:
+                instrumentor = RequestsInstrumentor()
+                with fresh_observability(otlp_endpoint=rx.endpoint, service_name="wire",
+                                         lean_spans=lean) as obs:
+                    assert obs.tracing.lean is lean
+                    provider = obs.tracing.provider
+                    ours = not instrumentor.is_instrumented_by_opentelemetry
+                    if ours:
+                        instrumentor.instrument(tracer_provider=provider)
+                    traced_view.USER_TRACER[:] = [provider.get_tracer("user-code", "1.0")]
+                    try:
+                        assert send() == 200
+                    finally:
+                        if ours:
+                            instrumentor.uninstrument()
+                rx.wait_for(lambda rx=rx: len(rx.messages) >= 3)  # type: ignore[misc]
+                assert rx.bad_requests == []
+                decoded[lean] = wire_content(rx)
+            assert traced_view.SEEN[-1] == ("LeanSpan" if lean else "_Span")
+            # the call downstream carried the request's trace
+            assert downstream.headers[-1]["traceparent"].split("-")[1] == TRACE_ID
+    assert decoded[True] == decoded[False]
+    by_name = {d["name"]: d for d in decoded[True]}
+    assert set(by_name) == {"GET", f"GET {route}", "user.step"}
+    server = by_name[f"GET {route}"]
+    assert server["kind"] == "SPAN_KIND_SERVER"
+    assert server["trace_id"] == TRACE_ID
+    assert server["parent_span_id"] == PARENT_ID
+    assert server["flags"] == 0x300  # the parent is remote
+    assert server["scope"]["name"] == "mestres_observability"
+    attrs = {kv["key"]: kv["value"] for kv in server["attributes"]}
+    assert attrs["app.order_id"] == {"int_value": "7"}
+    assert attrs["http.route"] == {"string_value": route}
+    assert [e["name"] for e in server["events"]] == ["app.checked", "exception"]
+    for child in ("GET", "user.step"):
+        assert by_name[child]["trace_id"] == TRACE_ID
+        assert by_name[child]["parent_span_id"] == "<SERVER>"
+        assert by_name[child]["flags"] == 0x100  # a local parent
+    assert by_name["GET"]["kind"] == "SPAN_KIND_CLIENT"
+    assert by_name["user.step"]["scope"] == {"name": "user-code", "version": "1.0"}

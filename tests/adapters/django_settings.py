@@ -40,12 +40,19 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(iter([b"a", b"b", b"c"]))
 
 
+def traced(request: HttpRequest) -> HttpResponse:
+    from .traced_view import traced_work
+
+    return JsonResponse(traced_work())
+
+
 item_patterns = [path("items/<int:item_id>", order, name="item")]
 
 urlpatterns = [
     path("orders/<int:order_id>", order, name="order"),
     path("async/<int:order_id>", aorder, name="aorder"),
     path("stream", stream, name="stream"),
+    path("traced", traced, name="traced"),
     path("api/", include(item_patterns)),
     path("lib/", include("mestres_observability.django.urls")),
 ]

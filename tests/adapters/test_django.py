@@ -28,6 +28,7 @@ from .conftest import (  # noqa: E402
     OTLPReceiver,
     check_access_line,
     check_leaky_queries,
+    check_lean_matches_sdk,
     check_server_span,
     check_wire_span,
     series,
@@ -260,3 +261,16 @@ def test_server_span_on_the_wire_joins_the_callers_trace(
         "url.path": "/orders/7", "url.scheme": "http", "server.address": "testserver",
         "user_agent.original": "ua/9",
     })
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_lean_and_sdk_spans_match_on_the_wire_children_parented_to_the_lean_span(
+        mode: str) -> None:
+    headers = {"traceparent": TRACEPARENT, "User-Agent": "ua/9"}
+
+    def send() -> int:
+        r = (wsgi_client().get("/traced", headers=headers) if mode == "wsgi"
+             else async_get("/traced", headers=headers))
+        return int(r.status_code)
+
+    check_lean_matches_sdk(send)

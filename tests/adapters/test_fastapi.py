@@ -31,11 +31,13 @@ from .conftest import (  # noqa: E402
     OTLPReceiver,
     check_access_line,
     check_leaky_queries,
+    check_lean_matches_sdk,
     check_server_span,
     check_wire_span,
     series,
     use_memory_tracer,
 )
+from .traced_view import traced_work  # noqa: E402
 
 RAISED: list[BaseException] = []
 EVENTS: list[str] = []
@@ -56,6 +58,10 @@ def make_app() -> FastAPI:
         IN_PROGRESS.append(sample_value("http_requests_in_progress", method="GET",
                                         endpoint="/orders/{order_id}"))
         return {"id": order_id}
+
+    @app.get("/traced")
+    async def traced() -> dict[str, Any]:
+        return traced_work()
 
     @app.get("/sync/{name}")
     def sync(name: str) -> dict[str, str]:
@@ -414,3 +420,14 @@ def test_server_span_on_the_wire_joins_the_callers_trace(
         "url.path": "/orders/7", "url.scheme": "http", "server.address": "testserver",
         "user_agent.original": "ua/9", "client.address": "testclient",
     })
+
+
+def test_lean_and_sdk_spans_match_on_the_wire_children_parented_to_the_lean_span() -> None:
+    def send() -> int:
+        application = make_app()
+        instrument(application)
+        with client(application) as c:
+            return int(c.get("/traced", headers={"traceparent": TRACEPARENT,
+                                                 "User-Agent": "ua/9"}).status_code)
+
+    check_lean_matches_sdk(send)

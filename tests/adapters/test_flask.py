@@ -29,11 +29,13 @@ from .conftest import (  # noqa: E402
     OTLPReceiver,
     check_access_line,
     check_leaky_queries,
+    check_lean_matches_sdk,
     check_server_span,
     check_wire_span,
     sensitive_name_variants,
     use_memory_tracer,
 )
+from .traced_view import traced_work  # noqa: E402
 
 SEEN: list[BaseException] = []
 
@@ -66,6 +68,10 @@ def make_app() -> Any:
     @app.get("/crash")
     def crash() -> Any:
         raise KeyError("unhandled")
+
+    @app.get("/traced")
+    def traced() -> Any:
+        return traced_work()
 
     @app.errorhandler(RuntimeError)
     def on_error(exc: RuntimeError) -> Any:
@@ -313,6 +319,16 @@ def test_server_span_on_the_wire_joins_the_callers_trace(
         "url.path": "/orders/7", "url.scheme": "http", "server.address": "localhost",
         "user_agent.original": "ua/9", "client.address": "127.0.0.1",
     })
+
+
+def test_lean_and_sdk_spans_match_on_the_wire_children_parented_to_the_lean_span() -> None:
+    def send() -> int:
+        application = make_app()
+        instrument(application)
+        return int(application.test_client().get(
+            "/traced", headers={"traceparent": TRACEPARENT, "User-Agent": "ua/9"}).status_code)
+
+    check_lean_matches_sdk(send)
 
 
 @pytest.mark.parametrize("streamed", [False, True])

@@ -429,6 +429,8 @@ def test_tracing_and_health_work_in_every_gunicorn_worker(server: object, preloa
         assert [status for status, _h, _b in answers] == [200] * requests
         served = Counter(headers["x-worker-pid"] for _s, headers, _b in answers)
         assert len(served) == 3, f"requests were not spread over the 3 workers: {served}"
+        # the library's SERVER spans are lean spans in every worker (the default path)
+        assert {headers["x-span-type"] for _s, headers, _b in answers} == {"LeanSpan"}
 
         # /health/detailed in each worker: its own runs, within the check timeouts
         probed: dict[str, list[float]] = {}

@@ -44,9 +44,15 @@ def dropped_metric(obs: Any) -> dict[str, int]:
             for r in SPAN_DROP_REASONS}
 
 
-def test_spans_links_attributes_resource_and_status(otlp_receiver: OTLPReceiver) -> None:  # noqa: F811
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "sdk"])
+def test_spans_links_attributes_resource_and_status(otlp_receiver: OTLPReceiver,  # noqa: F811
+                                                    lean: bool) -> None:
     rx = otlp_receiver
-    with fresh_observability(otlp_endpoint=rx.endpoint, service_name="otlp-test"):
+    with fresh_observability(otlp_endpoint=rx.endpoint, service_name="otlp-test",
+                             lean_spans=lean) as obs:
+        assert obs.tracing.lean is lean
+        # lean spans: encoded by the library, sent by the exporter's client
+        assert (obs.tracing._pipeline.fast_send is not None) is lean
         assert create_order() is ORDER
         with pytest.raises(Boom):
             risky()
@@ -187,11 +193,15 @@ def test_trickling_collector_one_export_ends_within_its_deadline() -> None:
         assert len(_export_threads()) <= 1  # the abandoned export: one thread, no pile-up
 
 
-def test_trickling_collector_every_span_counted_by_reason_within_the_shutdown_bound() -> None:
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "sdk"])
+def test_trickling_collector_every_span_counted_by_reason_within_the_shutdown_bound(
+        lean: bool) -> None:
     """2,000 spans against a trickling collector, then shutdown (default bounds: 2 s per
     export, 5 s for the shutdown): when shutdown() returns, exported + dropped == created
-    exactly, by reason, and /metrics says the same."""
-    with OTLPReceiver("trickle") as rx, fresh_observability(otlp_endpoint=rx.endpoint) as obs:
+    exactly, by reason, and /metrics says the same; lean spans and SDK spans alike."""
+    with OTLPReceiver("trickle") as rx, fresh_observability(otlp_endpoint=rx.endpoint,
+                                                            lean_spans=lean) as obs:
+        assert obs.tracing.lean is lean
         for i in range(2000):
             with span(f"s{i % 7}"):
                 pass
@@ -267,12 +277,15 @@ def test_shutdown_twice_and_concurrently_is_bounded() -> None:
         assert time.monotonic() - started < 2.0
 
 
-def test_burst_accounting_created_equals_exported_plus_dropped() -> None:
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "sdk"])
+def test_burst_accounting_created_equals_exported_plus_dropped(lean: bool) -> None:
     from tests._support import wait_until
 
     with OTLPReceiver("ok") as rx, fresh_observability(
         otlp_endpoint=rx.endpoint, span_queue_size=16, otlp_timeout=0.5, shutdown_timeout=2.0,
+        lean_spans=lean,
     ) as obs:
+        assert obs.tracing.lean is lean
         for _ in range(3000):
             with span("burst"):
                 pass

@@ -35,6 +35,7 @@ def order(order_id: int) -> object:
     time.sleep(0.02)  # keeps a sync worker busy, so concurrent requests spread over workers
     response = jsonify({"id": order_id})
     response.headers["X-Worker-Pid"] = str(os.getpid())
+    response.headers["X-Span-Type"] = type(trace.get_current_span()).__name__
     return response
 
 
