@@ -40,7 +40,9 @@ CORE_TESTS = [
 ADAPTER_MATRIX = [("3.11", "5.2"), ("3.13", "6.1")]
 
 #: What tests/adapters imports besides the package and its extras.
-ADAPTER_TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "httpx>=0.27", "httpx2>=2.0", "fastapi>=0.110"]
+ADAPTER_TEST_DEPS = ["pytest>=8", "hypothesis>=6.100", "httpx>=0.27", "httpx2>=2.0", "fastapi>=0.110",
+                     # the lean-span wire tests parent an instrumented requests call
+                     "requests>=2.31", "opentelemetry-instrumentation-requests>=0.46b0"]
 
 
 @nox.session(python=["3.10", "3.13"])
