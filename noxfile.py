@@ -111,7 +111,10 @@ NEWEST_DESELECT: list[str] = []
 @nox.session(python="3.13")
 def newest_deps(session: nox.Session) -> None:
     """The whole suite against the newest releases of the libraries in :data:`NEWEST`."""
-    session.install("-e", ".[flask,fastapi,django,otlp,redis,sql,celery,anomaly]", *SUITE_TEST_DEPS)
+    # the dev extra: everything the whole suite imports (one list, so a new test dependency
+    # cannot be missing here); then the newest releases on top
+    session.install("-e", ".[dev,flask,fastapi,django,otlp,redis,sql,celery,anomaly]",
+                    *SUITE_TEST_DEPS)
     session.install("--upgrade", *NEWEST)
     session.run("python", "-c", _PRINT_VERSIONS, *NEWEST)
     session.run("pytest", "-q", "-p", "no:cacheprovider",
