@@ -331,6 +331,33 @@ def _read_plain_order(order: dict[str, Any], info: OrderInfo) -> bool:
     return True
 
 
+_Info = TypeVar("_Info", "OrderInfo", "PaymentInfo")
+
+
+def _not_plain(value: Any, info: _Info, reader: Callable[[Any, str], _Info],
+               currency: str, not_fault: str, no_fault: str) -> _Info | None:
+    """What :func:`read_order`/:func:`read_payment` return for a value that is not a plain
+    dict: a framework response (read from its JSON body, or refused with the reason), a
+    scalar (not an order or payment); ``None`` when ``value`` is to be read by its fields."""
+    returned = value
+    value, why = _unwrap(value)
+    if why is not None:
+        info.what, info.why = _response_name(returned), why
+        info.faults.append("http_response")
+        return info
+    if value is not returned:
+        inner = reader(value, currency)
+        if inner.faults[:1] in ([not_fault], [no_fault]):
+            inner.faults[0] = not_fault
+            inner.what = _inside(returned, value, inner.what)
+        return inner
+    if type(value) in _SCALARS:
+        info.what = _what(value)
+        info.faults.append(not_fault)
+        return info
+    return None
+
+
 def read_order(order: Any, currency: str) -> OrderInfo:
     """Read an order (object or mapping) into an :class:`OrderInfo`; never raises."""
     info = OrderInfo(currency=currency)
@@ -344,22 +371,9 @@ def read_order(order: Any, currency: str) -> OrderInfo:
         except Exception:  # a hostile __str__ or __float__: the general path copes
             info = OrderInfo(currency=currency)
     else:
-        returned = order
-        order, why = _unwrap(order)
-        if why is not None:
-            info.what, info.why = _response_name(returned), why
-            info.faults.append("http_response")
-            return info
-        if order is not returned:
-            inner = read_order(order, currency)
-            if inner.faults[:1] in (["not_an_order"], ["no_order"]):
-                inner.faults[0] = "not_an_order"
-                inner.what = _inside(returned, order, inner.what)
-            return inner
-        if type(order) in _SCALARS:
-            info.what = _what(order)
-            info.faults.append("not_an_order")
-            return info
+        done = _not_plain(order, info, read_order, currency, "not_an_order", "no_order")
+        if done is not None:
+            return done
     oid = _field(order, "id")
     info.id = _optional_text(oid)
     info.user_id = _optional_text(_field(order, "user_id"))
@@ -413,22 +427,9 @@ def read_payment(payment: Any, currency: str) -> PaymentInfo:
         info.faults.append("no_payment")
         return info
     if type(payment) is not dict:
-        returned = payment
-        payment, why = _unwrap(payment)
-        if why is not None:
-            info.what, info.why = _response_name(returned), why
-            info.faults.append("http_response")
-            return info
-        if payment is not returned:
-            inner = read_payment(payment, currency)
-            if inner.faults[:1] in (["not_a_payment"], ["no_payment"]):
-                inner.faults[0] = "not_a_payment"
-                inner.what = _inside(returned, payment, inner.what)
-            return inner
-        if type(payment) in _SCALARS:
-            info.what = _what(payment)
-            info.faults.append("not_a_payment")
-            return info
+        done = _not_plain(payment, info, read_payment, currency, "not_a_payment", "no_payment")
+        if done is not None:
+            return done
     info.id = _optional_text(_field(payment, "id"))
     info.order_id = _optional_text(_field(payment, "order_id"))
     method = _field(payment, "method")
