@@ -31,6 +31,9 @@ are served at once, one thread each. A new connection past the bound takes the
 place of the oldest one still sending its headers (closed at once), so a
 flood of half-sent requests never locks a scraper out; when every slot is
 busy answering, the newcomer gets a ``503`` and is closed without a thread.
+Threads are capped at twice the bound, evicted connections still ending
+included: on a loaded machine a newcomer waits briefly for one to end, then
+gets the same ``503``.
 """
 
 from __future__ import annotations
@@ -216,6 +219,12 @@ class _Server(ThreadingHTTPServer):
         self.max_connections = max(1, MAX_CONNECTIONS)
         self._conns: dict[socket.socket, list[Any]] = {}
         self._conns_lock = threading.Lock()
+        # connection threads alive, evicted ones still ending included: a hard cap of twice
+        # the bound, so a flood of newcomers on a loaded machine cannot outrun the evictions
+        self.max_threads = 2 * self.max_connections
+        self._thread_slots = threading.BoundedSemaphore(self.max_threads)
+        self.threads = 0
+        self.peak_threads = 0
         super().__init__(address, _Handler)
 
     # ------------------------------------------------------------ per connection state
@@ -255,19 +264,40 @@ class _Server(ThreadingHTTPServer):
                 self._conns[request] = [True, time.monotonic() + self.header_timeout]
         if evict is not None:
             self._close(evict)
+        # an evicted connection's thread ends as soon as its read returns; under load that
+        # can lag, so wait a little for one to end rather than exceed the cap
+        if not full and not self._thread_slots.acquire(timeout=self.header_timeout / 5):
+            with self._conns_lock:
+                self._conns.pop(request, None)
+            full = True
         if full:  # every slot is answering a request: a short 503, no thread
             with contextlib.suppress(OSError):
                 request.setblocking(False)
                 request.send(_BUSY_503)
             self.shutdown_request(request)
             return
+        with self._conns_lock:
+            self.threads += 1
+            self.peak_threads = max(self.peak_threads, self.threads)
         try:
-            threading.Thread(target=self.process_request_thread, args=(request, client_address),
+            threading.Thread(target=self._connection_thread, args=(request, client_address),
                              name=_CONN_THREAD, daemon=True).start()
         except Exception:  # could not start a thread: give the slot back
+            self._thread_ended()
             with self._conns_lock:
                 self._conns.pop(request, None)
             self.shutdown_request(request)
+
+    def _connection_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._thread_ended()
+
+    def _thread_ended(self) -> None:
+        with self._conns_lock:
+            self.threads -= 1
+        self._thread_slots.release()
 
     def shutdown_request(self, request: Any) -> None:
         with self._conns_lock:
