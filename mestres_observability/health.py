@@ -596,6 +596,21 @@ class HealthRegistry:
                     slot.loop.close()
         except Exception as exc:
             self._faults.report("health", "close", "error stopping health workers", exc)
+        self._release_connections()
+
+    def _release_connections(self) -> None:
+        """Close what the built-in checks opened themselves (an engine's pool built from a URL,
+        a Redis client built from a URL); a later run opens new connections."""
+        with self._lock:
+            checks = list(self._checks.values())
+        for check in checks:
+            release = getattr(check.fn, "close", None)
+            if not callable(release):
+                continue
+            try:
+                release()
+            except Exception as exc:
+                self._faults.report("health", "close", f"error closing check {check.name!r}", exc)
 
     def _reset_after_fork(self) -> None:  # pragma: no cover - forked children
         self._lock = threading.RLock()

@@ -43,7 +43,8 @@ def sql_check(target: Any, *, query: str = "SELECT 1", connect_timeout: int = 2,
 
     Args:
         target: a SQLAlchemy ``Engine``, a database URL (an engine is created
-            once, with ``pool_pre_ping``; extra ``sql``), or a DB-API
+            once, with ``pool_pre_ping``, and its pool disposed when the
+            instance shuts down; extra ``sql``), or a DB-API
             ``connect`` callable returning a new connection (closed after use).
         query: the statement to run.
         connect_timeout: seconds passed to PostgreSQL drivers for a URL target
@@ -122,6 +123,8 @@ def _engine_check(engine: Any, query: str, *, owned: bool) -> Callable[[], bool]
             conn.execute(statement).fetchall()
         return True
 
+    if owned:  # the registry's close() releases the pool's connections (reopened on next use)
+        setattr(check_sql, "close", engine.dispose)  # noqa: B010 - an attribute of a function
     return check_sql
 
 
@@ -160,6 +163,8 @@ def redis_check(target: Any, *, timeout: float = 2.0) -> Callable[[], Any]:
     def check_redis() -> bool:
         return bool(ping())
 
+    if isinstance(target, str):  # our client: the registry's close() releases its connections
+        setattr(check_redis, "close", client.close)  # noqa: B010 - an attribute of a function
     return check_redis
 
 

@@ -696,6 +696,46 @@ def test_sql_check_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(made) == 2  # the URL check's own engine, and the test's
 
 
+def test_closing_the_registry_releases_the_connections_its_url_checks_opened(
+        tmp_path: Any) -> None:
+    """An engine built from a URL is the library's: its pool is disposed when the instance
+    closes (no connection left to the garbage collector); one the app passed is left alone,
+    and a check run after the close opens a new connection."""
+    import sqlalchemy
+
+    user_engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'user.db'}")
+    try:
+        with fresh_observability() as obs:
+            owned = sql_check(f"sqlite:///{tmp_path / 'owned.db'}")
+            mine = getattr(owned, "close").__self__  # the engine the check built
+            obs.health.add("owned", owned)
+            obs.health.add("user", sql_check(user_engine))
+            assert owned() is True
+            assert obs.health.probe("readiness").status == 200
+            assert mine.pool.checkedin() == 1 and user_engine.pool.checkedin() == 1
+            obs.health.close()
+            assert mine.pool.checkedin() == 0  # disposed: a fresh, empty pool
+            assert user_engine.pool.checkedin() == 1  # the application's, untouched
+            assert owned() is True  # still usable: a new connection
+            obs.health.close()
+    finally:
+        user_engine.dispose()
+
+
+def test_a_failing_release_is_counted_never_raised() -> None:
+    def check() -> bool:
+        return True
+
+    def boom() -> None:
+        raise RuntimeError("cannot close")
+
+    setattr(check, "close", boom)
+    with fresh_observability() as obs:
+        obs.health.add("c", check)
+        obs.health.close()  # no exception
+        assert sample_value("mestres_observability_errors_total", obs, component="health") >= 1
+
+
 _SQL_AFTER_FORK = """
 import json, os, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
