@@ -707,12 +707,13 @@ def test_closing_the_registry_releases_the_connections_its_url_checks_opened(
     try:
         with fresh_observability() as obs:
             owned = sql_check(f"sqlite:///{tmp_path / 'owned.db'}")
-            mine = getattr(owned, "close").__self__  # the engine the check built
+            mine = owned.close.__self__  # the engine the check built
             obs.health.add("owned", owned)
             obs.health.add("user", sql_check(user_engine))
             assert owned() is True
             assert obs.health.probe("readiness").status == 200
-            assert mine.pool.checkedin() == 1 and user_engine.pool.checkedin() == 1
+            assert mine.pool.checkedin() == 1
+            assert user_engine.pool.checkedin() == 1
             obs.health.close()
             assert mine.pool.checkedin() == 0  # disposed: a fresh, empty pool
             assert user_engine.pool.checkedin() == 1  # the application's, untouched
@@ -729,7 +730,7 @@ def test_a_failing_release_is_counted_never_raised() -> None:
     def boom() -> None:
         raise RuntimeError("cannot close")
 
-    setattr(check, "close", boom)
+    check.close = boom
     with fresh_observability() as obs:
         obs.health.add("c", check)
         obs.health.close()  # no exception
