@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime as _dt
 import email.message
@@ -239,7 +240,7 @@ class _Outcome:
     retry_after: float | None = None
 
 
-class _Base:
+class _Base(abc.ABC):
     """Timeout, retry loop, result and logging shared by the notifiers."""
 
     kind = "notifier"
@@ -254,8 +255,9 @@ class _Base:
         self._rng = rng or random.Random()
 
     # subclasses
-    def _attempt(self, alert: Alert, timeout: float) -> _Outcome:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _attempt(self, alert: Alert, timeout: float) -> _Outcome:
+        """One delivery attempt within ``timeout`` seconds."""
 
     def _scrub(self, text: str) -> str:
         return text
@@ -374,8 +376,9 @@ class _HttpNotifier(_Base):
                 text = text.replace(part, "<redacted>")
         return text
 
-    def _payload(self, alert: Alert) -> bytes:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _payload(self, alert: Alert) -> bytes:
+        """The request body for ``alert``."""
 
     def _headers(self, body: bytes) -> dict[str, str]:
         return {}
