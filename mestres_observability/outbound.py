@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -148,20 +149,41 @@ def _begin(method: str, url: str, headers: Any) -> _Call | None:
         return None
 
 
+def _measured(method: str, url: str, headers: Any, send: Callable[[], Any]) -> Any:
+    """``send()`` measured and traced as one outbound call (the response has ``status_code``)."""
+    call = _begin(method, url, headers)
+    if call is None:
+        return send()
+    try:
+        response = send()
+    except BaseException as exc:
+        call.finish(None, exc)
+        raise
+    call.finish(response.status_code, None)
+    return response
+
+
+async def _ameasured(method: str, url: str, headers: Any,
+                     send: Callable[[], Awaitable[Any]]) -> Any:
+    """The awaited counterpart of :func:`_measured`."""
+    call = _begin(method, url, headers)
+    if call is None:
+        return await send()
+    try:
+        response = await send()
+    except BaseException as exc:
+        call.finish(None, exc)
+        raise
+    call.finish(response.status_code, None)
+    return response
+
+
 # ---------------------------------------------------------------------- requests
 def _requests_send(original: Any) -> Any:
     @functools.wraps(original)
     def send(self: Any, request: Any, **kwargs: Any) -> Any:
-        call = _begin(request.method or "GET", request.url or "", request.headers)
-        if call is None:
-            return original(self, request, **kwargs)
-        try:
-            response = original(self, request, **kwargs)
-        except BaseException as exc:
-            call.finish(None, exc)
-            raise
-        call.finish(response.status_code, None)
-        return response
+        return _measured(request.method or "GET", request.url or "", request.headers,
+                         lambda: original(self, request, **kwargs))
 
     setattr(send, _MARK, original)
     return send
@@ -224,16 +246,8 @@ def _httpx() -> Any:
 def _sync_handle(original: Any) -> Any:
     @functools.wraps(original)
     def handle_request(self: Any, request: Any) -> Any:
-        call = _begin(request.method, str(request.url), request.headers)
-        if call is None:
-            return original(self, request)
-        try:
-            response = original(self, request)
-        except BaseException as exc:
-            call.finish(None, exc)
-            raise
-        call.finish(response.status_code, None)
-        return response
+        return _measured(request.method, str(request.url), request.headers,
+                         lambda: original(self, request))
 
     setattr(handle_request, _MARK, original)
     return handle_request
@@ -242,16 +256,8 @@ def _sync_handle(original: Any) -> Any:
 def _async_handle(original: Any) -> Any:
     @functools.wraps(original)
     async def handle_async_request(self: Any, request: Any) -> Any:
-        call = _begin(request.method, str(request.url), request.headers)
-        if call is None:
-            return await original(self, request)
-        try:
-            response = await original(self, request)
-        except BaseException as exc:
-            call.finish(None, exc)
-            raise
-        call.finish(response.status_code, None)
-        return response
+        return await _ameasured(request.method, str(request.url), request.headers,
+                                lambda: original(self, request))
 
     setattr(handle_async_request, _MARK, original)
     return handle_async_request
@@ -300,16 +306,8 @@ class HTTPXTransport:
 
     def handle_request(self, request: Any) -> Any:
         """Send ``request`` through the wrapped transport, measured and traced."""
-        call = _begin(request.method, str(request.url), request.headers)
-        if call is None:
-            return self._inner.handle_request(request)
-        try:
-            response = self._inner.handle_request(request)
-        except BaseException as exc:
-            call.finish(None, exc)
-            raise
-        call.finish(response.status_code, None)
-        return response
+        return _measured(request.method, str(request.url), request.headers,
+                         lambda: self._inner.handle_request(request))
 
     def close(self) -> None:
         """Close the wrapped transport."""
@@ -337,16 +335,8 @@ class AsyncHTTPXTransport:
 
     async def handle_async_request(self, request: Any) -> Any:
         """Send ``request`` through the wrapped transport, measured and traced."""
-        call = _begin(request.method, str(request.url), request.headers)
-        if call is None:
-            return await self._inner.handle_async_request(request)
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException as exc:
-            call.finish(None, exc)
-            raise
-        call.finish(response.status_code, None)
-        return response
+        return await _ameasured(request.method, str(request.url), request.headers,
+                                lambda: self._inner.handle_async_request(request))
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""
