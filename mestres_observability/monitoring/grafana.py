@@ -33,6 +33,7 @@ import yaml
 
 from .. import catalogue
 from ..catalogue import MetricDef
+from .rules import rum_entries as _vital_entries
 from .settings import RenderSettings
 
 __all__ = [
@@ -634,65 +635,100 @@ def rum_entries(settings: RenderSettings,
                 entries: Sequence[MetricDef] | None = None) -> list[MetricDef]:
     """The browser (RUM) metrics of the catalogue that the service exposes.
 
-    Catalogue entries whose name starts with ``rum_`` and whose feature is on;
-    none exist yet (the RUM issue adds them), so no RUM dashboard is rendered today.
+    Catalogue entries whose name starts with ``rum_`` and whose feature is on
+    (``rum_enabled``, off by default): the RUM dashboard is rendered when there
+    are any.
     """
     pool = catalogue.CATALOGUE if entries is None else entries
     return [d for d in pool if d.name.startswith("rum_") and _enabled(d, settings)]
 
 
-def _vital(entry: MetricDef) -> str | None:
-    tokens = entry.name.split("_")
-    return next((v for v in WEB_VITAL_THRESHOLDS if v in tokens), None)
+def _page_label(d: MetricDef) -> list[str]:
+    return [lab for lab in _PAGE_LABELS if lab in d.labels][:1]
+
+
+def _vital_panels(c: _Ctx, d: MetricDef, vital: str, fixed: dict[str, str]) -> list[_Item]:
+    """p75 of one web vital by page group against its thresholds, and its share of good views."""
+    ns = c.settings.config.namespace
+    page = _page_label(d)
+    # the thresholds are in milliseconds (CLS unitless); a histogram in seconds divides them
+    scale = 1000.0 if d.unit == "seconds" and vital != "cls" else 1.0
+    good = WEB_VITAL_THRESHOLDS[vital][0] / scale
+    poor = WEB_VITAL_THRESHOLDS[vital][1] / scale
+    pinned = ", ".join(f'{k}="{v}"' for k, v in fixed.items())
+    bucket = d.family_name(ns) + "_bucket" + (f"{{{pinned}}}" if pinned else "")
+    label = vital.upper()
+    unit = "s" if d.unit == "seconds" else "short"
+    legend = f"{{{{{page[0]}}}}}" if page else "p75"
+    items: list[_Item] = [_Panel(
+        f"{label} p75" + (f" by {page[0]}" if page else ""), "timeseries",
+        (_Query(_quantile(0.75, bucket, page), legend),),
+        description=(f"75th percentile of {label} as browsers report it; green up to "
+                     f"{good:g}, red above {poor:g} (web-vitals thresholds)."),
+        unit=unit, thresholds=((0, "green"), (good, "orange"), (poor, "red")),
+        threshold_lines=True, width=8)]
+    bounds: tuple[float, ...] = tuple(getattr(c.settings.config, d.buckets or "", ()) or ())
+    if any(abs(b - good) < 1e-9 for b in bounds):
+        good_sel = ", ".join([*(f'{k}="{v}"' for k, v in fixed.items()), f'le="{_le(good)}"'])
+        count = d.family_name(ns) + "_count" + (f"{{{pinned}}}" if pinned else "")
+        by = f" by ({page[0]})" if page else ""
+        items.append(_Panel(
+            f"{label}: share of good page views", "timeseries",
+            (_Query(f"sum{by} (rate({d.family_name(ns)}_bucket{{{good_sel}}}"
+                    f"[$__rate_interval])) / sum{by} (rate({count}[$__rate_interval]))", legend),),
+            description=f"Share of {label} reports at or under {good:g} (good), from the "
+                        "bucket at that bound: exact, no interpolation.",
+            unit="percentunit", min=0, max=1, width=4))
+    return items
 
 
 def _rum(c: _Ctx, rum: Sequence[MetricDef]) -> list[_Item]:
+    """Web vitals p75 per vital and page group (thresholds), navigation, errors, ingestion.
+
+    The web-vital histograms and the vitals each carries come from
+    :func:`~mestres_observability.monitoring.rules.rum_entries`, the list the
+    alert rules are made from: a histogram with a ``metric`` label gives a panel
+    per vital (``{metric="LCP"}`` ...), one named after a vital a panel of its own.
+    """
     ns = c.settings.config.namespace
+    vitals = _vital_entries(c.settings.config, rum)
+    with_vitals = {id(d) for d, _, _ in vitals}
     items: list[_Item] = [_Row("Web vitals")]
-    histograms = [d for d in rum if d.kind == "histogram"]
-    counters = [d for d in rum if d.kind == "counter"]
-    for d in histograms:
-        page = [lab for lab in _PAGE_LABELS if lab in d.labels][:1]
-        vital = _vital(d)
-        scale = 1000.0 if d.unit == "seconds" and vital not in (None, "cls") else 1.0
-        good: float | None = None
-        poor: float | None = None
-        if vital is not None:
-            good = WEB_VITAL_THRESHOLDS[vital][0] / scale
-            poor = WEB_VITAL_THRESHOLDS[vital][1] / scale
-        bucket = d.family_name(ns) + "_bucket"
-        label = vital.upper() if vital else d.name
-        unit = "s" if d.unit == "seconds" else "short"
-        thresholds: tuple[tuple[float, str], ...] = ()
-        if good is not None and poor is not None:
-            thresholds = ((0, "green"), (good, "orange"), (poor, "red"))
-        legend = f"{{{{{page[0]}}}}}" if page else "p75"
+    for d, vital, fixed in vitals:
+        items += _vital_panels(c, d, vital, fixed)
+    others = [d for d in rum if d.kind == "histogram" and id(d) not in with_vitals]
+    if others:
+        items.append(_Row("Page loads"))
+    for d in others:  # e.g. navigation phases: p75 by their own label
+        by = [lab for lab in d.labels if lab not in _PAGE_LABELS][:1] or _page_label(d)
         items.append(_Panel(
-            f"{label} p75" + (f" by {page[0]}" if page else ""), "timeseries",
-            (_Query(_quantile(0.75, bucket, page), legend),),
-            description=(f"75th percentile of {label} as browsers report it; green up to "
-                         f"{good:g}, red above {poor:g} (web-vitals thresholds)."
-                         if good is not None and poor is not None else d.docs),
-            unit=unit, thresholds=thresholds, threshold_lines=bool(thresholds)))
-        bounds: tuple[float, ...] = tuple(getattr(c.settings.config, d.buckets or "", ()) or ())
-        if good is not None and good in bounds:
-            count = d.family_name(ns) + "_count"
-            by = f" by ({page[0]})" if page else ""
-            items.append(_Panel(
-                f"{label}: share of good page views", "timeseries",
-                (_Query(f"sum{by} (rate({bucket}{{le=\"{_le(good)}\"}}[$__rate_interval])) / "
-                        f"sum{by} (rate({count}[$__rate_interval]))", legend),),
-                unit="percentunit", min=0, max=1))
+            f"{d.name} p75" + (f" by {by[0]}" if by else ""), "timeseries",
+            (_Query(_quantile(0.75, d.family_name(ns) + "_bucket", by),
+                    f"{{{{{by[0]}}}}}" if by else "p75"),),
+            description=d.docs, unit="s" if d.unit == "seconds" else "short"))
+    counters = {d.name: d for d in rum if d.kind == "counter"}
     if counters:
-        items.append(_Row("Errors"))
-    for d in counters:
-        page = [lab for lab in _PAGE_LABELS if lab in d.labels][:1]
+        items.append(_Row("Errors, resources and ingestion"))
+    resources, load = counters.get("rum_resources_total"), counters.get(
+        "rum_resource_duration_seconds_total")
+    for d in counters.values():
+        if d is load and resources is not None:  # shown as a mean beside the count
+            by = [lab for lab in d.labels if lab not in _PAGE_LABELS][:1]
+            items.append(_Panel(
+                "Mean resource load time" + (f" by {by[0]}" if by else ""), "timeseries",
+                (_Query(f"{_rate(load.exposed_name(ns), by)} / "
+                        f"{_rate(resources.exposed_name(ns), by)}",
+                        f"{{{{{by[0]}}}}}" if by else "mean"),),
+                description=load.docs, unit="s"))
+            continue
         is_error = "error" in d.name
+        by = _page_label(d) if is_error else (
+            [lab for lab in d.labels if lab not in _PAGE_LABELS][:1] or _page_label(d))
         items.append(_Panel(
             ("JS errors per minute" if is_error else f"{d.name} per minute")
-            + (f" by {page[0]}" if page else ""), "timeseries",
-            (_Query(_rate(d.exposed_name(ns), page) + " * 60",
-                    f"{{{{{page[0]}}}}}" if page else d.name),),
+            + (f" by {by[0]}" if by else ""), "timeseries",
+            (_Query(_rate(d.exposed_name(ns), by) + " * 60",
+                    f"{{{{{by[0]}}}}}" if by else d.name),),
             description=d.docs, width=24 if is_error else 12))
     return items
 

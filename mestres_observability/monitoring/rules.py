@@ -1266,17 +1266,20 @@ _VITAL_LABEL = "metric"
 _VITAL_WORDS = {"layout": "cls", "shift": "cls"}
 
 
-def rum_entries(config: ObservabilityConfig
+def rum_entries(config: ObservabilityConfig,
+                entries: Sequence[catalogue.MetricDef] | None = None,
                 ) -> list[tuple[catalogue.MetricDef, str, dict[str, str]]]:
     """Web-vital histograms among the enabled ``rum_*`` entries of the catalogue.
 
     Each item is ``(entry, vital, fixed labels)``: a histogram with a ``metric``
     label (``rum_web_vitals_seconds``) gives one item per vital it carries
     (``{"metric": "LCP"}``, ...); one named after a vital (``rum_layout_shift``,
-    ``rum_lcp_seconds``) gives one item with no fixed label.
+    ``rum_lcp_seconds``) gives one item with no fixed label. ``entries``
+    (default: the catalogue) is where they are looked for; an entry is taken
+    when :func:`~mestres_observability.catalogue.is_enabled` says so.
     """
     out: list[tuple[catalogue.MetricDef, str, dict[str, str]]] = []
-    for entry in catalogue.CATALOGUE:
+    for entry in catalogue.CATALOGUE if entries is None else entries:
         if not entry.name.startswith("rum_") or entry.kind != "histogram":
             continue
         if not catalogue.is_enabled(entry, config):

@@ -280,38 +280,82 @@ RUM_FAKE = (
 )
 
 
-def test_no_rum_dashboard_today() -> None:
-    assert grafana.rum_entries(RenderSettings()) == []
+def test_no_rum_dashboard_by_default() -> None:
+    assert grafana.rum_entries(RenderSettings()) == []  # rum_enabled is off by default
     assert "grafana/dashboards/rum.json" not in _render()
 
 
-def test_rum_dashboard_from_catalogue_entries() -> None:
-    entries = catalogue.CATALOGUE + RUM_FAKE
-    settings = RenderSettings(config=ObservabilityConfig(namespace="shop"))
-    dashes = grafana.dashboards(settings, entries)
-    assert "rum.json" in dashes
-    rum = dashes["rum.json"]
+def _rum_panels(settings: RenderSettings) -> dict[str, dict[str, Any]]:
+    rum = grafana.dashboards(settings)["rum.json"]
     assert rum["schemaVersion"] == grafana.SCHEMA_VERSION
-    panels = {p["title"]: p for p in rum["panels"]}
-    lcp = panels["LCP p75 by page_group"]
-    expr = lcp["targets"][0]["expr"]
-    assert expr.startswith("histogram_quantile(0.75, sum by (le, page_group)")
-    assert "shop_rum_lcp_seconds_bucket" in expr
-    assert lcp["targets"][0]["exemplar"] is True
-    steps = lcp["fieldConfig"]["defaults"]["thresholds"]["steps"]
-    assert [s["value"] for s in steps] == [None, 2.5, 4.0]  # ms thresholds in seconds
-    assert [s["value"] for s in panels["CLS p75 by page_group"]["fieldConfig"]["defaults"]
-            ["thresholds"]["steps"]] == [None, 0.1, 0.25]
-    # 2.5 s is an http_buckets bound: the share of good page views is exact
-    good = panels["LCP: share of good page views"]["targets"][0]["expr"]
-    assert 'shop_rum_lcp_seconds_bucket{le="2.5"}' in good
-    assert "CLS: share of good page views" not in panels  # 0.1 is not an order bucket
-    errors = panels["JS errors per minute by page_group"]["targets"][0]["expr"]
-    assert errors == "sum by (page_group) (rate(shop_rum_js_errors_total[$__rate_interval])) * 60"
     ids = [p["id"] for p in rum["panels"]]
     assert len(ids) == len(set(ids))
-    titles = [t for t, _ in grafana.dashboard_expressions(settings, entries)]
-    assert "rum: LCP p75 by page_group" in titles
+    return {p["title"]: p for p in rum["panels"]}
+
+
+def test_the_rum_dashboard_draws_each_vital_of_the_real_metrics_against_its_thresholds() -> None:
+    """The real catalogue: one histogram carries LCP, INP, FCP and TTFB in a ``metric``
+    label, CLS has its own; each vital gets its own p75 panel pinned to it, with the
+    web-vitals thresholds, and an exact share of good views (the bounds are buckets)."""
+    settings = RenderSettings(config=ObservabilityConfig(namespace="shop", rum_enabled=True))
+    panels = _rum_panels(settings)
+    expected = {"LCP": (2.5, 4.0), "INP": (0.2, 0.5), "FCP": (1.8, 3.0), "TTFB": (0.8, 1.8)}
+    for vital, (good, poor) in expected.items():
+        p75 = panels[f"{vital} p75 by page"]
+        expr = p75["targets"][0]["expr"]
+        assert expr == ("histogram_quantile(0.75, sum by (le, page) (rate("
+                        f'shop_rum_web_vitals_seconds_bucket{{metric="{vital}"}}'
+                        "[$__rate_interval])))")
+        assert p75["targets"][0]["exemplar"] is True
+        steps = p75["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, good, poor]
+        assert p75["fieldConfig"]["defaults"]["unit"] == "s"
+        share = panels[f"{vital}: share of good page views"]["targets"][0]["expr"]
+        assert f'shop_rum_web_vitals_seconds_bucket{{metric="{vital}", le="{good!r}"}}' in share
+        assert f'shop_rum_web_vitals_seconds_count{{metric="{vital}"}}' in share
+    cls = panels["CLS p75 by page"]
+    assert "shop_rum_layout_shift_bucket[" in cls["targets"][0]["expr"]
+    assert [s["value"] for s in cls["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [
+        None, 0.1, 0.25]
+    assert 'shop_rum_layout_shift_bucket{le="0.1"}' in panels[
+        "CLS: share of good page views"]["targets"][0]["expr"]
+    # no panel mixes the vitals: every read of the shared histogram pins one
+    for title, panel in panels.items():
+        for target in panel.get("targets", []):
+            if "rum_web_vitals_seconds" in target["expr"]:
+                assert 'metric="' in target["expr"], title
+    assert panels["rum_navigation_seconds p75 by phase"]["targets"][0]["expr"].startswith(
+        "histogram_quantile(0.75, sum by (le, phase)")
+    assert panels["JS errors per minute by page"]["targets"][0]["expr"] == (
+        "sum by (page) (rate(shop_rum_js_errors_total[$__rate_interval])) * 60")
+    mean = panels["Mean resource load time by initiator"]["targets"][0]["expr"]
+    assert mean == ("sum by (initiator) (rate(shop_rum_resource_duration_seconds_total"
+                    "[$__rate_interval])) / sum by (initiator) (rate(shop_rum_resources_total"
+                    "[$__rate_interval]))")
+    titles = [t for t, _ in grafana.dashboard_expressions(settings)]
+    assert "rum: LCP p75 by page" in titles
+
+
+def test_every_rum_family_of_the_catalogue_is_on_the_rum_dashboard() -> None:
+    settings = RenderSettings(config=ObservabilityConfig(rum_enabled=True))
+    exprs = " ".join(t["expr"] for p in _rum_panels(settings).values()
+                     for t in p.get("targets", []))
+    for entry in catalogue.CATALOGUE:
+        if entry.name.startswith("rum_"):
+            assert entry.exposed_name(settings.config.namespace).removesuffix("_total") in exprs
+
+
+def test_a_histogram_named_after_its_vital_gets_its_panel_too() -> None:
+    """An entry like ``rum_lcp_seconds`` (no ``metric`` label) is one vital's histogram."""
+    entries = catalogue.CATALOGUE + RUM_FAKE
+    settings = RenderSettings(config=ObservabilityConfig(namespace="shop"))
+    panels = {p["title"]: p for p in grafana.dashboards(settings, entries)["rum.json"]["panels"]}
+    lcp = panels["LCP p75 by page_group"]
+    assert "shop_rum_lcp_seconds_bucket[" in lcp["targets"][0]["expr"]
+    assert [s["value"] for s in lcp["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [
+        None, 2.5, 4.0]
+    assert 'shop_rum_lcp_seconds_bucket{le="2.5"}' in panels[
+        "LCP: share of good page views"]["targets"][0]["expr"]
 
 
 def test_rum_dashboard_follows_the_feature() -> None:

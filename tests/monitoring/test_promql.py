@@ -35,7 +35,8 @@ def all_expressions(settings: RenderSettings) -> tuple[dict[str, str], list[tupl
     RenderSettings(config=ObservabilityConfig(namespace="shop"), service="shop-api"),
     RenderSettings(config=ObservabilityConfig(system_metrics=False, process_metrics=False)),
     RenderSettings(pushgateway_target="pushgateway:9091", job_max_ages=(("hourly_sync", 5400),)),
-], ids=["defaults", "namespace", "system-metrics-off", "pushgateway-and-job-ages"])
+    RenderSettings(config=ObservabilityConfig(rum_enabled=True, namespace="shop")),
+], ids=["defaults", "namespace", "system-metrics-off", "pushgateway-and-job-ages", "rum"])
 def test_every_rendered_expression_names_only_known_metrics_and_labels(
         settings: RenderSettings) -> None:
     files, panels = all_expressions(settings)
