@@ -2,25 +2,55 @@
 
 The Flask, Starlette/FastAPI and Django adapters call :func:`setup` once when
 they are wired (it validates the HTTP settings, warns once when ``/metrics``
-is served unprotected on the app and starts the separate metrics port when
-one is configured) and :func:`resolve_user_id` at the end of each request that
+is served unprotected on the app or when the app runs under gunicorn without
+multiprocess mode, and starts the separate metrics port when one is
+configured) and :func:`resolve_user_id` at the end of each request that
 has a user-id resolver.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._current import get_observability
 from ._metrics_server import start_metrics_server
 from .http import http_state, warn_unprotected_metrics
+from .multiprocess import ENV_VAR, is_multiprocess
 
 if TYPE_CHECKING:  # type-only
     from ._fault import FaultReporter
     from .observability import Observability
 
-__all__ = ["resolve_user_id", "setup"]
+__all__ = ["resolve_user_id", "setup", "warn_single_process_under_gunicorn"]
+
+_log = logging.getLogger("mestres_observability")
+_warned_gunicorn = [False]
+
+
+def warn_single_process_under_gunicorn() -> bool:
+    """Log once per process when gunicorn runs the app without multiprocess mode.
+
+    gunicorn names itself in ``SERVER_SOFTWARE`` (``gunicorn/<version>``) in the
+    master and every worker. Without multiprocess mode each worker keeps its
+    own counts and a scrape reads whichever worker answers it: totals jump
+    between scrapes and ``rate()`` sees resets. Returns whether it warned.
+    """
+    if _warned_gunicorn[0] or not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        return False
+    if is_multiprocess():
+        return False
+    _warned_gunicorn[0] = True
+    _log.warning(
+        "running under gunicorn without multiprocess mode: with more than one worker each "
+        "scrape of /metrics reads only the worker that answers it (totals jump, rate() sees "
+        "resets). Start gunicorn with the library's config (gunicorn -c "
+        "python:mestres_observability.gunicorn ...) or set %s before the app is imported.",
+        ENV_VAR,
+    )
+    return True
 
 
 def setup(obs: Observability | None, where: str) -> Observability:
@@ -32,6 +62,7 @@ def setup(obs: Observability | None, where: str) -> Observability:
     instance = obs if obs is not None else get_observability()
     http_state(instance)  # validates trusted_proxies & co. at set-up
     warn_unprotected_metrics(instance, where)
+    warn_single_process_under_gunicorn()
     if instance.config.metrics_port is not None:
         start_metrics_server(instance)
     return instance

@@ -184,3 +184,33 @@ def test_a_raising_request_logs_nothing_from_opentelemetry(
     (event,) = server.events
     assert event.name == "exception"
     assert dict(event.attributes or {})["exception.type"] == "RuntimeError"
+
+
+# ---------------------------------------------------------------- gunicorn without its config
+@pytest.mark.parametrize(("software", "multiprocess", "warned"), [
+    ("gunicorn/23.0.0", False, True),
+    ("gunicorn/23.0.0", True, False),  # the config module (or the variable) was used
+    ("uvicorn", False, False),
+    (None, False, False),
+])
+def test_under_gunicorn_without_multiprocess_mode_the_adapter_warns_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        software: str | None, multiprocess: bool, warned: bool) -> None:
+    flask = require_module("flask")
+    from mestres_observability import _adapter
+
+    if software is None:
+        monkeypatch.delenv("SERVER_SOFTWARE", raising=False)
+    else:
+        monkeypatch.setenv("SERVER_SOFTWARE", software)
+    monkeypatch.setattr(_adapter, "is_multiprocess", lambda: multiprocess)
+    monkeypatch.setattr(_adapter, "_warned_gunicorn", [False])
+    with fresh_observability():
+        from mestres_observability.flask import instrument
+
+        instrument(flask.Flask("a"))
+        instrument(flask.Flask("b"))
+    found = [r for r in caplog.records if "without multiprocess mode" in r.getMessage()]
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        assert "gunicorn -c python:mestres_observability.gunicorn" in found[0].getMessage()

@@ -204,6 +204,23 @@ def test_django_under_gunicorn_exposes_one_service_info_series(server: object) -
         assert [s["service"] for s in _service_info(port)] == ["django-multiworker"]
 
 
+def test_plain_gunicorn_without_the_config_module_says_the_scrape_is_one_workers(
+        server: object) -> None:
+    """The README's install line then ``gunicorn -w 2 app:app``: no multiprocess mode, so a
+    scrape reads one worker; each worker says so once at start-up, and with the config
+    module nothing is said."""
+    bare = [require_binary("gunicorn", BIN_DIR), "--workers", "2", "--bind", "127.0.0.1:{port}",
+            "--chdir", str(APPS), "flask_app:app"]
+    server(bare, {"PROMETHEUS_MULTIPROC_DIR": None})  # type: ignore[operator]
+    warning = "running under gunicorn without multiprocess mode"
+    wait_until(lambda: server.log.read_text().count(warning) == 2,  # type: ignore[attr-defined]
+               timeout=15, message="one warning per worker")
+    _stop(server)
+    server(_gunicorn("flask_app:app", workers=2))  # type: ignore[operator]
+    time.sleep(1.0)  # both workers have booted and set up
+    assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
+
+
 def _stop(server: object) -> None:
     """SIGTERM the last server started and wait for it (its shutdown lines are logged)."""
     proc = server.processes[-1]  # type: ignore[attr-defined]
