@@ -227,7 +227,9 @@ class ObservabilityMiddleware:
         method: str = scope.get("method", "GET")
         # the library's own endpoints get their path as route once served
         route = self._match(scope, method) if endpoint is None else None
-        if route is not None and self._is_untracked(route, method):
+        # marked routes: looked up only once the route table is known to have some
+        if route is not None and (self._untracked or self._untracked_key != self._cache_key
+                                  ) and self._is_untracked(route, method):
             return None
         url_rx = state.excluded_urls[self.framework]
         if url_rx is not None and url_rx.search(_url(scope)):
@@ -258,14 +260,13 @@ class ObservabilityMiddleware:
         )
 
     def _is_untracked(self, route: str, method: str) -> bool:
-        """True when ``route`` (a template) is a route marked not tracked, for ``method``."""
-        routes = self._routes()
-        if routes is None:
-            return False
-        marker = (id(routes), len(routes))
-        if marker != self._untracked_key:
-            self._untracked = untracked_routes(routes)
-            self._untracked_key = marker
+        """True when ``route`` (a template) is a route marked not tracked, for ``method``;
+        the marked routes are found again when the route table changes (``_match`` keeps
+        its marker in ``_cache_key``)."""
+        if self._untracked_key != self._cache_key:
+            routes = self._routes()
+            self._untracked = untracked_routes(routes) if routes is not None else {}
+            self._untracked_key = self._cache_key
         if not self._untracked or route not in self._untracked:
             return False
         methods = self._untracked[route]

@@ -399,10 +399,12 @@ def test_fastapi_size_histograms() -> None:
 def django_ready() -> None:
     """Django set up as tests/adapters/test_trace_headers.py does it (the app's ``ready()``
     initialises an instance: the current one is kept)."""
+    from django.apps import apps
+
     from mestres_observability import _current, get_observability
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.adapters.django_settings")
-    if not django.apps.apps.ready:
+    if not apps.ready:
         previous = get_observability()
         django.setup()
         _current.swap(previous).shutdown(timeout=1.0)
@@ -477,6 +479,23 @@ def test_django_size_histograms(django_ready: None) -> None:
         assert sample_value("http_response_size_bytes_sum", obs, **post) == 5
         get = {"method": "GET", "endpoint": "/stream", "status": "200"}
         assert sample_value("http_response_size_bytes_sum", obs, **get) == 7
+
+
+def test_django_async_size_histograms(django_ready: None) -> None:
+    from django.test import AsyncClient, override_settings
+
+    async def fetch(client: Any) -> bytes:
+        response = await client.get("/astream")
+        body = b"".join([chunk async for chunk in response.streaming_content])
+        await response.aclose() if hasattr(response, "aclose") else response.close()
+        return body
+
+    with fresh_observability(tracing_enabled=False, http_size_metrics=True) as obs, \
+            override_settings(ROOT_URLCONF="tests.adapters.controls_urls"):
+        assert asyncio.run(fetch(AsyncClient())) == b"abcde"
+        get = {"method": "GET", "endpoint": "/astream", "status": "200"}
+        assert sample_value("http_response_size_bytes_count", obs, **get) == 1
+        assert sample_value("http_response_size_bytes_sum", obs, **get) == 5
 
 
 def test_exposed_label_names_follow_the_settings() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.views import View
@@ -21,6 +23,14 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(iter([b"abc", b"defg"]))
 
 
+async def astream(request: HttpRequest) -> StreamingHttpResponse:
+    async def chunks() -> Any:
+        for chunk in (b"ab", b"cde"):
+            yield chunk
+
+    return StreamingHttpResponse(chunks())
+
+
 @do_not_track
 def ping(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"pong")
@@ -36,6 +46,7 @@ urlpatterns = [
     path("orders/<int:order_id>", order),
     path("upload", upload),
     path("stream", stream),
+    path("astream", astream),
     path("ping", ping),
     path("quiet", Quiet.as_view()),
 ]
