@@ -28,7 +28,7 @@ from mestres_observability.http import (
 from mestres_observability.testing import fresh_observability, sample_value
 from tests._support import require_module
 from tests.adapters import conftest as adapter_fixtures
-from tests.adapters.conftest import LogCapture, series
+from tests.adapters.conftest import LogCapture, series, use_memory_tracer
 
 flask = require_module("flask")
 fastapi = require_module("fastapi")
@@ -496,6 +496,32 @@ def test_django_async_size_histograms(django_ready: None) -> None:
         get = {"method": "GET", "endpoint": "/astream", "status": "200"}
         assert sample_value("http_response_size_bytes_count", obs, **get) == 1
         assert sample_value("http_response_size_bytes_sum", obs, **get) == 5
+
+
+def test_labels_on_the_exemplar_path() -> None:
+    exemplar = {"trace_id": "ab" * 16, "span_id": "cd" * 8}
+    with fresh_observability(tracing_enabled=False, access_log=False, exemplars=True,
+                             http_labels={"app": "shop"}, http_label_values=ALLOWED,
+                             http_label_callback=lambda info: {"tier": "pro"}) as obs:
+        obs.metrics.exemplar_provider = lambda: exemplar
+        state = http_state(obs)
+        rp = start_request(state, "POST", "/pay", route="/pay")
+        assert rp is not None
+        rp.finish(201)
+        labels = {"method": "POST", "endpoint": "/pay", "status": "201", "app": "shop",
+                  "tier": "pro"}
+        assert sample_value("http_requests_total", obs, **labels) == 1
+        assert sample_value("http_request_duration_seconds_count", obs, **labels) == 1
+
+
+def test_untracked_and_excluded_requests_have_no_span() -> None:
+    for obs, client in _flask(excluded_methods=("OPTIONS",)):
+        exporter = use_memory_tracer(obs)
+        client.get("/ping")
+        client.options("/orders/1")
+        client.get("/orders/1")
+        assert [span.name for span in exporter.get_finished_spans()] == [
+            "GET /orders/<int:order_id>"]
 
 
 def test_exposed_label_names_follow_the_settings() -> None:
