@@ -44,7 +44,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -234,7 +234,7 @@ DO_NOT_TRACK_ATTR = "mestres_observability_do_not_track"
 # mark only when there is one (a FastAPI route's openapi_extra is found without it)
 _marked = [0]
 
-_F = Any
+_F = TypeVar("_F")
 
 
 def do_not_track(view: _F) -> _F:
