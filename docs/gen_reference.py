@@ -213,6 +213,7 @@ API_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Logs", ("get_logger", "log_event", "bind_context", "set_user_id")),
     ("Batch jobs", ("job",)),
     ("Health", ("health_check", "HealthRegistry")),
+    ("HTTP request controls", ("do_not_track", "HttpRequestInfo")),
     ("Errors", ("ObservabilityError", "ConfigurationError", "MetricConflictError",
                 "MissingExtraError")),
 )

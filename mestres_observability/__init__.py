@@ -30,6 +30,7 @@ from .business import (
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MetricConflictError, MissingExtraError, ObservabilityError
 from .health import HealthRegistry, health_check
+from .http import HttpRequestInfo, do_not_track
 from .instrument import counted, timed, timer
 from .jobs import job
 from .logs import bind_context, get_logger, log_event, set_user_id
@@ -39,6 +40,7 @@ from .tracing import span, traced
 __all__ = [
     "ConfigurationError",
     "HealthRegistry",
+    "HttpRequestInfo",
     "MetricConflictError",
     "MissingExtraError",
     "Observability",
@@ -47,6 +49,7 @@ __all__ = [
     "__version__",
     "bind_context",
     "counted",
+    "do_not_track",
     "get_logger",
     "get_observability",
     "health_check",

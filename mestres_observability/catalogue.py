@@ -95,7 +95,7 @@ ALWAYS = "always"
 
 #: Feature settings whose default is off (every other one defaults to on);
 #: :func:`is_enabled` reads a mapping without them as the defaults would.
-OFF_BY_DEFAULT: frozenset[str] = frozenset({"rum_enabled"})
+OFF_BY_DEFAULT: frozenset[str] = frozenset({"rum_enabled", "http_size_metrics"})
 
 #: prometheus_client's gauge multiprocess modes.
 MULTIPROCESS_MODES: tuple[str, ...] = (
@@ -253,6 +253,14 @@ CATALOGUE: tuple[MetricDef, ...] = (
     MetricDef("http_requests_in_progress", "gauge",
               "HTTP requests being handled right now.",
               ("method", "endpoint"), ("endpoint",), multiprocess_mode="livesum", group="http"),
+    MetricDef("http_request_size_bytes", "histogram",
+              "HTTP request body size in bytes (Content-Length, else the bytes received).",
+              ("method", "endpoint", "status"), ("endpoint",), buckets="http_size_buckets",
+              group="http", unit="bytes", feature="http_size_metrics"),
+    MetricDef("http_response_size_bytes", "histogram",
+              "HTTP response body size in bytes, as sent (a streamed body when it ends).",
+              ("method", "endpoint", "status"), ("endpoint",), buckets="http_size_buckets",
+              group="http", unit="bytes", feature="http_size_metrics"),
     # ---- business
     MetricDef("orders_total", "counter", "Orders returned by @track_order / record_order, by status.",
               ("status",), ("status",)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import json
 import logging
 import math
 import os
@@ -39,6 +40,16 @@ _log = logging.getLogger("mestres_observability.config")
 DEFAULT_HTTP_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
 )
+#: Default buckets (bytes) of the HTTP request and response size histograms: powers of 4
+#: from 64 B to 16 MiB.
+DEFAULT_HTTP_SIZE_BUCKETS: tuple[float, ...] = tuple(float(4 ** n) for n in range(3, 13))
+#: Label value of a per-request label whose value is not in its allowlist.
+OTHER_LABEL_VALUE = "other"
+#: Labels of the HTTP request families that ``http_labels`` and ``http_label_values`` may not use.
+HTTP_BUILTIN_LABELS: tuple[str, ...] = ("method", "endpoint", "status")
+#: Frameworks of ``excluded_urls_by_framework`` (``OTEL_PYTHON_<FRAMEWORK>_EXCLUDED_URLS``).
+EXCLUDED_URLS_FRAMEWORKS: tuple[str, ...] = ("flask", "fastapi", "starlette", "django")
+
 #: Default buckets for order totals (currency units).
 DEFAULT_ORDER_VALUE_BUCKETS: tuple[float, ...] = (
     5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
@@ -494,6 +505,51 @@ class ObservabilityConfig:
         "to the trace of the page.",
     )
 
+    excluded_methods: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="Request methods neither measured, traced nor access-logged (e.g. `OPTIONS,HEAD`), "
+        "compared in upper case.",
+    )
+    excluded_urls: tuple[str, ...] | None = _setting(
+        None, kind="strs", optional=True, otel="OTEL_PYTHON_EXCLUDED_URLS",
+        doc="Regular expressions searched in the full request URL (as the OpenTelemetry "
+        "instrumentations do: `healthz,/internal/.*`); a match is neither measured, traced nor "
+        "access-logged. `OTEL_PYTHON_FLASK_EXCLUDED_URLS`, `..._FASTAPI_...`, "
+        "`..._STARLETTE_...` and `..._DJANGO_...` replace it for their framework "
+        "(`excluded_urls_by_framework`).",
+    )
+    excluded_urls_by_framework: dict[str, tuple[str, ...]] = _setting(
+        kind="strsmap", factory=dict,
+        doc="Per-framework `excluded_urls` (`flask`, `fastapi`, `starlette`, `django`), each "
+        "replacing `excluded_urls` for its framework; unset, filled from "
+        "`OTEL_PYTHON_<FRAMEWORK>_EXCLUDED_URLS`. In a variable: a JSON object of lists.",
+    )
+    http_labels: dict[str, str] = _setting(
+        kind="strmap", factory=dict,
+        doc="Static labels added to every HTTP request series (`http_requests_total`, the "
+        "duration, in-progress and size families), e.g. `app=shop,region=eu`.",
+    )
+    http_label_values: dict[str, tuple[str, ...]] = _setting(
+        kind="strsmap", factory=dict,
+        doc="Labels set per request by `http_label_callback`, each with its allowlist of values; "
+        "a value outside it (or missing, or the callback failing) becomes `other`. In a "
+        "variable: a JSON object of lists (`{\"tier\": [\"free\", \"pro\"]}`).",
+    )
+    http_label_callback: Callable[[Any], Any] | None = _setting(
+        None, kind="callable", optional=True,
+        doc="`callable(info) -> mapping` giving the `http_label_values` labels of one request "
+        "(`info`: an `HttpRequestInfo`); a callable or its dotted path (`myapp.metrics:labels`).",
+    )
+    http_size_metrics: bool = _setting(
+        False, kind="bool",
+        doc="Request and response body size histograms (`http_request_size_bytes`, "
+        "`http_response_size_bytes`).",
+    )
+    http_size_buckets: tuple[float, ...] = _setting(
+        DEFAULT_HTTP_SIZE_BUCKETS, kind="floats",
+        doc="Buckets (bytes) of the request and response size histograms.",
+    )
+
     # ---- browser real-user monitoring (RUM) -------------------------------
     rum_enabled: bool = _setting(
         False, kind="bool",
@@ -614,7 +670,8 @@ class ObservabilityConfig:
                 "with a digit",
             )
         for name in ("http_buckets", "order_value_buckets", "rum_vitals_buckets",
-                     "rum_cls_buckets", "rum_navigation_buckets", "task_buckets", "db_buckets"):
+                     "rum_cls_buckets", "rum_navigation_buckets", "task_buckets", "db_buckets",
+                     "http_size_buckets"):
             buckets: tuple[float, ...] = getattr(self, name)
             if not buckets:
                 raise ConfigurationError(name, buckets, "needs at least one bucket")
@@ -644,11 +701,73 @@ class ObservabilityConfig:
         if self.metrics_port is not None and self.metrics_port > 65535:
             raise ConfigurationError("metrics_port", self.metrics_port, "must be 0..65535")
         self._validate_rum()
+        self._validate_http_controls()
         for name, level in self.log_levels.items():
             if level.upper() not in _LEVELS:
                 raise ConfigurationError(
                     "log_levels", {name: level}, f"levels must be one of {', '.join(_LEVELS)}"
                 )
+
+    def _validate_http_controls(self) -> None:
+        object.__setattr__(self, "excluded_methods",
+                           tuple(dict.fromkeys(m.upper() for m in self.excluded_methods)))
+        seen: set[str] = set()
+        for setting, names in (("http_labels", self.http_labels),
+                               ("http_label_values", self.http_label_values)):
+            for label in names:
+                if not _NAME_RE.match(label) or label.startswith("__"):
+                    raise ConfigurationError(setting, label, "label names must be Prometheus "
+                                             "names (letters, digits, _; no leading digit or __)")
+                if label in HTTP_BUILTIN_LABELS or label in ("le", "quantile"):
+                    raise ConfigurationError(setting, label, "clashes with a built-in label of "
+                                             "the HTTP metrics (method, endpoint, status, le)")
+                if label in seen:
+                    raise ConfigurationError(setting, label, "set in both http_labels and "
+                                             "http_label_values")
+                seen.add(label)
+        for label, value in self.http_labels.items():
+            if len(value) > 128:
+                raise ConfigurationError("http_labels", {label: value}, "at most 128 characters")
+        for label, allowed in self.http_label_values.items():
+            if not allowed:
+                raise ConfigurationError("http_label_values", label,
+                                         "each label needs at least one allowed value")
+            if any(len(v) > 128 for v in allowed):
+                raise ConfigurationError("http_label_values", label,
+                                         "allowed values are at most 128 characters")
+        if self.http_label_values and self.http_label_callback is None:
+            raise ConfigurationError("http_label_values", self.http_label_values,
+                                     "needs http_label_callback to give the values")
+        if self.http_label_callback is not None and not self.http_label_values:
+            raise ConfigurationError("http_label_callback", self.http_label_callback,
+                                     "declare its labels and allowed values in "
+                                     "http_label_values (Prometheus needs fixed label names)")
+        for method in self.excluded_methods:
+            if not re.fullmatch(r"[A-Z][A-Z0-9_-]{0,31}", method):
+                raise ConfigurationError("excluded_methods", method,
+                                         "expected an HTTP method name such as OPTIONS")
+        for framework in self.excluded_urls_by_framework:
+            if framework not in EXCLUDED_URLS_FRAMEWORKS:
+                raise ConfigurationError("excluded_urls_by_framework", framework,
+                                         "expected one of " + ", ".join(EXCLUDED_URLS_FRAMEWORKS))
+        for setting, patterns in (("excluded_urls", self.excluded_urls or ()),
+                                  *(("excluded_urls_by_framework", p) for p in
+                                    self.excluded_urls_by_framework.values())):
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigurationError(setting, pattern,
+                                             f"not a regular expression ({exc})") from None
+
+    def excluded_urls_for(self, framework: str) -> tuple[str, ...]:
+        """The ``excluded_urls`` patterns in force for ``framework`` (``flask``, ``fastapi``,
+        ``starlette``, ``django``): its own entry of ``excluded_urls_by_framework`` when set,
+        else ``excluded_urls`` (the OpenTelemetry instrumentations' precedence)."""
+        own = self.excluded_urls_by_framework.get(framework)
+        if own is not None:
+            return own
+        return self.excluded_urls or ()
 
     def _validate_rum(self) -> None:
         for name, needed in (("rum_vitals_buckets", RUM_VITALS_THRESHOLDS),
@@ -719,6 +838,15 @@ class ObservabilityConfig:
             if otel and otel in env and env[otel].strip() != "":
                 values[name] = _from_otel(f, otel, env[otel])
                 sources[name] = f"env {otel}"
+        if "excluded_urls_by_framework" not in values:
+            by_framework = {}
+            for framework in EXCLUDED_URLS_FRAMEWORKS:
+                var = f"OTEL_PYTHON_{framework.upper()}_EXCLUDED_URLS"
+                if var in env and env[var].strip():
+                    by_framework[framework] = tuple(_split(env[var]))
+                    sources["excluded_urls_by_framework"] = f"env {var}"
+            if by_framework:
+                values["excluded_urls_by_framework"] = by_framework
         try:
             cfg = cls(**values)
         except ConfigurationError as exc:
@@ -968,7 +1096,48 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
                     raise bad(f"{k}: expected a string")
                 result[k] = v
         return result
+    if kind == "strsmap":
+        if from_text:
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise bad("expected a JSON object of lists of strings") from None
+        if not isinstance(raw, Mapping):
+            raise bad("expected a mapping of names to lists of strings (JSON in a variable)")
+        lists: dict[str, tuple[str, ...]] = {}
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                raise bad("keys must be strings")
+            if isinstance(v, str) or not isinstance(v, (list, tuple, set, frozenset)) or not all(
+                    isinstance(i, str) for i in v):
+                raise bad(f"{k}: expected a list of strings")
+            lists[k] = tuple(dict.fromkeys(v))
+        return lists
+    if kind == "callable":
+        if from_text:
+            raw = _import_callable(raw.strip(), bad)
+        if not callable(raw):
+            raise bad("expected a callable or its dotted path (package.module:name)")
+        return raw
     raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
+
+
+def _import_callable(path: str, bad: Callable[[str], ConfigurationError]) -> Any:
+    """The object at ``package.module:name`` (or ``package.module.name``)."""
+    import importlib
+
+    module, sep, attr = path.partition(":")
+    if not sep:
+        module, _, attr = path.rpartition(".")
+    if not module or not attr:
+        raise bad("expected a dotted path such as myapp.metrics:labels")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise bad(f"cannot import it ({exc})") from None
+    return found
 
 
 def _from_otel(f: dataclasses.Field[Any], var: str, text: str) -> Any:

@@ -39,11 +39,20 @@ from .http import (
     UserIdResolver,
     asgi_is_html,
     http_state,
+    is_untracked,
+    response_size,
     start_request,
 )
 from .observability import Observability, get_observability
 
-__all__ = ["ObservabilityMiddleware", "instrument", "route_template"]
+__all__ = ["DO_NOT_TRACK_EXTENSION", "ObservabilityMiddleware", "instrument", "route_template",
+           "untracked_routes"]
+
+#: ``openapi_extra`` key that marks a FastAPI route as not tracked (the route option of
+#: :func:`~mestres_observability.http.do_not_track`):
+#: ``@app.get("/ping", openapi_extra={DO_NOT_TRACK_EXTENSION: True})``. It is an OpenAPI
+#: extension, so it also shows in the route's operation in the schema.
+DO_NOT_TRACK_EXTENSION = "x-mestres-observability-do-not-track"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -87,6 +96,31 @@ def route_template(routes: Any, scope: Scope, prefix: str = "") -> tuple[str | N
     return None, cacheable
 
 
+def untracked_routes(routes: Any, prefix: str = "") -> dict[str, frozenset[str] | None]:
+    """Template -> methods (``None``: all) of the routes marked not tracked: their endpoint
+    by :func:`~mestres_observability.http.do_not_track`, or ``openapi_extra`` by
+    :data:`DO_NOT_TRACK_EXTENSION`; ``Mount`` prefixes joined as :func:`route_template` does."""
+    found: dict[str, frozenset[str] | None] = {}
+    for route in routes:
+        if isinstance(route, (Mount, Host)):
+            sub = getattr(route, "routes", None)
+            if sub:
+                found.update(untracked_routes(
+                    sub, prefix + route.path if isinstance(route, Mount) else prefix))
+            continue
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            continue
+        extra = getattr(route, "openapi_extra", None)
+        if is_untracked(getattr(route, "endpoint", None)) or is_untracked(route) or (
+                isinstance(extra, dict) and extra.get(DO_NOT_TRACK_EXTENSION) is True):
+            methods = getattr(route, "methods", None)
+            old = found.get(prefix + path, frozenset())
+            found[prefix + path] = (None if methods is None or old is None
+                                    else old | frozenset(methods))
+    return found
+
+
 def _template_of(route: Any, scope: Scope, child: Scope, prefix: str,
                  cacheable: bool) -> tuple[str | None, bool]:
     if isinstance(route, (Mount, Host)):
@@ -121,6 +155,11 @@ class ObservabilityMiddleware:
         self._cache: dict[tuple[str, str, str], str | None] = {}
         self._pages: dict[tuple[str, str], str | None] = {}
         self._cache_key: tuple[int, int] = (0, 0)
+        self._untracked: dict[str, frozenset[str] | None] = {}
+        self._untracked_key: tuple[int, int] = (0, 0)
+        module = type(starlette_app).__module__ if starlette_app is not None else ""
+        #: which ``OTEL_PYTHON_<FRAMEWORK>_EXCLUDED_URLS`` applies
+        self.framework = "fastapi" if module.startswith("fastapi") else "starlette"
 
     def _routes(self) -> Any:
         sa = self.starlette_app
@@ -188,6 +227,13 @@ class ObservabilityMiddleware:
         method: str = scope.get("method", "GET")
         # the library's own endpoints get their path as route once served
         route = self._match(scope, method) if endpoint is None else None
+        # marked routes: looked up only once the route table is known to have some
+        if route is not None and (self._untracked or self._untracked_key != self._cache_key
+                                  ) and self._is_untracked(route, method):
+            return None
+        url_rx = state.excluded_urls[self.framework]
+        if url_rx is not None and url_rx.search(_url(scope)):
+            return None
         client = scope.get("client")
         trace_headers: dict[str, str] | None = None
         if state.tracing:
@@ -213,19 +259,43 @@ class ObservabilityMiddleware:
             server_span=server_span,
         )
 
+    def _is_untracked(self, route: str, method: str) -> bool:
+        """True when ``route`` (a template) is a route marked not tracked, for ``method``;
+        the marked routes are found again when the route table changes (``_match`` keeps
+        its marker in ``_cache_key``)."""
+        if self._untracked_key != self._cache_key:
+            routes = self._routes()
+            self._untracked = untracked_routes(routes) if routes is not None else {}
+            self._untracked_key = self._cache_key
+        if not self._untracked or route not in self._untracked:
+            return False
+        methods = self._untracked[route]
+        return methods is None or method in methods or (method == "HEAD" and "GET" in methods)
+
     async def _measured(self, state: HttpState, scope: Scope, receive: Receive, send: Send,
                         rp: RequestPass) -> None:
         status = 0
         rid = (state.request_id_bytes, rp.request_id.encode("ascii"))
         resolver = self.wiring.user_id_resolver
         timing = state.server_timing
+        if rp.labels is None:  # http_label_callback: it gets the request
+            from starlette.requests import Request as StarletteRequest
+
+            rp.native = StarletteRequest(scope)
+        sizes = state.sizes
+        declared: str | None = None
+        sent = 0
+        if sizes:
+            receive = _counting_receive(receive, rp, scope)
         rp.track_in_progress()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, declared, sent
             mtype = message["type"]
             if mtype == "http.response.start":
                 status = message["status"]
+                if sizes:
+                    declared = _header(message.get("headers", ()), b"content-length")
                 headers = [*message.get("headers", ()), rid]
                 if timing and asgi_is_html(headers):
                     value = rp.server_timing()
@@ -234,9 +304,14 @@ class ObservabilityMiddleware:
                 await send({**message, "headers": headers})
                 return
             await send(message)
+            if sizes and mtype == "http.response.body":
+                sent += len(message.get("body", b""))
             if (mtype == "http.response.body" and not message.get("more_body", False)) or (
                 mtype in _TERMINAL
             ):
+                if sizes:
+                    rp.response_size = response_size(rp.method_original, status or 200,
+                                                     declared, sent)
                 rp.finish(status or 200, None,
                           None if resolver is None else _user_id(resolver, scope, state))
 
@@ -248,6 +323,9 @@ class ObservabilityMiddleware:
             raise
         finally:
             if not rp.finished:
+                if sizes:  # the app stopped without ending the body: what was sent
+                    rp.response_size = response_size(rp.method_original, status or 500,
+                                                     None, sent)
                 rp.finish(status or 500, None, _user_id(resolver, scope, state))
             rp.deactivate()
 
@@ -297,6 +375,39 @@ class _Routes:
             pages.clear()
         pages[key] = template
         return template
+
+
+def _url(scope: Scope) -> str:
+    """The URL ``excluded_urls`` are searched in, as the OpenTelemetry ASGI middleware
+    builds it: ``scheme://server[:port]path`` (the port left out when it is 80)."""
+    server = scope.get("server") or ("0.0.0.0", 80)
+    host = str(server[0]) + (f":{server[1]}" if str(server[1]) != "80" else "")
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('path', '')}"
+
+
+def _header(headers: Any, name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def _counting_receive(receive: Receive, rp: RequestPass, scope: Scope) -> Receive:
+    """``receive`` that sets ``rp.request_size``: the request's Content-Length, else the
+    body bytes the app read."""
+    declared = _header(scope.get("headers", ()), b"content-length")
+    if declared is not None and declared.strip().isdigit():
+        rp.request_size = int(declared)
+        return receive
+    rp.request_size = 0
+
+    async def counted() -> Message:
+        message = await receive()
+        if message.get("type") == "http.request":
+            rp.request_size = (rp.request_size or 0) + len(message.get("body", b""))
+        return message
+
+    return counted
 
 
 def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from flask import Flask, got_request_exception, request
 from werkzeug.exceptions import MethodNotAllowed
-from werkzeug.wsgi import ClosingIterator
+from werkzeug.wsgi import ClosingIterator, get_current_url
 
 from ._adapter import resolve_user_id, setup
 from ._compat import proxy_target_getter
@@ -36,6 +36,8 @@ from .http import (
     RequestPass,
     UserIdResolver,
     http_state,
+    is_untracked,
+    response_size,
     start_request,
     wsgi_is_html,
     wsgi_trace_headers,
@@ -75,17 +77,25 @@ def _reason(status: int) -> str:
 class _Body:
     """The app's response iterable; records the request when the server closes it."""
 
-    __slots__ = ("_exc", "_holder", "_result", "_rp", "_uid")
+    __slots__ = ("_exc", "_holder", "_result", "_rp", "_sent", "_uid")
 
-    def __init__(self, result: Iterable[bytes], rp: RequestPass, holder: list[int],
+    def __init__(self, result: Iterable[bytes], rp: RequestPass, holder: list[Any],
                  uid: Any) -> None:
         self._result = result
         self._rp = rp
         self._holder = holder
         self._uid = uid
+        self._sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
+        if len(self._holder) == 1:  # http_size_metrics off
+            return iter(self._result)
+        return self._counted()
+
+    def _counted(self) -> Iterator[bytes]:
+        for chunk in self._result:
+            self._sent += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -93,7 +103,15 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self._rp.finish(self._holder[0], None, self._uid)
+            holder = self._holder
+            if len(holder) > 1:
+                _sizes(self._rp, holder, self._sent)
+            self._rp.finish(holder[0], None, self._uid)
+
+
+def _sizes(rp: RequestPass, holder: list[Any], sent: int) -> None:
+    """Set the request pass's body sizes (``holder``: status, declared Content-Length)."""
+    rp.response_size = response_size(rp.method_original, holder[0], holder[1], sent)
 
 
 class _Routes:
@@ -144,6 +162,10 @@ class FlaskMiddleware:
         self.user_id_resolver = user_id_resolver
         self._full_dispatch: Callable[[], Any] = app.full_dispatch_request
         self._matchers: dict[str, _Routes] = {}
+        # endpoint names of the views marked by do_not_track, found again when views change
+        self._untracked: frozenset[str] = frozenset()
+        self._untracked_views = -1
+        self._untracked_paths: dict[tuple[str, str], bool] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
         try:
@@ -161,7 +183,11 @@ class FlaskMiddleware:
         if rp is None:
             return self.wsgi_app(environ, start_response)
         environ[_PASS] = rp
-        holder = [500]
+        holder: list[Any] = [500]
+        if state.sizes:
+            holder.append(None)  # the Content-Length the response declares
+            length = environ.get("CONTENT_LENGTH")
+            rp.request_size = int(length) if length and length.isdigit() else 0
         header = state.request_id_header
         rid = rp.request_id
         timing = state.server_timing
@@ -172,6 +198,8 @@ class FlaskMiddleware:
                 holder[0] = int(status[:3])
             except ValueError:
                 holder[0] = 500
+            if len(holder) > 1:
+                holder[1] = next((v for k, v in headers if k.lower() == "content-length"), None)
             headers.append((header, rid))
             if timing and wsgi_is_html(headers):
                 value = rp.server_timing()
@@ -191,17 +219,26 @@ class FlaskMiddleware:
         if error is not None or environ.get(_BUFFERED):
             # the body is complete already (or the request failed): record now, with
             # the span current and the request id bound
+            if len(holder) > 1:
+                _sizes(rp, holder, 0)
             rp.finish(holder[0], error, uid)
             rp.deactivate()
             return result
         rp.deactivate()  # keeps a bound user_id for the line written when the body ends
         return _Body(result, rp, holder, uid)
 
-    @staticmethod
-    def _start(state: HttpState, environ: dict[str, Any], path_info: str) -> RequestPass | None:
+    def _start(self, state: HttpState, environ: dict[str, Any],
+               path_info: str) -> RequestPass | None:
         rx = state.excluded_rx  # state.excluded(path_info), inline
         if not state.enabled or path_info in state.excluded_exact or (
                 rx is not None and rx.fullmatch(path_info) is not None):
+            return None
+        url_rx = state.excluded_urls["flask"]  # excluded_urls: searched in flask.request.url
+        if url_rx is not None and url_rx.search(get_current_url(environ)):
+            return None
+        if len(self.app.view_functions) != self._untracked_views:
+            self._find_untracked()
+        if self._untracked and self._is_untracked(environ, path_info):
             return None
         tracing = state.tracing
         trace_headers = wsgi_trace_headers(environ) if tracing else None
@@ -221,6 +258,29 @@ class FlaskMiddleware:
                             if tracing else None),
             trace_headers=trace_headers,
         )
+
+    def _find_untracked(self) -> None:
+        views = self.app.view_functions
+        self._untracked = frozenset(name for name, view in views.items() if is_untracked(view))
+        self._untracked_views = len(views)
+        self._untracked_paths.clear()
+
+    def _is_untracked(self, environ: dict[str, Any], path_info: str) -> bool:
+        """True when the request reaches a view marked by ``do_not_track``."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        key = (method, path_info)
+        found = self._untracked_paths.get(key)
+        if found is None:
+            try:
+                adapter = self.app.url_map.bind_to_environ(environ)
+                rule, _args = adapter.match(path_info, method=method, return_rule=True)
+                found = rule.endpoint in self._untracked
+            except Exception:  # NotFound, MethodNotAllowed, RequestRedirect...
+                found = False
+            if len(self._untracked_paths) >= 4096:
+                self._untracked_paths.clear()
+            self._untracked_paths[key] = found
+        return found
 
     def _serve(self, state: HttpState, endpoint: Endpoint, environ: dict[str, Any],
                start_response: StartResponse, rp: RequestPass | None, path: str) -> Any:
@@ -271,6 +331,8 @@ class FlaskMiddleware:
                 if template is not None:
                     script = environ.get("SCRIPT_NAME")
                     rp.set_route(_text(script) + template if script else template)
+                if rp.labels is None:  # http_label_callback: it gets the request
+                    rp.native = req
                 rp.track_in_progress()
         except Exception as exc:
             get_observability().faults.report("http", "flask_route", "reading the route failed",

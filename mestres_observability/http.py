@@ -9,8 +9,14 @@ happens here, once per request:
 * methods outside the standard set become ``_OTHER``
   (:func:`normalize_method`);
 * the status label is the code, or ``2xx``-style with ``group_status_codes``;
-* ``excluded_paths`` (exact or ``*`` patterns) are neither measured, traced
-  nor logged;
+* ``excluded_paths`` (exact or ``*`` patterns), ``excluded_methods``,
+  ``excluded_urls`` (regular expressions searched in the full URL, as
+  ``OTEL_PYTHON_EXCLUDED_URLS``) and views marked with :func:`do_not_track`
+  are neither measured, traced nor logged;
+* ``http_labels`` adds static labels to every request series, and
+  ``http_label_callback`` per-request ones, each value checked against its
+  allowlist (``http_label_values``) and the cardinality guard;
+* with ``http_size_metrics``, request and response body sizes are observed;
 * one SERVER span per request following the OpenTelemetry HTTP semantic
   conventions, joined to the caller's trace through W3C ``traceparent``
   (trace-context headers are bounded to the W3C limits first, and nothing of
@@ -38,7 +44,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -67,16 +73,18 @@ from ._endpoint import (
 from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
 from ._redact import QueryRedactor, Redactor
-from .config import DEFAULT_REDACT_QUERY_PARAMS
+from .config import DEFAULT_REDACT_QUERY_PARAMS, OTHER_LABEL_VALUE
 from .tracing import extract_context
 
 if TYPE_CHECKING:
     from .observability import Observability
 
 __all__ = [
+    "DO_NOT_TRACK_ATTR",
     "STANDARD_METHODS",
     "UNMATCHED",
     "EndpointResponse",
+    "HttpRequestInfo",
     "HttpState",
     "RequestPass",
     "aserve_endpoint",
@@ -86,11 +94,15 @@ __all__ = [
     "bound_user_id",
     "check_metrics_auth",
     "client_address",
+    "do_not_track",
+    "excluded_url_pattern",
     "http_state",
     "is_html",
+    "is_untracked",
     "new_request_id",
     "normalize_method",
     "redact_query",
+    "response_size",
     "safe_request_id",
     "serve_endpoint",
     "split_host",
@@ -215,6 +227,98 @@ def _excluded_by(rules: tuple[frozenset[str], re.Pattern[str] | None], path: str
     return path in exact or (rx is not None and rx.fullmatch(path) is not None)
 
 
+#: The attribute :func:`do_not_track` sets on a view (or a class-based view's class); set it
+#: to ``True`` yourself where a decorator does not fit.
+DO_NOT_TRACK_ATTR = "mestres_observability_do_not_track"
+# how many views do_not_track marked in this process: the adapters look routes up for the
+# mark only when there is one (a FastAPI route's openapi_extra is found without it)
+_marked = [0]
+
+_F = TypeVar("_F")
+
+
+def do_not_track(view: _F) -> _F:
+    """Mark a view as not measured, traced nor access-logged (a per-route opt-out).
+
+    Works on Flask views (functions and ``MethodView`` classes), FastAPI and
+    Starlette endpoints (sync or async) and Django views (functions, and
+    class-based views as a class decorator or on ``as_view()``'s result); the
+    view itself is returned unchanged, so the decorator goes above or below the
+    framework's route decorator::
+
+        @app.get("/ping")
+        @do_not_track
+        def ping(): ...
+
+    The request still runs as usual and gets its request id header; it adds
+    nothing to the HTTP metrics, has no SERVER span (a span its code starts
+    is a root span) and writes no access-log line, as ``excluded_paths`` does.
+    """
+    setattr(view, DO_NOT_TRACK_ATTR, True)
+    _marked[0] += 1
+    return view
+
+
+def is_untracked(view: Any) -> bool:
+    """True when ``view`` (or the class of a class-based view) was marked by
+    :func:`do_not_track` or carries :data:`DO_NOT_TRACK_ATTR` set to true."""
+    for target in (view, getattr(view, "view_class", None), getattr(view, "cls", None)):
+        if target is not None and getattr(target, DO_NOT_TRACK_ATTR, False) is True:
+            return True
+    return False
+
+
+def excluded_url_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern searching for any of ``patterns`` (``None`` for none), as the
+    OpenTelemetry instrumentations join ``OTEL_PYTHON_EXCLUDED_URLS``."""
+    return re.compile("|".join(patterns)) if patterns else None
+
+
+def response_size(method: str, status: int, declared: str | None, counted: int) -> int:
+    """The response body size in bytes that was sent: ``0`` for ``HEAD`` and for 1xx, 204
+    and 304 responses (no body), else the ``Content-Length`` declared, else what was
+    ``counted`` passing by."""
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return 0
+    if declared is not None:
+        declared = declared.strip()
+        if declared.isdigit():
+            return int(declared)
+    return counted
+
+
+class HttpRequestInfo:
+    """What ``http_label_callback`` receives for one request.
+
+    Attributes:
+        method: the request method (``_OTHER`` for a non-standard one).
+        path: the URL path.
+        route: the route template (``None`` when nothing matched or not known yet).
+        request: the framework's request (``flask.Request``,
+            ``starlette.requests.Request``, Django's ``HttpRequest``), or ``None``
+            when the framework never built one (a failure before routing).
+    """
+
+    __slots__ = ("method", "path", "request", "route")
+
+    def __init__(self, method: str, path: str, route: str | None, request: Any) -> None:
+        self.method = method
+        self.path = path
+        self.route = route
+        self.request = request
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A request header (case-insensitive), or ``default``."""
+        request = self.request
+        if request is None:
+            return default
+        value = request.headers.get(name)
+        return default if value is None else str(value)
+
+    def __repr__(self) -> str:
+        return f"HttpRequestInfo({self.method} {self.path}, route={self.route!r})"
+
+
 def is_html(content_type: str | None) -> bool:
     """True for a ``text/html`` content type (parameters and case ignored)."""
     return content_type is not None and content_type[:9].lower() == "text/html"
@@ -257,6 +361,20 @@ class HttpState:
         self.requests_child = self.requests_total.guard.child
         self.duration_child = self.duration.guard.child
         self.in_progress_child = self.in_progress.guard.child
+        #: ``http_labels`` values, after ``(method, endpoint[, status])`` in every key
+        self.label_values: tuple[str, ...] = tuple(cfg.http_labels.values())
+        #: ``http_label_callback`` and its labels' allowlists (``http_label_values``)
+        self.label_callback: Callable[[HttpRequestInfo], Any] | None = cfg.http_label_callback
+        self.label_allowed: tuple[tuple[str, frozenset[str]], ...] = tuple(
+            (name, frozenset(values)) for name, values in cfg.http_label_values.items())
+        self.label_fallback = (OTHER_LABEL_VALUE,) * len(self.label_allowed)
+        self.excluded_methods = frozenset(cfg.excluded_methods)
+        #: framework -> the ``excluded_urls`` pattern in force for it (``None``: none)
+        self.excluded_urls: dict[str, re.Pattern[str] | None] = {
+            fw: excluded_url_pattern(cfg.excluded_urls_for(fw))
+            for fw in ("flask", "fastapi", "starlette", "django")}
+        #: observe request and response sizes (``http_size_metrics``)
+        self.sizes = bool(cfg.enabled and cfg.http_size_metrics)
         self.tracing = bool(cfg.enabled and obs.tracing.enabled)
         self.tracer = obs.tracing.own_tracer if self.tracing else None  # lean spans: see tracing
         self.access_log = bool(cfg.enabled and cfg.access_log)
@@ -356,7 +474,7 @@ class HttpState:
         only when both series are within their bounds, so a folded series is still
         counted as folded on each request.
         """
-        key = (method, endpoint, self.status(code))
+        key = (method, endpoint, self.status(code), *self.label_values)
         counter = self.requests_child(key)
         histogram = self.duration_child(key)
         found = (value_holder(counter).inc if counter is not None else _ignore,
@@ -366,17 +484,20 @@ class HttpState:
             self.recorders[(method, endpoint, code)] = found
         return found
 
-    def in_progress_value(self, method: str, endpoint: str) -> Any:
+    def in_progress_value(self, method: str, endpoint: str,
+                          labels: tuple[str, ...] = ()) -> Any:
         """The value holder of ``http_requests_in_progress{method, endpoint}`` (its ``inc``
         as the gauge's, see :func:`~mestres_observability._compat.value_holder`), or
-        ``None`` past the gauge's bound; kept in :attr:`in_progress_values` when settled."""
-        key = (method, endpoint)
+        ``None`` past the gauge's bound; kept in :attr:`in_progress_values` when settled
+        (and without per-request ``labels``)."""
+        key = (method, endpoint, *self.label_values, *labels)
         child = self.in_progress_child(key)
         if child is None:
             return None
         value = value_holder(child)
-        if len(self.in_progress_values) < 4096 and self.in_progress.guard.settled(key):
-            self.in_progress_values[key] = value
+        if not labels and len(self.in_progress_values) < 4096 and self.in_progress.guard.settled(
+                key):
+            self.in_progress_values[(method, endpoint)] = value
         return value
 
 
@@ -439,8 +560,9 @@ class RequestPass:
     __slots__ = (
         "_ctx_before", "_ctx_bound", "_ctx_token", "_external_span", "_finished", "_in_progress",
         "_kept_user_id", "_parent", "_route_at_start", "_span", "client",
-        "forwarded_for", "method", "method_original", "path", "peer", "query", "request_id",
-        "route", "start", "state", "user_agent",
+        "forwarded_for", "labels", "method", "method_original", "native", "path", "peer",
+        "query", "request_id", "request_size", "response_size", "route", "start", "state",
+        "user_agent",
     )
 
     def __init__(self, state: HttpState, method: str, path: str, query: str,
@@ -466,6 +588,13 @@ class RequestPass:
         self._kept_user_id: Any = _UNSET
         self._in_progress: Any = None
         self._finished = False
+        #: the ``http_label_values`` of this request (``None``: not asked yet; ``()``: none)
+        self.labels: tuple[str, ...] | None = None if state.label_callback else ()
+        #: the framework's request, for ``http_label_callback`` (set by the adapters)
+        self.native: Any = None
+        #: body sizes in bytes (``http_size_metrics``; set by the adapters, ``None``: unknown)
+        self.request_size: int | None = None
+        self.response_size: int | None = None
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ during
@@ -508,14 +637,53 @@ class RequestPass:
         try:
             state = self.state
             endpoint = self.route or UNMATCHED
-            value = state.in_progress_values.get((self.method, endpoint))
+            labels = self.labels
+            if labels is None:
+                labels = self.resolve_labels()
+            value = None if labels else state.in_progress_values.get((self.method, endpoint))
             if value is None:
-                value = state.in_progress_value(self.method, endpoint)
+                value = state.in_progress_value(self.method, endpoint, labels)
             if value is not None:
                 value.inc(1)
                 self._in_progress = value
         except Exception as exc:
             self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
+
+    def resolve_labels(self) -> tuple[str, ...]:
+        """The values of the ``http_label_values`` labels for this request, asked of
+        ``http_label_callback`` once (at :meth:`track_in_progress`, else at
+        :meth:`finish`): each value the callback gives that is in its label's allowlist,
+        else ``other``. A callback that raises or returns something else than a mapping
+        of strings gives ``other`` where it failed, and the fault is counted."""
+        state = self.state
+        callback = state.label_callback
+        if callback is None:
+            self.labels = ()
+            return ()
+        values = state.label_fallback
+        try:
+            got = callback(HttpRequestInfo(self.method, self.path, self.route, self.native))
+            if not isinstance(got, Mapping):
+                raise TypeError(f"http_label_callback returned {type(got).__name__}, "
+                                "expected a mapping of label names to strings")
+            out = []
+            bad = None
+            for name, allowed in state.label_allowed:
+                value = got.get(name)
+                if type(value) is str:
+                    out.append(value if value in allowed else OTHER_LABEL_VALUE)
+                else:
+                    if value is not None:
+                        bad = name
+                    out.append(OTHER_LABEL_VALUE)
+            values = tuple(out)
+            if bad is not None:
+                raise TypeError(f"http_label_callback gave {bad!r} a value that is not a "
+                                "string")
+        except Exception as exc:
+            state.faults.report("http", "label_callback", "http_label_callback failed", exc)
+        self.labels = values
+        return values
 
     def activate(self) -> None:
         """Bind the request id into the log context and make the span current."""
@@ -584,8 +752,12 @@ class RequestPass:
                     exemplar = provider()
                 elif ids is not None and ids[2] and self._span.is_recording():
                     exemplar = {"trace_id": ids[0], "span_id": ids[1]}
-            if exemplar:
-                key = (self.method, endpoint, state.status(status))
+            labels = self.labels
+            if labels is None:
+                labels = self.resolve_labels()
+            if exemplar or labels:
+                key = (self.method, endpoint, state.status(status), *state.label_values,
+                       *labels)
                 counter = state.requests_child(key)
                 histogram = state.duration_child(key)
                 if counter is not None:
@@ -606,10 +778,27 @@ class RequestPass:
             except Exception as err:
                 state.faults.report("http", "in_progress", "in-progress gauge failed", err)
             self._in_progress = None
+        if state.sizes:
+            self._record_sizes(status, endpoint)
         if self._span is not None:
             self._end_span(status, exc)
         if state.access_log:
             self._access_log(status, duration, endpoint, user_id, ids)
+
+    def _record_sizes(self, status: int, endpoint: str) -> None:
+        """Observe the body sizes the adapter set (``http_size_metrics``)."""
+        state = self.state
+        try:
+            key = (self.method, endpoint, state.status(status), *state.label_values,
+                   *(self.labels or ()))
+            for size, family in ((self.request_size, state.metrics.http_request_size_bytes),
+                                 (self.response_size, state.metrics.http_response_size_bytes)):
+                if size is not None:
+                    child = family.guard.child(key)
+                    if child is not None:
+                        child.observe(size)
+        except Exception as err:
+            state.faults.report("http", "sizes", "recording body sizes failed", err)
 
     def _end_span(self, status: int, exc: BaseException | None) -> None:
         try:
@@ -684,7 +873,7 @@ def start_request(
     trace_headers: Mapping[str, str] | None = None,
     server_span: Any = None,
 ) -> RequestPass | None:
-    """Begin measuring one request; ``None`` when disabled or the path is excluded.
+    """Begin measuring one request; ``None`` when disabled, or the path or method excluded.
 
     Args:
         state: from :func:`http_state`.
@@ -707,7 +896,8 @@ def start_request(
     # state.excluded(path), inline
     rx = state.excluded_rx
     if not state.enabled or path in state.excluded_exact or (
-            rx is not None and rx.fullmatch(path) is not None):
+            rx is not None and rx.fullmatch(path) is not None) or (
+            state.excluded_methods and method in state.excluded_methods):
         return None
     try:
         if request_id:

@@ -36,6 +36,7 @@ from .errors import MetricConflictError
 
 __all__ = [
     "CURRENT",
+    "HTTP_REQUEST_FAMILIES",
     "LIBRARY_METRICS",
     "GuardedCounter",
     "GuardedGauge",
@@ -63,6 +64,12 @@ class _Current:
 CURRENT: Any = _Current()
 
 
+#: The HTTP request families whose series also carry the ``http_labels`` and
+#: ``http_label_values`` labels (after their own, in that order).
+HTTP_REQUEST_FAMILIES: frozenset[str] = frozenset((
+    "http_requests_total", "http_request_duration_seconds", "http_requests_in_progress",
+    "http_request_size_bytes", "http_response_size_bytes",
+))
 #: The metrics :class:`LibraryMetrics` builds: the ``"library"`` entries of
 #: :data:`~mestres_observability.catalogue.CATALOGUE`, in registration order.
 LIBRARY_METRICS: tuple[MetricDef, ...] = entries(source="library")
@@ -259,7 +266,11 @@ class LibraryMetrics:
                 metric = _INERT  # the attribute exists; nothing is recorded or exposed
             else:
                 metric = self._build_raw(d)
-            guard = self._guard(d.name, metric, d.labels, d.data_labels, d.kind == "gauge")
+            labels, data_labels = d.labels, d.data_labels
+            if d.name in HTTP_REQUEST_FAMILIES:  # http_labels, then http_label_values
+                labels = (*labels, *config.http_labels, *config.http_label_values)
+                data_labels = (*data_labels, *config.http_label_values)
+            guard = self._guard(d.name, metric, labels, data_labels, d.kind == "gauge")
             fam = _GUARDED[d.kind](self, d, metric, guard)
             self._families[d.name] = fam
             setattr(self, d.name, fam)
@@ -276,6 +287,8 @@ class LibraryMetrics:
     http_requests_total: GuardedCounter
     http_request_duration_seconds: GuardedHistogram
     http_requests_in_progress: GuardedGauge
+    http_request_size_bytes: GuardedHistogram
+    http_response_size_bytes: GuardedHistogram
     orders_total: GuardedCounter
     order_errors_total: GuardedCounter
     revenue_total: GuardedCounter
@@ -324,9 +337,13 @@ class LibraryMetrics:
     job_last_failure_timestamp_seconds: GuardedGauge
 
     def _build_raw(self, d: MetricDef) -> Any:
-        name = self.config.metric_name(d.name) if d.prefixed else d.name
-        buckets = getattr(self.config, d.buckets) if d.buckets else None
-        return self._maker(d.kind, name, d.doc, d.labels, self.registry, buckets=buckets,
+        cfg = self.config
+        name = cfg.metric_name(d.name) if d.prefixed else d.name
+        buckets = getattr(cfg, d.buckets) if d.buckets else None
+        labels = d.labels
+        if d.name in HTTP_REQUEST_FAMILIES:
+            labels = (*labels, *cfg.http_labels, *cfg.http_label_values)
+        return self._maker(d.kind, name, d.doc, labels, self.registry, buckets=buckets,
                            multiprocess_mode=d.multiprocess_mode)
 
     def _guard(self, name: str, metric: Any, labels: Sequence[str], data_labels: Sequence[str],

@@ -29,9 +29,12 @@ from ..http import (
     UserIdResolver,
     http_state,
     is_html,
+    is_untracked,
+    response_size,
     start_request,
     wsgi_trace_headers,
 )
+from ..http import _marked as _views_marked
 from ..observability import get_observability
 
 __all__ = ["ObservabilityMiddleware", "route_of"]
@@ -150,6 +153,8 @@ class ObservabilityMiddleware:
             endpoint = state.endpoints.get(path_info)
             if endpoint is None and (not state.enabled or state.excluded(path_info)):
                 return None
+            if endpoint is None and _excluded_here(state, request, path_info):
+                return None
             rp = _start(state, request, path_info)
             if rp is None and endpoint is None:
                 return None
@@ -159,6 +164,11 @@ class ObservabilityMiddleware:
                     rp = _start(measured, request, path_info)
             if rp is not None:
                 setattr(request, _ATTR, rp)
+                if rp.labels is None:  # http_label_callback: it gets the request
+                    rp.native = request
+                if state.sizes:
+                    length = request.META.get("CONTENT_LENGTH")
+                    rp.request_size = int(length) if length and length.isdigit() else 0
             return state, endpoint, rp
         except Exception as exc:
             get_observability().faults.report("http", "django", "request pass failed", exc)
@@ -190,6 +200,8 @@ class ObservabilityMiddleware:
             exc = getattr(request, _EXC, None)
             uid = None if self.user_id_resolver is None else self._user_id(state, request)
             status = response.status_code
+            if state.sizes:
+                _response_size(rp, response, status)
             if response.streaming:
                 # recorded when Django closes the body; deactivate() below keeps a bound user_id
                 inner_close = response.close
@@ -279,6 +291,63 @@ def django_response(result: Response) -> HttpResponse:
     for k, v in headers:
         response[k] = v
     return response
+
+
+def _excluded_here(state: HttpState, request: HttpRequest, path_info: str) -> bool:
+    """``excluded_urls`` (searched in the URL without its query, as the OpenTelemetry
+    Django instrumentation does) and views marked by ``do_not_track``."""
+    url_rx = state.excluded_urls["django"]
+    if url_rx is not None:
+        meta = request.META
+        host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME", "")
+        if url_rx.search(f"{request.scheme}://{host}{request.path}"):
+            return True
+    if not _views_marked[0]:
+        return False
+    from django.conf import settings
+
+    return _untracked_path(path_info, getattr(settings, "ROOT_URLCONF", None), _views_marked[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _untracked_path(path: str, urlconf: str | None, _marks: int) -> bool:
+    """Whether ``path`` resolves to a view marked by ``do_not_track`` (``_marks``: how many
+    views were marked, so a view marked later is seen)."""
+    from django.urls import resolve
+
+    try:
+        match = resolve(path, urlconf)
+    except Exception:  # Resolver404, and whatever a URL converter raises on junk
+        return False
+    return is_untracked(match.func)
+
+
+def _response_size(rp: RequestPass, response: HttpResponseBase, status: int) -> None:
+    """Set ``rp.response_size``; a streamed body is counted as Django sends it."""
+    declared = response.get("Content-Length")
+    method = rp.method_original
+    if not response.streaming:
+        rp.response_size = response_size(method, status, declared, len(response.content))
+        return
+    rp.response_size = response_size(method, status, declared, 0)
+    if declared is not None or (rp.response_size == 0 and (method == "HEAD" or status < 200
+                                                           or status in (204, 304))):
+        return
+    content = response.streaming_content
+    if getattr(response, "is_async", False):
+        async def acounted() -> Any:
+            async for chunk in content:
+                rp.response_size = (rp.response_size or 0) + len(chunk)
+                yield chunk
+
+        response.streaming_content = acounted()
+    else:
+        def counted() -> Any:
+            for chunk in content:
+                rp.response_size = (rp.response_size or 0) + len(chunk)
+                yield chunk
+
+        response.streaming_content = counted()
 
 
 def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:

@@ -392,6 +392,16 @@ def _technical(c: _Ctx) -> list[_Item]:
                 description="Share of requests under the latency objective's threshold; the "
                 f"objective is {s.slo_latency_target:g}%.", unit="percentunit", width=8,
                 thresholds=((0, "red"), (s.slo_latency_target / 100, "green"))))
+    sizes = [b for b in ("http_request_size_bytes", "http_response_size_bytes") if c.on(b)]
+    if sizes:  # http_size_metrics
+        items.append(_Row("Body sizes"))
+        for base in sizes:
+            what = "Request" if base == "http_request_size_bytes" else "Response"
+            items.append(_Panel(
+                f"{what} body size p95 by route", "timeseries",
+                (_Query(_quantile(0.95, c.bucket(base), ["endpoint"]), "{{endpoint}}"),),
+                description=f"95th percentile of the {what.lower()} body size per route "
+                "(http_size_metrics; from the histogram buckets).", unit="bytes", width=12))
     system = [b for b in ("cpu_usage_percent", "memory_usage_percent", "memory_usage_bytes",
                           "disk_usage_percent") if c.on(b)]
     process = [b for b in ("process_cpu_seconds_total", "process_resident_memory_bytes",

@@ -153,7 +153,8 @@ def test_expressions_use_catalogue_names_only() -> None:
 
 
 def test_every_catalogue_family_appears_somewhere() -> None:
-    every_feature = RenderSettings(config=ObservabilityConfig(rum_enabled=True),
+    every_feature = RenderSettings(config=ObservabilityConfig(rum_enabled=True,
+                                                              http_size_metrics=True),
                                    anomaly_rules=True)
     exprs = " ".join(e for _, e in grafana.dashboard_expressions(every_feature))
     shown = {d.name for d in catalogue.CATALOGUE
