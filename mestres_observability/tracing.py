@@ -24,6 +24,12 @@
   (``lean_spans`` forces the SDK path): the same spans on the wire without the
   SDK's per-span work, in the same pipeline, encoded for OTLP/HTTP by the
   library (:func:`_leanspan.encode_spans`) and sent by the exporter's own client.
+* **Tail sampling** (``tail_sampling``, off by default): in front of the queue, a
+  :class:`~mestres_observability._tailsample.TailSampler` holds each trace's spans until
+  its local root ends, then passes the whole trace on (errored, slow, or by the ratio)
+  or drops it; bounded by ``tail_sampling_max_spans``, counted in
+  ``mestres_observability_tail_sampling_*``. What it holds at shutdown counts as
+  ``shutdown``.
 * **Counted.** Every span ended is, exactly once, exported or dropped, by
   reason (``SPAN_DROP_REASONS``: ``queue_full``, ``export_failed``,
   ``export_timeout``, ``shutdown``), counted in
@@ -187,6 +193,10 @@ class _Pipeline:
 
     Each span the delegating processor ends here is, in exactly one way:
 
+    * with tail sampling, not kept (its trace sampled out or evicted, counted by the
+      :class:`~mestres_observability._tailsample.TailSampler`), or still held when the
+      pipeline shuts down (``shutdown``); a kept trace goes on below, whole or, when the
+      queue cannot take it all, refused as ``queue_full``;
     * refused by :meth:`on_end`: queue full (``queue_full``), pipeline shut down
       (``shutdown``) or the SDK processor raised (``export_failed``), counted at once;
     * accepted into the SDK's queue (:attr:`ended`), then handed to the exporter in a

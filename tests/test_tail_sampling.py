@@ -485,3 +485,53 @@ def test_on_the_wire_a_trace_is_there_whole_iff_the_rule_keeps_it(
         for s in rx.received():
             got[s.trace_id] += 1
         assert dict(got) == want
+
+
+_FORK = r"""
+import os, signal, sys, threading, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from mestres_observability import init_observability
+
+obs = init_observability(service_name="svc", configure_logging=False, traces_exporter="console",
+                         tail_sampling=True, tail_sampling_ratio=0.0)
+tail = obs.tracing._pipeline.tail
+tracer = obs.tracing.own_tracer
+root = tracer.start_span("parent_request")
+tracer.start_span("held", context=trace.set_span_in_context(root)).end()
+assert tail.held == 1
+held, release = threading.Event(), threading.Event()
+
+def hold():  # a parent thread inside the sampler at fork time
+    with tail._lock:
+        held.set()
+        release.wait(60)
+
+threading.Thread(target=hold, daemon=True).start()
+assert held.wait(10)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)
+    ok = tail._lock.acquire(timeout=2)
+    if ok:
+        tail._lock.release()
+    ok = ok and tail.held == 0  # the parent's requests never end here
+    child = tracer.start_span("child_request")
+    child.set_status(Status(StatusCode.ERROR))
+    kept = tail.on_end(child)  # decided here, as in any worker
+    os._exit(0 if ok and kept == [child] else 4)
+_, status = os.waitpid(pid, 0)
+release.set()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_worker_starts_with_an_empty_buffer_and_a_free_lock() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True,
+                         timeout=90, check=False)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
