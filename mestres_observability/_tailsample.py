@@ -116,12 +116,13 @@ class TailSampler:
         root = parent is None or parent.is_remote
         if tid & _MASK64 < self.bound:  # kept by the ratio whatever else: never held
             if root:
+                reason = self.decision(span)
                 with self._lock:
                     first = tid not in self._decided
                     if first:
-                        self._remember(tid, "ratio")
-                if first:
-                    self.traces[self.decision(span)].inc()
+                        self._remember(tid, reason)
+                if first:  # a second local root of the trace is not counted again
+                    self.traces[reason].inc()
             self.spans["kept"].inc()
             return [span]
         out: list[Any] | None = None

@@ -335,6 +335,43 @@ def test_captured_spans_still_sees_every_span(rx: OTLPReceiver) -> None:
         assert spans.names() == ["fast_ok"]
 
 
+def test_concurrent_requests_on_threads_each_arrive_whole_or_not_at_all(
+        rx: OTLPReceiver) -> None:
+    import threading
+
+    failed: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            try:
+                with span("request") as root:
+                    for _ in range(3):
+                        with span("step"):
+                            pass
+                    if (n + i) % 5 == 0:
+                        raise ValueError("declined")
+            except ValueError:
+                with lock:
+                    failed[format(root.get_span_context().trace_id, "032x")] = 4
+
+    with fresh_observability(otlp_endpoint=rx.endpoint, tail_sampling=True,
+                             tail_sampling_ratio=0.0, span_queue_size=8192) as obs:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert tail(obs).held == 0
+        assert decisions(obs)["error"] == len(failed) == 48
+        assert outcomes(obs) == {"kept": 192, "sampled_out": 768, "overflow": 0}
+    rx.wait_for(lambda: len(rx.received()) >= 192)
+    got: dict[str, int] = defaultdict(int)
+    for s in rx.received():
+        got[s.trace_id] += 1
+    assert dict(got) == failed
+
+
 # ---------------------------------------------------------------------- properties
 class Count:
     def __init__(self) -> None:
