@@ -58,6 +58,8 @@ __all__ = [
     "PROCESSES",
     "SOURCES",
     "SPAN_DROP_REASONS",
+    "TAIL_DECISIONS",
+    "TAIL_SPAN_OUTCOMES",
     "TRACE_HEADERS",
     "Group",
     "MetricDef",
@@ -236,6 +238,13 @@ class MetricDef:
 #: Why a span was dropped: the ``reason`` label of ``mestres_observability_spans_dropped_total``
 #: (see :mod:`mestres_observability.tracing`).
 SPAN_DROP_REASONS: tuple[str, ...] = ("queue_full", "export_failed", "export_timeout", "shutdown")
+#: What tail sampling decided for a trace: the ``decision`` label of
+#: ``mestres_observability_tail_sampling_traces_total`` (kept because its local root
+#: errored, was slow, or by the ratio; sampled out; evicted from a full buffer).
+TAIL_DECISIONS: tuple[str, ...] = ("error", "slow", "ratio", "sampled_out", "overflow")
+#: What became of a span under tail sampling: the ``outcome`` label of
+#: ``mestres_observability_tail_sampling_spans_total``.
+TAIL_SPAN_OUTCOMES: tuple[str, ...] = ("kept", "sampled_out", "overflow")
 #: The W3C trace-context request headers the library bounds before extraction: the
 #: ``header`` label of ``mestres_observability_trace_headers_dropped_total``.
 TRACE_HEADERS: tuple[str, ...] = ("traceparent", "tracestate", "baggage")
@@ -324,6 +333,28 @@ CATALOGUE: tuple[MetricDef, ...] = (
               "`otlp_timeout`, or waited behind one that did not), `shutdown` (still queued or "
               "in flight when the shutdown bound expired, or ended after shutdown). Every span "
               "ended is counted exactly once: exported or here."),
+    MetricDef("mestres_observability_tail_sampling_traces_total", "counter",
+              "Traces decided by tail sampling when their local root span ended, by decision "
+              "(error, slow, ratio: kept; sampled_out; overflow: evicted).",
+              ("decision",), (), prefixed=False, group="self",
+              presets=tuple((d,) for d in TAIL_DECISIONS),
+              description="Traces decided by tail sampling (`tail_sampling`), once each, by "
+              "`decision`: kept because the local root span errored (`error`), ran at least "
+              "`tail_sampling_latency_threshold` (`slow`) or by `tail_sampling_ratio` "
+              "(`ratio`); `sampled_out` (dropped by the rule); `overflow` (evicted whole "
+              "because more than `tail_sampling_max_spans` spans were held). Zero while tail "
+              "sampling is off."),
+    MetricDef("mestres_observability_tail_sampling_spans_total", "counter",
+              "Spans through tail sampling, by outcome (kept, sampled_out, overflow).",
+              ("outcome",), (), prefixed=False, group="self",
+              presets=tuple((o,) for o in TAIL_SPAN_OUTCOMES),
+              description="Spans ended under tail sampling, once each, by `outcome`: `kept` "
+              "(handed to the export queue, then exported or counted in "
+              "`mestres_observability_spans_dropped_total`), `sampled_out` (their trace was "
+              "not kept), `overflow` (their trace was evicted from the full buffer; also a "
+              "fault in `mestres_observability_errors_total{component=\"tracing\"}`). Spans "
+              "still held at shutdown are counted `shutdown` in "
+              "`mestres_observability_spans_dropped_total`."),
     MetricDef("mestres_observability_trace_headers_dropped_total", "counter",
               "Incoming trace-context headers dropped or cut to whole list members because "
               "they exceed the W3C limits, by header.",

@@ -345,6 +345,28 @@ class ObservabilityConfig:
         "the tracer provider is the library's, no other span processor is added to it and "
         "the sampler is a built-in one. Same spans on the wire; `false` forces SDK spans.",
     )
+    tail_sampling: bool = _setting(
+        False, kind="bool",
+        doc="Tail sampling: hold the spans of each trace until its local root span ends, then "
+        "export the whole trace when that root errored or ran at least "
+        "`tail_sampling_latency_threshold` seconds, or when its trace id falls in "
+        "`tail_sampling_ratio`; drop it otherwise. Applies to the spans the head sampler "
+        "(`traces_sampler`) records.",
+    )
+    tail_sampling_latency_threshold: float = _setting(
+        2.0, kind="float", minimum=0.0,
+        doc="Seconds from which a local root span is slow and its trace kept.",
+    )
+    tail_sampling_ratio: float = _setting(
+        0.1, kind="float", minimum=0.0,
+        doc="Share (0..1) of the traces neither errored nor slow that are kept, decided on "
+        "the trace id as `traceidratio` does (0: none, 1: all).",
+    )
+    tail_sampling_max_spans: int = _setting(
+        10000, kind="int", minimum=1,
+        doc="Most spans held while their local root runs; past it the trace held longest is "
+        "dropped whole and counted (`mestres_observability_tail_sampling_spans_total`).",
+    )
     respect_global_tracer_provider: bool = _setting(
         True, kind="bool",
         doc="If an SDK `TracerProvider` is already installed, add our processor to it instead "
@@ -680,6 +702,10 @@ class ObservabilityConfig:
         if self.traces_sampler_arg is not None and not 0.0 <= self.traces_sampler_arg <= 1.0:
             raise ConfigurationError(
                 "traces_sampler_arg", self.traces_sampler_arg, "a ratio must be between 0 and 1"
+            )
+        if not 0.0 <= self.tail_sampling_ratio <= 1.0:
+            raise ConfigurationError(
+                "tail_sampling_ratio", self.tail_sampling_ratio, "a ratio must be between 0 and 1"
             )
         for metric, limit in self.label_limits.items():
             if limit < 1:

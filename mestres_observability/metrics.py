@@ -307,6 +307,8 @@ class LibraryMetrics:
     mestres_observability_errors_total: GuardedCounter
     mestres_observability_label_overflow_total: GuardedCounter
     mestres_observability_spans_dropped_total: GuardedCounter
+    mestres_observability_tail_sampling_traces_total: GuardedCounter
+    mestres_observability_tail_sampling_spans_total: GuardedCounter
     mestres_observability_trace_headers_dropped_total: GuardedCounter
     rum_web_vitals_seconds: GuardedHistogram
     rum_layout_shift: GuardedHistogram

@@ -24,6 +24,12 @@
   (``lean_spans`` forces the SDK path): the same spans on the wire without the
   SDK's per-span work, in the same pipeline, encoded for OTLP/HTTP by the
   library (:func:`_leanspan.encode_spans`) and sent by the exporter's own client.
+* **Tail sampling** (``tail_sampling``, off by default): in front of the queue, a
+  :class:`~mestres_observability._tailsample.TailSampler` holds each trace's spans until
+  its local root ends, then passes the whole trace on (errored, slow, or by the ratio)
+  or drops it; bounded by ``tail_sampling_max_spans``, counted in
+  ``mestres_observability_tail_sampling_*``. What it holds at shutdown counts as
+  ``shutdown``.
 * **Counted.** Every span ended is, exactly once, exported or dropped, by
   reason (``SPAN_DROP_REASONS``: ``queue_full``, ``export_failed``,
   ``export_timeout``, ``shutdown``), counted in
@@ -59,12 +65,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
 
-from . import _compat, _leanspan
+from . import _compat, _leanspan, _tailsample
 from ._current import get_observability
 from ._fault import FaultReporter
 from ._forksafe import call_after_fork, run_after_fork
 from ._wrapping import around
-from .catalogue import SPAN_DROP_REASONS
+from .catalogue import SPAN_DROP_REASONS, TAIL_DECISIONS, TAIL_SPAN_OUTCOMES
 from .config import ObservabilityConfig
 from .errors import ConfigurationError, MissingExtraError
 from .metrics import LibraryMetrics
@@ -187,6 +193,10 @@ class _Pipeline:
 
     Each span the delegating processor ends here is, in exactly one way:
 
+    * with tail sampling, not kept (its trace sampled out or evicted, counted by the
+      :class:`~mestres_observability._tailsample.TailSampler`), or still held when the
+      pipeline shuts down (``shutdown``); a kept trace goes on below, whole or, when the
+      queue cannot take it all, refused as ``queue_full``;
     * refused by :meth:`on_end`: queue full (``queue_full``), pipeline shut down
       (``shutdown``) or the SDK processor raised (``export_failed``), counted at once;
     * accepted into the SDK's queue (:attr:`ended`), then handed to the exporter in a
@@ -225,6 +235,22 @@ class _Pipeline:
         #: sends an encoded OTLP request (lean spans on the OTLP/HTTP exporter), else None
         self.fast_send: Callable[[bytes], bool] | None = None
         self._shutdown_thread: threading.Thread | None = None
+        #: holds each trace's spans until its local root decides (``tail_sampling``), or None
+        self.tail: _tailsample.TailSampler | None = None
+        if config.tail_sampling:
+            traces = metrics.mestres_observability_tail_sampling_traces_total.metric
+            outcomes = metrics.mestres_observability_tail_sampling_spans_total.metric
+            max_spans = config.tail_sampling_max_spans
+
+            def overflow(n: int) -> None:
+                faults.report("tracing", "tail_sampling_overflow",
+                              f"tail sampling held more than {max_spans} spans: {n} span(s) of "
+                              "the traces held longest dropped (tail_sampling_max_spans)")
+
+            self.tail = _tailsample.TailSampler(
+                config.tail_sampling_latency_threshold, config.tail_sampling_ratio, max_spans,
+                {d: traces.labels(d) for d in TAIL_DECISIONS},
+                {o: outcomes.labels(o) for o in TAIL_SPAN_OUTCOMES}, overflow)
         self._new_ledger()
         call_after_fork(self, "_new_ledger")  # a forked worker: its own span counts
 
@@ -248,16 +274,47 @@ class _Pipeline:
         """Spans dropped so far, all reasons."""
         return sum(self.dropped_by.values())
 
-    def drop(self, n: int, reason: str, kind: str = "", exc: BaseException | None = None) -> None:
-        """Count ``n`` dropped spans under ``reason`` (ledger and metric) and report the fault."""
+    def drop(self, n: int, reason: str, kind: str = "", exc: BaseException | None = None,
+             *, fault: bool = True) -> None:
+        """Count ``n`` dropped spans under ``reason`` (ledger and metric) and report the fault
+        (unless ``fault`` is false)."""
         if n <= 0:
             return
         with self._lock:
             self.dropped_by[reason] += n
         self._counters[reason].inc(n)
-        self.faults.report("tracing", kind or reason, f"{n} span(s) dropped ({reason})", exc)
+        if fault:
+            self.faults.report("tracing", kind or reason, f"{n} span(s) dropped ({reason})", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
+        """An ended span (lean or SDK): through tail sampling when it is on, then queued."""
+        tail = self.tail
+        if tail is None or self.closed:
+            self._enqueue(span)
+            return
+        try:
+            kept = tail.on_end(span)
+        except Exception as exc:  # pragma: no cover - defensive: never into the caller
+            self.drop(1, "export_failed", "tail_sampling", exc)
+            return
+        if kept is None:
+            return
+        if len(kept) == 1:
+            self._enqueue(kept[0])
+            return
+        q = self._queue
+        if q is not None and len(q) + len(kept) > self.queue_size:
+            # a kept trace goes whole or not at all: no incomplete trace on the wire
+            with self._lock:
+                self.dropped_by["queue_full"] += len(kept)
+            self._counters["queue_full"].inc(len(kept))
+            self.faults.report("tracing", "queue_full", "span queue full: spans dropped")
+            return
+        for sp in kept:
+            self._enqueue(sp)
+
+    def _enqueue(self, span: ReadableSpan) -> None:
+        """Into the SDK's queue, or counted (queue full, shut down, processor error)."""
         if self.closed:
             self.drop(1, "shutdown", "after_shutdown")
             return
@@ -433,15 +490,20 @@ class _Pipeline:
     def shutdown(self, timeout: float) -> None:
         """Flush and stop within ``timeout`` seconds (daemon thread, bounded join); every span
         is exported or counted when it returns."""
+        undecided = 0
         with self._lock:
             first = not self.closed
             self.closed = True
             if first:
+                if self.tail is not None:
+                    # traces whose local root has not ended are never decided: dropped
+                    undecided = self.tail.close()
                 t = threading.Thread(target=self._shutdown_body,
                                      name="mestres-observability-span-shutdown", daemon=True)
                 self._shutdown_thread = t
                 t.start()
             thread = self._shutdown_thread
+        self.drop(undecided, "shutdown", fault=False)
         if thread is not None:
             thread.join(max(0.0, timeout))
             if thread.is_alive():
@@ -971,6 +1033,12 @@ def setup_tracing(
     del sampler
     exporter = _exporter(config, exporter_name)
     propagator = _propagator(config)
+    if config.tail_sampling and config.traces_sampler not in ("always_on",
+                                                              "parentbased_always_on"):
+        _log.warning("tail_sampling decides among the traces the head sampler records: with "
+                     "traces_sampler=%s, traces it does not sample are never seen, errored or "
+                     "slow ones included (use parentbased_always_on to keep them all)",
+                     config.traces_sampler)
     names = tuple(n for n in config.propagators if n != "none")
 
     with _GLOBAL.lock:

@@ -520,6 +520,19 @@ def _technical(c: _Ctx) -> list[_Item]:
             description="Spans ended but never exported, by reason: queue_full, "
             "export_failed, export_timeout, shutdown. Above zero, traces are missing.",
             width=8))
+    if (c.on("mestres_observability_tail_sampling_traces_total")
+            and c.on("mestres_observability_tail_sampling_spans_total")
+            and s.config.tracing_enabled):
+        items.append(_Panel(
+            "Tail sampling per second", "timeseries",
+            (_Query(_rate(c.m("mestres_observability_tail_sampling_traces_total"), ["decision"]),
+                    "traces {{decision}}"),
+             _Query(_rate(c.m("mestres_observability_tail_sampling_spans_total"), ["outcome"]),
+                    "spans {{outcome}}")),
+            description="Traces decided by tail sampling when their local root ended (kept: "
+            "error, slow, ratio; sampled_out; overflow) and spans by outcome. Overflow "
+            "above zero: raise tail_sampling_max_spans. Flat zero: tail sampling is off.",
+            width=8))
     if c.on("mestres_observability_trace_headers_dropped_total") and s.config.tracing_enabled:
         items.append(_Panel(
             "Trace headers cut or dropped per second", "timeseries",
