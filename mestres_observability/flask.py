@@ -37,6 +37,7 @@ from .http import (
     UserIdResolver,
     http_state,
     start_request,
+    wsgi_headers,
     wsgi_is_html,
     wsgi_trace_headers,
 )
@@ -161,6 +162,9 @@ class FlaskMiddleware:
         if rp is None:
             return self.wsgi_app(environ, start_response)
         environ[_PASS] = rp
+        if state.capture_request is not None:
+            rp.capture_request_headers(wsgi_headers(environ))
+        capture_response = state.capture_response is not None
         holder = [500]
         header = state.request_id_header
         rid = rp.request_id
@@ -177,6 +181,8 @@ class FlaskMiddleware:
                 value = rp.server_timing()
                 if value is not None:
                     headers.append(("Server-Timing", value))
+            if capture_response:
+                rp.capture_response_headers(headers)
             return start_response(status, headers, exc_info)
 
         rp.activate()
@@ -272,11 +278,13 @@ class FlaskMiddleware:
                     script = environ.get("SCRIPT_NAME")
                     rp.set_route(_text(script) + template if script else template)
                 rp.track_in_progress()
+                rp.request_hook(req)
         except Exception as exc:
             get_observability().faults.report("http", "flask_route", "reading the route failed",
                                               exc)
         response = self._full_dispatch()
         if rp is not None:
+            rp.response_hook(req, response)
             try:
                 if not response.is_streamed:
                     environ[_BUFFERED] = True

@@ -30,6 +30,7 @@ from ..http import (
     http_state,
     is_html,
     start_request,
+    wsgi_headers,
     wsgi_trace_headers,
 )
 from ..observability import get_observability
@@ -100,6 +101,7 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
+        rp.request_hook(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
@@ -117,6 +119,7 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
+        rp.request_hook(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
@@ -159,6 +162,8 @@ class ObservabilityMiddleware:
                     rp = _start(measured, request, path_info)
             if rp is not None:
                 setattr(request, _ATTR, rp)
+                if endpoint is None and state.capture_request is not None:
+                    rp.capture_request_headers(wsgi_headers(request.META))
             return state, endpoint, rp
         except Exception as exc:
             get_observability().faults.report("http", "django", "request pass failed", exc)
@@ -187,6 +192,9 @@ class ObservabilityMiddleware:
                 if value is not None:
                     existing = response.get("Server-Timing")
                     response["Server-Timing"] = f"{existing}, {value}" if existing else value
+            rp.response_hook(request, response)
+            if state.capture_response is not None:
+                rp.capture_response_headers(response.items())
             exc = getattr(request, _EXC, None)
             uid = None if self.user_id_resolver is None else self._user_id(state, request)
             status = response.status_code
