@@ -218,8 +218,9 @@ def test_hooks_get_the_span_and_the_framework_request_and_response(
         framework: str, rx: OTLPReceiver) -> None:
     sp, _ = _serve(framework, rx, server_request_hook=request_hook,
                    server_response_hook=response_hook)
-    assert SEEN == [("request", REQUEST_TYPES[framework], ""),
-                    ("response", REQUEST_TYPES[framework], RESPONSE_TYPES[framework])]
+    expected = [("request", REQUEST_TYPES[framework], ""),
+                ("response", REQUEST_TYPES[framework], RESPONSE_TYPES[framework])]
+    assert expected == SEEN
     # what the hooks set is on the SERVER span, scrubbed like the rest
     assert sp.attributes["app.hook.path"] == "/orders/7"
     assert sp.attributes["app.hook.status"] == 200
@@ -364,17 +365,17 @@ def test_business_spans_and_spans_of_other_tracers_are_scrubbed(rx: OTLPReceiver
 
 
 def test_captured_spans_see_the_scrubbed_attributes() -> None:
-    with fresh_observability(), captured_spans() as spans:
-        with span("pay", token="t0k3n-value") as sp:
-            sp.set_attribute("app.card", CARD)
+    with fresh_observability(), captured_spans() as spans, \
+            span("pay", token="t0k3n-value") as sp:
+        sp.set_attribute("app.card", CARD)
     got = spans.by_name("pay")
     assert dict(got.attributes) == {"token": "[REDACTED]", "app.card": "[REDACTED]"}
 
 
 def test_exception_events_are_scrubbed() -> None:
-    with fresh_observability(), captured_spans() as spans:
-        with pytest.raises(ValueError), span("charge"):
-            raise ValueError(f"card {CARD} refused")
+    with fresh_observability(), captured_spans() as spans, pytest.raises(ValueError), \
+            span("charge"):
+        raise ValueError(f"card {CARD} refused")
     (event,) = spans.by_name("charge").events
     assert event.attributes["exception.message"] == "card [REDACTED] refused"
     assert CARD not in event.attributes["exception.stacktrace"]
