@@ -496,8 +496,26 @@ class SpanScrubber:
         if not attributes:
             return None
         out: dict[str, Any] | None = None
+        keys = self._keys
+        clean = self._clean
         for key, value in attributes.items():
-            new = self.value(key, value)
+            # :meth:`value`, with the usual cases inline (a known key, a number, a string
+            # found clean before): this runs for every attribute of every span
+            hit = keys.get(key)
+            if hit is None:
+                hit = self.sensitive_key(key)
+            if not hit:
+                t = type(value)
+                if t is str:
+                    if value in clean:
+                        continue
+                    new = self.text(key, value)
+                elif t is int or t is float or t is bool:
+                    continue
+                else:
+                    new = self.value(key, value)
+            else:
+                new = self.value(key, value)
             if new is not value and new != value:
                 if out is None:
                     out = dict(attributes)

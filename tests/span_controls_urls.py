@@ -13,6 +13,7 @@ def order(request: HttpRequest, order_id: int) -> HttpResponse:
     response = HttpResponse("ok", content_type="text/plain")
     response["X-Order-Ref"] = "ORD-12345678"
     response["Set-Cookie"] = "sid=abc; HttpOnly"
+    response.set_cookie("cart", "c-1")  # in response.cookies, not among the headers
     return response
 
 

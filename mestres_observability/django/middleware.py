@@ -194,7 +194,9 @@ class ObservabilityMiddleware:
                     response["Server-Timing"] = f"{existing}, {value}" if existing else value
             rp.response_hook(request, response)
             if state.capture_response is not None:
-                rp.capture_response_headers(response.items())
+                # cookies set with ``set_cookie()`` are not among the headers until rendered
+                rp.capture_response_headers([*response.items(), *(
+                    ("set-cookie", c.OutputString()) for c in response.cookies.values())])
             exc = getattr(request, _EXC, None)
             uid = None if self.user_id_resolver is None else self._user_id(state, request)
             status = response.status_code
