@@ -242,12 +242,19 @@ def _inline(attrs: dict[str, Any], attributes: Mapping[str, Any], length: int) -
         if t is str:
             if len(value) > length:
                 value = value[:length]
-        elif t is not int and t is not bool and t is not float:
+        elif t is not int and t is not bool and t is not float and not (
+                t is tuple and _clean_strings(value, length)):
             return False
         if type(key) is not str or not key:
             return False
         attrs[key] = value
     return True
+
+
+def _clean_strings(value: tuple[Any, ...], length: int) -> bool:
+    """True when ``value`` is a non-empty tuple of strings within ``length``: what the SDK's
+    cleaning keeps as it is (captured headers are such tuples)."""
+    return bool(value) and all(type(item) is str and len(item) <= length for item in value)
 
 
 # ---------------------------------------------------------------------- span
@@ -380,7 +387,8 @@ class LeanSpan(trace.Span):
             if t is str:
                 if len(value) > length:  # type: ignore[arg-type]
                     value = value[:length]  # type: ignore[index]
-            elif t is not int and t is not bool and t is not float:
+            elif t is not int and t is not bool and t is not float and not (
+                    t is tuple and _clean_strings(value, length)):  # type: ignore[arg-type]
                 break
             if type(key) is not str or not key:
                 break
