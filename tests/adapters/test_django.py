@@ -40,9 +40,9 @@ _READY: dict[str, Any] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def django_setup() -> Iterator[None]:
-    from mestres_observability import _current
-
     from django.apps import apps
+
+    from mestres_observability import _current
 
     previous = get_observability()
     if apps.ready:  # set up by an earlier test module, whose instance it kept: ready() again
