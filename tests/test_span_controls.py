@@ -228,7 +228,8 @@ def test_hooks_get_the_span_and_the_framework_request_and_response(
 
 
 def test_a_raising_hook_leaves_the_response_intact_and_is_counted(
-        framework: str, rx: OTLPReceiver) -> None:
+        framework: str, rx: OTLPReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="mestres_observability")
     SEEN.clear()
     with fresh_observability(otlp_endpoint=rx.endpoint, server_request_hook=raising_hook,
                              server_response_hook=raising_hook) as obs:
@@ -239,6 +240,8 @@ def test_a_raising_hook_leaves_the_response_intact_and_is_counted(
             assert (status, body) == (200, "ok")
             assert headers["x-order-ref"] == "ORD-12345678"
         assert sample_value(ERRORS, obs, component="http") == before + 4
+        logged = [r.getMessage() for r in caplog.records if "hook raised" in r.getMessage()]
+        assert len(logged) == 2, logged  # each hook's fault logged once, not per request
         obs.shutdown(timeout=5)
     sp = _server_span(rx, f"GET {ROUTES[framework]}")
     assert sp.attributes["http.response.status_code"] == 200
