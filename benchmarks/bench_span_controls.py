@@ -1,6 +1,7 @@
 """Per-request cost of the span controls on the Flask adapter.
 
-Run: ``python benchmarks/bench_span_controls.py`` (about a minute). The same
+Run: ``python benchmarks/bench_span_controls.py [--cpu]`` (about a minute;
+``--cpu``: CPU time per request instead of wall-clock time). The same
 in-process WSGI drive as ``bench_http.py`` (``GET /orders/42`` with a
 ``traceparent``, interleaved rounds, overhead = median over rounds of variant -
 bare app in the same round). Variants, all with metrics, a lean SERVER span and
@@ -84,8 +85,43 @@ def variants() -> dict[str, Callable[[], Any] | None]:
     }
 
 
+def measure_cpu(rounds: int = 15, per_round: int = 400) -> dict[str, tuple[float, float]]:
+    """Per variant: median CPU time per request (``time.process_time``, all threads) and its
+    overhead over the bare app (median over interleaved rounds of variant - bare)."""
+    import gc
+    import statistics
+    import time
+
+    from mestres_observability._current import swap
+
+    runs = {}
+    for label, factory in variants().items():
+        assert factory is not None
+        built = factory()
+        app, obs = built if isinstance(built, tuple) else (built, None)
+        runs[label] = (_runner_with_headers(app), obs)
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for round_no in range(rounds + 1):
+        for label, (run, obs) in runs.items():
+            if obs is not None:
+                swap(obs)
+            gc.collect()
+            t0 = time.process_time()
+            run(per_round)
+            if round_no:  # round 0 warms up
+                times[label].append((time.process_time() - t0) / per_round * 1e6)
+    bare = times["bare"]
+    return {label: (statistics.median(v), statistics.median(
+        a - b for a, b in zip(v, bare, strict=True))) for label, v in times.items()}
+
+
 def main() -> None:
     bench_http._setup_globals()
+    if "--cpu" in sys.argv[1:]:
+        print("\nFlask span controls: CPU us per request, median (overhead over bare, median)")
+        for label, (median, overhead) in measure_cpu().items():
+            print(f"  {label:<36} {median:8.1f}   (+{overhead:6.1f})")
+        return
     figures = bench_http.measure("Flask span controls", variants(), _runner_with_headers)
     print("\nFlask span controls: us per request, best round (overhead over bare, median)")
     for label, value in figures.items():
