@@ -242,12 +242,19 @@ def _inline(attrs: dict[str, Any], attributes: Mapping[str, Any], length: int) -
         if t is str:
             if len(value) > length:
                 value = value[:length]
-        elif t is not int and t is not bool and t is not float:
+        elif t is not int and t is not bool and t is not float and not (
+                t is tuple and _clean_strings(value, length)):
             return False
         if type(key) is not str or not key:
             return False
         attrs[key] = value
     return True
+
+
+def _clean_strings(value: tuple[Any, ...], length: int) -> bool:
+    """True when ``value`` is a non-empty tuple of strings within ``length``: what the SDK's
+    cleaning keeps as it is (captured headers are such tuples)."""
+    return bool(value) and all(type(item) is str and len(item) <= length for item in value)
 
 
 # ---------------------------------------------------------------------- span
@@ -380,7 +387,8 @@ class LeanSpan(trace.Span):
             if t is str:
                 if len(value) > length:  # type: ignore[arg-type]
                     value = value[:length]  # type: ignore[index]
-            elif t is not int and t is not bool and t is not float:
+            elif t is not int and t is not bool and t is not float and not (
+                    t is tuple and _clean_strings(value, length)):  # type: ignore[arg-type]
                 break
             if type(key) is not str or not key:
                 break
@@ -605,6 +613,21 @@ class LeanSpan(trace.Span):
             instrumentation_scope=tracer.scope,
         )
 
+    def scrub(self, scrubber: Any) -> None:
+        """Redact this ended span's attributes and event attributes in place with
+        ``scrubber`` (a :class:`~mestres_observability._redact.SpanScrubber`), before
+        anything sees it (``scrub_span_attributes``)."""
+        attrs = self._attrs
+        if attrs:
+            scrubbed = scrubber.attributes(attrs)
+            if scrubbed is not None:
+                attrs.update(scrubbed)  # the same keys: their order is kept
+        events = self._events
+        if events:
+            found = scrub_events(scrubber, events, getattr(events, "dropped", 0))
+            if found is not None:
+                self._events = found
+
     def to_json(self, indent: int | None = 4) -> str:
         """``ReadableSpan.to_json`` of this span."""
         return str(self.readable().to_json(indent))
@@ -634,6 +657,35 @@ class LeanSpan(trace.Span):
         parts += (b"\x85\x01", _REMOTE_FLAGS if parent is not None and parent.is_remote
                   else _LOCAL_FLAGS)
         return b"".join(parts)
+
+
+def bounded_list(items: Sequence[Any], dropped: int) -> Any:
+    """``items`` in an SDK ``BoundedList`` whose ``dropped`` count is ``dropped`` (what
+    ``ReadableSpan.dropped_events`` / ``dropped_links`` read)."""
+    from opentelemetry.sdk.util import BoundedList
+
+    out: Any = BoundedList(None)
+    out.extend(items)
+    out.dropped = dropped
+    return out
+
+
+def scrub_events(scrubber: Any, events: Sequence[Any], dropped: int) -> Any:
+    """``events`` with each event's attributes redacted by ``scrubber``, as a
+    ``BoundedList`` keeping ``dropped``; ``None`` when nothing needed redacting."""
+    changed: list[Any] | None = None
+    for i, event in enumerate(events):
+        attrs = scrubber.attributes(event.attributes)
+        if attrs is None:
+            continue
+        from opentelemetry.sdk.trace import Event
+
+        if changed is None:
+            changed = list(events)
+        bounded = BoundedAttributes(None, attrs, immutable=True)
+        bounded.dropped = _dropped(event)
+        changed[i] = Event(name=event.name, attributes=bounded, timestamp=event.timestamp)
+    return None if changed is None else bounded_list(changed, dropped)
 
 
 def _known(limit: int) -> int | None:

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["REDACTED", "QueryRedactor", "Redactor", "luhn_ok", "normalise_key"]
+__all__ = ["REDACTED", "QueryRedactor", "Redactor", "SpanScrubber", "combine_patterns", "luhn_ok",
+           "normalise_key"]
 
 REDACTED = "[REDACTED]"
 #: Keys never scanned for card numbers or tokens (correlation ids).
@@ -45,6 +46,25 @@ _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*
 _URL_PASS_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s]+@")
 # a whole value that is an Authorization header value, however short its credential
 _AUTH_VALUE_RE = re.compile(r"(?i)\s*(?:bearer|basic|digest|token)\s+\S")
+
+
+_GLOBAL_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def combine_patterns(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """``patterns`` as one compiled alternation (each in its own non-capturing group), or
+    ``None`` when there are none. Raises ``re.error`` for a bad one."""
+    items = []
+    for p in patterns:
+        if not p:
+            continue
+        re.compile(p)  # name the bad one in the error, not the combination
+        m = _GLOBAL_FLAGS.match(p)
+        # ``(?i)abc`` applies to its own alternative only: ``(?i:abc)``
+        items.append(f"(?{m.group(1)}:{p[m.end():]})" if m else f"(?:{p})")
+    if not items:
+        return None
+    return re.compile("|".join(items))
 
 
 def normalise_key(key: str) -> str:
@@ -80,13 +100,17 @@ class Redactor:
         keys: names whose values are redacted.
         card_numbers: also redact Luhn-valid 13-19 digit numbers in strings.
         max_length: strings longer than this are truncated with a marker.
+        patterns: regular expressions whose matches in strings are redacted
+            (``redact_patterns``; validated by the configuration).
     """
 
     def __init__(self, keys: Iterable[str], *, card_numbers: bool = True,
-                 max_length: int = 4096) -> None:
+                 max_length: int = 4096, patterns: Iterable[str] = ()) -> None:
         self.keys = frozenset(normalise_key(k) for k in keys if k)
         self.card_numbers = card_numbers
         self.max_length = max_length
+        #: the user's ``redact_patterns`` as one expression (``None``: none given)
+        self.patterns = combine_patterns(patterns)
         self._key_cache: dict[str, bool] = {}
         # short strings already scanned and found free of secrets (event and logger
         # names, statuses ...): a set lookup instead of a scan; never holds a redacted one
@@ -131,6 +155,8 @@ class Redactor:
             text = self._pair_re.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         if self._header_re is not None and ":" in text:
             text = self._header_re.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        if self.patterns is not None:
+            text = self.patterns.sub(REDACTED, text)
         return text
 
     def holds_secret(self, value: str) -> bool:
@@ -377,6 +403,124 @@ class QueryRedactor:
         elif self._secret_value(name):  # a bare part: ``?eyJ...``
             return REDACTED
         return part
+
+
+# ---------------------------------------------------------------------- span attributes
+#: attributes holding a whole URL (their query string goes through the query redaction)
+_URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target", "url.original"})
+#: attributes holding a bare query string
+_QUERY_ATTRIBUTES = frozenset({"url.query"})
+_SPAN_CACHE_LENGTH = 512
+_SPAN_CACHE_ITEMS = 4096
+
+
+class SpanScrubber:
+    """Redacts span attributes with the rules of the log lines (``scrub_span_attributes``).
+
+    * a key named by ``redact_keys`` (compared on the whole key and on its last
+      dotted part, ``-`` and ``_`` alike, as in logs: ``http.request.header.authorization``,
+      ``app.user.password``) has its value replaced by ``[REDACTED]`` (each item of
+      a list);
+    * string values (and the strings of a list) pass :meth:`Redactor.scrub_text`:
+      card numbers, credentials, JWTs, URL passwords, ``key=value`` pairs of
+      redacted names and the user's ``redact_patterns``;
+    * ``url.query`` and the query string of ``url.full`` / ``http.url`` /
+      ``http.target`` pass the access log's :class:`QueryRedactor`.
+
+    Numbers and booleans are never scanned (as in logs). Short strings found clean are
+    remembered (bounded), so a span of usual values costs set lookups.
+
+    Args:
+        values: the redactor of the log lines.
+        query: the access log's query-string redactor.
+    """
+
+    __slots__ = ("_clean", "_keys", "query", "values")
+
+    def __init__(self, values: Redactor, query: QueryRedactor) -> None:
+        self.values = values
+        self.query = query
+        self._keys: dict[str, bool] = {}
+        self._clean: set[str] = set()
+
+    def sensitive_key(self, key: str) -> bool:
+        """True when the value of attribute ``key`` is redacted whole."""
+        hit = self._keys.get(key)
+        if hit is None:
+            # ``.`` as a separator too: ``http.request.header.authorization``
+            hit = key not in EXEMPT_KEYS and self.values.sensitive_key(key.replace(".", "_"))
+            if len(self._keys) < _SPAN_CACHE_ITEMS:
+                self._keys[key] = hit
+        return hit
+
+    def text(self, key: str, text: str) -> str:
+        """``text``, the value of attribute ``key``, redacted (the same object when clean)."""
+        clean = self._clean
+        if text in clean:
+            return text
+        out = text
+        if key in _QUERY_ATTRIBUTES:
+            out = self.query(out)
+        elif key in _URL_ATTRIBUTES and "?" in out:
+            base, _, rest = out.partition("?")
+            query, hash_sign, fragment = rest.partition("#")
+            redacted = self.query(query)
+            if redacted is not query:
+                out = f"{base}?{redacted}{hash_sign}{fragment}"
+        out = self.values.scrub_text(out)
+        if out == text:
+            if len(text) <= _SPAN_CACHE_LENGTH:
+                if len(clean) >= _SPAN_CACHE_ITEMS:
+                    clean.clear()
+                clean.add(text)
+            return text
+        return out
+
+    def value(self, key: str, value: Any) -> Any:
+        """``value`` of attribute ``key`` redacted (the same object when nothing changed)."""
+        if self.sensitive_key(key):
+            if isinstance(value, (tuple, list)):
+                return tuple(REDACTED for _ in value)
+            return REDACTED
+        t = type(value)
+        if t is str:
+            return self.text(key, value)
+        if t is tuple or t is list:
+            items = [self.text(key, v) if type(v) is str else v for v in value]
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                return tuple(items)
+        return value
+
+    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """A redacted copy of ``attributes``, or ``None`` when nothing needs redacting."""
+        if not attributes:
+            return None
+        out: dict[str, Any] | None = None
+        keys = self._keys
+        clean = self._clean
+        for key, value in attributes.items():
+            # :meth:`value`, with the usual cases inline (a known key, a number, a string
+            # found clean before): this runs for every attribute of every span
+            hit = keys.get(key)
+            if hit is None:
+                hit = self.sensitive_key(key)
+            if not hit:
+                t = type(value)
+                if t is str:
+                    if value in clean:
+                        continue
+                    new = self.text(key, value)
+                elif t is int or t is float or t is bool:
+                    continue
+                else:
+                    new = self.value(key, value)
+            else:
+                new = self.value(key, value)
+            if new is not value and new != value:
+                if out is None:
+                    out = dict(attributes)
+                out[key] = new
+        return out
 
 
 def _type_name(value: Any) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._redact import combine_patterns
 from .errors import ConfigurationError
 
 __all__ = ["ENV_PREFIX", "ObservabilityConfig", "settings_table"]
@@ -276,6 +277,12 @@ class ObservabilityConfig:
         True, kind="bool",
         doc="Redact string values that look like payment card numbers (13-19 digits passing Luhn).",
     )
+    redact_patterns: tuple[str, ...] = _setting(
+        (), kind="strs",
+        doc="Regular expressions whose matches in string values are replaced by `[REDACTED]` in "
+        "log lines and span attributes (e.g. an order reference `ORD-[0-9]{8}`); compiled once "
+        "into one expression.",
+    )
     log_max_value_length: int = _setting(
         4096, kind="int", minimum=16,
         doc="Longer string values in log lines are truncated with a marker.",
@@ -381,6 +388,46 @@ class ObservabilityConfig:
         (), kind="strs",
         doc="OpenTelemetry auto-instrumentations to enable when installed, e.g. "
         "`sqlalchemy,redis`.",
+    )
+
+    # ---- span controls ------------------------------------------------------
+    server_request_hook: Callable[..., Any] | None = _setting(
+        None, kind="callable", optional=True,
+        doc="`hook(span, request)`, called with each request's SERVER span and the framework's "
+        "request object (Flask `flask.Request`, Starlette/FastAPI `starlette.requests.Request`, "
+        "Django `HttpRequest`) while the span is recording. A callable, or its import path "
+        "`package.module:name` in a variable. A hook that raises is counted and logged once, "
+        "never breaks the request.",
+    )
+    server_response_hook: Callable[..., Any] | None = _setting(
+        None, kind="callable", optional=True,
+        doc="`hook(span, request, response)`, called before the SERVER span ends with the "
+        "framework's response (Flask and Django: the response object; ASGI: the "
+        "`http.response.start` message). Same rules as `server_request_hook`.",
+    )
+    capture_request_headers: tuple[str, ...] = _setting(
+        (), kind="strs", otel="OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        doc="Request headers recorded on the SERVER span as `http.request.header.<name>` (a list "
+        "of strings): names or regular expressions, matched whole and case-insensitively "
+        "(`content-type,x-.*`).",
+    )
+    capture_response_headers: tuple[str, ...] = _setting(
+        (), kind="strs", otel="OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+        doc="Response headers recorded as `http.response.header.<name>`; as "
+        "`capture_request_headers`.",
+    )
+    capture_headers_sanitize_fields: tuple[str, ...] = _setting(
+        (), kind="strs", otel="OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+        doc="Captured headers whose values are recorded as `[REDACTED]` (names or regular "
+        "expressions, whole and case-insensitive). Headers named by `redact_keys` are redacted "
+        "as well.",
+    )
+    scrub_span_attributes: bool = _setting(
+        True, kind="bool",
+        doc="Redact span attributes with the rules of the logs before export: keys named by "
+        "`redact_keys`, card numbers, credentials, JWTs, URL passwords, query-string secrets "
+        "and `redact_patterns` in string values. Covers every span the library's pipeline "
+        "exports and `captured_spans()` sees.",
     )
 
     # ---- beyond the web request: Celery, outbound calls, databases, jobs ----
@@ -728,6 +775,23 @@ class ObservabilityConfig:
             raise ConfigurationError("metrics_port", self.metrics_port, "must be 0..65535")
         self._validate_rum()
         self._validate_http_controls()
+        for name in ("redact_patterns", "capture_request_headers", "capture_response_headers",
+                     "capture_headers_sanitize_fields"):
+            for pattern in getattr(self, name):
+                try:
+                    compiled = re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigurationError(
+                        name, pattern, f"not a valid regular expression ({exc})") from None
+                if name == "redact_patterns" and compiled.fullmatch("") is not None:
+                    raise ConfigurationError(
+                        name, pattern, "matches the empty string (it would redact between "
+                        "every two characters)")
+        try:
+            combine_patterns(self.redact_patterns)
+        except re.error as exc:
+            raise ConfigurationError("redact_patterns", self.redact_patterns,
+                                     f"the patterns do not combine into one ({exc})") from None
         for name, level in self.log_levels.items():
             if level.upper() not in _LEVELS:
                 raise ConfigurationError(
@@ -1074,6 +1138,12 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
         if minimum is not None and num < minimum:
             raise bad(f"must be at least {minimum}")
         return num
+    if kind == "callable":
+        if from_text:
+            return _import_callable(raw.strip(), bad)
+        if not callable(raw):
+            raise bad("expected a callable (or its import path 'package.module:name')")
+        return raw
     if kind == "strs":
         items = _split(raw) if from_text else raw
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
@@ -1139,30 +1209,26 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, *, env: str | None) -> Any:
                 raise bad(f"{k}: expected a list of strings")
             lists[k] = tuple(dict.fromkeys(v))
         return lists
-    if kind == "callable":
-        if from_text:
-            raw = _import_callable(raw.strip(), bad)
-        if not callable(raw):
-            raise bad("expected a callable or its dotted path (package.module:name)")
-        return raw
     raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
 
 
 def _import_callable(path: str, bad: Callable[[str], ConfigurationError]) -> Any:
-    """The object at ``package.module:name`` (or ``package.module.name``)."""
+    """The callable at ``package.module:name`` (or ``package.module.name``)."""
     import importlib
 
-    module, sep, attr = path.partition(":")
+    module_name, sep, attr = path.partition(":")
     if not sep:
-        module, _, attr = path.rpartition(".")
-    if not module or not attr:
-        raise bad("expected a dotted path such as myapp.metrics:labels")
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise bad("expected an import path (a dotted path such as 'package.module:name')")
     try:
-        found: Any = importlib.import_module(module)
+        found: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             found = getattr(found, part)
-    except (ImportError, AttributeError) as exc:
-        raise bad(f"cannot import it ({exc})") from None
+    except Exception as exc:
+        raise bad(f"cannot import it ({type(exc).__name__}: {exc})") from None
+    if not callable(found):
+        raise bad("the import path does not name a callable")
     return found
 
 

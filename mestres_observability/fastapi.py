@@ -279,9 +279,7 @@ class ObservabilityMiddleware:
         resolver = self.wiring.user_id_resolver
         timing = state.server_timing
         if rp.labels is None:  # http_label_callback: it gets the request
-            from starlette.requests import Request as StarletteRequest
-
-            rp.native = StarletteRequest(scope)
+            rp.native = _hook_request(scope)
         sizes = state.sizes
         declared: str | None = None
         sent = 0
@@ -301,7 +299,13 @@ class ObservabilityMiddleware:
                     value = rp.server_timing()
                     if value is not None:
                         headers.append((b"server-timing", value.encode("latin-1")))
-                await send({**message, "headers": headers})
+                out = {**message, "headers": headers}
+                if controls:
+                    if state.capture_response is not None:
+                        rp.capture_response_headers(headers)
+                    if request is not None:
+                        rp.response_hook(request, out)
+                await send(out)
                 return
             await send(message)
             if sizes and mtype == "http.response.body":
@@ -316,6 +320,16 @@ class ObservabilityMiddleware:
                           None if resolver is None else _user_id(resolver, scope, state))
 
         rp.activate()
+        request = None
+        controls = rp.span is not None and (
+            state.request_hook is not None or state.response_hook is not None
+            or state.capture_request is not None or state.capture_response is not None)
+        if controls:
+            if state.capture_request is not None:
+                rp.capture_request_headers(scope.get("headers", ()))
+            if state.request_hook is not None or state.response_hook is not None:
+                request = _hook_request(scope)
+                rp.request_hook(request)
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
@@ -408,6 +422,12 @@ def _counting_receive(receive: Receive, rp: RequestPass, scope: Scope) -> Receiv
         return message
 
     return counted
+def _hook_request(scope: Scope) -> Any:
+    """The ``starlette.requests.Request`` the span hooks get (no ``receive``: a hook cannot
+    consume the body the application reads)."""
+    from starlette.requests import Request as StarletteRequest
+
+    return StarletteRequest(scope)
 
 
 def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:

@@ -39,6 +39,7 @@ from .http import (
     is_untracked,
     response_size,
     start_request,
+    wsgi_headers,
     wsgi_is_html,
     wsgi_trace_headers,
 )
@@ -183,6 +184,9 @@ class FlaskMiddleware:
         if rp is None:
             return self.wsgi_app(environ, start_response)
         environ[_PASS] = rp
+        if state.capture_request is not None:
+            rp.capture_request_headers(wsgi_headers(environ))
+        capture_response = state.capture_response is not None
         holder: list[Any] = [500]
         if state.sizes:
             holder.append(None)  # the Content-Length the response declares
@@ -205,6 +209,8 @@ class FlaskMiddleware:
                 value = rp.server_timing()
                 if value is not None:
                     headers.append(("Server-Timing", value))
+            if capture_response:
+                rp.capture_response_headers(headers)
             return start_response(status, headers, exc_info)
 
         rp.activate()
@@ -334,11 +340,13 @@ class FlaskMiddleware:
                 if rp.labels is None:  # http_label_callback: it gets the request
                     rp.native = req
                 rp.track_in_progress()
+                rp.request_hook(req)
         except Exception as exc:
             get_observability().faults.report("http", "flask_route", "reading the route failed",
                                               exc)
         response = self._full_dispatch()
         if rp is not None:
+            rp.response_hook(req, response)
             try:
                 if not response.is_streamed:
                     environ[_BUFFERED] = True

@@ -72,7 +72,7 @@ from ._endpoint import (
 )
 from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
-from ._redact import QueryRedactor, Redactor
+from ._redact import REDACTED, QueryRedactor, Redactor
 from .config import DEFAULT_REDACT_QUERY_PARAMS, OTHER_LABEL_VALUE
 from .tracing import extract_context
 
@@ -84,6 +84,7 @@ __all__ = [
     "STANDARD_METHODS",
     "UNMATCHED",
     "EndpointResponse",
+    "HeaderCapture",
     "HttpRequestInfo",
     "HttpState",
     "RequestPass",
@@ -109,6 +110,7 @@ __all__ = [
     "start_request",
     "status_label",
     "warn_unprotected_metrics",
+    "wsgi_headers",
     "wsgi_is_html",
     "wsgi_trace_headers",
 ]
@@ -340,6 +342,86 @@ def asgi_is_html(headers: Any) -> bool:
     return False
 
 
+class HeaderCapture:
+    """Which headers become span attributes, and under which key (``capture_*_headers``).
+
+    Header names are matched whole and case-insensitively against the configured names
+    or regular expressions (OpenTelemetry's ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*``
+    rules); a matched header is recorded as ``<prefix><lower-case name>`` (semantic
+    conventions: ``http.request.header.x-client-region``), a tuple of its values. Values
+    of headers matching ``capture_headers_sanitize_fields``, or named by ``redact_keys``,
+    are recorded as ``[REDACTED]``.
+    """
+
+    __slots__ = ("_keys", "_names", "_redactor", "_sanitize", "prefix")
+
+    #: values kept per header (repeated headers), and characters per value
+    MAX_VALUES = 16
+
+    def __init__(self, prefix: str, names: tuple[str, ...], sanitize: tuple[str, ...],
+                 redact_keys: tuple[str, ...]) -> None:
+        self.prefix = prefix
+        self._names = re.compile("|".join(f"(?:{n})" for n in names), re.IGNORECASE)
+        self._sanitize = (re.compile("|".join(f"(?:{n})" for n in sanitize), re.IGNORECASE)
+                          if sanitize else None)
+        self._redactor = Redactor(redact_keys)
+        #: header name as sent -> (attribute key, redacted) or ``None`` (not captured)
+        self._keys: dict[str, tuple[str, bool] | None] = {}
+
+    @classmethod
+    def build(cls, prefix: str, names: tuple[str, ...], cfg: Any) -> HeaderCapture | None:
+        """The capture of ``names`` under ``prefix``, or ``None`` when there are none."""
+        if not names:
+            return None
+        return cls(prefix, names, cfg.capture_headers_sanitize_fields, cfg.redact_keys)
+
+    def _key(self, name: str) -> tuple[str, bool] | None:
+        found = self._keys.get(name, _UNSET)
+        if found is not _UNSET:
+            return found  # type: ignore[no-any-return]
+        lower = name.strip().lower()
+        hit: tuple[str, bool] | None = None
+        if self._names.fullmatch(lower):
+            sanitize = self._sanitize
+            redacted = (sanitize is not None and sanitize.fullmatch(lower) is not None) or \
+                self._redactor.sensitive_key(lower)
+            hit = (self.prefix + lower, redacted)
+        if len(self._keys) < 1024:
+            self._keys[name] = hit
+        return hit
+
+    def attributes(self, headers: Any) -> dict[str, tuple[str, ...]]:
+        """The span attributes of ``headers``: ``(name, value)`` pairs, ``str`` or ``bytes``
+        (ASGI, decoded as Latin-1)."""
+        found: dict[str, list[str]] = {}
+        for name, value in headers:
+            if type(name) is bytes:
+                name = name.decode("latin-1")
+            hit = self._key(name)
+            if hit is None:
+                continue
+            values = found.setdefault(hit[0], [])
+            if len(values) < self.MAX_VALUES:
+                if hit[1]:
+                    values.append(REDACTED)
+                else:
+                    text = value.decode("latin-1") if type(value) is bytes else str(value)
+                    values.append(text[:1024])
+        return {k: tuple(v) for k, v in found.items()}
+
+
+def wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The request headers of a WSGI ``environ`` (or Django's ``request.META``) as
+    ``(name, value)`` pairs, names in lower case with ``-``."""
+    out = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            out.append((key[5:].lower().replace("_", "-"), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            out.append((key.lower().replace("_", "-"), value))
+    return out
+
+
 class HttpState:
     """Everything the request pass derives from one :class:`Observability`, built once.
 
@@ -397,7 +479,8 @@ class HttpState:
         )
         #: the access log's query redaction: names, then values (cards, credentials, URLs)
         self.redact_query = QueryRedactor(
-            self.redact_keys, Redactor(cfg.redact_keys, card_numbers=cfg.redact_card_numbers))
+            self.redact_keys, Redactor(cfg.redact_keys, card_numbers=cfg.redact_card_numbers,
+                                       patterns=cfg.redact_patterns))
         self.request_id_header = cfg.request_id_header
         self.request_id_lower = cfg.request_id_header.lower()
         self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
@@ -416,6 +499,16 @@ class HttpState:
         self.in_progress_values: dict[tuple[str, str], Any] = {}
         #: add ``Server-Timing: traceparent`` to HTML responses (tracing on and the setting)
         self.server_timing = bool(self.tracing and cfg.server_timing)
+        #: span controls (``None`` when unset or tracing is off): the hooks, and the header
+        #: capture of ``capture_request_headers`` / ``capture_response_headers``
+        self.request_hook: Callable[..., Any] | None = (
+            cfg.server_request_hook if self.tracing else None)
+        self.response_hook: Callable[..., Any] | None = (
+            cfg.server_response_hook if self.tracing else None)
+        self.capture_request = HeaderCapture.build(
+            "http.request.header.", cfg.capture_request_headers, cfg) if self.tracing else None
+        self.capture_response = HeaderCapture.build(
+            "http.response.header.", cfg.capture_response_headers, cfg) if self.tracing else None
         #: path of a measured endpoint kind -> the state its requests are measured with
         #: (counted under their own path; span and access log as the kind says)
         self.measured: dict[str, HttpState] = {}
@@ -629,6 +722,53 @@ class RequestPass:
     def set_route(self, template: str | None) -> None:
         """Record the route template (``None``: nothing matched)."""
         self.route = template
+
+    # ------------------------------------------------------------------ span controls
+    def request_hook(self, request: Any) -> None:
+        """Call ``server_request_hook(span, request)`` with the framework's request, when
+        the setting is set and this request's SERVER span is recording. Never raises: a
+        hook that raises is counted (``errors_total{component="http"}``) and logged once."""
+        hook = self.state.request_hook
+        span = self._span
+        if hook is None or span is None:
+            return
+        try:
+            if span.is_recording():
+                hook(span, request)
+        except Exception as exc:
+            self.state.faults.report("http", "request_hook", "server_request_hook raised", exc)
+
+    def response_hook(self, request: Any, response: Any) -> None:
+        """Call ``server_response_hook(span, request, response)`` (as :meth:`request_hook`)."""
+        hook = self.state.response_hook
+        span = self._span
+        if hook is None or span is None:
+            return
+        try:
+            if span.is_recording():
+                hook(span, request, response)
+        except Exception as exc:
+            self.state.faults.report("http", "response_hook", "server_response_hook raised", exc)
+
+    def capture_request_headers(self, headers: Any) -> None:
+        """Record the configured request headers (``(name, value)`` pairs) on the span."""
+        self._capture(self.state.capture_request, headers)
+
+    def capture_response_headers(self, headers: Any) -> None:
+        """Record the configured response headers (``(name, value)`` pairs) on the span."""
+        self._capture(self.state.capture_response, headers)
+
+    def _capture(self, capture: HeaderCapture | None, headers: Any) -> None:
+        span = self._span
+        if capture is None or span is None:
+            return
+        try:
+            if span.is_recording():
+                found = capture.attributes(headers)
+                if found:
+                    span.set_attributes(found)
+        except Exception as exc:
+            self.state.faults.report("http", "capture_headers", "capturing headers failed", exc)
 
     def track_in_progress(self) -> None:
         """Count this request in ``http_requests_in_progress`` (once; undone by :meth:`finish`)."""

@@ -738,7 +738,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
         _state.service = config.service_name
         _state.redactor = Redactor(
             config.redact_keys, card_numbers=config.redact_card_numbers,
-            max_length=config.log_max_value_length,
+            max_length=config.log_max_value_length, patterns=config.redact_patterns,
         )
         _state.faults = faults
         fmt = config.log_format
@@ -1022,7 +1022,8 @@ def _capture(config: ObservabilityConfig | None = None) -> Iterator[list[dict[st
     if config is not None:
         _state.service = config.service_name
         _state.redactor = Redactor(config.redact_keys, card_numbers=config.redact_card_numbers,
-                                   max_length=config.log_max_value_length)
+                                   max_length=config.log_max_value_length,
+                                   patterns=config.redact_patterns)
 
     def drop(_: Any, __: str, event_dict: EventDict) -> EventDict:
         raise structlog.DropEvent

@@ -148,6 +148,60 @@ def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------- scrubbing
+class _Scrub:
+    """``scrub_span_attributes``: redacts an ended span (lean spans in place, SDK spans as a
+    redacted ``ReadableSpan`` copy, made only when something changed). Never raises: a
+    failure is counted and the span goes on as it is."""
+
+    __slots__ = ("faults", "scrubber")
+
+    def __init__(self, config: ObservabilityConfig, faults: FaultReporter) -> None:
+        from ._redact import QueryRedactor, Redactor, SpanScrubber
+        from .config import DEFAULT_REDACT_QUERY_PARAMS
+
+        values = Redactor(config.redact_keys, card_numbers=config.redact_card_numbers,
+                          patterns=config.redact_patterns)
+        self.scrubber = SpanScrubber(values, QueryRedactor(
+            (*DEFAULT_REDACT_QUERY_PARAMS, *config.redact_keys), values))
+        self.faults = faults
+
+    def __call__(self, span: Any) -> Any:
+        try:
+            if type(span) is _leanspan.LeanSpan:
+                span.scrub(self.scrubber)
+                return span
+            return scrub_readable(self.scrubber, span)
+        except Exception as exc:
+            self.faults.report("tracing", "scrub", "redacting span attributes failed", exc)
+            return span
+
+
+def scrub_readable(scrubber: Any, span: ReadableSpan) -> ReadableSpan:
+    """``span`` with attributes and event attributes redacted by ``scrubber``: a new
+    ``ReadableSpan`` (dropped counts kept), or ``span`` itself when nothing changed (an
+    ended SDK span's attributes are immutable)."""
+    attrs = scrubber.attributes(span.attributes)
+    events = _leanspan.scrub_events(scrubber, span.events, span.dropped_events)
+    if attrs is None and events is None:
+        return span
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    bounded = BoundedAttributes(None, attrs if attrs is not None else dict(span.attributes or {}),
+                                immutable=True)
+    bounded.dropped = span.dropped_attributes
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes=bounded,
+        events=events if events is not None else _leanspan.bounded_list(span.events,
+                                                                         span.dropped_events),
+        links=_leanspan.bounded_list(span.links, span.dropped_links), kind=span.kind,
+        status=span.status, start_time=span.start_time, end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
 # ---------------------------------------------------------------------- processors
 def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
     """A forked worker is a service instance of its own, with its own span counts."""
@@ -555,12 +609,17 @@ def _make_delegate() -> SpanProcessor:
         def __init__(self) -> None:
             self.target: _Pipeline | None = None
             self.extra: list[Any] = []
+            #: redacts an ended span before anything sees it (``scrub_span_attributes``)
+            self.scrub: Callable[[Any], Any] | None = None
 
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             for p in self.extra:
                 p.on_start(span, parent_context=parent_context)
 
         def on_end(self, span: ReadableSpan) -> None:
+            scrub = self.scrub
+            if scrub is not None:
+                span = scrub(span)
             target = self.target
             if target is not None:
                 target.on_end(span)
@@ -569,6 +628,9 @@ def _make_delegate() -> SpanProcessor:
 
         def end_lean(self, span: _leanspan.LeanSpan) -> None:
             """A lean span ended: into the same pipeline; extra processors get a ReadableSpan."""
+            scrub = self.scrub
+            if scrub is not None:
+                scrub(span)
             target = self.target
             if target is not None:
                 target.on_end(span)  # type: ignore[arg-type]
@@ -647,6 +709,8 @@ class TracingHandle:
         self.exporter = exporter
         self._pipeline = pipeline
         self._done = False
+        #: what the delegating processor redacts ended spans with (``None``: off)
+        self.scrub: Callable[[Any], Any] | None = None
 
     @property
     def lean(self) -> bool:
@@ -710,6 +774,7 @@ class TracingHandle:
             d = _GLOBAL.delegate
             if d is not None:
                 d.target = self._pipeline
+                d.scrub = self.scrub
             _GLOBAL.active = self
 
     def retire(self) -> None:
@@ -1062,6 +1127,8 @@ def setup_tracing(
             pipeline.fast_send = _compat.otlp_span_sender(exporter)
         handle = TracingHandle(tracer, True, provider=provider, pipeline=pipeline,
                                exporter=exporter_name, own_tracer=own)
+        handle.scrub = _Scrub(config, faults) if config.scrub_span_attributes else None
+        _GLOBAL.delegate.scrub = handle.scrub
         _GLOBAL.active = handle
     if retire_previous and previous is not None and previous is not handle:
         previous.retire()

@@ -79,6 +79,8 @@ scalars = st.one_of(
 )
 values = st.one_of(
     scalars, st.lists(st.integers(-5, 5), max_size=3), st.lists(st.text(max_size=5), max_size=3),
+    # tuples of strings (captured headers), some past the length limit
+    st.lists(st.text(max_size=30), max_size=3).map(tuple),
     st.dictionaries(st.text(min_size=1, max_size=3), st.integers(-3, 3), max_size=2),
 )
 attribute_maps = st.dictionaries(st.one_of(keys, st.just("")), values, max_size=8)

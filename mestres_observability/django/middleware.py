@@ -32,6 +32,7 @@ from ..http import (
     is_untracked,
     response_size,
     start_request,
+    wsgi_headers,
     wsgi_trace_headers,
 )
 from ..http import _marked as _views_marked
@@ -103,6 +104,7 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
+        rp.request_hook(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
@@ -120,6 +122,7 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
+        rp.request_hook(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
@@ -169,6 +172,8 @@ class ObservabilityMiddleware:
                 if state.sizes:
                     length = request.META.get("CONTENT_LENGTH")
                     rp.request_size = int(length) if length and length.isdigit() else 0
+                if endpoint is None and state.capture_request is not None:
+                    rp.capture_request_headers(wsgi_headers(request.META))
             return state, endpoint, rp
         except Exception as exc:
             get_observability().faults.report("http", "django", "request pass failed", exc)
@@ -197,6 +202,11 @@ class ObservabilityMiddleware:
                 if value is not None:
                     existing = response.get("Server-Timing")
                     response["Server-Timing"] = f"{existing}, {value}" if existing else value
+            rp.response_hook(request, response)
+            if state.capture_response is not None:
+                # cookies set with ``set_cookie()`` are not among the headers until rendered
+                rp.capture_response_headers([*response.items(), *(
+                    ("set-cookie", c.OutputString()) for c in response.cookies.values())])
             exc = getattr(request, _EXC, None)
             uid = None if self.user_id_resolver is None else self._user_id(state, request)
             status = response.status_code

@@ -40,10 +40,15 @@ _READY: dict[str, Any] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def django_setup() -> Iterator[None]:
+    from django.apps import apps
+
     from mestres_observability import _current
 
     previous = get_observability()
-    django.setup()
+    if apps.ready:  # set up by an earlier test module, whose instance it kept: ready() again
+        apps.get_app_config("mestres_observability").ready()
+    else:
+        django.setup()
     _READY["obs"] = get_observability()
     yield
     _READY["obs"].shutdown(timeout=1.0)
