@@ -149,7 +149,9 @@ def test_a_batch_that_could_not_be_sent_goes_on_the_next_page_load(
     track(page, 1)
     wait_queued(page, 1)
     assert endpoint.tried() == [1]
-    (kept,) = [e for e in stored(page)["q"] if numbers([e])]  # type: ignore[index]
+    st = stored(page)
+    assert st is not None
+    (kept,) = [e for e in st["q"] if numbers([e])]
 
     endpoint.answer = None
     context.clock.fast_forward("01:01")  # past any deadline a 5xx without Retry-After sets
