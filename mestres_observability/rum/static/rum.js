@@ -42,8 +42,8 @@
         headers: { "Content-Type": "text/plain;charset=UTF-8" }
       }).then(function (r) {
         if (r.status == 429 || r.status > 499) {
-          var ra = parseInt(r.headers.get("Retry-After"), 10);
-          until = Date.now() + 1e3 * (ra > 0 ? Math.min(ra, 3600) : 60);
+          var h = r.headers.get("Retry-After"), ra = /^\d+$/.test(h) ? h * 1e3 : Date.parse(h) - Date.now();
+          until = Date.now() + (ra >= 0 ? Math.min(ra, 36e5) : 6e4); /* seconds or a date; else 60 s */
           store(batch);
         }
       }, function () { store(batch); })["catch"](noop);
@@ -71,8 +71,9 @@
       var st = JSON.parse(w.localStorage.getItem(KEY) || "0");
       if (st) {
         w.localStorage.removeItem(KEY);
-        until = +st.u || 0; tries = (+st.n || 0) + 1;
-        if (tries < 4 && st.q && st.q.length) { queue = st.q.slice(-50); timer = setTimeout(flush, 5e3); }
+        until = +st.u || 0; tries = (+st.n || 0) + (Date.now() < until ? 0 : 1); /* a wait is no try */
+        if (tries > 3) tries = 0; /* dropped after 3 loads; what fails next starts afresh */
+        else if (st.q && st.q.length) { queue = st.q.slice(-50); timer = setTimeout(flush, 5e3); }
       }
     } catch (e) {}
 
