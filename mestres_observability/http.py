@@ -231,6 +231,8 @@ def _excluded_by(rules: tuple[frozenset[str], re.Pattern[str] | None], path: str
 
 #: The attribute :func:`do_not_track` sets on a view (or a class-based view's class); set it
 #: to ``True`` yourself where a decorator does not fit.
+#: The attribute :func:`do_not_track` sets on a view. Use the decorator rather than set it
+#: by hand: the Django adapter looks views up for it only once the decorator marked one.
 DO_NOT_TRACK_ATTR = "mestres_observability_do_not_track"
 # how many views do_not_track marked in this process: the adapters look routes up for the
 # mark only when there is one (a FastAPI route's openapi_extra is found without it)
@@ -263,7 +265,7 @@ def do_not_track(view: _F) -> _F:
 
 def is_untracked(view: Any) -> bool:
     """True when ``view`` (or the class of a class-based view) was marked by
-    :func:`do_not_track` or carries :data:`DO_NOT_TRACK_ATTR` set to true."""
+    :func:`do_not_track` (it carries :data:`DO_NOT_TRACK_ATTR` set to true)."""
     for target in (view, getattr(view, "view_class", None), getattr(view, "cls", None)):
         if target is not None and getattr(target, DO_NOT_TRACK_ATTR, False) is True:
             return True
