@@ -430,12 +430,15 @@ import os, json
 from mestres_observability import init_observability
 obs = init_observability(service_name="svc", configure_logging=False)
 r, w = os.pipe()
+done_r, done_w = os.pipe()
 child = os.fork()
 if child == 0:
     obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
+    os.write(done_w, b"x")  # counted: the parent may scrape now
     os.close(w)
     os.read(r, 1)  # stay alive until the parent has scraped
     os._exit(0)
+os.read(done_r, 1)  # registered as live is not enough: wait for the child's increment
 obs.set_active_connections(lambda: 7)
 obs.metrics.exemplar_provider = lambda: {"trace_id": "abc123"}
 obs.metrics.http_requests_total.inc(("GET", "/a", "200"))
