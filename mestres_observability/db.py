@@ -14,7 +14,8 @@
   created); the same pool gauges and wait time for every alias that uses
   Django's connection pool (PostgreSQL with psycopg 3 and ``OPTIONS["pool"]``,
   Django 5.1+: its ``psycopg_pool.ConnectionPool``'s public ``getconn`` and
-  ``putconn`` are wrapped, see :func:`instrument_django_db`); and
+  ``putconn`` are wrapped at its first connection, see
+  :func:`instrument_django_db`); and
   ``cache_requests_total{cache,result}`` with ``result`` ``hit``
   or ``miss`` for ``get``/``get_many`` (and what is built on them:
   ``get_or_set``, ``aget``...) of every configured cache.
@@ -300,21 +301,19 @@ def _django_pool_gauges(watch: _PoolWatch) -> None:
         obs.faults.report("db", "pool", "reading the connection pool failed", exc)
 
 
-def _watch_pool(pool: Any, database: str, lent: Any = None) -> None:
+def _watch_pool(pool: Any, database: str) -> _PoolWatch | None:
     """Wrap the public ``getconn`` and ``putconn`` of a ``psycopg_pool.ConnectionPool`` (once).
 
-    ``lent``: a connection the pool handed out before it was wrapped (the one
-    whose ``connection_created`` signal found the pool), counted as checked out.
+    Returns what is known of the pool (``None``: not a pool).
     """
-    if pool is None or not all(callable(getattr(pool, name, None))
-                               for name in ("getconn", "putconn", "get_stats")):
-        return
+    if not all(callable(getattr(pool, name, None)) for name in ("getconn", "putconn",
+                                                                 "get_stats")):
+        return None
     with _django_lock:
-        if getattr(pool, _MARK, None) is not None:
-            return
+        known = getattr(pool, _MARK, None)
+        if isinstance(known, _PoolWatch):
+            return known
         watch = _PoolWatch(pool, database)
-        if lent is not None:
-            watch.out.add(id(lent))
         getconn, putconn = pool.getconn, pool.putconn
 
         @functools.wraps(getconn)
@@ -341,40 +340,46 @@ def _watch_pool(pool: Any, database: str, lent: Any = None) -> None:
         pool.getconn = timed_getconn
         pool.putconn = counted_putconn
         setattr(pool, _MARK, watch)
-    _django_pool_gauges(watch)
+    return watch
 
 
 def _connection_pool(connection: Any) -> Any:
-    """The ``psycopg_pool.ConnectionPool`` of a Django connection, or ``None`` (no pool).
+    """The ``psycopg_pool.ConnectionPool`` an open Django connection came from, or ``None``.
 
-    Django's ``pool`` property creates the alias's pool (unopened) on first
-    use, as Django would on the first query; a configuration Django refuses
-    (``ImproperlyConfigured``: no psycopg_pool, ``CONN_MAX_AGE`` set) is left
-    for Django to raise there.
+    Only asked of a connection that is open: Django's ``pool`` property
+    creates the alias's pool on first use, and a pool created before the
+    test runner renames the database would connect to the wrong one.
     """
     options = (getattr(connection, "settings_dict", None) or {}).get("OPTIONS") or {}
-    if not options.get("pool"):
+    if not options.get("pool") or getattr(connection, "connection", None) is None:
         return None
-    try:
-        return getattr(connection, "pool", None)
-    except Exception:
-        return None
+    return getattr(connection, "pool", None)
 
 
-def _on_connection_created(sender: Any = None, connection: Any = None, **_: Any) -> None:
-    if connection is None:
-        return
-    _add_wrapper(connection)
+def _watch_connection(connection: Any) -> None:
+    """An open Django connection: if it came from Django's pool, watch the pool (wrapping it
+    at its first connection) and count the connection as lent."""
     try:
         pool = _connection_pool(connection)
-        if pool is not None and getattr(pool, _MARK, None) is None:
-            # a pool created after instrument_django_db() (Django recreates it when the
-            # test runner or a TIME_ZONE change closes it): this connection came from it
-            _watch_pool(pool, getattr(connection, "alias", None) or "default",
-                        getattr(connection, "connection", None))
+        if pool is None:
+            return
+        watch = _watch_pool(pool, getattr(connection, "alias", None) or "default")
+        if watch is None:
+            return
+        with watch.lock:
+            # the pool's getconn counted it already, unless it ran before the wrapping
+            # (the pool's first connection, or a thread that raced it)
+            watch.out.add(id(connection.connection))
+        _django_pool_gauges(watch)
     except Exception as exc:
         get_observability().faults.report("db", "pool_wrap",
                                           "instrumenting a connection pool failed", exc)
+
+
+def _on_connection_created(sender: Any = None, connection: Any = None, **_: Any) -> None:
+    if connection is not None:
+        _add_wrapper(connection)
+        _watch_connection(connection)
 
 
 def instrument_django_db() -> None:
@@ -390,9 +395,9 @@ def instrument_django_db() -> None:
     Django 5.1+) gets the ``db_pool_*`` gauges and ``db_pool_wait_seconds``
     (the time ``getconn`` takes: waiting for a free connection, or for one
     being opened, health check included), updated at each checkout and
-    checkin. Its pool is created now (unopened, as Django creates it on the
-    first query); a pool Django recreates later is found at its first
-    connection, whose wait is not timed.
+    checkin. The pool's public ``getconn`` and ``putconn`` are wrapped at its
+    first connection (Django creates the pool then): that first wait is not
+    timed, the later ones are.
     """
     global _django_db_on
     from django.db import connections  # type: ignore[import-untyped]
@@ -405,12 +410,7 @@ def instrument_django_db() -> None:
             _django_db_on = True
     for connection in connections.all(initialized_only=True):
         _add_wrapper(connection)
-    for alias in connections:
-        try:
-            connection = connections[alias]
-        except Exception:  # a bad DATABASES entry: Django says so at the first query
-            continue
-        _watch_pool(_connection_pool(connection), alias)
+        _watch_connection(connection)
 
 
 _MISSING = object()

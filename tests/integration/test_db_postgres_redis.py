@@ -190,6 +190,12 @@ def value(name, **labels):
 
 GAUGES = ("db_pool_size", "db_pool_checked_out", "db_pool_overflow")
 out = {"before": [value(g) for g in GAUGES]}
+with connection.cursor() as cur:  # the pool's first connection: the pool is wrapped now
+    cur.execute("SELECT 1")
+    out["first"] = [value(g) for g in GAUGES]
+connection.close()
+out["warm"] = [value(g) for g in GAUGES]
+out["waits_warm"] = value("db_pool_wait_seconds_count")
 release = threading.Event()
 held = threading.Barrier(5)
 errors = []
@@ -253,7 +259,11 @@ def test_django_connection_pool_gauges_and_wait(postgres_server: PostgresServer,
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # [size, checked out, overflow]: size is min_size, overflow what is open beyond it
-    assert out["before"] == [2, 0, 0]  # set at ready(), before any connection
+    assert out["before"] == [0, 0, 0]  # no pool before the first query (Django makes it then)
+    # (overflow: 0 or 1, as the pool grew or not for a request made while it was filling)
+    assert out["first"][:2] == [2, 1]
+    assert out["warm"][:2] == [2, 0]
+    assert out["waits_warm"] == 0  # that first getconn ran before the wrapping
     assert out["held"] == [2, 4, 2]
     assert out["waits_held"] == 4
     assert out["errors"] == ["OperationalError"]  # Django's wrapping of PoolTimeout
