@@ -96,6 +96,7 @@ SUITE_TEST_DEPS = [
     "gunicorn>=22",
     "uvicorn>=0.30",
     "psycopg2-binary>=2.9",
+    "psycopg[binary,pool]>=3.1.8",  # Django's connection pool (tests/integration/test_db_*)
     "requests>=2.31",  # outbound calls and the contrib instrumentations by name
     "opentelemetry-instrumentation-requests>=0.46b0",
     "opentelemetry-instrumentation-celery>=0.46b0",

@@ -11,7 +11,12 @@
 * :func:`instrument_django` (the Django app does it in ``ready()``): the same
   statement metrics for every Django database connection (a wrapper in
   ``connection.execute_wrappers``, added to each connection when it is
-  created), and ``cache_requests_total{cache,result}`` with ``result`` ``hit``
+  created); the same pool gauges and wait time for every alias that uses
+  Django's connection pool (PostgreSQL with psycopg 3 and ``OPTIONS["pool"]``,
+  Django 5.1+: its ``psycopg_pool.ConnectionPool``'s public ``getconn`` and
+  ``putconn`` are wrapped at its first connection, see
+  :func:`instrument_django_db`); and
+  ``cache_requests_total{cache,result}`` with ``result`` ``hit``
   or ``miss`` for ``get``/``get_many`` (and what is built on them:
   ``get_or_set``, ``aget``...) of every configured cache.
 
@@ -244,17 +249,155 @@ def _add_wrapper(connection: Any) -> None:
         wrappers.insert(0, _django_execute)
 
 
+class _PoolWatch:
+    """What is known of one Django connection pool: its alias and the connections it lent.
+
+    ``out`` holds the ``id()`` of each connection ``getconn`` handed out and
+    ``putconn`` has not taken back yet (a lent connection is alive, so its id is
+    its own), so ``db_pool_checked_out`` is exact even while the pool opens
+    connections in the background (psycopg_pool's ``pool_size - pool_available``
+    counts a connection being opened as lent).
+    """
+
+    __slots__ = ("database", "lock", "out", "pool")
+
+    def __init__(self, pool: Any, database: str) -> None:
+        self.pool = pool
+        self.database = database
+        self.lock = threading.Lock()
+        self.out: set[int] = set()
+
+
+def _django_pool_gauges(watch: _PoolWatch) -> None:
+    """Set the pool gauges of one Django pool from its public ``get_stats()`` and what it lent.
+
+    * ``db_pool_size``: ``pool_min`` (``min_size``), the connections the pool
+      keeps open: SQLAlchemy's ``pool_size``;
+    * ``db_pool_overflow``: ``pool_size - pool_min``, the connections open (or
+      being opened) beyond it, up to ``max_size``: SQLAlchemy's overflow, with
+      ``max_size - min_size`` as its ``max_overflow``;
+    * ``db_pool_checked_out``: the connections lent right now.
+
+    ``get_stats()``, never ``pop_stats()``: the pool's own counters stay the user's.
+    """
+    obs = get_observability()
+    cfg = obs.config
+    if not (cfg.enabled and cfg.db_metrics):
+        return
+    try:
+        stats = watch.pool.get_stats()
+        metrics = obs.metrics
+        labels = (watch.database,)
+        with watch.lock:
+            out = float(len(watch.out))
+        minimum = stats.get("pool_min")
+        opened = stats.get("pool_size")
+        if minimum is not None:
+            metrics.db_pool_size.set(labels, float(minimum))
+            if opened is not None:
+                metrics.db_pool_overflow.set(labels, max(0.0, float(opened) - minimum))
+        metrics.db_pool_checked_out.set(labels, out)
+    except Exception as exc:
+        obs.faults.report("db", "pool", "reading the connection pool failed", exc)
+
+
+def _watch_pool(pool: Any, database: str) -> _PoolWatch | None:
+    """Wrap the public ``getconn`` and ``putconn`` of a ``psycopg_pool.ConnectionPool`` (once).
+
+    Returns what is known of the pool (``None``: not a pool).
+    """
+    if not all(callable(getattr(pool, name, None)) for name in ("getconn", "putconn",
+                                                                 "get_stats")):
+        return None
+    with _django_lock:
+        known = getattr(pool, _MARK, None)
+        if isinstance(known, _PoolWatch):
+            return known
+        watch = _PoolWatch(pool, database)
+        getconn, putconn = pool.getconn, pool.putconn
+
+        @functools.wraps(getconn)
+        def timed_getconn(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                conn = getconn(*args, **kwargs)
+            finally:
+                _observe_wait(database, time.perf_counter() - started)
+            with watch.lock:
+                watch.out.add(id(conn))
+            _django_pool_gauges(watch)
+            return conn
+
+        @functools.wraps(putconn)
+        def counted_putconn(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return putconn(conn, *args, **kwargs)
+            finally:
+                with watch.lock:
+                    watch.out.discard(id(conn))
+                _django_pool_gauges(watch)
+
+        pool.getconn = timed_getconn
+        pool.putconn = counted_putconn
+        setattr(pool, _MARK, watch)
+    return watch
+
+
+def _connection_pool(connection: Any) -> Any:
+    """The ``psycopg_pool.ConnectionPool`` an open Django connection came from, or ``None``.
+
+    Only asked of a connection that is open: Django's ``pool`` property
+    creates the alias's pool on first use, and a pool created before the
+    test runner renames the database would connect to the wrong one.
+    """
+    options = (getattr(connection, "settings_dict", None) or {}).get("OPTIONS") or {}
+    if not options.get("pool") or getattr(connection, "connection", None) is None:
+        return None
+    return getattr(connection, "pool", None)
+
+
+def _watch_connection(connection: Any) -> None:
+    """An open Django connection: if it came from Django's pool, watch the pool (wrapping it
+    at its first connection) and count the connection as lent."""
+    try:
+        pool = _connection_pool(connection)
+        if pool is None:
+            return
+        watch = _watch_pool(pool, getattr(connection, "alias", None) or "default")
+        if watch is None:
+            return
+        with watch.lock:
+            # the pool's getconn counted it already, unless it ran before the wrapping
+            # (the pool's first connection, or a thread that raced it)
+            watch.out.add(id(connection.connection))
+        _django_pool_gauges(watch)
+    except Exception as exc:
+        get_observability().faults.report("db", "pool_wrap",
+                                          "instrumenting a connection pool failed", exc)
+
+
 def _on_connection_created(sender: Any = None, connection: Any = None, **_: Any) -> None:
     if connection is not None:
         _add_wrapper(connection)
+        _watch_connection(connection)
 
 
 def instrument_django_db() -> None:
-    """Time every statement of every Django database connection (once per process).
+    """Time every statement of every Django database connection, and watch Django's pools
+    (once per process).
 
     Each connection gets the wrapper when it is created (the
     ``connection_created`` signal), and the connections open in this thread
     get it now.
+
+    An alias with Django's connection pool (``OPTIONS={"pool": True}`` or a
+    dict of ``psycopg_pool.ConnectionPool`` arguments; PostgreSQL, psycopg 3,
+    Django 5.1+) gets the ``db_pool_*`` gauges and ``db_pool_wait_seconds``
+    (the time ``getconn`` takes: waiting for a free connection, or for one
+    being opened, health check included), updated at each checkout and
+    checkin. The pool's public ``getconn`` and ``putconn`` are wrapped at its
+    first connection (Django creates the pool then): that first wait is not
+    timed, the later ones are.
     """
     global _django_db_on
     from django.db import connections  # type: ignore[import-untyped]
@@ -267,6 +410,7 @@ def instrument_django_db() -> None:
             _django_db_on = True
     for connection in connections.all(initialized_only=True):
         _add_wrapper(connection)
+        _watch_connection(connection)
 
 
 _MISSING = object()

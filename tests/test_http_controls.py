@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mestres_observability import do_not_track
+from mestres_observability.cardinality import OVERFLOW
 from mestres_observability.config import ObservabilityConfig
 from mestres_observability.errors import ConfigurationError
 from mestres_observability.http import (
@@ -246,6 +247,31 @@ def test_flask_static_and_callback_labels(logs: LogCapture) -> None:
         assert {s["app"] for s in series(obs, "http_requests_in_progress")} == {"shop"}
         assert errors(obs) == 1  # the raising callback, counted once
         assert len(logs.lines()) == 4  # the requests themselves are untouched
+
+
+def test_a_callback_label_past_the_cardinality_bound_folds_into_overflow() -> None:
+    # two series allowed: the "free" and "pro" requests get theirs; the third label set
+    # ("other", from a value outside the allowlist) is past the bound: its data-derived
+    # labels (the route and the callback's tier) fold into OVERFLOW, and it is counted
+    for obs, client in _flask(http_label_values=ALLOWED, http_label_callback=tier_of,
+                              label_limits={"http_requests_total": 2}):
+        client.get("/orders/1", headers={"X-Tier": "free"})
+        client.get("/orders/2", headers={"X-Tier": "pro"})
+        client.get("/orders/3", headers={"X-Tier": "gold"})  # not allowed: "other"
+        client.get("/orders/4", headers={"X-Tier": "pro"})  # its series exists: kept
+        route = {"method": "GET", "endpoint": "/orders/<int:order_id>", "status": "200"}
+        assert sample_value("http_requests_total", obs, **route, tier="free") == 1
+        assert sample_value("http_requests_total", obs, **route, tier="pro") == 2
+        assert sample_value("http_requests_total", obs, **route, tier="other") == 0
+        assert sample_value("http_requests_total", obs, method="GET", endpoint=OVERFLOW,
+                            status="200", tier=OVERFLOW) == 1
+        assert {s["tier"] for s in series(obs, "http_requests_total")} == {
+            "free", "pro", OVERFLOW}
+        assert sample_value("mestres_observability_label_overflow_total", obs,
+                            metric="http_requests_total") == 1
+        # the other families have their own bound (the default): nothing folded there
+        assert sample_value("http_request_duration_seconds_count", obs, **route,
+                            tier="other") == 1
 
 
 def test_flask_do_not_track_and_view_attribute(logs: LogCapture) -> None:

@@ -161,3 +161,115 @@ def test_django_connections_and_cache(postgres_server: PostgresServer,
     assert out["hits"] == 3
     assert out["misses"] == 6
     assert out["secret_in_body"] is False
+
+
+_DJANGO_POOL = """
+import json, sys, threading
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False, SECRET_KEY="x", INSTALLED_APPS=["mestres_observability.django"],
+    MESTRES_OBSERVABILITY={"configure_logging": False, "service_name": "shop-pool"},
+    DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres",
+                           "USER": "postgres", "HOST": "127.0.0.1", "PORT": PG_PORT,
+                           "OPTIONS": {"pool": {"min_size": 2, "max_size": 4,
+                                                "timeout": 0.4}}}},
+)
+django.setup()
+from django.db import connection, connections
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+def value(name, **labels):
+    # read the multiprocess directory, as /metrics of any worker would
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, MULTIPROC_DIR)
+    found = registry.get_sample_value(name, {"database": "default", **labels})
+    return found if found is not None else 0.0
+
+GAUGES = ("db_pool_size", "db_pool_checked_out", "db_pool_overflow")
+out = {"before": [value(g) for g in GAUGES]}
+with connection.cursor() as cur:  # the pool's first connection: the pool is wrapped now
+    cur.execute("SELECT 1")
+    out["first"] = [value(g) for g in GAUGES]
+connection.close()
+out["warm"] = [value(g) for g in GAUGES]
+out["waits_warm"] = value("db_pool_wait_seconds_count")
+release = threading.Event()
+held = threading.Barrier(5)
+errors = []
+
+def hold():
+    try:
+        with connections["default"].cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            cur.fetchone()
+    finally:
+        held.wait(timeout=30)
+    release.wait(timeout=30)
+    connections["default"].close()
+
+threads = [threading.Thread(target=hold) for _ in range(4)]
+for t in threads:
+    t.start()
+held.wait(timeout=30)
+out["held"] = [value(g) for g in GAUGES]
+out["waits_held"] = value("db_pool_wait_seconds_count")
+try:  # a fifth caller: the pool is at max_size, it waits `timeout` and gives up
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+except Exception as exc:
+    errors.append(type(exc).__name__)
+out["errors"] = errors
+out["waits_after_timeout"] = value("db_pool_wait_seconds_count")
+out["wait_sum"] = value("db_pool_wait_seconds_sum")
+release.set()
+for t in threads:
+    t.join()
+out["released"] = [value(g) for g in GAUGES]
+with connection.cursor() as cur:  # a free one at once: one more wait, still one lent
+    cur.execute("SELECT 1")
+    out["one_lent"] = value("db_pool_checked_out")
+connection.close()
+out["end"] = value("db_pool_checked_out")
+print(json.dumps(out))
+"""
+
+
+def test_django_connection_pool_gauges_and_wait(postgres_server: PostgresServer,
+                                               tmp_path: Path) -> None:
+    """Django's own pool (OPTIONS pool, psycopg 3): four threads hold four connections."""
+    django = require_module("django")
+    if django.VERSION < (5, 1):
+        pytest.skip("Django's connection pool needs Django 5.1")
+    require_module("psycopg")
+    require_module("psycopg_pool")
+    mp_dir = tmp_path / "mp"
+    mp_dir.mkdir()
+    code = (f"PG_PORT = {str(postgres_server.port)!r}\nMULTIPROC_DIR = {str(mp_dir)!r}\n"
+            + textwrap.dedent(_DJANGO_POOL))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("prometheus_multiproc_dir", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # [size, checked out, overflow]: size is min_size, overflow what is open beyond it
+    assert out["before"] == [0, 0, 0]  # no pool before the first query (Django makes it then)
+    # (overflow: 0 or 1, as the pool grew or not for a request made while it was filling)
+    assert out["first"][:2] == [2, 1]
+    assert out["warm"][:2] == [2, 0]
+    assert out["waits_warm"] == 0  # that first getconn ran before the wrapping
+    assert out["held"] == [2, 4, 2]
+    assert out["waits_held"] == 4
+    assert out["errors"] == ["OperationalError"]  # Django's wrapping of PoolTimeout
+    assert out["waits_after_timeout"] == 5
+    assert out["wait_sum"] >= 0.4  # the fifth caller's wait, at least the pool's timeout
+    # back in the pool, still open (max_idle closes the extra two later)
+    assert out["released"] == [2, 0, 2]
+    assert out["one_lent"] == 1
+    assert out["end"] == 0
