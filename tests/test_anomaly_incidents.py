@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,12 +55,26 @@ def point(score: float, metric: str = "orders", t: float = 0.0) -> Point:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[IncidentManager, dict[str, FakeNotifier], Clock]:
+def setup(tmp_path: Path) -> Iterator[tuple[IncidentManager, dict[str, FakeNotifier], Clock]]:
     notifiers = {k: FakeNotifier(k) for k in ("slack", "email", "webhook")}
     clock = Clock()
-    m = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), service="shop",
-                        clock=clock, cooldown=600, resolve_after=300)
-    return m, notifiers, clock
+    with IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), service="shop",
+                         clock=clock, cooldown=600, resolve_after=300) as m:
+        yield m, notifiers, clock
+
+
+@pytest.fixture
+def manager() -> Iterator[Callable[[IncidentManager], IncidentManager]]:
+    """Closes, at the end of the test, every manager passed through it."""
+    opened: list[IncidentManager] = []
+
+    def keep(m: IncidentManager) -> IncidentManager:
+        opened.append(m)
+        return m
+
+    yield keep
+    for m in opened:
+        m.close()
 
 
 def counts(notifiers: dict[str, FakeNotifier]) -> dict[str, int]:
@@ -109,11 +123,12 @@ def test_cooldown_reopens_the_same_incident_without_paging_then_a_new_one(setup:
     assert counts(notifiers)["slack"] == 3  # a new incident is paged
 
 
-def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, tmp_path: Path) -> None:
+def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, tmp_path: Path,
+                                                                   manager: Any) -> None:
     _, notifiers, clock = setup
     scaled: list[int] = []
-    m = IncidentManager(tmp_path / "esc.sqlite", list(notifiers.values()), clock=clock,
-                        actions=[Action("autoscale", lambda i: scaled.append(i.id))])
+    m = manager(IncidentManager(tmp_path / "esc.sqlite", list(notifiers.values()), clock=clock,
+                                actions=[Action("autoscale", lambda i: scaled.append(i.id))]))
     i = m.handle_anomaly(point(0.6, metric='orders{product_id="latte"}'))
     assert counts(notifiers) == {"slack": 0, "email": 0, "webhook": 1}
     clock.now += 1
@@ -131,12 +146,12 @@ def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, t
                                   ("email", "page", "critical")]
 
 
-def test_state_survives_a_restart(setup: Any, tmp_path: Path) -> None:
+def test_state_survives_a_restart(setup: Any, tmp_path: Path, manager: Any) -> None:
     m, notifiers, clock = setup
     i = m.handle_anomaly(point(0.95))
     m.close()
-    again = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), clock=clock,
-                            resolve_after=300)
+    again = manager(IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()),
+                                    clock=clock, resolve_after=300))
     assert again.handle_anomaly(point(0.95)).id == i.id
     assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}  # not paged twice
     clock.now += 400
@@ -144,10 +159,10 @@ def test_state_survives_a_restart(setup: Any, tmp_path: Path) -> None:
     assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}
 
 
-def test_a_failed_delivery_is_retried_on_the_next_tick(tmp_path: Path) -> None:
+def test_a_failed_delivery_is_retried_on_the_next_tick(tmp_path: Path, manager: Any) -> None:
     flaky = FakeNotifier("webhook", ok=False)
     clock = Clock()
-    m = IncidentManager(tmp_path / "s.sqlite", [flaky], clock=clock)
+    m = manager(IncidentManager(tmp_path / "s.sqlite", [flaky], clock=clock))
     i = m.handle_anomaly(point(0.6))
     assert len(flaky.sent) == 1
     assert m.deliveries(i.id) == []

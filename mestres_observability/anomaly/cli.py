@@ -426,10 +426,14 @@ def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: 
     from ..monitoring.notifiers import Alert
     from .incidents import IncidentManager, make_server
 
-    manager = IncidentManager(db_path, _notifiers(webhook, slack_webhook), service=service,
-                              actions=[_load_action(a) for a in actions], cooldown=cooldown,
-                              resolve_after=resolve_after, alert_factory=Alert)
-    server = make_server(manager, host, port)
+    notifiers = _notifiers(webhook, slack_webhook)
+    loaded = [_load_action(a) for a in actions]
+    with IncidentManager(db_path, notifiers, service=service, actions=loaded, cooldown=cooldown,
+                         resolve_after=resolve_after, alert_factory=Alert) as manager:
+        _serve_incidents(manager, make_server(manager, host, port), host, db_path, tick)
+
+
+def _serve_incidents(manager: Any, server: Any, host: str, db_path: Path, tick: float) -> None:
     stop = _until_signalled()
 
     def ticker() -> None:
@@ -448,4 +452,4 @@ def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: 
             pass
     finally:
         server.shutdown()
-        manager.close()
+        server.server_close()
