@@ -274,30 +274,41 @@ def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, rece
         m.close()
 
 
+def start_incidents_serve(db: Path, webhook: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``mestres-observability incidents serve`` in a subprocess, once it answers."""
+    code = "from mestres_observability.anomaly.cli import incidents; incidents()"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
+                             "--db", str(db), "--webhook", webhook],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    try:
+        wait_until(up, timeout=30, message="incidents serve")
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
 def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
                                                              receiver: Receiver) -> None:
     db = tmp_path / "incidents.sqlite"
-    code = "from mestres_observability.anomaly.cli import incidents; incidents()"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def start() -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
-                                 "--db", str(db), "--webhook", receiver.url],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-
-        wait_until(up, timeout=30, message="incidents serve")
-        return proc, url
-
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
-        assert proc.returncode == 0
+        return start_incidents_serve(db, receiver.url)
 
     proc, url = start()
     assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
@@ -308,3 +319,36 @@ def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
     stop(proc)
     # the monitoring package's WebhookNotifier: {"version": "1", "alert": {...}}
     assert [b["alert"]["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]
+
+
+def test_a_real_alertmanager_rendered_with_incidents_url_opens_an_incident(
+        tmp_path: Path, receiver: Receiver) -> None:
+    from tests.monitoring._tools import alertmanager, http_json, render
+
+    proc, url = start_incidents_serve(tmp_path / "incidents.sqlite", receiver.url)
+    try:
+        secret = tmp_path / "slack-url"
+        secret.write_text("http://127.0.0.1:9/never-called\n")
+        out = render(tmp_path / "out", incidents_url=url, slack_api_url_file=str(secret),
+                     alert_group_wait="1s")
+        with alertmanager(out / "alertmanager" / "alertmanager.yml") as base:
+            http_json(f"{base}/api/v2/alerts", [{
+                "labels": {"alertname": "PostgresDown", "severity": "page", "team": "backend",
+                           "service": "mestres-cafe-api"},
+                "annotations": {"summary": "PostgreSQL is down"}}])
+
+            def opened() -> list[Any]:
+                with urllib.request.urlopen(url + "/incidents?status=open", timeout=5) as r:
+                    found: list[Any] = json.loads(r.read())
+                return found
+
+            wait_until(lambda: bool(opened()), timeout=15,
+                       message="an incident opened from Alertmanager's webhook")
+            (incident,) = opened()
+            assert incident["source"] == "alertmanager"
+            assert incident["title"] == "PostgreSQL is down"  # the alert's summary
+            assert incident["severity"] == "critical"  # severity=page
+            wait_until(lambda: bool(receiver.bodies), timeout=10, message="the page")
+            assert receiver.bodies[0]["alert"]["name"] == "PostgresDown"
+    finally:
+        stop(proc)

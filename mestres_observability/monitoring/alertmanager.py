@@ -114,6 +114,9 @@ def config(settings: RenderSettings) -> dict[str, Any]:
         # every alert also opens (and resolves) an incident; `continue`: the routes
         # below still pick the team's pager or mailbox
         routes.insert(0, {"receiver": "incidents", "continue": True})
+        # ...and since that route matched, the root's receiver no longer catches what no
+        # team route takes: a last route does
+        routes.append({"receiver": f"{settings.team}-ticket"})
         receivers.append({"name": "incidents", "webhook_configs": [
             {"url": incidents_webhook(settings.incidents_url), "send_resolved": True}]})
     return {
