@@ -116,7 +116,7 @@ def _params(_ctx: click.Context, _param: click.Parameter, value: Sequence[str]) 
 def _detector_option(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--param", "params", multiple=True, callback=_params, metavar="KEY=VALUE",
                      help="A detector parameter (SeasonalParams / ForestParams field), e.g. "
-                     "alpha=0.0008; repeat for more.")(f)
+                     "alpha=1e-5; repeat for more.")(f)
     return click.option("--detector", type=click.Choice(["seasonal", "isolation-forest"]),
                         default="seasonal", show_default=True, help="Which detector.")(f)
 
