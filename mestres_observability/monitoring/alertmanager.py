@@ -94,7 +94,7 @@ def config(settings: RenderSettings) -> dict[str, Any]:
     if settings.smtp_auth_username:
         global_["smtp_auth_username"] = settings.smtp_auth_username
         global_["smtp_auth_password_file"] = settings.smtp_auth_password_file
-    routes = []
+    routes: list[dict[str, Any]] = []
     receivers: list[dict[str, Any]] = []
     for team in teams(settings):
         routes.append({
