@@ -23,7 +23,13 @@ of a normal distribution with that IQR):
 A z-score means different things on different series (a heavy-tailed one
 reaches 6 every day), so each component's z is turned into an empirical
 p-value: the share of the component's last ``rank_window`` z-scores that were
-at least as large. The point's p-value is the smallest of the components'
+at least as large; beyond every one of them, an exponential tail fitted to the
+top 1 % (once 1,000 are kept), so the bar can be lower than one in
+``rank_window``. A z-score joins that window ``rank_delay`` points late (one
+episode is not ranked against itself), and those of a reported episode never
+(an anomaly does not raise the bar for the next one). The sustained component
+restarts when a better baseline starts (weekly over daily over level). The
+point's p-value is the smallest of the components'
 times their number (Bonferroni), and it is an anomaly when that is at most
 ``alpha`` and the detector is not cooling down from the previous anomaly
 (``cooldown`` points: one report per episode, not one per point of it). The
