@@ -41,7 +41,7 @@ The score reported for every point is ``log(p) / log(1 / (rank_window + 1))``,
 between 0 and 1: 1 means "further out than anything in the history the
 detector keeps". Every step is a few binary searches and insertions into
 arrays of fixed size, so the work per point is bounded whatever the length of
-the series; so is the memory per series (about 440 KiB with the defaults,
+the series; so is the memory per series (about 450 KiB with the defaults,
 mostly the sorted windows of the five components' z-scores). Missing values (NaN: a gap in
 Prometheus) update nothing; ``absent_after`` missing points in a row raise
 one ``absent`` anomaly.
@@ -535,6 +535,8 @@ class SeasonalDetector:
         if set(data["ranks"]) != set(self._ranks):
             raise ValueError("model state does not match its components")
         self._ranks = {k: _Rank.from_state(v) for k, v in data["ranks"].items()}
+        for rank in self._ranks.values():
+            rank.delay = self.params.rank_delay  # a file written before rank_delay: 0 there
         self._steps = [float(x) for x in data["steps"]]
         self._step = float(data["step"])
         if self._step > 0.0:
