@@ -119,11 +119,14 @@ def main() -> None:
               help="JobNotSucceeded fires when a batch job's last success is older: SECONDS "
               "for every job (default 93600, 26 h), JOB=SECONDS for one; repeat it.")
 @click.option("--anomaly-rules", is_flag=True, help="Also render the anomaly-detection rules.")
+@click.option("--incidents-url", metavar="URL",
+              help="Address of 'mestres-observability incidents serve' "
+              "(http://incidents:9095): Alertmanager also sends every alert there.")
 def render(out_dir: Path, targets: tuple[str, ...], service: str | None,
            namespace: str | None, slo_availability: float | None,
            slo_latency: tuple[float, float] | None, pushgateway: str | None,
            job_max_ages: tuple[float | None, tuple[tuple[str, float], ...]],
-           anomaly_rules: bool) -> None:
+           anomaly_rules: bool, incidents_url: str | None) -> None:
     """Render the monitoring stack into OUT."""
     from .monitoring import rules
     from .monitoring.render import render_all
@@ -157,7 +160,12 @@ def render(out_dir: Path, targets: tuple[str, ...], service: str | None,
         kwargs["job_max_age_seconds"] = default_age
     if per_job_ages:
         kwargs["job_max_ages"] = per_job_ages
-    settings = RenderSettings(**kwargs)
+    if incidents_url is not None:
+        kwargs["incidents_url"] = incidents_url
+    try:
+        settings = RenderSettings(**kwargs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         result = render_all(settings, out_dir)
     except ValueError as exc:

@@ -58,7 +58,10 @@ def test_a_drop_at_a_busy_time_of_day_is_caught_by_the_daily_baseline() -> None:
         xs[i] = 60.0  # low for noon, but an ordinary value at night
     d = SeasonalDetector().fit(ts[:at], xs[:at])
     found = anomalies(run(d, "orders", ts[at:], xs[at:]))
-    assert len(found) == 1  # one report for the hour-long episode (cool-down)
+    # one report for the hour-long episode and its cool-down (the same time tomorrow,
+    # measured against a baseline that holds the drop, may be reported again)
+    episode = [p for p in found if p.timestamp <= ts[peak + d.params.cooldown]]
+    assert len(episode) == 1
     assert ts[peak] <= found[0].timestamp <= ts[peak + 2]
 
 
@@ -70,7 +73,12 @@ def test_cooldown_suppresses_the_rest_of_an_episode_then_rearms() -> None:
     xs[at + 400] += 200  # after it: reported
     d = SeasonalDetector(SeasonalParams(cooldown=100)).fit(ts[:at], xs[:at])
     verdicts = d.score_many(ts[at:], xs[at:])
-    assert [i for i, v in enumerate(verdicts) if v.is_anomaly] == [10, 400]
+    reported = [i for i, v in enumerate(verdicts) if v.is_anomaly]
+    # nothing in the cool-down; the episode's z-scores do not raise the bar, so a
+    # chance record of the noise after the cool-down may be reported too
+    assert reported[0] == 10
+    assert 400 in reported
+    assert not [i for i in reported if 10 < i <= 110]
     assert verdicts[20].suppressed
     assert not verdicts[20].is_anomaly
 
@@ -121,6 +129,72 @@ def test_point_as_dict_is_json() -> None:
     assert json.loads(json.dumps(p.as_dict())) == {
         "timestamp": 1.0, "metric": "m", "value": None, "score": None, "is_anomaly": False,
         "severity": "", "kind": ""}
+
+
+def test_far_beyond_the_ranked_window_the_fitted_tail_gives_smaller_p_values() -> None:
+    from mestres_observability.anomaly.seasonal import _Rank
+
+    rng = random.Random(8)
+    rank = _Rank(5000)
+    for _ in range(5000):
+        rank.push(abs(rng.gauss(0, 1)))
+    top = max(rank.window.sorted)
+    inside = rank.p(1.0)
+    assert inside == pytest.approx(sum(z >= 1.0 for z in rank.window.sorted) / 5001, abs=1e-3)
+    just, far, farther = rank.p(top + 0.01), rank.p(top + 3), rank.p(top + 6)
+    assert just <= 1 / 5001  # never above the empirical p-value
+    assert far < just / 10  # an exponential tail fitted to the top 1 %
+    assert 0 < farther < far
+    young = _Rank(5000)
+    for _ in range(500):  # too few z-scores for a tail: the empirical p-value only
+        young.push(abs(rng.gauss(0, 1)))
+    assert young.p(50.0) == pytest.approx(1 / 501)
+
+
+def test_a_reported_episode_does_not_raise_the_bar_for_the_next_one() -> None:
+    # one point a minute and a bar of one in 100,000 (the shop benchmark's): reached only
+    # beyond every ranked z-score; the first spike's z-scores are left out of the ranks,
+    # so a second spike of the same size is still reported
+    rng = random.Random(9)
+    ts = [1_700_000_000.0 + 60.0 * i for i in range(6000)]
+    xs = [100.0 + rng.gauss(0, 3) for _ in ts]
+    for i in range(4000, 4004):
+        xs[i] += 60
+    for i in range(5000, 5004):
+        xs[i] += 60
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, cooldown=300,
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:3000], xs[:3000])
+    verdicts = d.score_many(ts[3000:], xs[3000:])
+    assert [i + 3000 for i, v in enumerate(verdicts) if v.is_anomaly] == [4000, 5000]
+    with pytest.raises(ValueError, match="rank_delay"):
+        SeasonalParams(rank_delay=-1)
+
+
+def test_the_sustained_component_restarts_when_the_weekly_baseline_speaks() -> None:
+    ts, xs = daily_series(16, seed=10)
+    d = SeasonalDetector()
+    d.fit(ts[:13 * DAY_POINTS], xs[:13 * DAY_POINTS])
+    before = d.state()["sustained_source"]
+    d.fit(ts[13 * DAY_POINTS:], xs[13 * DAY_POINTS:])
+    after = d.state()
+    assert (before, after["sustained_source"]) == (2, 3)  # daily, then weekly
+    # ranked since the switch only (plus the points still queued)
+    ranked = len(after["ranks"]["sustained"]["values"]) + len(after["ranks"]["sustained"]["pending"])
+    assert ranked < len(after["ranks"]["daily"]["values"])
+
+
+def test_a_model_saved_inside_an_episode_continues_exactly(tmp_path: Path) -> None:
+    ts, xs = daily_series(9, seed=6)
+    at = 7 * DAY_POINTS
+    xs[at + 5] += 150
+    d = SeasonalDetector().fit(ts[:at], xs[:at])
+    assert [v.is_anomaly for v in d.score_many(ts[at:at + 10], xs[at:at + 10])].count(True) == 1
+    path = tmp_path / "model.json"
+    model_file.save(model_file.Model("seasonal", {"load": d}), path)
+    again = model_file.load(path).detectors["load"]
+    assert again.state()["rank_skip"] > 0  # the episode's z-scores are still left out
+    assert again.score_many(ts[at + 10:], xs[at + 10:]) == d.score_many(ts[at + 10:], xs[at + 10:])
 
 
 # ---------------------------------------------------------------- model files

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,12 +55,26 @@ def point(score: float, metric: str = "orders", t: float = 0.0) -> Point:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[IncidentManager, dict[str, FakeNotifier], Clock]:
+def setup(tmp_path: Path) -> Iterator[tuple[IncidentManager, dict[str, FakeNotifier], Clock]]:
     notifiers = {k: FakeNotifier(k) for k in ("slack", "email", "webhook")}
     clock = Clock()
-    m = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), service="shop",
-                        clock=clock, cooldown=600, resolve_after=300)
-    return m, notifiers, clock
+    with IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), service="shop",
+                         clock=clock, cooldown=600, resolve_after=300) as m:
+        yield m, notifiers, clock
+
+
+@pytest.fixture
+def manager() -> Iterator[Callable[[IncidentManager], IncidentManager]]:
+    """Closes, at the end of the test, every manager passed through it."""
+    opened: list[IncidentManager] = []
+
+    def keep(m: IncidentManager) -> IncidentManager:
+        opened.append(m)
+        return m
+
+    yield keep
+    for m in opened:
+        m.close()
 
 
 def counts(notifiers: dict[str, FakeNotifier]) -> dict[str, int]:
@@ -109,11 +123,12 @@ def test_cooldown_reopens_the_same_incident_without_paging_then_a_new_one(setup:
     assert counts(notifiers)["slack"] == 3  # a new incident is paged
 
 
-def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, tmp_path: Path) -> None:
+def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, tmp_path: Path,
+                                                                   manager: Any) -> None:
     _, notifiers, clock = setup
     scaled: list[int] = []
-    m = IncidentManager(tmp_path / "esc.sqlite", list(notifiers.values()), clock=clock,
-                        actions=[Action("autoscale", lambda i: scaled.append(i.id))])
+    m = manager(IncidentManager(tmp_path / "esc.sqlite", list(notifiers.values()), clock=clock,
+                                actions=[Action("autoscale", lambda i: scaled.append(i.id))]))
     i = m.handle_anomaly(point(0.6, metric='orders{product_id="latte"}'))
     assert counts(notifiers) == {"slack": 0, "email": 0, "webhook": 1}
     clock.now += 1
@@ -131,12 +146,12 @@ def test_escalation_pages_only_the_new_levels_and_actions_run_once(setup: Any, t
                                   ("email", "page", "critical")]
 
 
-def test_state_survives_a_restart(setup: Any, tmp_path: Path) -> None:
+def test_state_survives_a_restart(setup: Any, tmp_path: Path, manager: Any) -> None:
     m, notifiers, clock = setup
     i = m.handle_anomaly(point(0.95))
     m.close()
-    again = IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()), clock=clock,
-                            resolve_after=300)
+    again = manager(IncidentManager(tmp_path / "state.sqlite", list(notifiers.values()),
+                                    clock=clock, resolve_after=300))
     assert again.handle_anomaly(point(0.95)).id == i.id
     assert counts(notifiers) == {"slack": 1, "email": 1, "webhook": 1}  # not paged twice
     clock.now += 400
@@ -144,10 +159,10 @@ def test_state_survives_a_restart(setup: Any, tmp_path: Path) -> None:
     assert counts(notifiers) == {"slack": 2, "email": 2, "webhook": 2}
 
 
-def test_a_failed_delivery_is_retried_on_the_next_tick(tmp_path: Path) -> None:
+def test_a_failed_delivery_is_retried_on_the_next_tick(tmp_path: Path, manager: Any) -> None:
     flaky = FakeNotifier("webhook", ok=False)
     clock = Clock()
-    m = IncidentManager(tmp_path / "s.sqlite", [flaky], clock=clock)
+    m = manager(IncidentManager(tmp_path / "s.sqlite", [flaky], clock=clock))
     i = m.handle_anomaly(point(0.6))
     assert len(flaky.sent) == 1
     assert m.deliveries(i.id) == []
@@ -259,30 +274,41 @@ def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, rece
         m.close()
 
 
+def start_incidents_serve(db: Path, webhook: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``mestres-observability incidents serve`` in a subprocess, once it answers."""
+    code = "from mestres_observability.anomaly.cli import incidents; incidents()"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
+                             "--db", str(db), "--webhook", webhook],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    try:
+        wait_until(up, timeout=30, message="incidents serve")
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=10)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
 def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
                                                              receiver: Receiver) -> None:
     db = tmp_path / "incidents.sqlite"
-    code = "from mestres_observability.anomaly.cli import incidents; incidents()"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def start() -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
-                                 "--db", str(db), "--webhook", receiver.url],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-
-        wait_until(up, timeout=30, message="incidents serve")
-        return proc, url
-
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
-        assert proc.returncode == 0
+        return start_incidents_serve(db, receiver.url)
 
     proc, url = start()
     assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
@@ -293,3 +319,36 @@ def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
     stop(proc)
     # the monitoring package's WebhookNotifier: {"version": "1", "alert": {...}}
     assert [b["alert"]["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]
+
+
+def test_a_real_alertmanager_rendered_with_incidents_url_opens_an_incident(
+        tmp_path: Path, receiver: Receiver) -> None:
+    from tests.monitoring._tools import alertmanager, http_json, render
+
+    proc, url = start_incidents_serve(tmp_path / "incidents.sqlite", receiver.url)
+    try:
+        secret = tmp_path / "slack-url"
+        secret.write_text("http://127.0.0.1:9/never-called\n")
+        out = render(tmp_path / "out", incidents_url=url, slack_api_url_file=str(secret),
+                     alert_group_wait="1s")
+        with alertmanager(out / "alertmanager" / "alertmanager.yml") as base:
+            http_json(f"{base}/api/v2/alerts", [{
+                "labels": {"alertname": "PostgresDown", "severity": "page", "team": "backend",
+                           "service": "mestres-cafe-api"},
+                "annotations": {"summary": "PostgreSQL is down"}}])
+
+            def opened() -> list[Any]:
+                with urllib.request.urlopen(url + "/incidents?status=open", timeout=5) as r:
+                    found: list[Any] = json.loads(r.read())
+                return found
+
+            wait_until(lambda: bool(opened()), timeout=15,
+                       message="an incident opened from Alertmanager's webhook")
+            (incident,) = opened()
+            assert incident["source"] == "alertmanager"
+            assert incident["title"] == "PostgreSQL is down"  # the alert's summary
+            assert incident["severity"] == "critical"  # severity=page
+            wait_until(lambda: bool(receiver.bodies), timeout=10, message="the page")
+            assert receiver.bodies[0]["alert"]["name"] == "PostgresDown"
+    finally:
+        stop(proc)

@@ -114,7 +114,7 @@ def test_train_detect_forecast_end_to_end(prom: Data, tmp_path: Path) -> None:
     model = tmp_path / "model.json"
     queries = ["--query", "requests=shop_requests_per_second", "--query", "shop_orders_per_minute"]
     common = ["--prometheus", prom.url, *queries, "--step", "60s"]
-    minute = ["--param", "alpha=0.0008", "--param", "rank_window=20000"]  # one point a minute
+    minute = ["--param", "alpha=1e-5", "--param", "rank_window=20000"]  # one point a minute
     out = invoke("train", *common, *minute, "--start", str(prom.start), "--end",
                  str(prom.train_end), "--model", str(model)).output
     assert "wrote" in out

@@ -116,7 +116,7 @@ def _params(_ctx: click.Context, _param: click.Parameter, value: Sequence[str]) 
 def _detector_option(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--param", "params", multiple=True, callback=_params, metavar="KEY=VALUE",
                      help="A detector parameter (SeasonalParams / ForestParams field), e.g. "
-                     "alpha=0.0008; repeat for more.")(f)
+                     "alpha=1e-5; repeat for more.")(f)
     return click.option("--detector", type=click.Choice(["seasonal", "isolation-forest"]),
                         default="seasonal", show_default=True, help="Which detector.")(f)
 
@@ -426,10 +426,14 @@ def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: 
     from ..monitoring.notifiers import Alert
     from .incidents import IncidentManager, make_server
 
-    manager = IncidentManager(db_path, _notifiers(webhook, slack_webhook), service=service,
-                              actions=[_load_action(a) for a in actions], cooldown=cooldown,
-                              resolve_after=resolve_after, alert_factory=Alert)
-    server = make_server(manager, host, port)
+    notifiers = _notifiers(webhook, slack_webhook)
+    loaded = [_load_action(a) for a in actions]
+    with IncidentManager(db_path, notifiers, service=service, actions=loaded, cooldown=cooldown,
+                         resolve_after=resolve_after, alert_factory=Alert) as manager:
+        _serve_incidents(manager, make_server(manager, host, port), host, db_path, tick)
+
+
+def _serve_incidents(manager: Any, server: Any, host: str, db_path: Path, tick: float) -> None:
     stop = _until_signalled()
 
     def ticker() -> None:
@@ -448,4 +452,4 @@ def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: 
             pass
     finally:
         server.shutdown()
-        manager.close()
+        server.server_close()

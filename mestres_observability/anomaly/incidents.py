@@ -169,17 +169,29 @@ class IncidentManager:
         self.clock = clock
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()  # a file that is not a database: no connection left behind
+            raise
 
     @staticmethod
     def _kind(n: Any) -> str:
         return str(getattr(n, "kind", type(n).__name__.lower()))
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (again: nothing happens)."""
         with self._lock:
             self._db.close()
+
+    def __enter__(self) -> IncidentManager:
+        """The manager itself; leaving the ``with`` block closes its database."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the database."""
+        self.close()
 
     # ------------------------------------------------------------ storage
     def _row(self, r: Sequence[Any]) -> Incident:

@@ -23,7 +23,13 @@ of a normal distribution with that IQR):
 A z-score means different things on different series (a heavy-tailed one
 reaches 6 every day), so each component's z is turned into an empirical
 p-value: the share of the component's last ``rank_window`` z-scores that were
-at least as large. The point's p-value is the smallest of the components'
+at least as large; beyond every one of them, an exponential tail fitted to the
+top 1 % (once 1,000 are kept), so the bar can be lower than one in
+``rank_window``. A z-score joins that window ``rank_delay`` points late (one
+episode is not ranked against itself), and those of a reported episode never
+(an anomaly does not raise the bar for the next one). The sustained component
+restarts when a better baseline starts (weekly over daily over level). The
+point's p-value is the smallest of the components'
 times their number (Bonferroni), and it is an anomaly when that is at most
 ``alpha`` and the detector is not cooling down from the previous anomaly
 (``cooldown`` points: one report per episode, not one per point of it). The
@@ -35,7 +41,7 @@ The score reported for every point is ``log(p) / log(1 / (rank_window + 1))``,
 between 0 and 1: 1 means "further out than anything in the history the
 detector keeps". Every step is a few binary searches and insertions into
 arrays of fixed size, so the work per point is bounded whatever the length of
-the series; so is the memory per series (about 440 KiB with the defaults,
+the series; so is the memory per series (about 450 KiB with the defaults,
 mostly the sorted windows of the five components' z-scores). Missing values (NaN: a gap in
 Prometheus) update nothing; ``absent_after`` missing points in a row raise
 one ``absent`` anomaly.
@@ -68,6 +74,9 @@ _SPREAD_WEIGHT = 0.05
 _SPREAD_MIN_SEEN = 20
 _MIN_HISTORY = 10
 _MIN_RANKED = 20
+_SOURCES = {"daily": 2, "weekly": 3}
+_TAIL_SHARE = 100  # the tail model is fitted to the top 1 % of the ranked z-scores...
+_TAIL_MIN_N = 1000  # ...once they hold at least 10
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,10 @@ class SeasonalParams:
         seasonal_gain: leave the level component out while a seasonal baseline's
             residuals spread less than this share of the values' spread.
         sustained: deviations the sustained component averages.
+        rank_delay: points a z-score waits before it joins its component's ranked
+            window (the points of one episode are not ranked against each other);
+            those waiting when an anomaly is reported, and the next ``rank_delay``
+            ones, never join (an anomaly does not raise the bar for the next).
         components: the components used (a subset of :data:`COMPONENTS`).
         daily_buckets: buckets per day of the daily baseline (5 minutes each by default).
         weekly_buckets: buckets per week of the weekly baseline (30 minutes each by default).
@@ -102,6 +115,7 @@ class SeasonalParams:
     min_z: float = 0.0
     seasonal_gain: float = 0.5
     sustained: int = 10
+    rank_delay: int = 30
     components: tuple[str, ...] = COMPONENTS
     daily_buckets: int = 288
     weekly_buckets: int = 336
@@ -111,8 +125,8 @@ class SeasonalParams:
                      "weekly_buckets"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
-        if self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1:
-            raise ValueError("cooldown and absent_after must be >= 0, sustained >= 1")
+        if self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1 or self.rank_delay < 0:
+            raise ValueError("cooldown, absent_after and rank_delay must be >= 0, sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
         unknown = set(self.components) - set(COMPONENTS)
@@ -193,28 +207,61 @@ class _Window:
 
 
 class _Rank:
-    """Empirical upper-tail p-value of a z-score among the last ``size`` ones."""
+    """Empirical upper-tail p-value of a z-score among the last ``size`` ones.
 
-    __slots__ = ("window",)
+    A z-score joins the ranked window ``delay`` points after it was scored (so the
+    points of one episode are not ranked against each other), and not at all when
+    the detector drops it as part of a reported episode (:meth:`forget`).
+    """
 
-    def __init__(self, size: int) -> None:
+    __slots__ = ("delay", "pending", "window")
+
+    def __init__(self, size: int, delay: int = 0) -> None:
         self.window = _Window(size)
+        self.delay = delay
+        self.pending: deque[float] = deque()
 
     def p(self, z: float) -> float:
+        """The p-value of ``z`` against the ranked window (1 while it holds too few)."""
         w = self.window
         n = len(w)
+        if n < _MIN_RANKED:
+            return 1.0
+        a = w.sorted
         # (how many past z-scores are >= z, plus this one) / (n + 1)
-        p = (n - bisect_left(w.sorted, z) + 1) / (n + 1) if n >= _MIN_RANKED else 1.0
-        w.add(z)
-        return p
+        p = (n - bisect_left(a, z) + 1) / (n + 1)
+        if n >= _TAIL_MIN_N and z > a[-1]:
+            # beyond every ranked z-score: an exponential tail fitted to the top 1 % (peaks
+            # over threshold), so a point far beyond everything seen gets a p-value below
+            # 1 / (n + 1) instead of the same one as a new maximum by a hair
+            tail = n // _TAIL_SHARE
+            u = a[n - tail]
+            excess = sum(a[n - tail:]) / tail - u
+            if excess > 0.0:
+                p = min(p, tail / (n + 1) * math.exp(-(z - u) / excess))
+        return max(p, 1e-300)
+
+    def push(self, z: float) -> None:
+        """Queue ``z`` for the ranked window."""
+        self.pending.append(z)
+        while len(self.pending) > self.delay:
+            self.window.add(self.pending.popleft())
+
+    def forget(self) -> None:
+        """Drop the queued z-scores (they belong to a reported episode)."""
+        self.pending.clear()
 
     def state(self) -> dict[str, Any]:
-        return self.window.state()
+        out = self.window.state()
+        out["delay"] = self.delay
+        out["pending"] = list(self.pending)
+        return out
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> _Rank:
-        r = cls(1)
+        r = cls(1, int(data.get("delay", 0)))
         r.window = _Window.from_state(data)
+        r.pending.extend(float(x) for x in data.get("pending", ()))
         return r
 
 
@@ -306,7 +353,7 @@ class SeasonalDetector:
         self.params = p = params or SeasonalParams()
         self._level = _Window(p.window)
         self._change = _Window(p.window)
-        self._ranks = {c: _Rank(p.rank_window) for c in p.components}
+        self._ranks = {c: _Rank(p.rank_window, p.rank_delay) for c in p.components}
         self._seasons: dict[str, _Season] = {}
         self._previous = math.nan
         self._last_t = math.nan
@@ -316,6 +363,8 @@ class SeasonalDetector:
         self._missing = 0
         self._recent: deque[float] = deque(maxlen=p.sustained)
         self._recent_sum = 0.0
+        self._skip = 0  # z-scores still to leave out of the ranks (an episode)
+        self._source = 0  # the baseline the sustained component measures from (see update)
         self._floor = math.log(1.0 / (p.rank_window + 1))
         self._alpha = p.threshold
 
@@ -339,11 +388,12 @@ class SeasonalDetector:
         self._learn_step(timestamp)
         zs: list[tuple[str, float]] = []
         signed = math.nan  # the deviation the sustained component averages
+        source = 0  # its baseline: 1 level, 2 daily, 3 weekly
         cyclic = self._cyclic()
         if len(self._level) >= _MIN_HISTORY:
             level_z = self._level.z(value, value)
             if not cyclic:
-                signed = level_z
+                signed, source = level_z, 1
                 if "level" in self._ranks:
                     zs.append(("level", abs(level_z)))
         self._level.add(value)
@@ -359,8 +409,18 @@ class SeasonalDetector:
                 if z is not None:
                     zs.append((name, z))
                     # the last season with a baseline (weekly over daily over level)
-                    signed = season.signed if not math.isnan(season.signed) else signed
-        if "sustained" in self._ranks and not math.isnan(signed):
+                    if not math.isnan(season.signed):
+                        signed, source = season.signed, _SOURCES[name]
+        if source > self._source:
+            # a better baseline speaks from now on: deviations from the old one (a daily
+            # baseline is far off all weekend) say nothing about the new one's, so the
+            # sustained component starts afresh instead of ranking against them
+            self._source = source
+            self._recent.clear()
+            self._recent_sum = 0.0
+            if "sustained" in self._ranks:
+                self._ranks["sustained"] = _Rank(p.rank_window, p.rank_delay)
+        if "sustained" in self._ranks and source and source == self._source:
             recent = self._recent
             if len(recent) == recent.maxlen:
                 self._recent_sum -= recent[0]
@@ -369,19 +429,31 @@ class SeasonalDetector:
             if len(recent) == recent.maxlen:
                 zs.append(("sustained", abs(self._recent_sum) / math.sqrt(len(recent))))
         best_p, best, best_z = 1.0, "", 0.0
+        ranks = self._ranks
         for name, z in zs:
-            pz = self._ranks[name].p(z)
+            pz = ranks[name].p(z)
             if pz < best_p or (pz == best_p and z > best_z):
                 best_p, best, best_z = pz, name, z
         if best_z < p.min_z:
             best_p = 1.0
-        best_p = min(1.0, best_p * len(self._ranks))
+        best_p = min(1.0, best_p * len(ranks))
         score = min(1.0, math.log(best_p) / self._floor) if best_p < 1.0 else 0.0
+        if self._skip > 0:
+            self._skip -= 1
+        else:
+            for name, z in zs:
+                ranks[name].push(z)
         if self._cool > 0:
             self._cool -= 1
             return Verdict(score, False, best, True)
         if best_p <= self._alpha:
             self._cool = p.cooldown
+            # the episode's z-scores (those queued, and the next `rank_delay` ones) are
+            # not ranked: an anomaly does not raise the bar for the next one; a change
+            # that lasts is learned after that, as before
+            for name, _z in zs:
+                ranks[name].forget()
+            self._skip = p.rank_delay
             return Verdict(score, True, best)
         return Verdict(score, False, best)
 
@@ -443,6 +515,8 @@ class SeasonalDetector:
             "cooldown_left": self._cool,
             "missing": self._missing,
             "recent": list(self._recent),
+            "sustained_source": self._source,
+            "rank_skip": self._skip,
         }
 
     @classmethod
@@ -461,6 +535,8 @@ class SeasonalDetector:
         if set(data["ranks"]) != set(self._ranks):
             raise ValueError("model state does not match its components")
         self._ranks = {k: _Rank.from_state(v) for k, v in data["ranks"].items()}
+        for rank in self._ranks.values():
+            rank.delay = self.params.rank_delay  # a file written before rank_delay: 0 there
         self._steps = [float(x) for x in data["steps"]]
         self._step = float(data["step"])
         if self._step > 0.0:
@@ -473,3 +549,5 @@ class SeasonalDetector:
         self._missing = int(data["missing"])
         self._recent.extend(float(x) for x in data["recent"])
         self._recent_sum = sum(self._recent)
+        self._source = int(data.get("sustained_source", 0))
+        self._skip = int(data.get("rank_skip", 0))

@@ -11,6 +11,10 @@
   service, the ``ticket`` alerts of the same service and SLO stay quiet: the
   slow-burn ticket, HighLatency under a latency page. Tickets about causes
   (PostgresDown, InventoryLow) carry no ``slo`` and stay visible.
+* **Incidents.** With :attr:`RenderSettings.incidents_url`, a first route
+  (``continue: true``: the team routes still apply) sends every alert and its
+  resolution to ``mestres-observability incidents serve`` (receiver
+  ``incidents``), which opens, de-duplicates and resolves incidents from them.
 * **Secrets.** The Slack webhook URL and the SMTP password are read from files
   (``api_url_file``, ``smtp_auth_password_file``): Alertmanager does not expand
   environment variables in its configuration, and the rendered file holds no
@@ -20,11 +24,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from . import _yaml
 from .settings import RenderSettings
 
-__all__ = ["config", "render", "teams"]
+__all__ = ["config", "incidents_webhook", "render", "teams"]
 
 _COLOR = ('{{ if eq .Status "firing" }}{{ if eq .CommonLabels.severity "page" }}#FF0000'
           '{{ else }}#FF8C00{{ end }}{{ else }}#2EB886{{ end }}')
@@ -45,6 +50,15 @@ def teams(settings: RenderSettings) -> list[str]:
         if team not in out:
             out.append(team)
     return out
+
+
+def incidents_webhook(url: str) -> str:
+    """Where Alertmanager posts for ``incidents serve`` at ``url``: its ``/alertmanager``
+    path, added when ``url`` has no path."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit((parts.scheme, parts.netloc, "/alertmanager", parts.query, ""))
+    return url
 
 
 def _slack(settings: RenderSettings) -> dict[str, Any]:
@@ -80,7 +94,7 @@ def config(settings: RenderSettings) -> dict[str, Any]:
     if settings.smtp_auth_username:
         global_["smtp_auth_username"] = settings.smtp_auth_username
         global_["smtp_auth_password_file"] = settings.smtp_auth_password_file
-    routes = []
+    routes: list[dict[str, Any]] = []
     receivers: list[dict[str, Any]] = []
     for team in teams(settings):
         routes.append({
@@ -96,6 +110,15 @@ def config(settings: RenderSettings) -> dict[str, Any]:
             {"to": settings.email_to, "send_resolved": True}]})
     # a page labelled with a team that has no route still pages (the default team)
     routes.append({"matchers": ['severity="page"'], "receiver": f"{settings.team}-page"})
+    if settings.incidents_url:
+        # every alert also opens (and resolves) an incident; `continue`: the routes
+        # below still pick the team's pager or mailbox
+        routes.insert(0, {"receiver": "incidents", "continue": True})
+        # ...and since that route matched, the root's receiver no longer catches what no
+        # team route takes: a last route does
+        routes.append({"receiver": f"{settings.team}-ticket"})
+        receivers.append({"name": "incidents", "webhook_configs": [
+            {"url": incidents_webhook(settings.incidents_url), "send_resolved": True}]})
     return {
         "global": global_,
         "route": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .. import catalogue
 from ..config import ObservabilityConfig
@@ -85,6 +86,10 @@ class RenderSettings:
         smtp_auth_password_file: the file Alertmanager reads the SMTP password from.
         metrics_credentials_file: when the service protects ``/metrics``
             (``metrics_auth``), the file Prometheus reads the token or password from.
+        incidents_url: the address of ``mestres-observability incidents serve``
+            (``http://incidents:9095``, or with its ``/alertmanager`` path); set:
+            Alertmanager also sends every alert, and its resolution, there.
+            ``None``: no such receiver.
     """
 
     config: ObservabilityConfig = field(default_factory=ObservabilityConfig)
@@ -137,14 +142,22 @@ class RenderSettings:
     smtp_auth_username: str = ""
     smtp_auth_password_file: str = "/etc/alertmanager/secrets/smtp-password"
     metrics_credentials_file: str = "/etc/prometheus/secrets/metrics-credentials"
+    incidents_url: str | None = None
 
     def __post_init__(self) -> None:
-        """Refuse job age limits that cannot work (not positive, a job named twice).
+        """Refuse job age limits that cannot work (not positive, a job named twice)
+        and an incidents address that is not an http(s) URL.
 
         Raises:
             ValueError: a limit that is not a positive number, or an empty or
-                repeated job name in :attr:`job_max_ages`.
+                repeated job name in :attr:`job_max_ages`; an :attr:`incidents_url`
+                without ``http://`` or ``https://`` and a host.
         """
+        if self.incidents_url is not None:
+            parts = urlsplit(self.incidents_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"incidents_url: {self.incidents_url!r} is not an http(s) URL "
+                                 "(e.g. http://incidents:9095)")
         limits = [("job_max_age_seconds", self.job_max_age_seconds)]
         seen: set[str] = set()
         for name, seconds in self.job_max_ages:

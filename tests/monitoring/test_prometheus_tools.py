@@ -192,3 +192,18 @@ def test_a_running_alertmanager_inhibits_the_ticket_of_the_paging_slo(tmp_path: 
             assert status["inhibitedBy"] == [], key  # type: ignore[index]
         assert alerts[("AvailabilityBudgetFastBurn", "mestres-cafe-api")]["status"][  # type: ignore[index]
             "state"] == "active"
+
+
+def test_amtool_accepts_the_incidents_receiver_and_routes_every_alert_to_it(tmp_path: Path) -> None:
+    amtool = require_binary("amtool")
+    out = render(tmp_path, incidents_url="http://incidents:9095")
+    config = str(out / "alertmanager" / "alertmanager.yml")
+    res = run([amtool, "check-config", config])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 receivers" in res.stdout  # backend-page, backend-ticket, incidents
+    for labels, expected in ((["severity=page", "team=backend"], "incidents,backend-page"),
+                             (["severity=ticket"], "incidents,backend-ticket")):
+        res = run([amtool, "config", "routes", "test", f"--config.file={config}",
+                   "service=mestres-cafe-api", *labels])
+        assert res.stdout.strip() == expected, res.stdout + res.stderr
+    assert "http://incidents:9095/alertmanager" in Path(config).read_text()
