@@ -46,6 +46,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._compat import (
     STRUCTLOG_UNBOUND,
+    exemplar_recorder,
     histogram_observer,
     restore_structlog_context,
     structlog_context_var,
@@ -296,6 +297,9 @@ class HttpState:
                                                           Callable[[float], None]]] = {}
         #: ``(method, endpoint)`` -> the in-progress gauge's value holder
         self.in_progress_values: dict[tuple[str, str], Any] = {}
+        #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
+        self.exemplar_recorders: dict[tuple[str, str, int],
+                                      Callable[[float, dict[str, str]], None]] = {}
         #: add ``Server-Timing: traceparent`` to HTML responses (tracing on and the setting)
         self.server_timing = bool(self.tracing and cfg.server_timing)
         #: path of a measured endpoint kind -> the state its requests are measured with
@@ -364,6 +368,22 @@ class HttpState:
         if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
                 and self.duration.guard.settled(key)):
             self.recorders[(method, endpoint, code)] = found
+        return found
+
+    def exemplar_recorder(self, method: str, endpoint: str, code: int
+                          ) -> Callable[[float, dict[str, str]], None]:
+        """``record(duration, labels)`` of one request series: what ``inc(1, labels)`` on
+        ``http_requests_total`` and ``observe(duration, labels)`` on the duration do, for
+        exemplar labels known valid (the pass's own span ids; see
+        :func:`~mestres_observability._compat.exemplar_recorder`).
+
+        Resolved and kept (in :attr:`exemplar_recorders`) as :meth:`recorder` is.
+        """
+        key = (method, endpoint, self.status(code))
+        found = exemplar_recorder(self.requests_child(key), self.duration_child(key))
+        if (len(self.exemplar_recorders) < 4096 and self.requests_total.guard.settled(key)
+                and self.duration.guard.settled(key)):
+            self.exemplar_recorders[(method, endpoint, code)] = found
         return found
 
     def in_progress_value(self, method: str, endpoint: str) -> Any:
@@ -577,14 +597,21 @@ class RequestPass:
             if span is not None:
                 ids = _span_ids(span)
             exemplar = None
+            own = False
             provider = state.metrics.exemplar_provider
             if provider is not None:
                 # one exemplar for both series, from our span when there is one
                 if self._span is None:
                     exemplar = provider()
                 elif ids is not None and ids[2] and self._span.is_recording():
-                    exemplar = {"trace_id": ids[0], "span_id": ids[1]}
-            if exemplar:
+                    own = True
+            if own:  # our span's ids: valid exemplar labels, attached without the checks
+                assert ids is not None
+                rec = state.exemplar_recorders.get((self.method, endpoint, status))
+                if rec is None:
+                    rec = state.exemplar_recorder(self.method, endpoint, status)
+                rec(duration, {"trace_id": ids[0], "span_id": ids[1]})
+            elif exemplar:
                 key = (self.method, endpoint, state.status(status))
                 counter = state.requests_child(key)
                 histogram = state.duration_child(key)
