@@ -21,6 +21,12 @@ Variants per framework:
 * ``ours full``: metrics + SERVER span (the library's own provider and bounded
   pipeline: a lean span; parent extracted) + one JSON access-log line + request id.
 * ``ours full, SDK spans``: the same with ``lean_spans=False``.
+* ``ours full, library logging``: ``ours full`` with the library's own logging, as
+  ``init_observability`` sets it up by default (``configure_logging=True``: its
+  processors, redaction, orjson renderer and standard-output handler; standard
+  output is the same ``/dev/null`` sink the structlog lines go to). The other
+  ``ours`` rows log through the plain structlog configuration the peers and the
+  floor use, so that they compare the work per request, not the renderer.
 * ``peer metrics``: prometheus_flask_exporter / prometheus-fastapi-instrumentator
   (and starlette_exporter) / django-prometheus.
 * ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
@@ -100,27 +106,53 @@ def _setup_globals(otlp_endpoint: str | None = None) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     trace.set_tracer_provider(provider)
-    sink = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+    global _log
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=sink),
+        processors=_plain_processors(),
+        logger_factory=structlog.PrintLoggerFactory(file=SINK),
         cache_logger_on_first_use=True,
     )
+    # the peers' and the floor's logger: the same configuration, bound now, so that the
+    # library's own logging (``ours full, library logging`` reconfigures structlog) never
+    # reaches it
+    _log = structlog.wrap_logger(
+        structlog.PrintLogger(SINK), processors=_plain_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(0), context_class=dict,
+        cache_logger_on_first_use=True).bind()
 
 
-_log = None
+#: where every log line of the run goes: the structlog lines and, for ``ours full,
+#: library logging``, standard output while a round runs (:func:`_to_sink`)
+SINK = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+
+
+def _plain_processors() -> list[Any]:
+    """The plain structlog chain of the peers' and the floor's log line."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+class _to_sink:
+    """Standard output to :data:`SINK` within the block (the library's log handler writes
+    to the current ``sys.stdout``)."""
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout
+        sys.stdout = SINK
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout = self.saved
+
+
+_log: Any = None
 
 
 def log_line() -> None:
     """One structlog JSON line, as a peer set-up would add per request."""
-    global _log
-    if _log is None:
-        _log = structlog.get_logger("bench")
     _log.info("http_request", method="GET", url="/orders/42", status_code=200)
 
 
@@ -129,14 +161,36 @@ def log_line() -> None:
 _OTLP_ENDPOINT: str | None = None
 
 
-def _init(full: bool, lean: bool = True) -> Any:
+def _init(full: bool, lean: bool = True, library_logging: bool = False) -> Any:
     """The library as it runs in production: its own tracer provider (the benchmark's global
     one is the peers'), an OTLP exporter behind its bounded pipeline; ``lean=False``: SDK
-    spans (``lean_spans=false``)."""
+    spans (``lean_spans=false``); ``library_logging``: the library's own logging set-up
+    (``configure_logging=True``, its default), else the plain structlog configuration."""
     from mestres_observability import init_observability
+    from mestres_observability.http import http_state
 
+    if not library_logging:  # the plain configuration again (an earlier init may have
+        structlog.configure(  # replaced it)
+            processors=_plain_processors(),
+            logger_factory=structlog.PrintLoggerFactory(file=SINK),
+            wrapper_class=structlog.make_filtering_bound_logger(0), context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+    with _to_sink():
+        obs = _init_observability(init_observability, full, lean, library_logging)
+    state = http_state(obs)
+    if state.logger is not None:
+        # bound now, under the structlog configuration this variant logs with (a later
+        # variant's init may configure structlog again)
+        state.logger.bind()
+    return obs
+
+
+def _init_observability(init_observability: Any, full: bool, lean: bool,
+                        library_logging: bool) -> Any:
     obs = init_observability(
-        configure_logging=False, tracing_enabled=full, access_log=full, lean_spans=lean,
+        configure_logging=library_logging, tracing_enabled=full, access_log=full,
+        lean_spans=lean,
         system_metrics=False, process_metrics=False, service_name="bench",
         respect_global_tracer_provider=False, span_queue_size=65536,
         traces_exporter="otlp" if full else None,
@@ -151,13 +205,13 @@ def _init(full: bool, lean: bool = True) -> Any:
     return obs
 
 
-def _ours(adapter: str, make: Callable[[], Any], full: bool, lean: bool = True
-          ) -> tuple[Any, Any]:
+def _ours(adapter: str, make: Callable[[], Any], full: bool, lean: bool = True,
+          library_logging: bool = False) -> tuple[Any, Any]:
     """A fresh app wired by ``mestres_observability.<adapter>.instrument``, and its instance."""
     import importlib
 
     app = make()
-    obs = _init(full, lean)
+    obs = _init(full, lean, library_logging)
     importlib.import_module(f"mestres_observability.{adapter}").instrument(app, obs)
     return app, obs
 
@@ -200,8 +254,7 @@ class _ByHand:
         code = str(status)
         self.counter.labels("GET", self.route, code).inc(1, exemplar)
         self.histogram.labels("GET", self.route, code).observe(duration, exemplar)
-        log = _log if _log is not None else structlog.get_logger("bench")
-        log.info("http_request", request_id=None, method="GET", url=path, endpoint=self.route,
+        _log.info("http_request", request_id=None, method="GET", url=path, endpoint=self.route,
                  status_code=status, duration_seconds=round(duration, 6),
                  user_agent=user_agent, ip_address=client, user_id=None,
                  trace_id=trace_id, span_id=span_id)
@@ -321,6 +374,7 @@ def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: 
         "ours metrics": lambda: _ours(adapter, make, False),
         "ours full": lambda: _ours(adapter, make, True),
         "ours full, SDK spans": lambda: _ours(adapter, make, True, lean=False),
+        "ours full, library logging": lambda: _ours(adapter, make, True, library_logging=True),
         "peer metrics": _optional(lambda: metrics_peer(make())),
         **(more_metrics_peers or {}),
         "peer otel": _optional(lambda: otel(make())),
@@ -458,8 +512,8 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
 
         return app
 
-    def ours(full: bool, lean: bool = True) -> Any:
-        obs = _init(full, lean)
+    def ours(full: bool, lean: bool = True, library_logging: bool = False) -> Any:
+        obs = _init(full, lean, library_logging)
         return handler(["mestres_observability.django.ObservabilityMiddleware"]), obs
 
     prom = ["django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -469,6 +523,7 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
         "ours metrics": lambda: ours(False),
         "ours full": lambda: ours(True),
         "ours full, SDK spans": lambda: ours(True, lean=False),
+        "ours full, library logging": lambda: ours(True, library_logging=True),
         "peer metrics": _optional(lambda: handler(prom), "django_prometheus"),
         "peer otel": _optional(lambda: handler([], otel=True),
                                "opentelemetry.instrumentation.django"),
@@ -518,10 +573,12 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
                 swap(obs)  # requests use the current instance (bound late)
             gc.collect()
             n = PER_ROUND if round_no else 200  # round 0 warms up
-            t0 = time.perf_counter()
-            run(n)
+            with _to_sink():
+                t0 = time.perf_counter()
+                run(n)
+                elapsed = time.perf_counter() - t0
             if round_no:
-                times[label].append((time.perf_counter() - t0) / n * 1e6)
+                times[label].append(elapsed / n * 1e6)
     bare = times["bare"]
     for label, values in times.items():
         overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
@@ -545,11 +602,17 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
     if combined:
         print(f"  ratio ours full / peers metrics+otel+log: "
               f"{over['ours full'] / combined:5.2f}  (target <= 0.25, aim 0.20)")
+        if over.get("ours full, library logging"):
+            print(f"  ratio ours full, library logging / peers metrics+otel+log: "
+                  f"{over['ours full, library logging'] / combined:5.2f}")
     floor = over.get("primitives by hand")
     if combined and floor:
         print(f"  ratio primitives by hand / peers metrics+otel+log: {floor / combined:5.2f}"
               f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}"
               f"  (target <= 0.75)")
+        if over.get("ours full, library logging"):
+            print(f"  ratio ours full, library logging / primitives by hand: "
+                  f"{over['ours full, library logging'] / floor:5.2f}")
     if metric_peers:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
@@ -583,6 +646,10 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
          "primitives by hand"),
         ("ours full with SDK spans / peers combined", "ours full, SDK spans",
          "peer metrics+otel+log"),
+        ("ours full, library logging / peers combined", "ours full, library logging",
+         "peer metrics+otel+log"),
+        ("ours full, library logging / primitives by hand", "ours full, library logging",
+         "primitives by hand"),
     ):
         rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
     cheapest = []
@@ -598,8 +665,8 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
 CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "15"))
 CPU_PER_ROUND = int(os.environ.get("BENCH_CPU_REQUESTS", "200"))
 #: the variants of the CPU measure (each exporting over OTLP/HTTP, but the bare app)
-CPU_VARIANTS = ("bare", "ours full", "ours full, SDK spans", "peer metrics+otel+log",
-                "primitives by hand")
+CPU_VARIANTS = ("bare", "ours full", "ours full, SDK spans", "ours full, library logging",
+                "peer metrics+otel+log", "primitives by hand")
 
 #: A loopback OTLP/HTTP receiver, run in its own process: it decodes every request with the
 #: official protobuf messages (so a malformed one is counted) and answers 200; ``GET`` gives
@@ -672,11 +739,13 @@ def measure_cpu(variants: dict[str, Callable[[], Any] | None],
                 swap(obs)
             gc.collect()
             n = CPU_PER_ROUND if round_no else 100
-            t0 = time.process_time()
-            run(n)
-            flush()
+            with _to_sink():
+                t0 = time.process_time()
+                run(n)
+                flush()
+                elapsed = time.process_time() - t0
             if round_no:
-                times[label].append((time.process_time() - t0) / n * 1e6)
+                times[label].append(elapsed / n * 1e6)
     bare = times["bare"]
     for label, values in times.items():
         overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
@@ -771,7 +840,7 @@ def _cpu_main(only: set[str], as_markdown: bool) -> None:
 
 # ---------------------------------------------------------------------- profile
 PROFILE_VARIANTS = ("bare", "ours metrics", "ours full", "ours full, SDK spans",
-                    "peer metrics+otel+log", "primitives by hand")
+                    "ours full, library logging", "peer metrics+otel+log", "primitives by hand")
 #: where a function's code lives -> the group it is counted in
 _GROUPS = (("mestres_observability", "mestres_observability"),
            ("opentelemetry", "OpenTelemetry API/SDK"), ("structlog", "structlog"),
@@ -854,11 +923,12 @@ def _profile_main(only: set[str]) -> None:
             if obs is not None:
                 swap(obs)
             run = runner(app)
-            run(1000)
-            profiler = cProfile.Profile()
-            profiler.enable()
-            run(n)
-            profiler.disable()
+            with _to_sink():
+                run(1000)
+                profiler = cProfile.Profile()
+                profiler.enable()
+                run(n)
+                profiler.disable()
             stats = pstats.Stats(profiler)
             libraries[label] = _by_library(stats, n)
             totals[label] = stats.total_tt  # type: ignore[attr-defined]
@@ -867,7 +937,8 @@ def _profile_main(only: set[str]) -> None:
                   f"  (+{(stats.total_calls / n) - sum(libraries['bare'].values()):4.0f} "  # type: ignore[attr-defined]
                   f"over bare)")
         bare = libraries["bare"]
-        for label in ("ours metrics", "ours full", "ours full, SDK spans"):
+        for label in ("ours metrics", "ours full", "ours full, SDK spans",
+                      "ours full, library logging"):
             if label not in libraries:
                 continue
             print(f"  {label}: calls per request over the bare app, by library")
