@@ -125,7 +125,8 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
     locks. A NaN goes through ``observe()`` itself. Public replacement:
     ``child.observe``, which is what the fallback returns (another class, such as
     the multiprocess histogram or an inert child, or other internals). Resolved
-    once per series.
+    once per series. With the single-process ``MutexValue`` holders (see
+    :func:`exemplar_recorder`) their ``inc`` is done inline, under their own locks.
     """
     observe: Callable[[float], None] = child.observe
     try:
@@ -145,6 +146,26 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
                  "request durations are observed through observe()", exc)
         return observe
     from bisect import bisect_left
+
+    mutex = _mutex_value_class()
+    if mutex is not None and type(total) is mutex and all(type(b) is mutex
+                                                         for b in child._buckets):
+        # MutexValue (single process): its ``inc`` inline, under its own lock
+        buckets = list(child._buckets)
+        locks = [b._lock for b in buckets]
+        sum_lock = total._lock
+
+        def observe_locked(amount: float) -> None:
+            if amount != amount:  # NaN: no bucket (observe's walk finds none)
+                observe(amount)
+                return
+            with sum_lock:
+                total._value += amount
+            i = bisect_left(bounds, amount)
+            with locks[i]:
+                buckets[i]._value += 1
+
+        return observe_locked
 
     def observe_fast(amount: float) -> None:
         if amount != amount:  # NaN: no bucket (observe's walk finds none)

@@ -161,6 +161,27 @@ def test_exemplar_recorder_sets_prometheus_clients_own_exemplar_objects() -> Non
     assert 'd_bucket{k="a",le="0.025"} 1.0 # {span_id="00f067aa0ba902b7",' in text
 
 
+def test_the_inline_increments_hold_under_threads() -> None:
+    """The MutexValue forms take the holders' own locks: no increment is lost."""
+    registry, counter, histogram = _pair()
+    record = _compat.exemplar_recorder(counter, histogram)
+    observe = _compat.histogram_observer(histogram)
+
+    def work() -> None:
+        for _ in range(3000):
+            record(0.02, LABELS)
+            observe(0.02)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registry.get_sample_value("r_total", {"k": "a"}) == 12000
+    assert registry.get_sample_value("d_count", {"k": "a"}) == 24000
+    assert registry.get_sample_value("d_sum", {"k": "a"}) == pytest.approx(480.0)
+
+
 def test_exemplar_recorder_with_a_dropped_series_records_the_other() -> None:
     registry, counter, histogram = _pair()
     _compat.exemplar_recorder(None, histogram)(0.2, LABELS)

@@ -41,13 +41,21 @@ amounts = st.one_of(st.sampled_from([*BUCKETS, 0.0, -0.0, -1.0, math.inf, -math.
 
 
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(amounts, max_size=20))
-def test_histogram_observer_records_what_observe_records(values: list[float]) -> None:
+@given(values=st.lists(amounts, max_size=20), locked=st.booleans())
+def test_histogram_observer_records_what_observe_records(values: list[float],
+                                                         locked: bool) -> None:
+    """Both forms: MutexValue's ``inc`` inline (``locked``), the holders' own ``inc``."""
     registries = []
+    mutex = _compat._mutex_value_class
     for fast in (False, True):
         registry = CollectorRegistry()
         child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
-        observe = _compat.histogram_observer(child) if fast else child.observe
+        if not locked:
+            _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+        try:
+            observe = _compat.histogram_observer(child) if fast else child.observe
+        finally:
+            _compat._mutex_value_class = mutex  # type: ignore[assignment]
         for v in values:
             observe(v)
         registries.append(registry)
