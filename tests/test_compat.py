@@ -225,6 +225,43 @@ def test_mutex_value_internals_missing_takes_the_holders_methods(
     assert _compat._mutex_value_class() is None
 
 
+# ---------------------------------------------------------------------- span contexts
+def test_valid_span_context_maker_gives_what_span_context_gives() -> None:
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    make = _compat.valid_span_context_maker()
+    assert _compat.degraded_features() == {}
+    assert make is not None
+    state = TraceState([("vendor", "x")])
+    for args in ((1, 1, False, TraceFlags(0), state), (2**128 - 1, 2**64 - 1, True,
+                                                      TraceFlags(3), TraceState())):
+        ctx = make((*args, True))
+        assert type(ctx) is SpanContext
+        assert ctx == SpanContext(*args)
+        assert (ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state,
+                ctx.is_valid) == (*args, True)
+    # the lean span's contexts are made so
+    from mestres_observability import _leanspan
+
+    assert _leanspan._valid_context is not None
+    assert type(_leanspan._valid_context((1, 2, False, TraceFlags(1), state, True))) is SpanContext
+
+
+def test_valid_span_context_maker_falls_back_when_span_context_changed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+
+    class Changed(tuple):  # type: ignore[type-arg]  # another layout, no properties
+        def __new__(cls, *args: Any) -> Changed:
+            return tuple.__new__(cls, (args[1], args[0]))
+
+    monkeypatch.setattr(otel_trace, "SpanContext", Changed)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        make = _compat.valid_span_context_maker()
+    _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
+    assert make((1, 2, False, None, None, True)) == Changed(1, 2, False, None, None)
+
+
 # ---------------------------------------------------------------------- multiprocess mode
 def test_multiprocess_mode_is_read_from_the_value_class(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _compat.multiprocess_values_active() is False  # this test process: single-process
