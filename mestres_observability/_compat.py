@@ -237,6 +237,8 @@ def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str
         b_inc: list[Any] = []
         b_set: list[Any] = []
         b_locked: list[Any] | None = None
+        h_sum: Any = None
+        sum_lock: Any = None
         c_plain = counter is None
         if counter is not None:
             if type(counter).inc is not Counter.inc:
@@ -257,8 +259,11 @@ def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str
             if (not bounds or len(bounds) != len(buckets) or bounds[-1] != float("inf")
                     or bounds != sorted(bounds) or not callable(sum_inc)):
                 raise ValueError("unexpected histogram buckets")
-            b_locked = ([b._lock for b in buckets]
-                        if mutex is not None and all(type(b) is mutex for b in buckets) else None)
+            h_sum = histogram._sum
+            if (mutex is not None and type(h_sum) is mutex
+                    and all(type(b) is mutex for b in buckets)):
+                b_locked = [b._lock for b in buckets]
+                sum_lock = h_sum._lock
     except Exception as exc:
         _degrade("prometheus_client exemplar value holders",
                  "request exemplars are attached through inc() and observe()", exc)
@@ -291,15 +296,17 @@ def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str
         if amount != amount:  # NaN: no bucket, no exemplar (observe's walk finds none)
             h_observe(amount, labels)
             return
-        sum_inc(amount)
         i = bisect_left(bounds, amount)
         ex = make(Exemplar, (labels, amount, ts))
         if b_locked is not None:
+            with sum_lock:
+                h_sum._value += amount
             bucket = buckets[i]
             with b_locked[i]:
                 bucket._value += 1
                 bucket._exemplar = ex
         else:
+            sum_inc(amount)
             b_inc[i](1)
             b_set[i](ex)
 
