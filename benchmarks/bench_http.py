@@ -5,7 +5,8 @@ Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]
 tables as docs/benchmarks.md shows them; ``--cpu`` runs the CPU measure alone,
 ``--no-cpu`` leaves it out; ``--profile`` prints cProfile call counts per request;
 ``--thread-time`` times the rounds with the thread's CPU time instead of the wall clock,
-for a loaded machine). Apps are driven
+for a loaded machine; ``BENCH_VARIANTS="ours full;primitives by hand"`` keeps only those
+variants, beside the bare app, in the wall-clock measure). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
@@ -89,6 +90,9 @@ PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "50"))
 #: ``--thread-time`` takes ``time.thread_time`` (the CPU time of the benchmark's thread),
 #: which leaves out the time the thread waits for a core on a loaded machine
 _CLOCK: Callable[[], float] = time.perf_counter
+#: ``BENCH_VARIANTS="ours full;primitives by hand"``: only these variants (and the bare app)
+#: in the wall-clock measure, a narrower harness; all by default
+_ONLY = {v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(";") if v.strip()}
 
 
 class _Discard(SpanExporter):
@@ -563,6 +567,8 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
     runs: dict[str, tuple[Callable[[int], None], Any]] = {}
     out: dict[str, tuple[float, float] | None] = {}
     for label, factory in variants.items():
+        if _ONLY and label != "bare" and label not in _ONLY:
+            continue
         out[label] = None
         if factory is None:
             continue
@@ -605,21 +611,21 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
             over[label] = overhead
     combined = over.get("peer metrics+otel+log")
     metric_peers = [v for k, v in over.items() if k.startswith("peer metrics") and "+" not in k]
-    if combined:
+    if combined and "ours full" in over:
         print(f"  ratio ours full / peers metrics+otel+log: "
               f"{over['ours full'] / combined:5.2f}  (target <= 0.25, aim 0.20)")
         if over.get("ours full, library logging"):
             print(f"  ratio ours full, library logging / peers metrics+otel+log: "
                   f"{over['ours full, library logging'] / combined:5.2f}")
     floor = over.get("primitives by hand")
-    if combined and floor:
+    if combined and floor and "ours full" in over:
         print(f"  ratio primitives by hand / peers metrics+otel+log: {floor / combined:5.2f}"
               f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}"
               f"  (target <= 0.75)")
         if over.get("ours full, library logging"):
             print(f"  ratio ours full, library logging / primitives by hand: "
                   f"{over['ours full, library logging'] / floor:5.2f}")
-    if metric_peers:
+    if metric_peers and "ours metrics" in over:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
               f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
@@ -661,7 +667,8 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
     cheapest = []
     for n in names:
         peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
-        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}" if peers else "n/a")
+        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}"
+                        if peers and "ours metrics" in overs[n] else "n/a")
     rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.30) | "
                 + " | ".join(cheapest) + " |")
     return "\n".join(rows)
