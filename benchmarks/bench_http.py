@@ -3,7 +3,10 @@
 Run: ``python benchmarks/bench_http.py [flask] [fastapi] [django] [--markdown]
 [--no-cpu]`` (all three by default; about 3-4 minutes; ``--markdown`` also prints the
 tables as docs/benchmarks.md shows them; ``--cpu`` runs the CPU measure alone,
-``--no-cpu`` leaves it out; ``--profile`` prints cProfile call counts per request). Apps are driven
+``--no-cpu`` leaves it out; ``--profile`` prints cProfile call counts per request;
+``--thread-time`` times the rounds with the thread's CPU time instead of the wall clock,
+for a loaded machine; ``BENCH_VARIANTS="ours full;primitives by hand"`` keeps only those
+variants, beside the bare app, in the wall-clock measure). Apps are driven
 in-process (a WSGI callable with a prepared environ, an ASGI app with a
 prepared scope on one event loop, Django's ``WSGIHandler``), so the figures
 measure middleware, not a test client. Each variant serves ``GET /orders/42``
@@ -21,6 +24,12 @@ Variants per framework:
 * ``ours full``: metrics + SERVER span (the library's own provider and bounded
   pipeline: a lean span; parent extracted) + one JSON access-log line + request id.
 * ``ours full, SDK spans``: the same with ``lean_spans=False``.
+* ``ours full, library logging``: ``ours full`` with the library's own logging, as
+  ``init_observability`` sets it up by default (``configure_logging=True``: its
+  processors, redaction, orjson renderer and standard-output handler; standard
+  output is the same ``/dev/null`` sink the structlog lines go to). The other
+  ``ours`` rows log through the plain structlog configuration the peers and the
+  floor use, so that they compare the work per request, not the renderer.
 * ``peer metrics``: prometheus_flask_exporter / prometheus-fastapi-instrumentator
   (and starlette_exporter) / django-prometheus.
 * ``peer otel``: the OpenTelemetry Flask / FastAPI / Django instrumentation.
@@ -77,6 +86,13 @@ warnings.simplefilter("ignore")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "60"))
 PER_ROUND = int(os.environ.get("BENCH_REQUESTS", "50"))
+#: the clock of the wall-clock measure's rounds: ``time.perf_counter`` by default;
+#: ``--thread-time`` takes ``time.thread_time`` (the CPU time of the benchmark's thread),
+#: which leaves out the time the thread waits for a core on a loaded machine
+_CLOCK: Callable[[], float] = time.perf_counter
+#: ``BENCH_VARIANTS="ours full;primitives by hand"``: only these variants (and the bare app)
+#: in the wall-clock measure, a narrower harness; all by default
+_ONLY = {v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(";") if v.strip()}
 
 
 class _Discard(SpanExporter):
@@ -100,27 +116,53 @@ def _setup_globals(otlp_endpoint: str | None = None) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))
     trace.set_tracer_provider(provider)
-    sink = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+    global _log
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=sink),
+        processors=_plain_processors(),
+        logger_factory=structlog.PrintLoggerFactory(file=SINK),
         cache_logger_on_first_use=True,
     )
+    # the peers' and the floor's logger: the same configuration, bound now, so that the
+    # library's own logging (``ours full, library logging`` reconfigures structlog) never
+    # reaches it
+    _log = structlog.wrap_logger(
+        structlog.PrintLogger(SINK), processors=_plain_processors(),
+        wrapper_class=structlog.make_filtering_bound_logger(0), context_class=dict,
+        cache_logger_on_first_use=True).bind()
 
 
-_log = None
+#: where every log line of the run goes: the structlog lines and, for ``ours full,
+#: library logging``, standard output while a round runs (:func:`_to_sink`)
+SINK = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+
+
+def _plain_processors() -> list[Any]:
+    """The plain structlog chain of the peers' and the floor's log line."""
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+class _to_sink:
+    """Standard output to :data:`SINK` within the block (the library's log handler writes
+    to the current ``sys.stdout``)."""
+
+    def __enter__(self) -> None:
+        self.saved = sys.stdout
+        sys.stdout = SINK
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout = self.saved
+
+
+_log: Any = None
 
 
 def log_line() -> None:
     """One structlog JSON line, as a peer set-up would add per request."""
-    global _log
-    if _log is None:
-        _log = structlog.get_logger("bench")
     _log.info("http_request", method="GET", url="/orders/42", status_code=200)
 
 
@@ -129,14 +171,36 @@ def log_line() -> None:
 _OTLP_ENDPOINT: str | None = None
 
 
-def _init(full: bool, lean: bool = True) -> Any:
+def _init(full: bool, lean: bool = True, library_logging: bool = False) -> Any:
     """The library as it runs in production: its own tracer provider (the benchmark's global
     one is the peers'), an OTLP exporter behind its bounded pipeline; ``lean=False``: SDK
-    spans (``lean_spans=false``)."""
+    spans (``lean_spans=false``); ``library_logging``: the library's own logging set-up
+    (``configure_logging=True``, its default), else the plain structlog configuration."""
     from mestres_observability import init_observability
+    from mestres_observability.http import http_state
 
+    if not library_logging:  # the plain configuration again (an earlier init may have
+        structlog.configure(  # replaced it)
+            processors=_plain_processors(),
+            logger_factory=structlog.PrintLoggerFactory(file=SINK),
+            wrapper_class=structlog.make_filtering_bound_logger(0), context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+    with _to_sink():
+        obs = _init_observability(init_observability, full, lean, library_logging)
+    state = http_state(obs)
+    if state.logger is not None:
+        # bound now, under the structlog configuration this variant logs with (a later
+        # variant's init may configure structlog again)
+        state.logger.bind()
+    return obs
+
+
+def _init_observability(init_observability: Any, full: bool, lean: bool,
+                        library_logging: bool) -> Any:
     obs = init_observability(
-        configure_logging=False, tracing_enabled=full, access_log=full, lean_spans=lean,
+        configure_logging=library_logging, tracing_enabled=full, access_log=full,
+        lean_spans=lean,
         system_metrics=False, process_metrics=False, service_name="bench",
         respect_global_tracer_provider=False, span_queue_size=65536,
         traces_exporter="otlp" if full else None,
@@ -151,13 +215,13 @@ def _init(full: bool, lean: bool = True) -> Any:
     return obs
 
 
-def _ours(adapter: str, make: Callable[[], Any], full: bool, lean: bool = True
-          ) -> tuple[Any, Any]:
+def _ours(adapter: str, make: Callable[[], Any], full: bool, lean: bool = True,
+          library_logging: bool = False) -> tuple[Any, Any]:
     """A fresh app wired by ``mestres_observability.<adapter>.instrument``, and its instance."""
     import importlib
 
     app = make()
-    obs = _init(full, lean)
+    obs = _init(full, lean, library_logging)
     importlib.import_module(f"mestres_observability.{adapter}").instrument(app, obs)
     return app, obs
 
@@ -200,8 +264,7 @@ class _ByHand:
         code = str(status)
         self.counter.labels("GET", self.route, code).inc(1, exemplar)
         self.histogram.labels("GET", self.route, code).observe(duration, exemplar)
-        log = _log if _log is not None else structlog.get_logger("bench")
-        log.info("http_request", request_id=None, method="GET", url=path, endpoint=self.route,
+        _log.info("http_request", request_id=None, method="GET", url=path, endpoint=self.route,
                  status_code=status, duration_seconds=round(duration, 6),
                  user_agent=user_agent, ip_address=client, user_id=None,
                  trace_id=trace_id, span_id=span_id)
@@ -321,6 +384,7 @@ def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: 
         "ours metrics": lambda: _ours(adapter, make, False),
         "ours full": lambda: _ours(adapter, make, True),
         "ours full, SDK spans": lambda: _ours(adapter, make, True, lean=False),
+        "ours full, library logging": lambda: _ours(adapter, make, True, library_logging=True),
         "peer metrics": _optional(lambda: metrics_peer(make())),
         **(more_metrics_peers or {}),
         "peer otel": _optional(lambda: otel(make())),
@@ -458,8 +522,8 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
 
         return app
 
-    def ours(full: bool, lean: bool = True) -> Any:
-        obs = _init(full, lean)
+    def ours(full: bool, lean: bool = True, library_logging: bool = False) -> Any:
+        obs = _init(full, lean, library_logging)
         return handler(["mestres_observability.django.ObservabilityMiddleware"]), obs
 
     prom = ["django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -469,6 +533,7 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
         "ours metrics": lambda: ours(False),
         "ours full": lambda: ours(True),
         "ours full, SDK spans": lambda: ours(True, lean=False),
+        "ours full, library logging": lambda: ours(True, library_logging=True),
         "peer metrics": _optional(lambda: handler(prom), "django_prometheus"),
         "peer otel": _optional(lambda: handler([], otel=True),
                                "opentelemetry.instrumentation.django"),
@@ -502,6 +567,8 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
     runs: dict[str, tuple[Callable[[int], None], Any]] = {}
     out: dict[str, tuple[float, float] | None] = {}
     for label, factory in variants.items():
+        if _ONLY and label != "bare" and label not in _ONLY:
+            continue
         out[label] = None
         if factory is None:
             continue
@@ -518,10 +585,12 @@ def measure(name: str, variants: dict[str, Callable[[], Any] | None],
                 swap(obs)  # requests use the current instance (bound late)
             gc.collect()
             n = PER_ROUND if round_no else 200  # round 0 warms up
-            t0 = time.perf_counter()
-            run(n)
+            with _to_sink():
+                t0 = _CLOCK()
+                run(n)
+                elapsed = _CLOCK() - t0
             if round_no:
-                times[label].append((time.perf_counter() - t0) / n * 1e6)
+                times[label].append(elapsed / n * 1e6)
     bare = times["bare"]
     for label, values in times.items():
         overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
@@ -542,15 +611,21 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
             over[label] = overhead
     combined = over.get("peer metrics+otel+log")
     metric_peers = [v for k, v in over.items() if k.startswith("peer metrics") and "+" not in k]
-    if combined:
+    if combined and "ours full" in over:
         print(f"  ratio ours full / peers metrics+otel+log: "
               f"{over['ours full'] / combined:5.2f}  (target <= 0.25, aim 0.20)")
+        if over.get("ours full, library logging"):
+            print(f"  ratio ours full, library logging / peers metrics+otel+log: "
+                  f"{over['ours full, library logging'] / combined:5.2f}")
     floor = over.get("primitives by hand")
-    if combined and floor:
+    if combined and floor and "ours full" in over:
         print(f"  ratio primitives by hand / peers metrics+otel+log: {floor / combined:5.2f}"
               f"   ours full / primitives by hand: {over['ours full'] / floor:5.2f}"
               f"  (target <= 0.75)")
-    if metric_peers:
+        if over.get("ours full, library logging"):
+            print(f"  ratio ours full, library logging / primitives by hand: "
+                  f"{over['ours full, library logging'] / floor:5.2f}")
+    if metric_peers and "ours metrics" in over:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
               f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
@@ -583,12 +658,17 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
          "primitives by hand"),
         ("ours full with SDK spans / peers combined", "ours full, SDK spans",
          "peer metrics+otel+log"),
+        ("ours full, library logging / peers combined", "ours full, library logging",
+         "peer metrics+otel+log"),
+        ("ours full, library logging / primitives by hand", "ours full, library logging",
+         "primitives by hand"),
     ):
         rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
     cheapest = []
     for n in names:
         peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
-        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}" if peers else "n/a")
+        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}"
+                        if peers and "ours metrics" in overs[n] else "n/a")
     rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.30) | "
                 + " | ".join(cheapest) + " |")
     return "\n".join(rows)
@@ -598,8 +678,8 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
 CPU_ROUNDS = int(os.environ.get("BENCH_CPU_ROUNDS", "15"))
 CPU_PER_ROUND = int(os.environ.get("BENCH_CPU_REQUESTS", "200"))
 #: the variants of the CPU measure (each exporting over OTLP/HTTP, but the bare app)
-CPU_VARIANTS = ("bare", "ours full", "ours full, SDK spans", "peer metrics+otel+log",
-                "primitives by hand")
+CPU_VARIANTS = ("bare", "ours full", "ours full, SDK spans", "ours full, library logging",
+                "peer metrics+otel+log", "primitives by hand")
 
 #: A loopback OTLP/HTTP receiver, run in its own process: it decodes every request with the
 #: official protobuf messages (so a malformed one is counted) and answers 200; ``GET`` gives
@@ -672,11 +752,13 @@ def measure_cpu(variants: dict[str, Callable[[], Any] | None],
                 swap(obs)
             gc.collect()
             n = CPU_PER_ROUND if round_no else 100
-            t0 = time.process_time()
-            run(n)
-            flush()
+            with _to_sink():
+                t0 = time.process_time()
+                run(n)
+                flush()
+                elapsed = time.process_time() - t0
             if round_no:
-                times[label].append((time.process_time() - t0) / n * 1e6)
+                times[label].append(elapsed / n * 1e6)
     bare = times["bare"]
     for label, values in times.items():
         overhead = statistics.median(v - b for v, b in zip(values, bare, strict=True))
@@ -771,7 +853,7 @@ def _cpu_main(only: set[str], as_markdown: bool) -> None:
 
 # ---------------------------------------------------------------------- profile
 PROFILE_VARIANTS = ("bare", "ours metrics", "ours full", "ours full, SDK spans",
-                    "peer metrics+otel+log", "primitives by hand")
+                    "ours full, library logging", "peer metrics+otel+log", "primitives by hand")
 #: where a function's code lives -> the group it is counted in
 _GROUPS = (("mestres_observability", "mestres_observability"),
            ("opentelemetry", "OpenTelemetry API/SDK"), ("structlog", "structlog"),
@@ -854,11 +936,12 @@ def _profile_main(only: set[str]) -> None:
             if obs is not None:
                 swap(obs)
             run = runner(app)
-            run(1000)
-            profiler = cProfile.Profile()
-            profiler.enable()
-            run(n)
-            profiler.disable()
+            with _to_sink():
+                run(1000)
+                profiler = cProfile.Profile()
+                profiler.enable()
+                run(n)
+                profiler.disable()
             stats = pstats.Stats(profiler)
             libraries[label] = _by_library(stats, n)
             totals[label] = stats.total_tt  # type: ignore[attr-defined]
@@ -867,7 +950,8 @@ def _profile_main(only: set[str]) -> None:
                   f"  (+{(stats.total_calls / n) - sum(libraries['bare'].values()):4.0f} "  # type: ignore[attr-defined]
                   f"over bare)")
         bare = libraries["bare"]
-        for label in ("ours metrics", "ours full", "ours full, SDK spans"):
+        for label in ("ours metrics", "ours full", "ours full, SDK spans",
+                      "ours full, library logging"):
             if label not in libraries:
                 continue
             print(f"  {label}: calls per request over the bare app, by library")
@@ -886,8 +970,11 @@ def _profile_main(only: set[str]) -> None:
 
 
 def main() -> None:
+    global _CLOCK
     args = [a.lower() for a in sys.argv[1:]]
     as_markdown = "--markdown" in args
+    if "--thread-time" in args:
+        _CLOCK = time.thread_time
     only = {a for a in args if not a.startswith("--")}
     if "--cpu" in args:
         _cpu_main(only, as_markdown)
@@ -908,7 +995,9 @@ def main() -> None:
             continue
         report(name, figures)
         results[name] = figures
-    print(f"\n({ROUNDS} rounds x {PER_ROUND} requests; {time.perf_counter() - t0:.0f} s)")
+    clock = "thread CPU time" if _CLOCK is time.thread_time else "wall clock"
+    print(f"\n({ROUNDS} rounds x {PER_ROUND} requests, {clock}; "
+          f"{time.perf_counter() - t0:.0f} s)")
     if as_markdown and results:
         print()
         print(markdown(results))

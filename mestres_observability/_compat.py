@@ -40,6 +40,7 @@ __all__ = [
     "STRUCTLOG_UNBOUND",
     "degraded_features",
     "disable_fastapi_native_tracing",
+    "exemplar_recorder",
     "flush_values_drops",
     "guard_values_files",
     "histogram_observer",
@@ -63,6 +64,7 @@ __all__ = [
     "structlog_context_var",
     "update_provider_resource",
     "use_multiprocess_values",
+    "valid_span_context_maker",
     "value_holder",
     "values_dropped_total",
     "values_file_kind",
@@ -124,7 +126,8 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
     locks. A NaN goes through ``observe()`` itself. Public replacement:
     ``child.observe``, which is what the fallback returns (another class, such as
     the multiprocess histogram or an inert child, or other internals). Resolved
-    once per series.
+    once per series. With the single-process ``MutexValue`` holders (see
+    :func:`exemplar_recorder`) their ``inc`` is done inline, under their own locks.
     """
     observe: Callable[[float], None] = child.observe
     try:
@@ -145,6 +148,26 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
         return observe
     from bisect import bisect_left
 
+    mutex = _mutex_value_class()
+    if mutex is not None and type(total) is mutex and all(type(b) is mutex
+                                                         for b in child._buckets):
+        # MutexValue (single process): its ``inc`` inline, under its own lock
+        buckets = list(child._buckets)
+        locks = [b._lock for b in buckets]
+        sum_lock = total._lock
+
+        def observe_locked(amount: float) -> None:
+            if amount != amount:  # NaN: no bucket (observe's walk finds none)
+                observe(amount)
+                return
+            with sum_lock:
+                total._value += amount
+            i = bisect_left(bounds, amount)
+            with locks[i]:
+                buckets[i]._value += 1
+
+        return observe_locked
+
     def observe_fast(amount: float) -> None:
         if amount != amount:  # NaN: no bucket (observe's walk finds none)
             observe(amount)
@@ -153,6 +176,141 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
         incs[bisect_left(bounds, amount)](1)
 
     return observe_fast
+
+
+def _mutex_value_class() -> Any:
+    """prometheus_client's ``MutexValue`` when its ``inc`` and ``set_exemplar`` still work on
+    ``_lock``, ``_value`` and ``_exemplar`` (what :func:`exemplar_recorder` writes under the
+    lock), else ``None``."""
+    from prometheus_client import values
+
+    cls = getattr(values, "MutexValue", None)
+    if cls is None:
+        return None
+    if not ({"_lock", "_value"} <= _names_used(getattr(cls, "inc", None))
+            and {"_lock", "_exemplar"} <= _names_used(getattr(cls, "set_exemplar", None))):
+        return None
+    return cls
+
+
+def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str, str]], None]:
+    """``counter.inc(1, labels)`` and ``histogram.observe(amount, labels)`` as one call,
+    for exemplar labels the caller built itself and knows valid.
+
+    Internal: the value holders of a prometheus_client ``Counter`` child
+    (``child._value``) and ``Histogram`` child (``_sum``, ``_upper_bounds``,
+    ``_buckets``), their ``inc``/``set_exemplar``, ``samples.Exemplar`` as a tuple;
+    for the single-process ``MutexValue`` its ``_lock``, ``_value`` and
+    ``_exemplar`` (checked in its methods' code). Why: with an exemplar, ``inc()``
+    and ``observe()`` check the label state and validate the exemplar's labels
+    (each name against the label-name rules, their length) on every call: about
+    37 of the 50 prometheus_client calls of a traced request. The request pass
+    attaches its own span's ids (``trace_id``: 32 hex, ``span_id``: 16 hex, 63
+    characters with the names), always valid, to children it resolved once. The
+    returned function adds 1 to the counter and ``amount`` to the histogram's sum
+    and bucket (the first bound ``>=`` the amount, by :func:`bisect.bisect_left`)
+    and sets the same ``Exemplar(labels, value, timestamp)`` objects ``inc()`` and
+    ``observe()`` set (one ``time.time()`` for both); a ``MutexValue`` is
+    incremented and given its exemplar under one acquisition of its own lock,
+    other value classes (multiprocess: exemplars are not kept there) through
+    their ``inc``/``set_exemplar``. A NaN goes through ``observe()``. Either
+    child may be ``None`` (dropped by a cardinality guard): nothing is recorded
+    for it. Public replacement: ``inc(1, labels)`` and ``observe(amount,
+    labels)``, which is what the fallback calls (another class, other internals).
+    Resolved once per series.
+    """
+    try:
+        from prometheus_client import Counter, Histogram
+        from prometheus_client.samples import Exemplar
+
+        if getattr(Exemplar, "_fields", None) != ("labels", "value", "timestamp"):
+            raise ValueError("unexpected Exemplar fields")
+        mutex = _mutex_value_class()
+        c_value: Any = None
+        c_inc: Any = None
+        c_set: Any = None
+        c_lock: Any = None
+        h_observe: Any = None
+        bounds: list[float] = []
+        buckets: list[Any] = []
+        sum_inc: Any = None
+        b_inc: list[Any] = []
+        b_set: list[Any] = []
+        b_locked: list[Any] | None = None
+        h_sum: Any = None
+        sum_lock: Any = None
+        c_plain = counter is None
+        if counter is not None:
+            if type(counter).inc is not Counter.inc:
+                raise ValueError("not prometheus_client's Counter")
+            c_value = counter._value
+            c_inc, c_set = c_value.inc, c_value.set_exemplar
+            c_lock = c_value._lock if mutex is not None and type(c_value) is mutex else None
+        h_plain = histogram is None
+        if histogram is not None:
+            if type(histogram).observe is not Histogram.observe:
+                raise ValueError("not prometheus_client's Histogram")
+            h_observe = histogram.observe
+            bounds = [float(b) for b in histogram._upper_bounds]
+            buckets = list(histogram._buckets)
+            sum_inc = histogram._sum.inc
+            b_set = [b.set_exemplar for b in buckets]
+            b_inc = [b.inc for b in buckets]
+            if (not bounds or len(bounds) != len(buckets) or bounds[-1] != float("inf")
+                    or bounds != sorted(bounds) or not callable(sum_inc)):
+                raise ValueError("unexpected histogram buckets")
+            h_sum = histogram._sum
+            if (mutex is not None and type(h_sum) is mutex
+                    and all(type(b) is mutex for b in buckets)):
+                b_locked = [b._lock for b in buckets]
+                sum_lock = h_sum._lock
+    except Exception as exc:
+        _degrade("prometheus_client exemplar value holders",
+                 "request exemplars are attached through inc() and observe()", exc)
+
+        def record_public(amount: float, labels: dict[str, str]) -> None:
+            if counter is not None:
+                counter.inc(1, labels)
+            if histogram is not None:
+                histogram.observe(amount, labels)
+
+        return record_public
+    from bisect import bisect_left
+
+    make = tuple.__new__  # Exemplar(labels, value, timestamp), without its Python __new__
+    now = time.time
+
+    def record(amount: float, labels: dict[str, str]) -> None:
+        ts = now()
+        if not c_plain:
+            one = make(Exemplar, (labels, 1, ts))
+            if c_lock is not None:
+                with c_lock:
+                    c_value._value += 1
+                    c_value._exemplar = one
+            else:
+                c_inc(1)
+                c_set(one)
+        if h_plain:
+            return
+        if amount != amount:  # NaN: no bucket, no exemplar (observe's walk finds none)
+            h_observe(amount, labels)
+            return
+        i = bisect_left(bounds, amount)
+        ex = make(Exemplar, (labels, amount, ts))
+        if b_locked is not None:
+            with sum_lock:
+                h_sum._value += amount
+            bucket = buckets[i]
+            with b_locked[i]:
+                bucket._value += 1
+                bucket._exemplar = ex
+        else:
+            sum_inc(amount)
+            b_inc[i](1)
+            b_set[i](ex)
+
+    return record
 
 
 def multiprocess_values_active() -> bool:
@@ -813,6 +971,46 @@ def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
         return bool(getattr(send(body), "success", False))
 
     return sender
+
+
+def valid_span_context_maker() -> Callable[[tuple[Any, ...]], Any]:
+    """``make((trace_id, span_id, is_remote, trace_flags, trace_state, True))``: an
+    OpenTelemetry ``SpanContext`` from ids the caller knows valid, in one C call.
+
+    Internal: ``SpanContext`` is a ``tuple`` of ``(trace_id, span_id, is_remote,
+    trace_flags, trace_state, is_valid)`` whose ``__new__`` (Python) replaces a
+    ``None`` flags or state by the defaults, works out ``is_valid`` and calls
+    ``tuple.__new__`` with that tuple. Why: the lean span makes one per span
+    from ids it drew or took from a valid parent (non-zero, within range) and a
+    ``TraceFlags`` and ``TraceState`` it has: ``__new__`` was one Python call per
+    span for nothing. Checked once here: a context made both ways must be equal
+    and read the same through the public properties. Public replacement:
+    ``SpanContext(trace_id, span_id, is_remote, trace_flags, trace_state)``, which
+    the fallback calls.
+    """
+    import functools
+
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    def public(fields: tuple[Any, ...]) -> Any:
+        return SpanContext(fields[0], fields[1], fields[2], fields[3], fields[4])
+
+    try:
+        make = functools.partial(tuple.__new__, SpanContext)
+        state = TraceState([("k", "v")])
+        for args in ((0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False,
+                      TraceFlags(1), state), ((1 << 128) - 1, (1 << 64) - 1, True,
+                                              TraceFlags(2), TraceState())):
+            ours, theirs = make((*args, True)), SpanContext(*args)
+            if (type(ours) is not SpanContext or ours != theirs or len(theirs) != 6
+                    or (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags,
+                        ours.trace_state, ours.is_valid) != (*args, True)):
+                raise ValueError("SpanContext is not the tuple it was")
+    except Exception as exc:
+        _degrade("opentelemetry SpanContext as a tuple",
+                 "lean spans make their context through SpanContext()", exc)
+        return public
+    return make
 
 
 def update_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> bool:

@@ -65,6 +65,9 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+from ._compat import valid_span_context_maker
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -86,7 +89,8 @@ _UNSET_STATUS = Status(StatusCode.UNSET)
 #: ``TraceFlags`` by value: bit 0 sampled, bit 1 random trace id (what the SDK can set)
 _FLAGS = tuple(TraceFlags(i) for i in range(4))
 _get_current_span = trace.get_current_span
-_SpanContext = SpanContext
+#: ``SpanContext`` of ids known valid, from one tuple (``_compat.valid_span_context_maker``)
+_valid_context = valid_span_context_maker()
 
 
 # ---------------------------------------------------------------------- sampling
@@ -208,7 +212,9 @@ class LeanTracer(trace.Tracer):
         span_id = getrandbits(64)
         while not span_id:  # pragma: no cover - one chance in 2**64
             span_id = getrandbits(64)
-        ctx = _SpanContext(trace_id, span_id, False, _FLAGS[flags | sampled], state)
+        # the ids are valid (drawn non-zero, or the valid parent's): SpanContext's checks skipped
+        ctx = _valid_context((trace_id, span_id, False, _FLAGS[flags | sampled],
+                              state if state is not None else DEFAULT_TRACE_STATE, True))
         if not sampled:
             return NonRecordingSpan(ctx)
         return LeanSpan(self, name, ctx, parent, kind, attributes, links, start_time, context,

@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._compat import (
     STRUCTLOG_UNBOUND,
+    exemplar_recorder,
     histogram_observer,
     restore_structlog_context,
     structlog_context_var,
@@ -499,6 +500,9 @@ class HttpState:
                                                           Callable[[float], None]]] = {}
         #: ``(method, endpoint)`` -> the in-progress gauge's value holder
         self.in_progress_values: dict[tuple[str, str], Any] = {}
+        #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
+        self.exemplar_recorders: dict[tuple[str, str, int],
+                                      Callable[[float, dict[str, str]], None]] = {}
         #: add ``Server-Timing: traceparent`` to HTML responses (tracing on and the setting)
         self.server_timing = bool(self.tracing and cfg.server_timing)
         #: span controls (``None`` when unset or tracing is off): the hooks, and the header
@@ -577,6 +581,22 @@ class HttpState:
         if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
                 and self.duration.guard.settled(key)):
             self.recorders[(method, endpoint, code)] = found
+        return found
+
+    def exemplar_recorder(self, method: str, endpoint: str, code: int
+                          ) -> Callable[[float, dict[str, str]], None]:
+        """``record(duration, labels)`` of one request series: what ``inc(1, labels)`` on
+        ``http_requests_total`` and ``observe(duration, labels)`` on the duration do, for
+        exemplar labels known valid (the pass's own span ids; see
+        :func:`~mestres_observability._compat.exemplar_recorder`).
+
+        Resolved and kept (in :attr:`exemplar_recorders`) as :meth:`recorder` is.
+        """
+        key = (method, endpoint, self.status(code), *self.label_values)
+        found = exemplar_recorder(self.requests_child(key), self.duration_child(key))
+        if (len(self.exemplar_recorders) < 4096 and self.requests_total.guard.settled(key)
+                and self.duration.guard.settled(key)):
+            self.exemplar_recorders[(method, endpoint, code)] = found
         return found
 
     def in_progress_value(self, method: str, endpoint: str,
@@ -887,17 +907,27 @@ class RequestPass:
             if span is not None:
                 ids = _span_ids(span)
             exemplar = None
+            own = False
             provider = state.metrics.exemplar_provider
             if provider is not None:
                 # one exemplar for both series, from our span when there is one
                 if self._span is None:
                     exemplar = provider()
                 elif ids is not None and ids[2] and self._span.is_recording():
-                    exemplar = {"trace_id": ids[0], "span_id": ids[1]}
+                    own = True
             labels = self.labels
             if labels is None:
                 labels = self.resolve_labels()
-            if exemplar or labels:
+            if own and not labels:  # our span's ids: valid exemplar labels, attached without checks
+                assert ids is not None
+                rec = state.exemplar_recorders.get((self.method, endpoint, status))
+                if rec is None:
+                    rec = state.exemplar_recorder(self.method, endpoint, status)
+                rec(duration, {"trace_id": ids[0], "span_id": ids[1]})
+            elif own or exemplar or labels:
+                if own:
+                    assert ids is not None
+                    exemplar = {"trace_id": ids[0], "span_id": ids[1]}
                 key = (self.method, endpoint, state.status(status), *state.label_values,
                        *labels)
                 counter = state.requests_child(key)
@@ -974,27 +1004,19 @@ class RequestPass:
             if user_id is None:
                 user_id = (bound_user_id() if self._kept_user_id is _UNSET
                            else self._kept_user_id)
-            fields: dict[str, Any] = {
-                "request_id": self.request_id,
-                "method": self.method,
-                "url": url,
-                "endpoint": endpoint,
-                "status_code": status,
-                "duration_seconds": round(duration, 6),
-                "user_agent": self.user_agent,
-                "ip_address": self.client,
-                "user_id": user_id,
-            }
-            if ids is not None:
-                fields["trace_id"] = ids[0]
-                fields["span_id"] = ids[1]
             logger = state.logger
-            if status >= 500:
-                logger.error("http_request", **fields)
-            elif status >= 400:
-                logger.warning("http_request", **fields)
+            log = (logger.info if status < 400 else logger.warning if status < 500
+                   else logger.error)
+            # the fields as keywords (no dict built and unpacked again); one order, two calls
+            if ids is not None:
+                log("http_request", request_id=self.request_id, method=self.method, url=url,
+                    endpoint=endpoint, status_code=status, duration_seconds=round(duration, 6),
+                    user_agent=self.user_agent, ip_address=self.client, user_id=user_id,
+                    trace_id=ids[0], span_id=ids[1])
             else:
-                logger.info("http_request", **fields)
+                log("http_request", request_id=self.request_id, method=self.method, url=url,
+                    endpoint=endpoint, status_code=status, duration_seconds=round(duration, 6),
+                    user_agent=self.user_agent, ip_address=self.client, user_id=user_id)
         except Exception as err:
             state.faults.report("http", "access_log", "writing the access log failed", err)
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -78,6 +80,186 @@ def test_value_holder_missing_gives_the_child_itself() -> None:
     assert _compat.value_holder(plain) is plain
     odd = SimpleNamespace(_value=3.0, inc=lambda amount=1: None)  # a holder without inc()
     assert _compat.value_holder(odd) is odd
+
+
+# ---------------------------------------------------------------------- exemplar recorder
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LABELS = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
+
+
+def _series(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float, Any]]:
+    """Samples with their exemplars (labels and value; the timestamp is when it ran)."""
+    return [(s.name, s.labels, s.value,
+             None if s.exemplar is None else (s.exemplar.labels, s.exemplar.value))
+            for m in registry.collect() for s in m.samples if not s.name.endswith("_created")]
+
+
+def _pair() -> tuple[CollectorRegistry, Any, Any]:
+    registry = CollectorRegistry()
+    counter = Counter("r", "r", ["k"], registry=registry).labels("a")
+    histogram = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("a")
+    return registry, counter, histogram
+
+
+amounts = st.one_of(st.sampled_from([*BUCKETS, 0.0, -1.0, math.inf, math.nan, 0.0050000001]),
+                    st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(amounts, max_size=12), locked=st.booleans())
+def test_exemplar_recorder_records_what_inc_and_observe_record(
+        values: list[float], locked: bool) -> None:
+    public, counter, histogram = _pair()
+    for v in values:
+        counter.inc(1, LABELS)
+        histogram.observe(v, LABELS)
+    fast, counter, histogram = _pair()
+    mutex = _compat._mutex_value_class
+    if not locked:  # the value holders' own inc/set_exemplar (what other value classes get)
+        _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+    try:
+        record = _compat.exemplar_recorder(counter, histogram)
+    finally:
+        _compat._mutex_value_class = mutex  # type: ignore[assignment]
+    for v in values:
+        record(v, LABELS)
+    expected, got = _series(public), _series(fast)
+    assert len(expected) == len(got)
+    for (n1, l1, v1, e1), (n2, l2, v2, e2) in zip(expected, got, strict=True):
+        assert (n1, l1, e1 is None) == (n2, l2, e2 is None)
+        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+        if e1 is not None:
+            assert e1[0] == e2[0]
+            assert e1[1] == e2[1] or (math.isnan(e1[1]) and math.isnan(e2[1]))
+    assert _compat.degraded_features() == {}
+
+
+def test_exemplar_recorder_sets_prometheus_clients_own_exemplar_objects() -> None:
+    """The private API it relies on: if a release changes it, this fails (and the
+    fallback below takes over at run time)."""
+    from prometheus_client.samples import Exemplar
+
+    assert _compat._mutex_value_class() is values.MutexValue
+    registry, counter, histogram = _pair()
+    before = __import__("time").time()
+    _compat.exemplar_recorder(counter, histogram)(0.02, LABELS)
+    assert _compat.degraded_features() == {}  # the fast path, not the fallback
+    ex = counter._value.get_exemplar()
+    assert type(ex) is Exemplar
+    assert ex == Exemplar(LABELS, 1, ex.timestamp)
+    assert ex.timestamp >= before
+    bucket = histogram._buckets[BUCKETS.index(0.025)].get_exemplar()
+    assert type(bucket) is Exemplar
+    assert bucket == Exemplar(LABELS, 0.02, ex.timestamp)
+    assert registry.get_sample_value("d_bucket", {"k": "a", "le": "0.025"}) == 1.0
+    assert registry.get_sample_value("r_total", {"k": "a"}) == 1.0
+    # the OpenMetrics exposition carries both, as with inc(1, labels) / observe(v, labels)
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    text = generate_latest(registry).decode()
+    assert 'r_total{k="a"} 1.0 # {span_id="00f067aa0ba902b7",trace_id="4bf92f35' in text
+    assert 'd_bucket{k="a",le="0.025"} 1.0 # {span_id="00f067aa0ba902b7",' in text
+
+
+def test_the_inline_increments_hold_under_threads() -> None:
+    """The MutexValue forms take the holders' own locks: no increment is lost."""
+    registry, counter, histogram = _pair()
+    record = _compat.exemplar_recorder(counter, histogram)
+    observe = _compat.histogram_observer(histogram)
+
+    def work() -> None:
+        for _ in range(3000):
+            record(0.02, LABELS)
+            observe(0.02)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registry.get_sample_value("r_total", {"k": "a"}) == 12000
+    assert registry.get_sample_value("d_count", {"k": "a"}) == 24000
+    assert registry.get_sample_value("d_sum", {"k": "a"}) == pytest.approx(480.0)
+
+
+def test_exemplar_recorder_with_a_dropped_series_records_the_other() -> None:
+    registry, counter, histogram = _pair()
+    _compat.exemplar_recorder(None, histogram)(0.2, LABELS)
+    _compat.exemplar_recorder(counter, None)(0.2, LABELS)
+    _compat.exemplar_recorder(None, None)(0.2, LABELS)
+    assert registry.get_sample_value("r_total", {"k": "a"}) == 1.0
+    assert registry.get_sample_value("d_count", {"k": "a"}) == 1.0
+
+
+def test_exemplar_recorder_falls_back_to_inc_and_observe(
+        caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Any] = []
+
+    class Own(Counter):
+        def inc(self, amount: float = 1, exemplar: Any = None) -> None:
+            seen.append(exemplar)
+            super().inc(amount, exemplar)
+
+    registry = CollectorRegistry()
+    own = Own("o", "o", ["k"], registry=registry).labels("a")
+    _, _, histogram = _pair()
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        record = _compat.exemplar_recorder(own, histogram)
+        record(0.2, LABELS)
+        del histogram._buckets  # an unexpected release
+        _compat.exemplar_recorder(Counter("c", "c", ["k"], registry=registry).labels("a"),
+                                  histogram)
+    assert seen == [LABELS]  # its own inc ran, with the exemplar
+    _degraded_once(caplog, "prometheus_client exemplar value holders")
+
+
+def test_mutex_value_internals_missing_takes_the_holders_methods(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def inc(self: Any, amount: float) -> None:  # a release that renamed its fields
+        with self._mutex:
+            self._v += amount
+
+    monkeypatch.setattr(values.MutexValue, "inc", inc)
+    assert _compat._mutex_value_class() is None
+    monkeypatch.delattr(values, "MutexValue")
+    assert _compat._mutex_value_class() is None
+
+
+# ---------------------------------------------------------------------- span contexts
+def test_valid_span_context_maker_gives_what_span_context_gives() -> None:
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    make = _compat.valid_span_context_maker()
+    assert _compat.degraded_features() == {}
+    assert make is not None
+    state = TraceState([("vendor", "x")])
+    for args in ((1, 1, False, TraceFlags(0), state), (2**128 - 1, 2**64 - 1, True,
+                                                      TraceFlags(3), TraceState())):
+        ctx = make((*args, True))
+        assert type(ctx) is SpanContext
+        assert ctx == SpanContext(*args)
+        assert (ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state,
+                ctx.is_valid) == (*args, True)
+    # the lean span's contexts are made so
+    from mestres_observability import _leanspan
+
+    assert _leanspan._valid_context is not None
+    assert type(_leanspan._valid_context((1, 2, False, TraceFlags(1), state, True))) is SpanContext
+
+
+def test_valid_span_context_maker_falls_back_when_span_context_changed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+
+    class Changed(tuple):  # type: ignore[type-arg]  # another layout, no properties
+        def __new__(cls, *args: Any) -> Changed:
+            return tuple.__new__(cls, (args[1], args[0]))
+
+    monkeypatch.setattr(otel_trace, "SpanContext", Changed)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        make = _compat.valid_span_context_maker()
+    _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
+    assert make((1, 2, False, None, None, True)) == Changed(1, 2, False, None, None)
 
 
 # ---------------------------------------------------------------------- multiprocess mode

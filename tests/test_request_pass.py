@@ -41,13 +41,21 @@ amounts = st.one_of(st.sampled_from([*BUCKETS, 0.0, -0.0, -1.0, math.inf, -math.
 
 
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(amounts, max_size=20))
-def test_histogram_observer_records_what_observe_records(values: list[float]) -> None:
+@given(values=st.lists(amounts, max_size=20), locked=st.booleans())
+def test_histogram_observer_records_what_observe_records(values: list[float],
+                                                         locked: bool) -> None:
+    """Both forms: MutexValue's ``inc`` inline (``locked``), the holders' own ``inc``."""
     registries = []
+    mutex = _compat._mutex_value_class
     for fast in (False, True):
         registry = CollectorRegistry()
         child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
-        observe = _compat.histogram_observer(child) if fast else child.observe
+        if not locked:
+            _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+        try:
+            observe = _compat.histogram_observer(child) if fast else child.observe
+        finally:
+            _compat._mutex_value_class = mutex  # type: ignore[assignment]
         for v in values:
             observe(v)
         registries.append(registry)
@@ -149,6 +157,51 @@ def test_series_past_the_bound_are_counted_as_folded_on_every_request() -> None:
         assert set(state.in_progress_values) == {("GET", "/r0"), ("GET", "/r1")}
         for route in routes[:2]:
             assert sample_value("http_requests_in_progress", method="GET", endpoint=route) == 0
+
+
+def test_traced_requests_past_the_bound_are_folded_each_time_with_their_exemplar() -> None:
+    """With a sampled span of ours the series get its ids as exemplar through the kept
+    exemplar recorders; folded series are still counted as folded on every request."""
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    limits = {"http_requests_total": 2, "http_request_duration_seconds": 2,
+              "http_requests_in_progress": 2}
+    with fresh_observability(access_log=False, label_limits=limits) as obs:
+        state = http_state(obs)
+        assert state.tracing
+        routes = [f"/r{i}" for i in range(4)]
+        last: dict[str, str] = {}
+        for _ in range(3):
+            for route in routes:
+                rp = start_request(state, "GET", route)
+                assert rp is not None
+                assert rp.span is not None
+                rp.set_route(route)
+                rp.finish(200)
+                last[route] = f"{rp.span.get_span_context().span_id:016x}"
+        for route in routes[:2]:
+            assert sample_value("http_requests_total", method="GET", endpoint=route,
+                                status="200") == 3
+        assert sample_value("http_requests_total", method="GET", endpoint=OVERFLOW,
+                            status="200") == 6
+        assert sample_value("http_request_duration_seconds_count", method="GET",
+                            endpoint=OVERFLOW, status="200") == 6
+        for name in ("http_requests_total", "http_request_duration_seconds"):
+            assert sample_value("mestres_observability_label_overflow_total", metric=name) == 6
+        assert set(state.exemplar_recorders) == {("GET", "/r0", 200), ("GET", "/r1", 200)}
+        assert state.recorders == {}  # the exemplar path only
+        found = [(s.name, s.labels["endpoint"], s.exemplar.labels)
+                 for m in obs.registry.collect() for s in m.samples
+                 if s.exemplar is not None and s.name.startswith("http_request")]
+        for route in [*routes[:2], OVERFLOW]:
+            counted = [e for n, r, e in found if n == "http_requests_total" and r == route]
+            buckets = [e for n, r, e in found
+                       if n == "http_request_duration_seconds_bucket" and r == route]
+            mine = last[route if route != OVERFLOW else "/r3"]
+            assert [e["span_id"] for e in counted] == [mine]
+            assert counted[0] in buckets  # the last request's bucket holds the same ids
+        text = generate_latest(obs.registry).decode()
+        assert f'span_id="{last["/r0"]}"' in text
 
 
 def test_grouped_status_codes_share_a_series() -> None:
