@@ -315,8 +315,11 @@ def by_hand_asgi(app: Any, route: str) -> Any:
 
 
 # ---------------------------------------------------------------------- drivers
-def wsgi_runner(app: Callable[..., Any]) -> Callable[[int], None]:
-    base = {
+def wsgi_runner(app: Callable[..., Any],
+                extra_environ: dict[str, str] | None = None) -> Callable[[int], None]:
+    """``run(n)``: ``n`` GET /orders/42 requests with a ``traceparent`` through the WSGI ``app``
+    (``extra_environ``: more request headers and variables)."""
+    base: dict[str, Any] = {
         "REQUEST_METHOD": "GET", "PATH_INFO": "/orders/42", "SCRIPT_NAME": "",
         "QUERY_STRING": "", "SERVER_NAME": "bench", "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "bench",
@@ -324,6 +327,7 @@ def wsgi_runner(app: Callable[..., Any]) -> Callable[[int], None]:
         "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
         "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": False,
         "wsgi.run_once": False,
+        **(extra_environ or {}),
     }
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:

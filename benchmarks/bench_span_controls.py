@@ -138,37 +138,8 @@ def main() -> None:
 
 def _runner_with_headers(app: Any) -> Callable[[int], None]:
     """``bench_http.wsgi_runner`` with the captured request headers sent too."""
-    import io
-
-    base = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/orders/42", "SCRIPT_NAME": "",
-        "QUERY_STRING": "", "SERVER_NAME": "bench", "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "bench",
-        "HTTP_USER_AGENT": "bench/1", "HTTP_TRACEPARENT": bench_http.TRACEPARENT,
-        "HTTP_X_TENANT": "acme", "HTTP_ACCEPT": "application/json",
-        "HTTP_AUTHORIZATION": "Bearer abcdefghijkl",
-        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
-        "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        if not status.startswith("200"):
-            raise RuntimeError(f"unexpected status {status}")
-        return None
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            environ = dict(base)
-            environ["wsgi.input"] = io.BytesIO(b"")
-            result = app(environ, start_response)
-            for _chunk in result:
-                pass
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-
-    return run
+    return bench_http.wsgi_runner(app, {"HTTP_X_TENANT": "acme", "HTTP_ACCEPT": "application/json",
+                                        "HTTP_AUTHORIZATION": "Bearer abcdefghijkl"})
 
 
 if __name__ == "__main__":
