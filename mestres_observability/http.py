@@ -230,10 +230,10 @@ def _excluded_by(rules: tuple[frozenset[str], re.Pattern[str] | None], path: str
     return path in exact or (rx is not None and rx.fullmatch(path) is not None)
 
 
-#: The attribute :func:`do_not_track` sets on a view (or a class-based view's class); set it
-#: to ``True`` yourself where a decorator does not fit.
-#: The attribute :func:`do_not_track` sets on a view. Use the decorator rather than set it
-#: by hand: the Django adapter looks views up for it only once the decorator marked one.
+#: The attribute :func:`do_not_track` sets on a view (or a class-based view's class). On
+#: Flask, setting it to ``True`` yourself is the route option; on Django use the decorator
+#: or the route option :data:`mestres_observability.django.DO_NOT_TRACK_KWARG` instead (the
+#: Django adapter looks views up for the attribute only once the decorator marked one).
 DO_NOT_TRACK_ATTR = "mestres_observability_do_not_track"
 # how many views do_not_track marked in this process: the adapters look routes up for the
 # mark only when there is one (a FastAPI route's openapi_extra is found without it)

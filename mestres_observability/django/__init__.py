@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ObservabilityMiddleware"]
+__all__ = ["DO_NOT_TRACK_KWARG", "ObservabilityMiddleware"]
+
+#: The route option of :func:`~mestres_observability.do_not_track` on Django: an extra
+#: keyword of ``path()`` or ``re_path()``, ``path("ping", views.ping, {DO_NOT_TRACK_KWARG:
+#: True})``, or of an ``include()`` for every route in it. The middleware takes it out of
+#: the view's keyword arguments, so the view never sees it.
+DO_NOT_TRACK_KWARG = "mestres_observability_do_not_track"
 
 if TYPE_CHECKING:
     from .middleware import ObservabilityMiddleware

@@ -37,6 +37,7 @@ from ..http import (
 )
 from ..http import _marked as _views_marked
 from ..observability import get_observability
+from . import DO_NOT_TRACK_KWARG
 
 __all__ = ["ObservabilityMiddleware", "route_of"]
 
@@ -133,6 +134,9 @@ class ObservabilityMiddleware:
     # ---------------------------------------------------------------- hooks
     def _process_view(self, request: HttpRequest, view_func: Any, view_args: Any,
                       view_kwargs: Any) -> None:
+        # the route option is the middleware's, not the view's (the view would get an
+        # unexpected keyword argument)
+        view_kwargs.pop(DO_NOT_TRACK_KWARG, None)
         rp = getattr(request, _ATTR, None)
         if rp is not None:
             rp.set_route(route_of(request))
@@ -312,16 +316,41 @@ def _excluded_here(state: HttpState, request: HttpRequest, path_info: str) -> bo
         host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME", "")
         if url_rx.search(f"{request.scheme}://{host}{request.path}"):
             return True
-    if not _views_marked[0]:
-        return False
     from django.conf import settings
 
-    return _untracked_path(path_info, getattr(settings, "ROOT_URLCONF", None), _views_marked[0])
+    urlconf = getattr(settings, "ROOT_URLCONF", None)
+    if not (_views_marked[0] or _has_route_option(urlconf)):
+        return False
+    return _untracked_path(path_info, urlconf, _views_marked[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _has_route_option(urlconf: str | None) -> bool:
+    """Whether any route of ``urlconf`` (or an ``include()`` above it) carries the
+    :data:`~mestres_observability.django.DO_NOT_TRACK_KWARG` route option; read once per
+    URLconf, so paths are resolved per request only when some route opts out."""
+    from django.urls import get_resolver
+
+    def opted_out(patterns: Any, depth: int) -> bool:
+        for entry in patterns:
+            extra = getattr(entry, "default_args", None) or getattr(entry, "default_kwargs", None)
+            if isinstance(extra, dict) and extra.get(DO_NOT_TRACK_KWARG) is True:
+                return True
+            nested = getattr(entry, "url_patterns", None)
+            if nested is not None and depth < 32 and opted_out(nested, depth + 1):
+                return True
+        return False
+
+    try:
+        return opted_out(get_resolver(urlconf).url_patterns, 0)
+    except Exception:  # a URLconf that fails to import fails in Django's own resolving too
+        return False
 
 
 @functools.lru_cache(maxsize=4096)
 def _untracked_path(path: str, urlconf: str | None, _marks: int) -> bool:
-    """Whether ``path`` resolves to a view marked by ``do_not_track`` (``_marks``: how many
+    """Whether ``path`` resolves to a view marked by ``do_not_track`` or a route with the
+    :data:`~mestres_observability.django.DO_NOT_TRACK_KWARG` option (``_marks``: how many
     views were marked, so a view marked later is seen)."""
     from django.urls import resolve
 
@@ -329,7 +358,7 @@ def _untracked_path(path: str, urlconf: str | None, _marks: int) -> bool:
         match = resolve(path, urlconf)
     except Exception:  # Resolver404, and whatever a URL converter raises on junk
         return False
-    return is_untracked(match.func)
+    return is_untracked(match.func) or match.kwargs.get(DO_NOT_TRACK_KWARG) is True
 
 
 def _response_size(rp: RequestPass, response: HttpResponseBase, status: int) -> None:
