@@ -186,8 +186,50 @@ class _Standby:
                          self.host, self.port, os.getpid(), RETRY_INTERVAL)
 
 
+def _marker(port: int) -> str | None:
+    """The file naming the worker that serves ``port`` (multiprocess mode only)."""
+    from .multiprocess import multiprocess_dir
+
+    directory = multiprocess_dir()
+    return os.path.join(directory, f"metrics-port-{port}.pid") if directory else None
+
+
+def _mark_serving(port: int) -> None:
+    """Note this process as the one serving ``port``, for siblings that stand by."""
+    path = _marker(port)
+    if path is None or not _multiprocess():
+        return
+    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as fh:
+        fh.write(str(os.getpid()))
+
+
+def _sibling_serves(port: int) -> bool:
+    """True when the marker names another live process (the serving sibling)."""
+    path = _marker(port)
+    if path is None:
+        return False
+    try:
+        with open(path, encoding="ascii") as fh:
+            pid = int(fh.read().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # alive, another user's
+    except OSError:
+        return False
+    return True
+
+
 def _held_by_us(host: str, port: int) -> bool:
-    """True when a mestres-observability listener answers on ``host:port``."""
+    """True when a sibling worker serves ``host:port``: its marker in the multiprocess
+    directory names a live process, or a mestres-observability listener answers there
+    (a loaded sibling may answer slowly: the marker does not depend on it answering)."""
+    if _sibling_serves(port):
+        return True
     target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
     conn = http.client.HTTPConnection(target, port, timeout=2)
     try:
@@ -329,6 +371,7 @@ def _serve(server: _Server) -> None:
                               daemon=True)
     thread.start()
     _server, _thread = server, thread
+    _mark_serving(int(server.server_address[1]))
 
 
 def _take_over(standby: _Standby) -> bool:
