@@ -328,7 +328,8 @@ class ObservabilityMiddleware:
             if state.capture_request is not None:
                 rp.capture_request_headers(scope.get("headers", ()))
             if state.request_hook is not None or state.response_hook is not None:
-                request = _hook_request(scope)
+                # the one the label callback got, when there is one (built once a request)
+                request = rp.native if rp.native is not None else _hook_request(scope)
                 rp.request_hook(request)
         try:
             await self.app(scope, receive, send_wrapper)

@@ -380,6 +380,44 @@ def test_fastapi_static_and_callback_labels(logs: LogCapture) -> None:
         assert len(logs.lines()) == 3
 
 
+def test_fastapi_builds_one_request_for_the_label_callback_and_the_hooks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a label callback and both span hooks, the Starlette request is built once a
+    request: the callback and the hooks get the same object."""
+    from mestres_observability import fastapi as adapter
+
+    built: list[Any] = []
+    real = adapter._hook_request
+
+    def counted(scope: Any) -> Any:
+        request = real(scope)
+        built.append(request)
+        return request
+
+    monkeypatch.setattr(adapter, "_hook_request", counted)
+    seen: list[tuple[str, Any]] = []
+
+    def callback(info: HttpRequestInfo) -> dict[str, str]:
+        seen.append(("callback", info.request))
+        return tier_of(info)
+
+    for obs, client in _fastapi(tracing_enabled=True, http_label_values=ALLOWED,
+                                http_label_callback=callback,
+                                server_request_hook=lambda sp, req: seen.append(("request", req)),
+                                server_response_hook=lambda sp, req, res: seen.append(
+                                    ("response", req))):
+        for n in (1, 2):
+            assert client.get(f"/orders/{n}", headers={"X-Tier": "pro"}).text == "x" * 10
+        assert sample_value("http_requests_total", obs, method="GET",
+                            endpoint="/orders/{order_id}", status="200", tier="pro") == 2
+    assert len(built) == 2  # one per request
+    assert sorted(kind for kind, _ in seen) == ["callback", "callback", "request", "request",
+                                                "response", "response"]
+    for request in built:
+        assert sorted(kind for kind, got in seen if got is request) == [
+            "callback", "request", "response"]
+
+
 def test_fastapi_do_not_track_and_openapi_extra(logs: LogCapture) -> None:
     for obs, client in _fastapi():
         assert client.get("/ping").text == "pong"
