@@ -214,3 +214,32 @@ def test_under_gunicorn_without_multiprocess_mode_the_adapter_warns_once(
     assert len(found) == (1 if warned else 0)
     if warned:
         assert "gunicorn -c python:mestres_observability.gunicorn" in found[0].getMessage()
+
+
+@pytest.mark.parametrize(("workers", "multiprocess", "warned"), [
+    (4, False, True),
+    (4, True, False),  # PROMETHEUS_MULTIPROC_DIR was set
+    (None, False, False),  # not a worker of uvicorn --workers
+])
+def test_under_uvicorn_workers_without_multiprocess_mode_the_adapter_warns_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        workers: int | None, multiprocess: bool, warned: bool) -> None:
+    flask = require_module("flask")
+    from mestres_observability import _adapter
+
+    monkeypatch.delenv("SERVER_SOFTWARE", raising=False)
+    monkeypatch.setattr(_adapter, "uvicorn_worker_count", lambda: workers)
+    monkeypatch.setattr(_adapter, "is_multiprocess", lambda: multiprocess)
+    monkeypatch.setattr(_adapter, "_warned_uvicorn", [False])
+    with fresh_observability():
+        from mestres_observability.flask import instrument
+
+        instrument(flask.Flask("a"))
+        instrument(flask.Flask("b"))
+    found = [r for r in caplog.records if "without multiprocess mode" in r.getMessage()]
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        message = found[0].getMessage()
+        assert message.startswith("running under uvicorn --workers 4 without multiprocess mode")
+        assert "PROMETHEUS_MULTIPROC_DIR" in message
+        assert "prepare_directory()" in message

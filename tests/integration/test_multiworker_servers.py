@@ -221,6 +221,25 @@ def test_plain_gunicorn_without_the_config_module_says_the_scrape_is_one_workers
     assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
 
 
+def test_plain_uvicorn_workers_without_multiprocess_mode_say_the_scrape_is_one_workers(
+        server: object) -> None:
+    """``uvicorn --workers 2`` without ``PROMETHEUS_MULTIPROC_DIR``: each worker says once at
+    start-up that a scrape reads one worker; with the directory set nothing is said."""
+    argv = [require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",
+            "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS), "--no-access-log"]
+    port = server(argv, {"PROMETHEUS_MULTIPROC_DIR": None})  # type: ignore[operator]
+    warning = "running under uvicorn --workers 2 without multiprocess mode"
+    wait_until(lambda: server.log.read_text().count(warning) == 2,  # type: ignore[attr-defined]
+               timeout=30, message="one warning per worker")
+    assert _get(port, "/orders/1")[0] == 200  # the workers serve as before
+    _stop(server)
+    assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
+    port = server(argv)  # type: ignore[operator]
+    wait_until(lambda: len(_process_pids(port)) >= 2, timeout=30,
+               message="both uvicorn workers to register")  # both have set up
+    assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
+
+
 def _stop(server: object) -> None:
     """SIGTERM the last server started and wait for it (its shutdown lines are logged)."""
     proc = server.processes[-1]  # type: ignore[attr-defined]
