@@ -6,9 +6,10 @@ methods, ``excluded_urls`` / ``OTEL_PYTHON_*_EXCLUDED_URLS``, and the body size 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -220,14 +221,25 @@ def flask_app() -> Any:
     return app
 
 
-def _flask(**cfg: Any) -> Iterator[tuple[Any, Any]]:
-    from mestres_observability.flask import instrument
-
+def _served(framework: str, make_app: Callable[[], Any], **cfg: Any
+            ) -> Iterator[tuple[Any, Any]]:
+    """Once: ``(obs, test client)`` of a fresh app of ``make_app`` wired by
+    ``mestres_observability.<framework>`` under an instance of ``cfg`` (tracing off unless
+    asked); the tests iterate over it so the instance ends with the loop."""
+    instrument = importlib.import_module(f"mestres_observability.{framework}").instrument
     cfg.setdefault("tracing_enabled", False)
     with fresh_observability(**cfg) as obs:
-        app = flask_app()
+        app = make_app()
         instrument(app, obs)
-        yield obs, app.test_client()
+        if framework == "fastapi":
+            with TestClient(app) as client:  # runs the app's lifespan
+                yield obs, client
+        else:
+            yield obs, app.test_client()
+
+
+def _flask(**cfg: Any) -> Iterator[tuple[Any, Any]]:
+    return _served("flask", flask_app, **cfg)
 
 
 def test_flask_static_and_callback_labels(logs: LogCapture) -> None:
@@ -354,14 +366,7 @@ def fastapi_app() -> FastAPI:
 
 
 def _fastapi(**cfg: Any) -> Iterator[tuple[Any, Any]]:
-    from mestres_observability.fastapi import instrument
-
-    cfg.setdefault("tracing_enabled", False)
-    with fresh_observability(**cfg) as obs:
-        app = fastapi_app()
-        instrument(app, obs)
-        with TestClient(app) as client:
-            yield obs, client
+    return _served("fastapi", fastapi_app, **cfg)
 
 
 def test_fastapi_static_and_callback_labels(logs: LogCapture) -> None:
