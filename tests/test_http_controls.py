@@ -385,10 +385,16 @@ def test_fastapi_static_and_callback_labels(logs: LogCapture) -> None:
         assert len(logs.lines()) == 3
 
 
-def test_fastapi_builds_one_request_for_the_label_callback_and_the_hooks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a label callback and both span hooks, the Starlette request is built once a
-    request: the callback and the hooks get the same object."""
+@pytest.mark.parametrize("users", [
+    ("callback", "request", "response", "resolver"),
+    ("callback", "request", "response"),
+    ("callback", "resolver"),
+    ("request", "response", "resolver"),
+])
+def test_fastapi_builds_one_request_for_the_label_callback_hooks_and_resolver(
+        monkeypatch: pytest.MonkeyPatch, users: tuple[str, ...]) -> None:
+    """The label callback, the span hooks and the user-id resolver, whichever are on, get
+    one Starlette request, built once a request."""
     from mestres_observability import fastapi as adapter
 
     built: list[Any] = []
@@ -406,21 +412,30 @@ def test_fastapi_builds_one_request_for_the_label_callback_and_the_hooks(
         seen.append(("callback", info.request))
         return tier_of(info)
 
-    for obs, client in _fastapi(tracing_enabled=True, http_label_values=ALLOWED,
-                                http_label_callback=callback,
-                                server_request_hook=lambda sp, req: seen.append(("request", req)),
-                                server_response_hook=lambda sp, req, res: seen.append(
-                                    ("response", req))):
-        for n in (1, 2):
-            assert client.get(f"/orders/{n}", headers={"X-Tier": "pro"}).text == "x" * 10
+    def resolver(request: Any) -> str:
+        seen.append(("resolver", request))
+        return "u-1"
+
+    cfg: dict[str, Any] = {"tracing_enabled": True, "access_log": False}
+    if "callback" in users:
+        cfg.update(http_label_values=ALLOWED, http_label_callback=callback)
+    if "request" in users:
+        cfg.update(server_request_hook=lambda sp, req: seen.append(("request", req)),
+                   server_response_hook=lambda sp, req, res: seen.append(("response", req)))
+    with fresh_observability(**cfg) as obs:
+        app = fastapi_app()
+        adapter.instrument(app, obs,
+                           user_id_resolver=resolver if "resolver" in users else None)
+        with TestClient(app) as client:
+            for n in (1, 2):
+                assert client.get(f"/orders/{n}", headers={"X-Tier": "pro"}).text == "x" * 10
+        tier = {"tier": "pro"} if "callback" in users else {}
         assert sample_value("http_requests_total", obs, method="GET",
-                            endpoint="/orders/{order_id}", status="200", tier="pro") == 2
+                            endpoint="/orders/{order_id}", status="200", **tier) == 2
     assert len(built) == 2  # one per request
-    assert sorted(kind for kind, _ in seen) == ["callback", "callback", "request", "request",
-                                                "response", "response"]
+    assert sorted(kind for kind, _ in seen) == sorted(users * 2)
     for request in built:
-        assert sorted(kind for kind, got in seen if got is request) == [
-            "callback", "request", "response"]
+        assert sorted(kind for kind, got in seen if got is request) == sorted(users)
 
 
 def test_fastapi_do_not_track_and_openapi_extra(logs: LogCapture) -> None:
