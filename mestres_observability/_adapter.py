@@ -2,10 +2,10 @@
 
 The Flask, Starlette/FastAPI and Django adapters call :func:`setup` once when
 they are wired (it validates the HTTP settings, warns once when ``/metrics``
-is served unprotected on the app or when the app runs under gunicorn without
-multiprocess mode, and starts the separate metrics port when one is
-configured) and :func:`resolve_user_id` at the end of each request that
-has a user-id resolver.
+is served unprotected on the app or when the app runs under gunicorn or
+``uvicorn --workers N`` without multiprocess mode, and starts the separate
+metrics port when one is configured) and :func:`resolve_user_id` at the end of
+each request that has a user-id resolver.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._compat import uvicorn_worker_count
 from ._current import get_observability
 from ._metrics_server import start_metrics_server
 from .http import http_state, warn_unprotected_metrics
@@ -24,10 +25,12 @@ if TYPE_CHECKING:  # type-only
     from ._fault import FaultReporter
     from .observability import Observability
 
-__all__ = ["resolve_user_id", "setup", "warn_single_process_under_gunicorn"]
+__all__ = ["resolve_user_id", "setup", "warn_single_process_under_gunicorn",
+           "warn_single_process_under_uvicorn_workers"]
 
 _log = logging.getLogger("mestres_observability")
 _warned_gunicorn = [False]
+_warned_uvicorn = [False]
 
 
 def warn_single_process_under_gunicorn() -> bool:
@@ -53,6 +56,31 @@ def warn_single_process_under_gunicorn() -> bool:
     return True
 
 
+def warn_single_process_under_uvicorn_workers() -> bool:
+    """Log once per process when ``uvicorn --workers N`` (N > 1) runs the app without
+    multiprocess mode.
+
+    uvicorn sets nothing in its workers' environment; a worker is recognised by how
+    uvicorn starts it (see :func:`~mestres_observability._compat.uvicorn_worker_count`).
+    Each worker then keeps its own counts and a scrape reads whichever worker
+    answers it, as under gunicorn. Returns whether it warned.
+    """
+    if _warned_uvicorn[0] or is_multiprocess():
+        return False
+    workers = uvicorn_worker_count()
+    if workers is None:
+        return False
+    _warned_uvicorn[0] = True
+    _log.warning(
+        "running under uvicorn --workers %d without multiprocess mode: each scrape of "
+        "/metrics reads only the worker that answers it (totals jump, rate() sees resets). "
+        "Set %s to a directory prepared with "
+        "mestres_observability.multiprocess.prepare_directory() before starting uvicorn.",
+        workers, ENV_VAR,
+    )
+    return True
+
+
 def setup(obs: Observability | None, where: str) -> Observability:
     """Set-up shared by the adapters; ``where`` names the framework in the warning.
 
@@ -63,6 +91,7 @@ def setup(obs: Observability | None, where: str) -> Observability:
     http_state(instance)  # validates trusted_proxies & co. at set-up
     warn_unprotected_metrics(instance, where)
     warn_single_process_under_gunicorn()
+    warn_single_process_under_uvicorn_workers()
     if instance.config.metrics_port is not None:
         start_metrics_server(instance)
     return instance

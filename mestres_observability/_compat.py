@@ -64,6 +64,7 @@ __all__ = [
     "structlog_context_var",
     "update_provider_resource",
     "use_multiprocess_values",
+    "uvicorn_worker_count",
     "valid_span_context_maker",
     "value_holder",
     "values_dropped_total",
@@ -1221,3 +1222,42 @@ def proxy_target_getter(proxy: Any) -> Callable[[], Any]:
     _degrade("LocalProxy._get_current_object",
              "request attributes are read through the proxy (slower)")
     return lambda: proxy
+
+
+# ====================================================================== uvicorn
+def uvicorn_worker_count() -> int | None:
+    """``N`` of ``uvicorn --workers N`` when this process is one of those workers, else ``None``.
+
+    Internal: the running ``multiprocessing`` process object's ``_kwargs`` (the
+    standard library keeps the ``kwargs`` given to ``Process`` there for
+    ``run()``), and how uvicorn starts a worker: ``uvicorn._subprocess.get_subprocess``
+    passes ``config`` (its ``Config``, whose ``workers`` is the public setting)
+    and ``target``, a bound method of ``uvicorn.supervisors.multiprocess.Process``
+    for ``--workers`` (of ``Server`` for ``--reload``, which runs one worker).
+    Why: uvicorn has no hook and sets no variable in its workers; without this
+    the adapters cannot say that a scrape reads one worker of several, as they
+    do under gunicorn. Public replacement: none (``sys.argv`` misses
+    ``uvicorn.run(workers=...)`` and ``WEB_CONCURRENCY``). uvicorn is never
+    imported here: outside a uvicorn worker, or when a release starts its
+    workers another way, this answers ``None`` (no warning, nothing else
+    changes) and never raises.
+    """
+    if "uvicorn" not in sys.modules:
+        return None
+    try:
+        import multiprocessing
+
+        if multiprocessing.parent_process() is None:
+            return None
+        kwargs = getattr(multiprocessing.current_process(), "_kwargs", None)
+        if not isinstance(kwargs, Mapping):
+            return None
+        owner = getattr(kwargs.get("target"), "__self__", None)
+        if type(owner).__module__ != "uvicorn.supervisors.multiprocess":
+            return None
+        workers = getattr(kwargs.get("config"), "workers", None)
+        if isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
+            return workers
+    except Exception:
+        return None
+    return None

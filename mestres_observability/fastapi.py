@@ -317,7 +317,8 @@ class ObservabilityMiddleware:
                     rp.response_size = response_size(rp.method_original, status or 200,
                                                      declared, sent)
                 rp.finish(status or 200, None,
-                          None if resolver is None else _user_id(resolver, scope, state))
+                          None if resolver is None else _user_id(resolver, scope, state,
+                                                                 rp.native))
 
         rp.activate()
         request = None
@@ -328,19 +329,21 @@ class ObservabilityMiddleware:
             if state.capture_request is not None:
                 rp.capture_request_headers(scope.get("headers", ()))
             if state.request_hook is not None or state.response_hook is not None:
-                request = _hook_request(scope)
+                # the one the label callback got, when there is one (built once a request)
+                request = rp.native if rp.native is not None else _hook_request(scope)
+                rp.native = request  # and the user-id resolver gets it too
                 rp.request_hook(request)
         try:
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
-            rp.finish(status or 500, exc, _user_id(resolver, scope, state))
+            rp.finish(status or 500, exc, _user_id(resolver, scope, state, rp.native))
             raise
         finally:
             if not rp.finished:
                 if sizes:  # the app stopped without ending the body: what was sent
                     rp.response_size = response_size(rp.method_original, status or 500,
                                                      None, sent)
-                rp.finish(status or 500, None, _user_id(resolver, scope, state))
+                rp.finish(status or 500, None, _user_id(resolver, scope, state, rp.native))
             rp.deactivate()
 
     async def _serve(self, state: HttpState, endpoint: Endpoint, scope: Scope, receive: Receive,
@@ -443,13 +446,15 @@ def _read_headers(scope: Scope, state: HttpState) -> dict[str, str]:
     return found
 
 
-def _user_id(resolver: UserIdResolver | None, scope: Scope, state: HttpState) -> Any:
-    """The resolver's answer (the access log falls back on a bound ``user_id``)."""
+def _user_id(resolver: UserIdResolver | None, scope: Scope, state: HttpState,
+             request: Any = None) -> Any:
+    """The resolver's answer (the access log falls back on a bound ``user_id``); it gets
+    ``request``, the request the label callback and the hooks got, when one was built."""
     if resolver is None:
         return None
-    from starlette.requests import Request
-
-    return resolve_user_id(resolver, Request(scope), state.faults)
+    if request is None:
+        request = _hook_request(scope)
+    return resolve_user_id(resolver, request, state.faults)
 
 
 def instrument(app: Any, obs: Observability | None = None, *,

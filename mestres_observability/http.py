@@ -705,7 +705,8 @@ class RequestPass:
         self._finished = False
         #: the ``http_label_values`` of this request (``None``: not asked yet; ``()``: none)
         self.labels: tuple[str, ...] | None = None if state.label_callback else ()
-        #: the framework's request, for ``http_label_callback`` (set by the adapters)
+        #: the framework's request, for ``http_label_callback`` (set by the adapters; the
+        #: Starlette adapter gives the same one to the span hooks and the user-id resolver)
         self.native: Any = None
         #: body sizes in bytes (``http_size_metrics``; set by the adapters, ``None``: unknown)
         self.request_size: int | None = None

@@ -101,3 +101,26 @@ def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Undo, on the way out, what ``configure_logging`` did to this process: the library's
+    handlers leave the root logger, whose level comes back, structlog's configuration is
+    the one before and its context variables are cleared."""
+    import logging
+
+    import structlog
+
+    saved_structlog = structlog.get_config()
+    root = logging.getLogger()
+    saved_level = root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if getattr(handler, "mestres_handler", False):
+                root.removeHandler(handler)
+        root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
+        structlog.contextvars.clear_contextvars()

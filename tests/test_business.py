@@ -491,17 +491,24 @@ def test_returning_none_records_nothing_and_says_so(caplog: pytest.LogCaptureFix
 ])
 def test_non_orders_record_nothing_and_show_extract(caplog: pytest.LogCaptureFixture,
                                                     result: Any, what: str) -> None:
+    text = _not_an_order(result, caplog)
+    assert f"the function returned {what}, which has none of the order fields" in text
+
+
+def _not_an_order(result: Any, caplog: pytest.LogCaptureFixture) -> str:
+    """``result`` from a ``@track_order`` function: given back as is, no order counted or
+    logged, one warning that shows ``extract=``; its text."""
     @track_order
-    def create() -> Any:
+    def view() -> Any:
         return result
 
     with fresh_observability() as obs, capture_logs() as events:
-        assert create() is result
+        assert view() is result
         assert sample_value("orders_total", obs, status="unknown") == 0
     assert [e for e in events if e["event"] == "order_created"] == []
     (text,) = _warnings(caplog)
-    assert f"the function returned {what}, which has none of the order fields" in text
     assert "extract=" in text
+    return text
 
 
 def test_record_order_none_names_the_call(caplog: pytest.LogCaptureFixture) -> None:
@@ -604,18 +611,9 @@ def test_json_payment_response_is_read() -> None:
 ])
 def test_unreadable_http_responses_record_nothing_and_show_extract(
         caplog: pytest.LogCaptureFixture, response: Any, why: str) -> None:
-    @track_order
-    def view() -> Any:
-        return response
-
-    with fresh_observability() as obs, capture_logs() as events:
-        assert view() is response
-        assert sample_value("orders_total", obs, status="unknown") == 0
-    assert [e for e in events if e["event"] == "order_created"] == []
-    (text,) = _warnings(caplog)
+    text = _not_an_order(response, caplog)
     assert f"an HTTP response ({type(response).__name__})" in text
     assert why in text
-    assert "extract=" in text
     assert "missing_amount" not in text
 
 

@@ -1067,3 +1067,59 @@ def test_django_response_marked_as_logged_or_left_alone() -> None:
     _compat.mark_django_response_logged(plain)
     assert plain._has_been_logged is True  # type: ignore[attr-defined]
     _compat.mark_django_response_logged(Frozen())  # the flag cannot be set: nothing raised
+
+
+def _uvicorn_child(monkeypatch: pytest.MonkeyPatch, owner_module: str | None,
+                   workers: Any) -> None:
+    """This process as a spawned child whose ``Process`` got uvicorn-like ``kwargs``: a
+    ``target`` bound to a class of ``owner_module`` (``None``: no kwargs) and a config."""
+    import multiprocessing
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "uvicorn",
+                        sys.modules.get("uvicorn") or types.ModuleType("uvicorn"))
+    kwargs: Any = None
+    if owner_module is not None:
+        owner = type("Process", (), {"__module__": owner_module, "target": lambda self: None})
+        kwargs = {"config": SimpleNamespace(workers=workers), "target": owner().target,
+                  "sockets": [], "stdin_fileno": None}
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    monkeypatch.setattr(multiprocessing, "current_process",
+                        lambda: SimpleNamespace(name="SpawnProcess-1", _kwargs=kwargs))
+
+
+@pytest.mark.parametrize(("owner", "workers", "expected"), [
+    ("uvicorn.supervisors.multiprocess", 3, 3),  # uvicorn --workers 3
+    ("uvicorn.server", 1, None),  # --reload: one worker under the reloader
+    ("uvicorn.supervisors.multiprocess", 1, None),
+    ("uvicorn.supervisors.multiprocess", "2", None),  # not what uvicorn's Config holds
+    ("myapp.pool", 4, None),  # another multiprocessing child
+    (None, None, None),  # a child without kwargs
+])
+def test_a_uvicorn_worker_is_recognised_by_how_uvicorn_started_it(
+        monkeypatch: pytest.MonkeyPatch, owner: str | None, workers: Any,
+        expected: int | None) -> None:
+    _uvicorn_child(monkeypatch, owner, workers)
+    assert _compat.uvicorn_worker_count() == expected
+
+
+def test_no_uvicorn_worker_outside_uvicorn_or_in_the_main_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    import sys
+
+    _uvicorn_child(monkeypatch, "uvicorn.supervisors.multiprocess", 2)
+    assert _compat.uvicorn_worker_count() == 2
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: None)
+    assert _compat.uvicorn_worker_count() is None  # the main process
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    monkeypatch.delitem(sys.modules, "uvicorn")
+    assert _compat.uvicorn_worker_count() is None  # uvicorn not even imported
+
+    def broken() -> Any:
+        raise RuntimeError("no process")
+
+    monkeypatch.setitem(sys.modules, "uvicorn", object())
+    monkeypatch.setattr(multiprocessing, "current_process", broken)
+    assert _compat.uvicorn_worker_count() is None  # never raises

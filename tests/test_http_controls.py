@@ -6,9 +6,10 @@ methods, ``excluded_urls`` / ``OTEL_PYTHON_*_EXCLUDED_URLS``, and the body size 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -220,14 +221,25 @@ def flask_app() -> Any:
     return app
 
 
-def _flask(**cfg: Any) -> Iterator[tuple[Any, Any]]:
-    from mestres_observability.flask import instrument
-
+def _served(framework: str, make_app: Callable[[], Any], **cfg: Any
+            ) -> Iterator[tuple[Any, Any]]:
+    """Once: ``(obs, test client)`` of a fresh app of ``make_app`` wired by
+    ``mestres_observability.<framework>`` under an instance of ``cfg`` (tracing off unless
+    asked); the tests iterate over it so the instance ends with the loop."""
+    instrument = importlib.import_module(f"mestres_observability.{framework}").instrument
     cfg.setdefault("tracing_enabled", False)
     with fresh_observability(**cfg) as obs:
-        app = flask_app()
+        app = make_app()
         instrument(app, obs)
-        yield obs, app.test_client()
+        if framework == "fastapi":
+            with TestClient(app) as client:  # runs the app's lifespan
+                yield obs, client
+        else:
+            yield obs, app.test_client()
+
+
+def _flask(**cfg: Any) -> Iterator[tuple[Any, Any]]:
+    return _served("flask", flask_app, **cfg)
 
 
 def test_flask_static_and_callback_labels(logs: LogCapture) -> None:
@@ -354,14 +366,7 @@ def fastapi_app() -> FastAPI:
 
 
 def _fastapi(**cfg: Any) -> Iterator[tuple[Any, Any]]:
-    from mestres_observability.fastapi import instrument
-
-    cfg.setdefault("tracing_enabled", False)
-    with fresh_observability(**cfg) as obs:
-        app = fastapi_app()
-        instrument(app, obs)
-        with TestClient(app) as client:
-            yield obs, client
+    return _served("fastapi", fastapi_app, **cfg)
 
 
 def test_fastapi_static_and_callback_labels(logs: LogCapture) -> None:
@@ -378,6 +383,59 @@ def test_fastapi_static_and_callback_labels(logs: LogCapture) -> None:
                             endpoint="/orders/{order_id}", app="shop", tier="free") == 0
         assert errors(obs) == 1
         assert len(logs.lines()) == 3
+
+
+@pytest.mark.parametrize("users", [
+    ("callback", "request", "response", "resolver"),
+    ("callback", "request", "response"),
+    ("callback", "resolver"),
+    ("request", "response", "resolver"),
+])
+def test_fastapi_builds_one_request_for_the_label_callback_hooks_and_resolver(
+        monkeypatch: pytest.MonkeyPatch, users: tuple[str, ...]) -> None:
+    """The label callback, the span hooks and the user-id resolver, whichever are on, get
+    one Starlette request, built once a request."""
+    from mestres_observability import fastapi as adapter
+
+    built: list[Any] = []
+    real = adapter._hook_request
+
+    def counted(scope: Any) -> Any:
+        request = real(scope)
+        built.append(request)
+        return request
+
+    monkeypatch.setattr(adapter, "_hook_request", counted)
+    seen: list[tuple[str, Any]] = []
+
+    def callback(info: HttpRequestInfo) -> dict[str, str]:
+        seen.append(("callback", info.request))
+        return tier_of(info)
+
+    def resolver(request: Any) -> str:
+        seen.append(("resolver", request))
+        return "u-1"
+
+    cfg: dict[str, Any] = {"tracing_enabled": True, "access_log": False}
+    if "callback" in users:
+        cfg.update(http_label_values=ALLOWED, http_label_callback=callback)
+    if "request" in users:
+        cfg.update(server_request_hook=lambda sp, req: seen.append(("request", req)),
+                   server_response_hook=lambda sp, req, res: seen.append(("response", req)))
+    with fresh_observability(**cfg) as obs:
+        app = fastapi_app()
+        adapter.instrument(app, obs,
+                           user_id_resolver=resolver if "resolver" in users else None)
+        with TestClient(app) as client:
+            for n in (1, 2):
+                assert client.get(f"/orders/{n}", headers={"X-Tier": "pro"}).text == "x" * 10
+        tier = {"tier": "pro"} if "callback" in users else {}
+        assert sample_value("http_requests_total", obs, method="GET",
+                            endpoint="/orders/{order_id}", status="200", **tier) == 2
+    assert len(built) == 2  # one per request
+    assert sorted(kind for kind, _ in seen) == sorted(users * 2)
+    for request in built:
+        assert sorted(kind for kind, got in seen if got is request) == sorted(users)
 
 
 def test_fastapi_do_not_track_and_openapi_extra(logs: LogCapture) -> None:

@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from mestres_observability._fault import FaultReporter
 from mestres_observability.config import ObservabilityConfig
 from mestres_observability.logs import configure_logging, render_json
 from mestres_observability.testing import fresh_observability
+from tests._support import restored_logging
 
 pytestmark = pytest.mark.skipif(logs_module._FAST_DUMPS is None, reason="orjson not usable")
 
@@ -126,23 +126,12 @@ class _Recorder(logging.Handler):
 def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     """The library's logging configured on a buffer, every timestamp the same."""
     out = io.StringIO()
-    saved_structlog = structlog.get_config()
-    root = logging.getLogger()
-    saved_level = root.level
     monkeypatch.setattr(logs_module, "_timestamp", lambda: FIXED_TS)
-    with fresh_observability():
+    with fresh_observability(), restored_logging():
         configure_logging(ObservabilityConfig(service_name="shop", log_format="json",
                                               log_max_value_length=64),
                           FaultReporter(), stream=out)
-        try:
-            yield out
-        finally:
-            for h in list(root.handlers):
-                if getattr(h, "mestres_handler", False):
-                    root.removeHandler(h)
-            root.setLevel(saved_level)
-            structlog.configure(**saved_structlog)
-            structlog.contextvars.clear_contextvars()
+        yield out
 
 
 def _both_ways(out: io.StringIO, emit: Callable[[], None]) -> tuple[str, str, int]:

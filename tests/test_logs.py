@@ -23,6 +23,7 @@ from mestres_observability.config import ObservabilityConfig
 from mestres_observability.logs import configure_logging, request_context, set_user_id
 from mestres_observability.testing import capture_logs, fresh_observability
 from mestres_observability.tracing import span
+from tests._support import restored_logging
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -48,23 +49,14 @@ def _no_constants(text: str) -> Any:
 @pytest.fixture
 def sink() -> Iterator[Sink]:
     out = Sink()
-    saved_structlog = structlog.get_config()
-    root = logging.getLogger()
-    saved_level = root.level
     cfg = ObservabilityConfig(service_name="shop", log_format="json",
                               log_levels={"noisy.lib": "ERROR"}, log_max_value_length=64)
-    with fresh_observability():
+    with fresh_observability(), restored_logging():
         configure_logging(cfg, FaultReporter(), stream=out.buffer)
         try:
             yield out
         finally:
-            for h in list(root.handlers):
-                if getattr(h, "mestres_handler", False):
-                    root.removeHandler(h)
-            root.setLevel(saved_level)
             logging.getLogger("noisy.lib").setLevel(logging.NOTSET)
-            structlog.configure(**saved_structlog)
-            structlog.contextvars.clear_contextvars()
 
 
 def test_core_fields_and_order(sink: Sink) -> None:
@@ -212,17 +204,11 @@ def test_console_renderer_for_a_terminal() -> None:
             return True
 
     out = Tty()
-    saved = structlog.get_config()
-    try:
+    with restored_logging():
         configure_logging(ObservabilityConfig(log_format="auto"), FaultReporter(), stream=out)
         get_logger("t").info("readable", k=1)
         assert "readable" in out.getvalue()
         assert not out.getvalue().startswith("{")
-    finally:
-        for h in list(logging.getLogger().handlers):
-            if getattr(h, "mestres_handler", False):
-                logging.getLogger().removeHandler(h)
-        structlog.configure(**saved)
 
 
 def test_broken_stdout_is_counted_not_raised() -> None:
@@ -233,16 +219,10 @@ def test_broken_stdout_is_counted_not_raised() -> None:
     faults = FaultReporter()
     seen: list[str] = []
     faults.report = lambda component, kind, *a, **k: seen.append(kind)  # type: ignore[method-assign]
-    saved = structlog.get_config()
-    try:
+    with restored_logging():
         configure_logging(ObservabilityConfig(log_format="json"), faults, stream=Broken())
         get_logger().info("lost")
         assert seen == ["output"]
-    finally:
-        for h in list(logging.getLogger().handlers):
-            if getattr(h, "mestres_handler", False):
-                logging.getLogger().removeHandler(h)
-        structlog.configure(**saved)
 
 
 def test_capture_logs_helper_without_configured_logging() -> None:

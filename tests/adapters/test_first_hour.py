@@ -187,15 +187,24 @@ def test_a_raising_request_logs_nothing_from_opentelemetry(
 
 
 # ---------------------------------------------------------------- gunicorn without its config
-@pytest.mark.parametrize(("software", "multiprocess", "warned"), [
-    ("gunicorn/23.0.0", False, True),
-    ("gunicorn/23.0.0", True, False),  # the config module (or the variable) was used
-    ("uvicorn", False, False),
-    (None, False, False),
+GUNICORN_WARNING = ("running under gunicorn without multiprocess mode",
+                    "gunicorn -c python:mestres_observability.gunicorn")
+UVICORN_WARNING = ("running under uvicorn --workers 4 without multiprocess mode",
+                   "PROMETHEUS_MULTIPROC_DIR", "prepare_directory()")
+
+
+@pytest.mark.parametrize(("software", "workers", "multiprocess", "warning"), [
+    ("gunicorn/23.0.0", None, False, GUNICORN_WARNING),
+    ("gunicorn/23.0.0", None, True, None),  # the config module (or the variable) was used
+    ("uvicorn", None, False, None),  # one uvicorn process
+    (None, None, False, None),
+    (None, 4, False, UVICORN_WARNING),  # a worker of uvicorn --workers 4
+    (None, 4, True, None),  # PROMETHEUS_MULTIPROC_DIR was set
 ])
-def test_under_gunicorn_without_multiprocess_mode_the_adapter_warns_once(
+def test_under_several_workers_without_multiprocess_mode_the_adapter_warns_once(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        software: str | None, multiprocess: bool, warned: bool) -> None:
+        software: str | None, workers: int | None, multiprocess: bool,
+        warning: tuple[str, ...] | None) -> None:
     flask = require_module("flask")
     from mestres_observability import _adapter
 
@@ -203,14 +212,20 @@ def test_under_gunicorn_without_multiprocess_mode_the_adapter_warns_once(
         monkeypatch.delenv("SERVER_SOFTWARE", raising=False)
     else:
         monkeypatch.setenv("SERVER_SOFTWARE", software)
+    monkeypatch.setattr(_adapter, "uvicorn_worker_count", lambda: workers)
     monkeypatch.setattr(_adapter, "is_multiprocess", lambda: multiprocess)
     monkeypatch.setattr(_adapter, "_warned_gunicorn", [False])
+    monkeypatch.setattr(_adapter, "_warned_uvicorn", [False])
     with fresh_observability():
         from mestres_observability.flask import instrument
 
         instrument(flask.Flask("a"))
         instrument(flask.Flask("b"))
-    found = [r for r in caplog.records if "without multiprocess mode" in r.getMessage()]
-    assert len(found) == (1 if warned else 0)
-    if warned:
-        assert "gunicorn -c python:mestres_observability.gunicorn" in found[0].getMessage()
+    found = [r.getMessage() for r in caplog.records
+             if "without multiprocess mode" in r.getMessage()]
+    assert len(found) == (0 if warning is None else 1), found
+    if warning is not None:
+        start, *hints = warning
+        assert found[0].startswith(start)
+        for hint in hints:
+            assert hint in found[0]

@@ -177,6 +177,12 @@ def _gunicorn(app: str, workers: int = 3) -> list[str]:
             "--graceful-timeout", "5", "--chdir", str(APPS), app]
 
 
+def _uvicorn(*options: str) -> list[str]:
+    """``uvicorn --workers 2`` serving the FastAPI app on the server fixture's port."""
+    return [require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",
+            "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS), *options]
+
+
 def test_flask_under_gunicorn_three_workers(server: object) -> None:
     port = server(_gunicorn("flask_app:app"))  # type: ignore[operator]
     _drive_and_check(port, server.mpdir, 3)  # type: ignore[attr-defined]
@@ -218,6 +224,24 @@ def test_plain_gunicorn_without_the_config_module_says_the_scrape_is_one_workers
     _stop(server)
     server(_gunicorn("flask_app:app", workers=2))  # type: ignore[operator]
     time.sleep(1.0)  # both workers have booted and set up
+    assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
+
+
+def test_plain_uvicorn_workers_without_multiprocess_mode_say_the_scrape_is_one_workers(
+        server: object) -> None:
+    """``uvicorn --workers 2`` without ``PROMETHEUS_MULTIPROC_DIR``: each worker says once at
+    start-up that a scrape reads one worker; with the directory set nothing is said."""
+    argv = _uvicorn("--no-access-log")
+    port = server(argv, {"PROMETHEUS_MULTIPROC_DIR": None})  # type: ignore[operator]
+    warning = "running under uvicorn --workers 2 without multiprocess mode"
+    wait_until(lambda: server.log.read_text().count(warning) == 2,  # type: ignore[attr-defined]
+               timeout=30, message="one warning per worker")
+    assert _get(port, "/orders/1")[0] == 200  # the workers serve as before
+    _stop(server)
+    assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
+    port = server(argv)  # type: ignore[operator]
+    wait_until(lambda: len(_process_pids(port)) >= 2, timeout=30,
+               message="both uvicorn workers to register")  # both have set up
     assert server.log.read_text().count(warning) == 2  # type: ignore[attr-defined]
 
 
@@ -281,9 +305,7 @@ def test_uvicorn_lines_are_json_on_both_streams(server: object) -> None:
     its start and shutdown lines and the FastAPI 500 traceback are JSON; access lines dropped."""
     from mestres_observability.uvicorn import LOG_CONFIG_FILE
 
-    port = server([require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",  # type: ignore[operator]
-                   "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS),
-                   "--log-config", LOG_CONFIG_FILE],
+    port = server(_uvicorn("--log-config", LOG_CONFIG_FILE),  # type: ignore[operator]
                   {"APP_CONFIGURE_LOGGING": "1"}, streams=True)
     for i in range(10):
         assert _get(port, f"/orders/{i}")[0] == 200
@@ -308,9 +330,7 @@ def test_flask_under_gunicorn_preload(server: object) -> None:
 
 
 def test_fastapi_under_uvicorn_two_workers(server: object) -> None:
-    port = server([require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",  # type: ignore[operator]
-                   "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS),
-                   "--no-access-log"])
+    port = server(_uvicorn("--no-access-log"))  # type: ignore[operator]
     # uvicorn spawns its workers: the second may still be importing the app when the first answers
     wait_until(lambda: len(_process_pids(port)) >= 2, timeout=30,
                message="both uvicorn workers to register")
@@ -526,8 +546,7 @@ def test_separate_metrics_port_under_uvicorn_workers_survives_the_serving_worker
     """uvicorn has no master hook: one worker serves ``metrics_port``, a sibling takes it over."""
     metrics_port = free_port()
     port = server(  # type: ignore[operator]
-        [require_binary("uvicorn", BIN_DIR), "fastapi_app:app", "--workers", "2",
-         "--host", "127.0.0.1", "--port", "{port}", "--app-dir", str(APPS), "--no-access-log"],
+        _uvicorn("--no-access-log"),
         {"MESTRES_OBS_METRICS_PORT": str(metrics_port)},
     )
     pids = set()

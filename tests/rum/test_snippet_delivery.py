@@ -110,6 +110,14 @@ def load(page: Any, shop: Shop, path: str) -> None:
     page.wait_for_function(READY)
 
 
+def send_queue_from(page: Any, shop: Shop, path: str, n: int, what: str) -> None:
+    """Load ``path`` (the page takes the stored queue over), ``flush()``, and wait until
+    report ``n`` has been delivered."""
+    load(page, shop, path)
+    page.evaluate("mestresRUM.flush()")
+    until(page, lambda: n in delivered(shop), what)
+
+
 def wait_queued(page: Any, *ns: int) -> None:
     """Until the snippet has put each of ``ns`` in ``localStorage`` (a failed answer is read
     asynchronously)."""
@@ -183,9 +191,7 @@ def test_a_batch_refused_as_invalid_is_not_kept(context: Any, shop: Shop, status
     page.wait_for_timeout(200)
     assert queued(page) == [2]
     endpoint.answer = None
-    load(page, shop, "/shop/espresso")
-    page.evaluate("mestresRUM.flush()")
-    until(page, lambda: 2 in delivered(shop), "the kept report")
+    send_queue_from(page, shop, "/shop/espresso", 2, "the kept report")
     assert delivered(shop) == [2]
 
 
@@ -203,9 +209,7 @@ def test_the_queue_keeps_the_newest_50_events(context: Any, shop: Shop) -> None:
     assert len(json.dumps(st)) < 20_000
 
     endpoint.answer = None
-    load(page, shop, "/shop/espresso")
-    page.evaluate("mestresRUM.flush()")
-    until(page, lambda: 80 in delivered(shop), "the queued reports")
+    send_queue_from(page, shop, "/shop/espresso", 80, "the queued reports")
     assert sorted(delivered(shop)) == list(range(31, 81))
     assert shop.sample("rum_business_events_total", event="checkout_started") == 50
 
@@ -234,9 +238,7 @@ def test_a_queue_is_dropped_after_three_more_page_loads_that_fail(context: Any,
     track(page, 2)
     wait_queued(page, 2)
     endpoint.answer = None
-    load(page, shop, "/")
-    page.evaluate("mestresRUM.flush()")
-    until(page, lambda: 2 in delivered(shop), "the report queued after the drop")
+    send_queue_from(page, shop, "/", 2, "the report queued after the drop")
     assert delivered(shop) == [2]
 
 
@@ -406,7 +408,5 @@ def test_a_view_not_sampled_keeps_an_earlier_queue_for_a_sampled_one(context: An
     page.wait_for_timeout(300)
     assert queued(page) == [1]
     assert endpoint.tried() == [1]
-    load(page, shop, "/shop/espresso")
-    page.evaluate("mestresRUM.flush()")
-    until(page, lambda: 1 in delivered(shop), "the queued report")
+    send_queue_from(page, shop, "/shop/espresso", 1, "the queued report")
     assert endpoint.tried() == [1, 1]
