@@ -32,7 +32,8 @@ restarts when a better baseline starts (weekly over daily over level). The
 point's p-value is the smallest of the components'
 times their number (Bonferroni), and it is an anomaly when that is at most
 ``alpha`` and the detector is not cooling down from the previous anomaly
-(``cooldown`` points: one report per episode, not one per point of it). The
+(``cooldown`` points: one report per episode, not one per point of it; with
+``quiet``, it ends early once that many points in a row were unremarkable). The
 default ``alpha`` is ``len(components) / (window + 1)``: an anomaly is a
 point further out, on some component, than everything in the baseline window
 (once more history has been ranked, the bar is the same share of it).
@@ -77,6 +78,7 @@ _MIN_RANKED = 20
 _SOURCES = {"daily": 2, "weekly": 3}
 _TAIL_SHARE = 100  # the tail model is fitted to the top 1 % of the ranked z-scores...
 _TAIL_MIN_N = 1000  # ...once they hold at least 10
+_QUIET_P = 1e-3  # a point is unremarkable (``quiet``) when no component's p-value is below this
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class SeasonalParams:
             window (the points of one episode are not ranked against each other);
             those waiting when an anomaly is reported, and the next ``rank_delay``
             ones, never join (an anomaly does not raise the bar for the next).
+        quiet: end a cool-down early once this many points in a row were
+            unremarkable (no component's p-value below 0.001, before Bonferroni);
+            0: never, the cool-down always lasts ``cooldown`` points. A change that
+            lasts (a level shift) stays remarkable and keeps its cool-down; a spike
+            that is over releases it, so the next one is reported.
         components: the components used (a subset of :data:`COMPONENTS`).
         daily_buckets: buckets per day of the daily baseline (5 minutes each by default).
         weekly_buckets: buckets per week of the weekly baseline (30 minutes each by default).
@@ -116,6 +123,7 @@ class SeasonalParams:
     seasonal_gain: float = 0.5
     sustained: int = 10
     rank_delay: int = 30
+    quiet: int = 0
     components: tuple[str, ...] = COMPONENTS
     daily_buckets: int = 288
     weekly_buckets: int = 336
@@ -125,8 +133,10 @@ class SeasonalParams:
                      "weekly_buckets"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
-        if self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1 or self.rank_delay < 0:
-            raise ValueError("cooldown, absent_after and rank_delay must be >= 0, sustained >= 1")
+        if (self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1 or self.rank_delay < 0
+                or self.quiet < 0):
+            raise ValueError("cooldown, absent_after, rank_delay and quiet must be >= 0, "
+                             "sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
         unknown = set(self.components) - set(COMPONENTS)
@@ -360,6 +370,7 @@ class SeasonalDetector:
         self._steps: list[float] = []
         self._step = 0.0
         self._cool = 0
+        self._calm = 0  # unremarkable points in a row during a cool-down (``quiet``)
         self._missing = 0
         self._recent: deque[float] = deque(maxlen=p.sustained)
         self._recent_sum = 0.0
@@ -436,6 +447,7 @@ class SeasonalDetector:
                 best_p, best, best_z = pz, name, z
         if best_z < p.min_z:
             best_p = 1.0
+        raw_p = best_p  # the smallest component p-value, before Bonferroni
         best_p = min(1.0, best_p * len(ranks))
         score = min(1.0, math.log(best_p) / self._floor) if best_p < 1.0 else 0.0
         if self._skip > 0:
@@ -445,9 +457,15 @@ class SeasonalDetector:
                 ranks[name].push(z)
         if self._cool > 0:
             self._cool -= 1
+            if p.quiet:
+                # the episode is over once `quiet` points in a row were unremarkable
+                self._calm = self._calm + 1 if raw_p > _QUIET_P else 0
+                if self._calm >= p.quiet:
+                    self._cool = 0
             return Verdict(score, False, best, True)
         if best_p <= self._alpha:
             self._cool = p.cooldown
+            self._calm = 0
             # the episode's z-scores (those queued, and the next `rank_delay` ones) are
             # not ranked: an anomaly does not raise the bar for the next one; a change
             # that lasts is learned after that, as before
@@ -513,6 +531,7 @@ class SeasonalDetector:
             "steps": list(self._steps),
             "step": self._step,
             "cooldown_left": self._cool,
+            "calm": self._calm,
             "missing": self._missing,
             "recent": list(self._recent),
             "sustained_source": self._source,
@@ -546,6 +565,7 @@ class SeasonalDetector:
         self._previous = math.nan if data["previous"] is None else float(data["previous"])
         self._last_t = math.nan if data["last_t"] is None else float(data["last_t"])
         self._cool = int(data["cooldown_left"])
+        self._calm = int(data.get("calm", 0))
         self._missing = int(data["missing"])
         self._recent.extend(float(x) for x in data["recent"])
         self._recent_sum = sum(self._recent)
