@@ -18,7 +18,9 @@ of a normal distribution with that IQR):
   (counts are noisier at the peak than at night);
 * ``sustained``: the mean of the last ``sustained`` signed deviations (from
   the weekly baseline, else the daily, else the level), times the square root
-  of their number: a drop or rise that lasts, each point of it unremarkable.
+  of their number: a drop or rise that lasts, each point of it unremarkable
+  (with ``scales``, the largest such value over several numbers of points:
+  one component, a scan over how long an episode lasts).
 
 A z-score means different things on different series (a heavy-tailed one
 reaches 6 every day), so each component's z is turned into an empirical
@@ -98,6 +100,10 @@ class SeasonalParams:
         seasonal_gain: leave the level component out while a seasonal baseline's
             residuals spread less than this share of the values' spread.
         sustained: deviations the sustained component averages.
+        scales: further numbers of deviations the sustained component also
+            averages (a scan over episode lengths: ``(3, 30)`` at one point a
+            minute); it reports the largest of the scaled means, as one component
+            (no further Bonferroni factor); ``()``: ``sustained`` only.
         rank_delay: points a z-score waits before it joins its component's ranked
             window (the points of one episode are not ranked against each other);
             those waiting when an anomaly is reported, and the next ``rank_delay``
@@ -122,6 +128,7 @@ class SeasonalParams:
     min_z: float = 0.0
     seasonal_gain: float = 0.5
     sustained: int = 10
+    scales: tuple[int, ...] = ()
     rank_delay: int = 30
     quiet: int = 0
     components: tuple[str, ...] = COMPONENTS
@@ -139,6 +146,8 @@ class SeasonalParams:
                              "sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
+        if any(int(w) < 1 for w in self.scales):
+            raise ValueError(f"scales must be at least 1, not {self.scales!r}")
         unknown = set(self.components) - set(COMPONENTS)
         if unknown or not self.components:
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, "
@@ -372,8 +381,10 @@ class SeasonalDetector:
         self._cool = 0
         self._calm = 0  # unremarkable points in a row during a cool-down (``quiet``)
         self._missing = 0
-        self._recent: deque[float] = deque(maxlen=p.sustained)
-        self._recent_sum = 0.0
+        # the sustained component's windows: `sustained` first, then `scales`
+        self._windows = (p.sustained, *(int(w) for w in p.scales if int(w) != p.sustained))
+        self._recent: deque[float] = deque(maxlen=max(self._windows))
+        self._sums = [0.0] * len(self._windows)
         self._skip = 0  # z-scores still to leave out of the ranks (an episode)
         self._source = 0  # the baseline the sustained component measures from (see update)
         self._floor = math.log(1.0 / (p.rank_window + 1))
@@ -428,17 +439,21 @@ class SeasonalDetector:
             # sustained component starts afresh instead of ranking against them
             self._source = source
             self._recent.clear()
-            self._recent_sum = 0.0
+            self._sums = [0.0] * len(self._windows)
             if "sustained" in self._ranks:
                 self._ranks["sustained"] = _Rank(p.rank_window, p.rank_delay)
         if "sustained" in self._ranks and source and source == self._source:
-            recent = self._recent
-            if len(recent) == recent.maxlen:
-                self._recent_sum -= recent[0]
+            recent, sums = self._recent, self._sums
+            n = len(recent)
+            for k, w in enumerate(self._windows):
+                if n >= w:
+                    sums[k] -= recent[n - w]  # the deviation leaving this window
+                sums[k] += signed
             recent.append(signed)
-            self._recent_sum += signed
-            if len(recent) == recent.maxlen:
-                zs.append(("sustained", abs(self._recent_sum) / math.sqrt(len(recent))))
+            n += 1
+            if n >= self._windows[0]:
+                zs.append(("sustained", max(abs(sums[k]) / math.sqrt(w)
+                                            for k, w in enumerate(self._windows) if n >= w)))
         best_p, best, best_z = 1.0, "", 0.0
         ranks = self._ranks
         for name, z in zs:
@@ -520,6 +535,7 @@ class SeasonalDetector:
         """Parameters and learned state, as JSON-compatible data."""
         params = asdict(self.params)
         params["components"] = list(self.params.components)
+        params["scales"] = list(self.params.scales)
         return {
             "params": params,
             "level": self._level.state(),
@@ -534,6 +550,7 @@ class SeasonalDetector:
             "calm": self._calm,
             "missing": self._missing,
             "recent": list(self._recent),
+            "sustained_sums": list(self._sums),
             "sustained_source": self._source,
             "rank_skip": self._skip,
         }
@@ -543,6 +560,7 @@ class SeasonalDetector:
         """The detector :meth:`state` describes."""
         raw = dict(data["params"])
         raw["components"] = tuple(raw["components"])
+        raw["scales"] = tuple(raw.get("scales", ()))
         d = cls(SeasonalParams(**raw))
         d.load_state(data)
         return d
@@ -568,6 +586,11 @@ class SeasonalDetector:
         self._calm = int(data.get("calm", 0))
         self._missing = int(data["missing"])
         self._recent.extend(float(x) for x in data["recent"])
-        self._recent_sum = sum(self._recent)
+        kept = list(self._recent)
+        sums = data.get("sustained_sums")  # the running sums, so a loaded model continues exactly
+        if sums is not None and len(sums) == len(self._windows):
+            self._sums = [float(x) for x in sums]
+        else:
+            self._sums = [sum(kept[-w:]) for w in self._windows]
         self._source = int(data.get("sustained_source", 0))
         self._skip = int(data.get("rank_skip", 0))
