@@ -246,6 +246,9 @@ def test_sustained_scales_find_a_long_shallow_drop_that_ten_points_miss(
     assert all(v.kind == "sustained" for v in verdicts if v.is_anomaly)
     with pytest.raises(ValueError, match="scales"):
         SeasonalParams(scales=(0,))
+    with pytest.raises(ValueError, match="scales"):
+        SeasonalParams(scales=("x",))  # type: ignore[arg-type]
+    assert SeasonalParams(scales=[3, 30]).scales == (3, 30)  # type: ignore[arg-type]  # --param
 
 
 def test_a_model_with_sustained_scales_continues_exactly(tmp_path: Path) -> None:

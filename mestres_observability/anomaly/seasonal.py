@@ -146,8 +146,13 @@ class SeasonalParams:
                              "sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
-        if any(int(w) < 1 for w in self.scales):
+        try:
+            scales = tuple(int(w) for w in self.scales)  # a list from JSON or --param
+        except (TypeError, ValueError):
+            raise ValueError(f"scales must be whole numbers, not {self.scales!r}") from None
+        if any(w < 1 for w in scales):
             raise ValueError(f"scales must be at least 1, not {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
         unknown = set(self.components) - set(COMPONENTS)
         if unknown or not self.components:
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, "
