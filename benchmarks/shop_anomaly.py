@@ -50,8 +50,12 @@ DETECTORS = ("seasonal", "isolation-forest")
 
 #: One point a minute: an alarm bar of one point in 100,000 per series (one chance alarm
 #: in about ten weeks), ranked against two weeks of z-scores; a bar that low is only
-#: reached beyond everything ranked, where the fitted tail gives the p-value.
-MINUTE_LEVEL = SeasonalParams(alpha=1e-5, rank_window=20000)
+#: reached beyond everything ranked, where the fitted tail gives the p-value. A cool-down
+#: ends after half an hour of unremarkable points (``quiet``: ``rank_delay``, the longest
+#: injected episode), not after the three hours of ``cooldown``; a level shift keeps it.
+#: The sustained component scans 3, 10 and 30 points (``scales``): spikes of a few
+#: minutes, drops of up to half an hour.
+MINUTE_LEVEL = SeasonalParams(alpha=1e-5, rank_window=20000, quiet=30, scales=(3, 30))
 
 
 def make(name: str) -> Detector:

@@ -171,6 +171,98 @@ def test_a_reported_episode_does_not_raise_the_bar_for_the_next_one() -> None:
         SeasonalParams(rank_delay=-1)
 
 
+def _minute_series(kind: str) -> tuple[list[float], list[float]]:
+    rng = random.Random(11)
+    ts = [1_700_000_000.0 + 60.0 * i for i in range(6000)]
+    xs = [100.0 + rng.gauss(0, 3) for _ in ts]
+    if kind == "spikes":  # two short spikes 100 points apart, inside a 300-point cool-down
+        for start in (4000, 4100):
+            for i in range(start, start + 3):
+                xs[i] += 60
+    else:  # a level shift that lasts
+        for i in range(4000, 6000):
+            xs[i] += 40
+    return ts, xs
+
+
+@pytest.mark.parametrize(("kind", "quiet", "cooldown", "expected"), [
+    ("spikes", 30, 300, [4000, 4100]),  # the first spike is over: the second is reported
+    ("spikes", 0, 300, [4000]),  # a plain cool-down hides the second
+    ("shift", 30, 300, [4000]),  # a level shift stays remarkable: reported once
+])
+def test_a_quiet_cool_down_ends_after_an_episode_but_not_during_a_level_shift(
+        kind: str, quiet: int, cooldown: int, expected: list[int]) -> None:
+    ts, xs = _minute_series(kind)
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, cooldown=cooldown, quiet=quiet,
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:3000], xs[:3000])
+    verdicts = d.score_many(ts[3000:], xs[3000:])
+    assert [i + 3000 for i, v in enumerate(verdicts) if v.is_anomaly] == expected
+
+
+def test_a_short_plain_cool_down_reports_a_level_shift_again_and_again() -> None:
+    # what `quiet` avoids: a cool-down short enough to catch the second spike above
+    ts, xs = _minute_series("shift")
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, cooldown=30,
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:3000], xs[:3000])
+    assert sum(v.is_anomaly for v in d.score_many(ts[3000:], xs[3000:])) > 3
+    with pytest.raises(ValueError, match="quiet"):
+        SeasonalParams(quiet=-1)
+
+
+def test_a_model_saved_inside_a_quiet_cool_down_continues_exactly(tmp_path: Path) -> None:
+    ts, xs = _minute_series("spikes")
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, cooldown=300, quiet=30,
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:3000], xs[:3000])
+    d.score_many(ts[3000:4020], xs[3000:4020])  # the first spike, then 17 calm points
+    assert d.state()["calm"] > 0
+    path = tmp_path / "model.json"
+    model_file.save(model_file.Model("seasonal", {"load": d}), path)
+    again = model_file.load(path).detectors["load"]
+    assert again.score_many(ts[4020:], xs[4020:]) == d.score_many(ts[4020:], xs[4020:])
+
+
+def _shallow_drop() -> tuple[list[float], list[float]]:
+    rng = random.Random(12)
+    ts = [1_700_000_000.0 + 60.0 * i for i in range(6000)]
+    xs = [100.0 + rng.gauss(0, 3) for _ in ts]
+    for i in range(4500, 4530):  # half an hour one standard deviation low
+        xs[i] -= 3.0
+    return ts, xs
+
+
+@pytest.mark.parametrize(("scales", "expected"), [((), []), ((30,), [4526]), ((3, 30), [4526])])
+def test_sustained_scales_find_a_long_shallow_drop_that_ten_points_miss(
+        scales: tuple[int, ...], expected: list[int]) -> None:
+    # a z of 1 for 30 points: 3.2 over ten of them (within chance at this bar), 5.5 over 30
+    ts, xs = _shallow_drop()
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, scales=scales,
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:3000], xs[:3000])
+    verdicts = d.score_many(ts[3000:], xs[3000:])
+    assert [i + 3000 for i, v in enumerate(verdicts) if v.is_anomaly] == expected
+    assert all(v.kind == "sustained" for v in verdicts if v.is_anomaly)
+    with pytest.raises(ValueError, match="scales"):
+        SeasonalParams(scales=(0,))
+    with pytest.raises(ValueError, match="scales"):
+        SeasonalParams(scales=("x",))  # type: ignore[arg-type]
+    assert SeasonalParams(scales=[3, 30]).scales == (3, 30)  # type: ignore[arg-type]  # --param
+
+
+def test_a_model_with_sustained_scales_continues_exactly(tmp_path: Path) -> None:
+    ts, xs = _shallow_drop()
+    params = SeasonalParams(alpha=1e-5, rank_window=20000, scales=(3, 30),
+                            components=("level", "change", "sustained"))
+    d = SeasonalDetector(params).fit(ts[:4515], xs[:4515])  # inside the drop
+    path = tmp_path / "model.json"
+    model_file.save(model_file.Model("seasonal", {"load": d}), path)
+    again = model_file.load(path).detectors["load"]
+    assert again.params.scales == (3, 30)
+    assert again.score_many(ts[4515:], xs[4515:]) == d.score_many(ts[4515:], xs[4515:])
+
+
 def test_the_sustained_component_restarts_when_the_weekly_baseline_speaks() -> None:
     ts, xs = daily_series(16, seed=10)
     d = SeasonalDetector()

@@ -18,7 +18,9 @@ of a normal distribution with that IQR):
   (counts are noisier at the peak than at night);
 * ``sustained``: the mean of the last ``sustained`` signed deviations (from
   the weekly baseline, else the daily, else the level), times the square root
-  of their number: a drop or rise that lasts, each point of it unremarkable.
+  of their number: a drop or rise that lasts, each point of it unremarkable
+  (with ``scales``, the largest such value over several numbers of points:
+  one component, a scan over how long an episode lasts).
 
 A z-score means different things on different series (a heavy-tailed one
 reaches 6 every day), so each component's z is turned into an empirical
@@ -32,7 +34,8 @@ restarts when a better baseline starts (weekly over daily over level). The
 point's p-value is the smallest of the components'
 times their number (Bonferroni), and it is an anomaly when that is at most
 ``alpha`` and the detector is not cooling down from the previous anomaly
-(``cooldown`` points: one report per episode, not one per point of it). The
+(``cooldown`` points: one report per episode, not one per point of it; with
+``quiet``, it ends early once that many points in a row were unremarkable). The
 default ``alpha`` is ``len(components) / (window + 1)``: an anomaly is a
 point further out, on some component, than everything in the baseline window
 (once more history has been ranked, the bar is the same share of it).
@@ -77,6 +80,7 @@ _MIN_RANKED = 20
 _SOURCES = {"daily": 2, "weekly": 3}
 _TAIL_SHARE = 100  # the tail model is fitted to the top 1 % of the ranked z-scores...
 _TAIL_MIN_N = 1000  # ...once they hold at least 10
+_QUIET_P = 1e-3  # a point is unremarkable (``quiet``) when no component's p-value is below this
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,19 @@ class SeasonalParams:
         seasonal_gain: leave the level component out while a seasonal baseline's
             residuals spread less than this share of the values' spread.
         sustained: deviations the sustained component averages.
+        scales: further numbers of deviations the sustained component also
+            averages (a scan over episode lengths: ``(3, 30)`` at one point a
+            minute); it reports the largest of the scaled means, as one component
+            (no further Bonferroni factor); ``()``: ``sustained`` only.
         rank_delay: points a z-score waits before it joins its component's ranked
             window (the points of one episode are not ranked against each other);
             those waiting when an anomaly is reported, and the next ``rank_delay``
             ones, never join (an anomaly does not raise the bar for the next).
+        quiet: end a cool-down early once this many points in a row were
+            unremarkable (no component's p-value below 0.001, before Bonferroni);
+            0: never, the cool-down always lasts ``cooldown`` points. A change that
+            lasts (a level shift) stays remarkable and keeps its cool-down; a spike
+            that is over releases it, so the next one is reported.
         components: the components used (a subset of :data:`COMPONENTS`).
         daily_buckets: buckets per day of the daily baseline (5 minutes each by default).
         weekly_buckets: buckets per week of the weekly baseline (30 minutes each by default).
@@ -115,7 +128,9 @@ class SeasonalParams:
     min_z: float = 0.0
     seasonal_gain: float = 0.5
     sustained: int = 10
+    scales: tuple[int, ...] = ()
     rank_delay: int = 30
+    quiet: int = 0
     components: tuple[str, ...] = COMPONENTS
     daily_buckets: int = 288
     weekly_buckets: int = 336
@@ -125,10 +140,19 @@ class SeasonalParams:
                      "weekly_buckets"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
-        if self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1 or self.rank_delay < 0:
-            raise ValueError("cooldown, absent_after and rank_delay must be >= 0, sustained >= 1")
+        if (self.cooldown < 0 or self.absent_after < 0 or self.sustained < 1 or self.rank_delay < 0
+                or self.quiet < 0):
+            raise ValueError("cooldown, absent_after, rank_delay and quiet must be >= 0, "
+                             "sustained >= 1")
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be between 0 and 1, not {self.alpha!r}")
+        try:
+            scales = tuple(int(w) for w in self.scales)  # a list from JSON or --param
+        except (TypeError, ValueError):
+            raise ValueError(f"scales must be whole numbers, not {self.scales!r}") from None
+        if any(w < 1 for w in scales):
+            raise ValueError(f"scales must be at least 1, not {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
         unknown = set(self.components) - set(COMPONENTS)
         if unknown or not self.components:
             raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, "
@@ -360,9 +384,12 @@ class SeasonalDetector:
         self._steps: list[float] = []
         self._step = 0.0
         self._cool = 0
+        self._calm = 0  # unremarkable points in a row during a cool-down (``quiet``)
         self._missing = 0
-        self._recent: deque[float] = deque(maxlen=p.sustained)
-        self._recent_sum = 0.0
+        # the sustained component's windows: `sustained` first, then `scales`
+        self._windows = (p.sustained, *(int(w) for w in p.scales if int(w) != p.sustained))
+        self._recent: deque[float] = deque(maxlen=max(self._windows))
+        self._sums = [0.0] * len(self._windows)
         self._skip = 0  # z-scores still to leave out of the ranks (an episode)
         self._source = 0  # the baseline the sustained component measures from (see update)
         self._floor = math.log(1.0 / (p.rank_window + 1))
@@ -417,17 +444,21 @@ class SeasonalDetector:
             # sustained component starts afresh instead of ranking against them
             self._source = source
             self._recent.clear()
-            self._recent_sum = 0.0
+            self._sums = [0.0] * len(self._windows)
             if "sustained" in self._ranks:
                 self._ranks["sustained"] = _Rank(p.rank_window, p.rank_delay)
         if "sustained" in self._ranks and source and source == self._source:
-            recent = self._recent
-            if len(recent) == recent.maxlen:
-                self._recent_sum -= recent[0]
+            recent, sums = self._recent, self._sums
+            n = len(recent)
+            for k, w in enumerate(self._windows):
+                if n >= w:
+                    sums[k] -= recent[n - w]  # the deviation leaving this window
+                sums[k] += signed
             recent.append(signed)
-            self._recent_sum += signed
-            if len(recent) == recent.maxlen:
-                zs.append(("sustained", abs(self._recent_sum) / math.sqrt(len(recent))))
+            n += 1
+            if n >= self._windows[0]:
+                zs.append(("sustained", max(abs(sums[k]) / math.sqrt(w)
+                                            for k, w in enumerate(self._windows) if n >= w)))
         best_p, best, best_z = 1.0, "", 0.0
         ranks = self._ranks
         for name, z in zs:
@@ -436,6 +467,7 @@ class SeasonalDetector:
                 best_p, best, best_z = pz, name, z
         if best_z < p.min_z:
             best_p = 1.0
+        raw_p = best_p  # the smallest component p-value, before Bonferroni
         best_p = min(1.0, best_p * len(ranks))
         score = min(1.0, math.log(best_p) / self._floor) if best_p < 1.0 else 0.0
         if self._skip > 0:
@@ -445,9 +477,15 @@ class SeasonalDetector:
                 ranks[name].push(z)
         if self._cool > 0:
             self._cool -= 1
+            if p.quiet:
+                # the episode is over once `quiet` points in a row were unremarkable
+                self._calm = self._calm + 1 if raw_p > _QUIET_P else 0
+                if self._calm >= p.quiet:
+                    self._cool = 0
             return Verdict(score, False, best, True)
         if best_p <= self._alpha:
             self._cool = p.cooldown
+            self._calm = 0
             # the episode's z-scores (those queued, and the next `rank_delay` ones) are
             # not ranked: an anomaly does not raise the bar for the next one; a change
             # that lasts is learned after that, as before
@@ -502,6 +540,7 @@ class SeasonalDetector:
         """Parameters and learned state, as JSON-compatible data."""
         params = asdict(self.params)
         params["components"] = list(self.params.components)
+        params["scales"] = list(self.params.scales)
         return {
             "params": params,
             "level": self._level.state(),
@@ -513,8 +552,10 @@ class SeasonalDetector:
             "steps": list(self._steps),
             "step": self._step,
             "cooldown_left": self._cool,
+            "calm": self._calm,
             "missing": self._missing,
             "recent": list(self._recent),
+            "sustained_sums": list(self._sums),
             "sustained_source": self._source,
             "rank_skip": self._skip,
         }
@@ -524,6 +565,7 @@ class SeasonalDetector:
         """The detector :meth:`state` describes."""
         raw = dict(data["params"])
         raw["components"] = tuple(raw["components"])
+        raw["scales"] = tuple(raw.get("scales", ()))
         d = cls(SeasonalParams(**raw))
         d.load_state(data)
         return d
@@ -546,8 +588,14 @@ class SeasonalDetector:
         self._previous = math.nan if data["previous"] is None else float(data["previous"])
         self._last_t = math.nan if data["last_t"] is None else float(data["last_t"])
         self._cool = int(data["cooldown_left"])
+        self._calm = int(data.get("calm", 0))
         self._missing = int(data["missing"])
         self._recent.extend(float(x) for x in data["recent"])
-        self._recent_sum = sum(self._recent)
+        kept = list(self._recent)
+        sums = data.get("sustained_sums")  # the running sums, so a loaded model continues exactly
+        if sums is not None and len(sums) == len(self._windows):
+            self._sums = [float(x) for x in sums]
+        else:
+            self._sums = [sum(kept[-w:]) for w in self._windows]
         self._source = int(data.get("sustained_source", 0))
         self._skip = int(data.get("rank_skip", 0))
