@@ -27,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ __all__ = [
     "renew_multiprocess_value_lock",
     "restore_structlog_context",
     "set_values_drop_listener",
+    "span_emitter",
     "span_queue",
     "structlog_context_var",
     "update_provider_resource",
@@ -926,6 +928,51 @@ def span_queue(processor: Any) -> Any:
     _degrade("the BatchSpanProcessor queue",
              "spans dropped at a full queue are left to the SDK (logged, not counted)")
     return None
+
+
+def span_emitter(processor: Any) -> Callable[[Any], None] | None:
+    """A function queueing one sampled, ended span into a ``BatchSpanProcessor`` as its
+    ``on_end`` does, in one call; or None.
+
+    Internal: ``processor._batch_processor`` and its ``_queue``, ``_shutdown``,
+    ``_pid``, ``_max_export_batch_size`` and ``_worker_awaken`` (SDK 1.28 and later).
+    Why: ``on_end`` checks the sampled flag (the caller's lean spans are sampled) and
+    goes through ``BatchProcessor.emit``: two Python calls per span, on the thread of
+    the request. The function does what ``emit`` does (append to the deque, wake the
+    worker once a batch is full) and hands the span to ``on_end`` itself when the
+    processor is shut down, its queue is full or the process forked since (the
+    SDK's own re-init, drop count and warnings then apply). Public replacement:
+    none. Fallback: None; the caller then calls ``processor.on_end``.
+    """
+    inner = getattr(processor, "_batch_processor", None)
+    queue = getattr(inner, "_queue", None)
+    batch = getattr(inner, "_max_export_batch_size", None)
+    if (inner is None or not isinstance(queue, deque) or type(batch) is not int
+            or not hasattr(inner, "_worker_awaken") or type(getattr(inner, "_pid", None)) is not int
+            or type(getattr(inner, "_shutdown", None)) is not bool):
+        _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
+        return None
+    on_end = processor.on_end
+    getpid = os.getpid
+    append = queue.appendleft
+
+    maxlen = queue.maxlen
+    if maxlen is None:
+        _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
+        return None
+
+    def emit(span: Any) -> None:
+        n = len(queue)
+        if n >= maxlen or inner._shutdown or inner._pid != getpid():
+            on_end(span)  # full (the SDK drops and counts), shut down, or forked
+            return
+        append(span)
+        if n + 1 >= batch:
+            awaken = inner._worker_awaken  # replaced in a forked child
+            if not awaken.is_set():
+                awaken.set()
+
+    return emit
 
 
 def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:

@@ -166,6 +166,13 @@ class _Scrub:
             (*DEFAULT_REDACT_QUERY_PARAMS, *config.redact_keys), values))
         self.faults = faults
 
+    def lean(self, span: _leanspan.LeanSpan) -> None:
+        """Redact an ended lean span in place (its attributes, then its events)."""
+        try:
+            span.scrub(self.scrubber)
+        except Exception as exc:
+            self.faults.report("tracing", "scrub", "redacting span attributes failed", exc)
+
     def __call__(self, span: Any) -> Any:
         try:
             if type(span) is _leanspan.LeanSpan:
@@ -281,6 +288,9 @@ class _Pipeline:
             export_timeout_millis=config.otlp_timeout * 1000,
         )
         self._queue: Any = _compat.span_queue(self.bsp)  # the SDK's deque, resolved once
+        #: queues a sampled span as ``bsp.on_end`` does, in one call (lean spans), or None
+        self._emit: Callable[[Any], None] | None = (
+            _compat.span_emitter(self.bsp) if self._queue is not None else None)
         self.queue_size = queue
         family = metrics.mestres_observability_spans_dropped_total.metric
         self._counters = {reason: family.labels(reason) for reason in SPAN_DROP_REASONS}
@@ -366,6 +376,29 @@ class _Pipeline:
             return
         for sp in kept:
             self._enqueue(sp)
+
+    def on_end_lean(self, span: Any) -> None:
+        """An ended lean span (sampled, or it would not have recorded): :meth:`on_end`, with
+        the usual case (no tail sampling, open, room in the queue) inline and the span
+        appended to the SDK's queue in one call."""
+        emit = self._emit
+        q = self._queue
+        if emit is None or self.tail is not None or self.closed or len(q) >= self.queue_size:
+            self.on_end(span)
+            return
+        try:
+            emit(span)
+        except Exception as exc:
+            self.drop(1, "export_failed", "processor_error", exc)
+            return
+        with self._lock:  # the ledger, as in _enqueue
+            if not self.settled:
+                self.ended += 1
+                return
+            if self._debt:
+                self._debt -= 1
+                return
+        self.drop(1, "shutdown", "after_shutdown")
 
     def _enqueue(self, span: ReadableSpan) -> None:
         """Into the SDK's queue, or counted (queue full, shut down, processor error)."""
@@ -610,7 +643,7 @@ def _make_delegate() -> SpanProcessor:
             self.target: _Pipeline | None = None
             self.extra: list[Any] = []
             #: redacts an ended span before anything sees it (``scrub_span_attributes``)
-            self.scrub: Callable[[Any], Any] | None = None
+            self.scrub: _Scrub | None = None
 
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             for p in self.extra:
@@ -630,10 +663,10 @@ def _make_delegate() -> SpanProcessor:
             """A lean span ended: into the same pipeline; extra processors get a ReadableSpan."""
             scrub = self.scrub
             if scrub is not None:
-                scrub(span)
+                scrub.lean(span)
             target = self.target
             if target is not None:
-                target.on_end(span)  # type: ignore[arg-type]
+                target.on_end_lean(span)
             extra = self.extra
             if extra:
                 view = span.readable()
@@ -710,7 +743,7 @@ class TracingHandle:
         self._pipeline = pipeline
         self._done = False
         #: what the delegating processor redacts ended spans with (``None``: off)
-        self.scrub: Callable[[Any], Any] | None = None
+        self.scrub: _Scrub | None = None
 
     @property
     def lean(self) -> bool:

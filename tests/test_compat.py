@@ -668,6 +668,57 @@ def test_span_queue_of_a_batch_processor() -> None:
     assert _compat.span_queue(older) is older.queue
 
 
+def test_span_emitter_queues_as_on_end_does() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=4,  # type: ignore[arg-type]
+                             max_export_batch_size=3, schedule_delay_millis=60_000)
+    inner = bsp._batch_processor
+    queue = _compat.span_queue(bsp)
+    fell_back: list[Any] = []
+    bsp.on_end = fell_back.append  # type: ignore[method-assign,assignment]
+    emit = _compat.span_emitter(bsp)  # the fallback (on_end) bound now
+    assert emit is not None
+    assert queue is not None
+    real = inner._worker_awaken
+    inner._worker_awaken = threading.Event()  # the worker waits on the real one: no export
+    try:
+        emit("a")
+        emit("b")
+        assert list(queue) == ["b", "a"]
+        assert not inner._worker_awaken.is_set()
+        emit("c")  # a full batch wakes the worker, as BatchProcessor.emit does
+        assert list(queue) == ["c", "b", "a"]
+        assert inner._worker_awaken.is_set()
+        emit("d")
+        assert fell_back == []
+        emit("e")  # the queue is full: on_end (the SDK drops the oldest and counts it)
+        assert fell_back == ["e"]
+        assert len(queue) == 4
+        pid = inner._pid
+        inner._pid = -1  # a forked child: on_end (the SDK re-initialises the processor)
+        emit("f")
+        inner._pid = pid
+        assert fell_back == ["e", "f"]
+        queue.clear()
+        inner._shutdown = True  # shut down: on_end (which refuses the span and counts it)
+        emit("g")
+        assert fell_back == ["e", "f", "g"]
+        assert len(queue) == 0
+        inner._shutdown = False
+    finally:
+        inner._worker_awaken = real
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_span_emitter_missing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.span_emitter(SimpleNamespace()) is None
+        assert _compat.span_emitter(SimpleNamespace(_batch_processor=SimpleNamespace(
+            _queue=deque(), _max_export_batch_size=2))) is None
+    _degraded_once(caplog, "the BatchSpanProcessor's queue")
+
+
 def test_span_queue_missing(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="mestres_observability"):
         assert _compat.span_queue(SimpleNamespace()) is None
