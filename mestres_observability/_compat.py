@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -60,7 +61,9 @@ __all__ = [
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
     "restore_structlog_context",
+    "runtime_context_ops",
     "set_values_drop_listener",
+    "span_context_unpacks",
     "span_emitter",
     "span_queue",
     "structlog_context_var",
@@ -1020,6 +1023,41 @@ def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
     return sender
 
 
+def _span_context_is_tuple() -> bool:
+    """True when ``SpanContext`` is the 6-tuple :func:`valid_span_context_maker` and
+    :func:`span_context_unpacks` rely on (checked once, with both ways of making one)."""
+    global _SPAN_CONTEXT_TUPLE
+    if _SPAN_CONTEXT_TUPLE is None:
+        from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+        try:
+            make = functools.partial(tuple.__new__, SpanContext)
+            state = TraceState([("k", "v")])
+            for args in ((0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False,
+                          TraceFlags(1), state), ((1 << 128) - 1, (1 << 64) - 1, True,
+                                                  TraceFlags(2), TraceState())):
+                ours, theirs = make((*args, True)), SpanContext(*args)
+                fields = (*args, True)
+                if (type(ours) is not SpanContext or ours != theirs or len(theirs) != 6
+                        or tuple(theirs) != fields
+                        or (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags,
+                            ours.trace_state, ours.is_valid) != fields):
+                    raise ValueError("SpanContext is not the tuple it was")
+            invalid = SpanContext(0, 0, False)
+            if tuple(invalid)[5] is not False or invalid.is_valid is not False:
+                raise ValueError("SpanContext is not the tuple it was")
+        except Exception as exc:
+            _degrade("opentelemetry SpanContext as a tuple",
+                     "lean spans make and read their contexts through SpanContext's API", exc)
+            _SPAN_CONTEXT_TUPLE = False
+        else:
+            _SPAN_CONTEXT_TUPLE = True
+    return _SPAN_CONTEXT_TUPLE
+
+
+_SPAN_CONTEXT_TUPLE: bool | None = None
+
+
 def valid_span_context_maker() -> Callable[[tuple[Any, ...]], Any]:
     """``make((trace_id, span_id, is_remote, trace_flags, trace_state, True))``: an
     OpenTelemetry ``SpanContext`` from ids the caller knows valid, in one C call.
@@ -1035,29 +1073,67 @@ def valid_span_context_maker() -> Callable[[tuple[Any, ...]], Any]:
     ``SpanContext(trace_id, span_id, is_remote, trace_flags, trace_state)``, which
     the fallback calls.
     """
-    import functools
-
-    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace import SpanContext
 
     def public(fields: tuple[Any, ...]) -> Any:
         return SpanContext(fields[0], fields[1], fields[2], fields[3], fields[4])
 
-    try:
-        make = functools.partial(tuple.__new__, SpanContext)
-        state = TraceState([("k", "v")])
-        for args in ((0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False,
-                      TraceFlags(1), state), ((1 << 128) - 1, (1 << 64) - 1, True,
-                                              TraceFlags(2), TraceState())):
-            ours, theirs = make((*args, True)), SpanContext(*args)
-            if (type(ours) is not SpanContext or ours != theirs or len(theirs) != 6
-                    or (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags,
-                        ours.trace_state, ours.is_valid) != (*args, True)):
-                raise ValueError("SpanContext is not the tuple it was")
-    except Exception as exc:
-        _degrade("opentelemetry SpanContext as a tuple",
-                 "lean spans make their context through SpanContext()", exc)
+    if not _span_context_is_tuple():
         return public
-    return make
+    return functools.partial(tuple.__new__, SpanContext)
+
+
+def span_context_unpacks() -> bool:
+    """True when a ``SpanContext`` (exactly that class) may be read by unpacking it:
+    ``trace_id, span_id, is_remote, trace_flags, trace_state, is_valid = ctx``.
+
+    Internal: the tuple layout behind ``SpanContext``'s properties (see
+    :func:`valid_span_context_maker`; checked once, the same way). Why: each property
+    is a Python call (``return self[i]``); the request pass reads five of the parent's
+    fields when it starts a lean span and four of its own span's to log its ids: nine
+    Python calls per traced request. Public replacement: the properties, which callers
+    use when this is False or the context is of another class.
+    """
+    return _span_context_is_tuple()
+
+
+def runtime_context_ops() -> tuple[Callable[[Any], Any], Callable[[Any], None]] | None:
+    """``(attach, reset)``: OpenTelemetry's ``context.attach`` and its runtime context's
+    ``detach`` as the context variable's own ``set`` and ``reset``; or None.
+
+    Internal: ``opentelemetry.context._RUNTIME_CONTEXT``, a ``ContextVarsRuntimeContext``
+    (the default; ``OTEL_PYTHON_CONTEXT`` may choose another) and its ``_current_context``
+    variable. Why: ``attach(ctx)`` is ``_RUNTIME_CONTEXT.attach(ctx)``, which is
+    ``_current_context.set(ctx)``, and ``detach`` the same with ``reset``: four Python
+    calls per traced request for two C calls. ``reset`` raises where the API's
+    ``detach`` logs (a token from another context): callers catch that and hand the
+    token to ``context.detach``, which logs as before. Public replacement:
+    ``context.attach`` / ``context.detach``; None (another runtime context) means the
+    caller uses them.
+    """
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        runtime = otel_context._RUNTIME_CONTEXT
+        if type(runtime) is not ContextVarsRuntimeContext:
+            return None  # someone's own runtime context: the API, which calls it
+        var = runtime._current_context
+        if not isinstance(var, contextvars.ContextVar):
+            raise TypeError(f"_current_context is {type(var).__name__}")
+        probe = otel_context.Context({"mestres_observability.probe": 1})
+        token = var.set(probe)
+        try:
+            seen = otel_context.get_current()
+        finally:
+            var.reset(token)
+        if seen is not probe:
+            raise ValueError("the runtime context does not read its context variable")
+    except Exception as exc:
+        _degrade("opentelemetry's runtime context variable",
+                 "request contexts are attached through context.attach", exc)
+        return None
+    return var.set, var.reset
 
 
 def update_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> bool:

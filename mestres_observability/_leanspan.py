@@ -67,11 +67,12 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from ._compat import valid_span_context_maker
+from ._compat import span_context_unpacks, valid_span_context_maker
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+    from opentelemetry.trace import TraceState
     from opentelemetry.util import types
 
 __all__ = ["LeanSpan", "LeanSwitch", "LeanTracer", "SamplingPlan", "encode_spans",
@@ -91,6 +92,8 @@ _FLAGS = tuple(TraceFlags(i) for i in range(4))
 _get_current_span = trace.get_current_span
 #: ``SpanContext`` of ids known valid, from one tuple (``_compat.valid_span_context_maker``)
 _valid_context = valid_span_context_maker()
+#: a ``SpanContext`` may be read by unpacking it (``_compat.span_context_unpacks``)
+_UNPACK = span_context_unpacks()
 
 
 # ---------------------------------------------------------------------- sampling
@@ -193,7 +196,17 @@ class LeanTracer(trace.Tracer):
             return self.sdk.start_span(name, context, kind, attributes, links, start_time,
                                        record_exception, set_status_on_exception)
         parent: SpanContext | None = _get_current_span(context).get_span_context()
-        if parent is None or not parent.is_valid:
+        state: TraceState | None
+        if parent is None:
+            valid = False
+        elif _UNPACK and type(parent) is SpanContext:  # its fields without a call each
+            trace_id, _, _, parent_flags, state, valid = parent
+        else:
+            valid = parent.is_valid
+            if valid:
+                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
+                                                 parent.trace_state)
+        if not valid:
             parent = None
             trace_id = getrandbits(128)
             while not trace_id:  # pragma: no cover - one chance in 2**128
@@ -201,12 +214,10 @@ class LeanTracer(trace.Tracer):
             flags = 2  # RandomIdGenerator.is_trace_id_random()
             state = None
         else:
-            trace_id = parent.trace_id
-            flags = parent.trace_flags & 2
-            state = parent.trace_state
+            flags = parent_flags & 2
         plan = self.plan
         if parent is not None and plan.parent_based:
-            sampled = parent.trace_flags & 1
+            sampled = parent_flags & 1
         else:
             sampled = 1 if trace_id & _MASK64 < plan.bound else 0
         span_id = getrandbits(64)

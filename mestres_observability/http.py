@@ -48,13 +48,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ._compat import (
     STRUCTLOG_UNBOUND,
     exemplar_recorder,
     histogram_observer,
     restore_structlog_context,
+    runtime_context_ops,
+    span_context_unpacks,
     structlog_context_var,
     value_holder,
 )
@@ -646,6 +648,11 @@ _REQUEST_ID_VAR = structlog_context_var("request_id")
 _REQUEST_ID_IS_VAR = isinstance(_REQUEST_ID_VAR, contextvars.ContextVar)  # not the fallback
 _USER_ID_VAR = structlog_context_var("user_id")
 _UNSET: Any = object()
+#: a ``SpanContext`` may be read by unpacking it (``_compat.span_context_unpacks``)
+_UNPACK = span_context_unpacks()
+#: ``context.attach`` and the runtime context's reset, as the context variable's own
+#: methods where that is what they do (``_compat.runtime_context_ops``)
+_attach, _reset = runtime_context_ops() or (otel_context.attach, otel_context.detach)
 
 
 def bound_user_id() -> Any:
@@ -657,6 +664,11 @@ def bound_user_id() -> Any:
 def _span_ids(span: Any) -> tuple[str, str, bool] | None:
     """``(trace_id, span_id, sampled)`` of ``span`` as hex, or ``None`` when invalid."""
     sc = span.get_span_context()
+    if _UNPACK and type(sc) is SpanContext:  # its fields without a call each
+        trace_id, span_id, _, flags, _, valid = sc
+        if not valid:
+            return None
+        return f"{trace_id:032x}", f"{span_id:016x}", bool(flags & 1)
     if not sc.is_valid:
         return None
     return f"{sc.trace_id:032x}", f"{sc.span_id:016x}", bool(sc.trace_flags & 1)
@@ -856,8 +868,8 @@ class RequestPass:
                 self._ctx_bound = contextvars.copy_context()  # to tell if the app bound more
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
-                self._ctx_token = otel_context.attach(
-                    otel_trace.set_span_in_context(self._span, self._parent))
+                self._ctx_token = _attach(otel_trace.set_span_in_context(self._span,
+                                                                         self._parent))
         except Exception as exc:
             self.state.faults.report("http", "activate", "binding request context failed", exc)
 
@@ -875,7 +887,10 @@ class RequestPass:
                 self._kept_user_id = bound_user_id()
             if self._ctx_token is not None:
                 token, self._ctx_token = self._ctx_token, None
-                otel_context.detach(token)
+                try:
+                    _reset(token)
+                except Exception:  # a token from another context: the API logs it, as ever
+                    otel_context.detach(token)
             if self._ctx_before is not None:
                 before, self._ctx_before = self._ctx_before, None
                 bound, self._ctx_bound = self._ctx_bound, None

@@ -63,7 +63,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from . import _compat, _leanspan, _tailsample
 from ._current import get_observability
@@ -1197,6 +1198,8 @@ def _foreign_processor() -> None:
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACE_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
+#: ``SpanContext`` of ids known valid, in one C call (``_compat.valid_span_context_maker``)
+_valid_context = _compat.valid_span_context_maker()
 
 
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
@@ -1214,9 +1217,10 @@ def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
             m = _TRACEPARENT_00.fullmatch(value)
             if m is not None:
                 trace_id, span_id = int(m[1], 16), int(m[2], 16)
-                if trace_id and span_id:
-                    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
-                        trace_id, span_id, True, _TRACE_FLAGS[m[3]])), otel_context.Context())
+                if trace_id and span_id:  # 32 and 16 hex digits, non-zero: valid
+                    return trace.set_span_in_context(NonRecordingSpan(_valid_context(
+                        (trace_id, span_id, True, _TRACE_FLAGS[m[3]], DEFAULT_TRACE_STATE,
+                         True))), otel_context.Context())
     return propagate.extract(headers)
 
 

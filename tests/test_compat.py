@@ -256,10 +256,106 @@ def test_valid_span_context_maker_falls_back_when_span_context_changed(
             return tuple.__new__(cls, (args[1], args[0]))
 
     monkeypatch.setattr(otel_trace, "SpanContext", Changed)
+    monkeypatch.setattr(_compat, "_SPAN_CONTEXT_TUPLE", None)  # checked again
     with caplog.at_level(logging.WARNING, logger="mestres_observability"):
         make = _compat.valid_span_context_maker()
+        assert _compat.span_context_unpacks() is False  # the same check, logged once
     _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
     assert make((1, 2, False, None, None, True)) == Changed(1, 2, False, None, None)
+
+
+def test_span_context_unpacks_to_what_its_properties_read() -> None:
+    from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags, TraceState
+
+    assert _compat.span_context_unpacks() is True
+    assert _compat.degraded_features() == {}
+    contexts = [
+        SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True,
+                    TraceFlags(1), TraceState([("vendor", "x")])),
+        SpanContext(2**128 - 1, 2**64 - 1, False, TraceFlags(2)),
+        SpanContext(1, 2, False),  # default flags and state
+        SpanContext(0, 2, True),  # invalid: a zero trace id
+        SpanContext(2**128, 1, False),  # invalid: out of range
+        INVALID_SPAN_CONTEXT,
+    ]
+    for ctx in contexts:
+        trace_id, span_id, is_remote, flags, state, valid = ctx
+        assert (trace_id, span_id, is_remote, flags, state, valid) == (
+            ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state,
+            ctx.is_valid)
+    assert [c.is_valid for c in contexts] == [True, True, True, False, False, False]
+
+
+def test_span_context_unpacks_is_false_for_another_layout(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+
+    real = otel_trace.SpanContext
+
+    class Reordered(real):  # type: ignore[misc,valid-type]  # the same API, fields moved
+        def __new__(cls, *args: Any, **kwargs: Any) -> Reordered:
+            made = real(*args, **kwargs)
+            return tuple.__new__(cls, (made[1], made[0], *made[2:]))
+
+        @property
+        def trace_id(self) -> int:
+            return int(self[1])
+
+        @property
+        def span_id(self) -> int:
+            return int(self[0])
+
+    monkeypatch.setattr(otel_trace, "SpanContext", Reordered)
+    monkeypatch.setattr(_compat, "_SPAN_CONTEXT_TUPLE", None)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.span_context_unpacks() is False
+    _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
+
+
+def test_runtime_context_ops_are_what_attach_and_detach_do() -> None:
+    from opentelemetry import context as otel_context
+
+    ops = _compat.runtime_context_ops()
+    assert ops is not None
+    assert _compat.degraded_features() == {}
+    attach, reset = ops
+    key = otel_context.create_key("probe")
+
+    def scenario() -> None:
+        before = otel_context.get_current()
+        ctx = otel_context.set_value(key, "v", before)
+        token = attach(ctx)
+        assert otel_context.get_current() is ctx
+        assert otel_context.get_value(key) == "v"
+        inner = otel_context.attach(otel_context.set_value(key, "w"))  # the API, nested
+        otel_context.detach(inner)
+        assert otel_context.get_current() is ctx
+        reset(token)
+        assert otel_context.get_current() is before
+        with pytest.raises(RuntimeError):  # where the API's detach logs, reset raises
+            reset(token)
+
+    contextvars.copy_context().run(scenario)
+
+
+def test_runtime_context_ops_leave_another_runtime_context_to_the_api(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    class Own(ContextVarsRuntimeContext):  # someone's runtime context (OTEL_PYTHON_CONTEXT)
+        pass
+
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", Own())
+    assert _compat.runtime_context_ops() is None
+    assert _compat.degraded_features() == {}  # a choice, not a missing internal
+
+    broken = ContextVarsRuntimeContext()
+    broken._current_context = SimpleNamespace()  # type: ignore[assignment]
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", broken)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.runtime_context_ops() is None
+    _degraded_once(caplog, "opentelemetry's runtime context variable")
 
 
 # ---------------------------------------------------------------------- multiprocess mode

@@ -305,3 +305,32 @@ def test_the_request_id_is_unbound_again_when_it_was_never_bound() -> None:
             return [during, structlog.contextvars.get_contextvars().get("request_id", "unset")]
 
     assert contextvars.copy_context().run(scenario) == ["r-1", "unset"]
+
+
+def test_a_span_context_reset_from_another_context_is_left_to_the_api(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The SERVER span's context is reset through the context variable itself; a token
+    from another context (which the variable refuses) goes to OpenTelemetry's
+    ``detach``, which logs it as it always did: no fault, the rest of the undo runs."""
+    from opentelemetry import trace as otel_trace
+
+    def scenario() -> tuple[object, object, object, object]:
+        with fresh_observability(tracing_enabled=True) as obs:
+            state = http_state(obs)
+            rp = start_request(state, "GET", "/a", request_id="r-1")
+            assert rp is not None and rp.span is not None
+            rp.activate()
+            during = otel_trace.get_current_span()
+            other = contextvars.copy_context()
+            other.run(rp.deactivate)  # not the context activate() ran in
+            after_other = other.run(structlog.contextvars.get_contextvars)
+            return (during is rp.span, after_other.get("request_id", "unset"),
+                    sample_value("mestres_observability_errors_total", component="http"),
+                    rp.span.is_recording())
+
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        current, rid, faults, _ = contextvars.copy_context().run(scenario)
+    assert current is True
+    assert rid == "unset"  # the request id unbound there all the same
+    assert not faults
+    assert any("Failed to detach context" in r.getMessage() for r in caplog.records)
