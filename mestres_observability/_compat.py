@@ -40,6 +40,7 @@ __all__ = [
     "FASTAPI_NATIVE_SPAN_ATTR",
     "FASTAPI_TELEMETRY_SCOPE_KEY",
     "STRUCTLOG_UNBOUND",
+    "current_span_key",
     "degraded_features",
     "disable_fastapi_native_tracing",
     "exemplar_recorder",
@@ -1095,6 +1096,46 @@ def span_context_unpacks() -> bool:
     use when this is False or the context is of another class.
     """
     return _span_context_is_tuple()
+
+
+def current_span_key() -> str | None:
+    """The key under which OpenTelemetry's ``set_span_in_context`` puts the span in a
+    ``Context`` (and ``get_current_span`` reads it), or None.
+
+    Internal: ``opentelemetry.trace.propagation._SPAN_KEY``. Why: ``set_span_in_context``
+    is ``set_value`` (a copy of the context, the key set, a new ``Context``) and
+    ``get_current_span`` is ``get_value`` and an ABC ``isinstance``: two Python calls
+    each, the first three times per traced request (the extracted parent, the SERVER
+    span made current), the second once (the lean span's parent). With the key the
+    caller builds the same ``Context`` (a ``dict``) or reads it with C calls. Checked
+    once: a context built with the key must equal what ``set_span_in_context`` gives,
+    and ``get_current_span`` must read the span from it. Public replacement:
+    ``set_span_in_context`` and ``get_current_span``, which the callers use on None.
+    """
+    try:
+        from opentelemetry.context import Context
+        from opentelemetry.trace import (
+            INVALID_SPAN_CONTEXT,
+            NonRecordingSpan,
+            get_current_span,
+            set_span_in_context,
+        )
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        key = _SPAN_KEY
+        probe = NonRecordingSpan(INVALID_SPAN_CONTEXT)
+        base = Context({"mestres_observability.probe": 1})
+        theirs = set_span_in_context(probe, base)
+        ours = Context({**base, key: probe})
+        if (type(key) is not str or type(theirs) is not Context or theirs != ours
+                or get_current_span(ours) is not probe
+                or get_current_span(Context({key: probe})) is not probe):
+            raise ValueError("set_span_in_context does not set the key it had")
+    except Exception as exc:
+        _degrade("opentelemetry's current-span context key",
+                 "spans are put into and read from contexts through the trace API", exc)
+        return None
+    return key
 
 
 def runtime_context_ops() -> tuple[Callable[[Any], Any], Callable[[Any], None]] | None:

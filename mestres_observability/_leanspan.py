@@ -65,9 +65,9 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, INVALID_SPAN
 
-from ._compat import span_context_unpacks, valid_span_context_maker
+from ._compat import current_span_key, span_context_unpacks, valid_span_context_maker
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -94,6 +94,8 @@ _get_current_span = trace.get_current_span
 _valid_context = valid_span_context_maker()
 #: a ``SpanContext`` may be read by unpacking it (``_compat.span_context_unpacks``)
 _UNPACK = span_context_unpacks()
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = current_span_key()
 
 
 # ---------------------------------------------------------------------- sampling
@@ -195,7 +197,15 @@ class LeanTracer(trace.Tracer):
         if not self.switch.on:
             return self.sdk.start_span(name, context, kind, attributes, links, start_time,
                                        record_exception, set_status_on_exception)
-        parent: SpanContext | None = _get_current_span(context).get_span_context()
+        if context is not None and _SPAN_KEY is not None:  # get_current_span(context)
+            current: Any = context.get(_SPAN_KEY)
+            if current is None or (type(current) is not NonRecordingSpan
+                                   and type(current) is not LeanSpan
+                                   and not isinstance(current, trace.Span)):
+                current = INVALID_SPAN
+        else:
+            current = _get_current_span(context)
+        parent: SpanContext | None = current.get_span_context()
         state: TraceState | None
         if parent is None:
             valid = False

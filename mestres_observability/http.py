@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ._compat import (
     STRUCTLOG_UNBOUND,
+    current_span_key,
     exemplar_recorder,
     histogram_observer,
     restore_structlog_context,
@@ -653,6 +654,8 @@ _UNPACK = span_context_unpacks()
 #: ``context.attach`` and the runtime context's reset, as the context variable's own
 #: methods where that is what they do (``_compat.runtime_context_ops``)
 _attach, _reset = runtime_context_ops() or (otel_context.attach, otel_context.detach)
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = current_span_key()
 
 
 def bound_user_id() -> Any:
@@ -868,8 +871,12 @@ class RequestPass:
                 self._ctx_bound = contextvars.copy_context()  # to tell if the app bound more
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
-                self._ctx_token = _attach(otel_trace.set_span_in_context(self._span,
-                                                                         self._parent))
+                parent = self._parent
+                if _SPAN_KEY is not None and parent is not None:  # set_span_in_context
+                    ctx = otel_context.Context({**parent, _SPAN_KEY: self._span})
+                else:
+                    ctx = otel_trace.set_span_in_context(self._span, parent)
+                self._ctx_token = _attach(ctx)
         except Exception as exc:
             self.state.faults.report("http", "activate", "binding request context failed", exc)
 

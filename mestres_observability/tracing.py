@@ -1200,6 +1200,8 @@ _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACE_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
 #: ``SpanContext`` of ids known valid, in one C call (``_compat.valid_span_context_maker``)
 _valid_context = _compat.valid_span_context_maker()
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = _compat.current_span_key()
 
 
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
@@ -1218,9 +1220,12 @@ def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
             if m is not None:
                 trace_id, span_id = int(m[1], 16), int(m[2], 16)
                 if trace_id and span_id:  # 32 and 16 hex digits, non-zero: valid
-                    return trace.set_span_in_context(NonRecordingSpan(_valid_context(
+                    remote = NonRecordingSpan(_valid_context(
                         (trace_id, span_id, True, _TRACE_FLAGS[m[3]], DEFAULT_TRACE_STATE,
-                         True))), otel_context.Context())
+                         True)))
+                    if _SPAN_KEY is not None:  # set_span_in_context(remote, Context())
+                        return otel_context.Context({_SPAN_KEY: remote})
+                    return trace.set_span_in_context(remote, otel_context.Context())
     return propagate.extract(headers)
 
 

@@ -312,6 +312,45 @@ def test_span_context_unpacks_is_false_for_another_layout(
     _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
 
 
+def test_current_span_key_builds_and_reads_what_the_trace_api_does() -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.context import Context, create_key
+    from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext
+
+    key = _compat.current_span_key()
+    assert key is not None
+    assert _compat.degraded_features() == {}
+    span = NonRecordingSpan(SpanContext(1, 2, True))
+    other = create_key("other")
+    for base in (Context(), Context({other: "x"}),
+                 otel_trace.set_span_in_context(NonRecordingSpan(SpanContext(3, 4, False)))):
+        ours = Context({**base, key: span})
+        theirs = otel_trace.set_span_in_context(span, base)
+        assert ours == theirs
+        assert type(ours) is type(theirs)
+        assert otel_trace.get_current_span(ours) is span
+    assert Context().get(key) is None
+    assert otel_trace.get_current_span(Context()) is INVALID_SPAN
+
+
+def test_current_span_key_missing(monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+    import opentelemetry.trace.propagation as propagation
+    from opentelemetry.context import set_value
+
+    real = otel_trace.set_span_in_context
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        # the API sets the span under another key than the one it names
+        monkeypatch.setattr(otel_trace, "set_span_in_context",
+                            lambda span, context=None: set_value("elsewhere", span, context))
+        assert _compat.current_span_key() is None
+        monkeypatch.setattr(otel_trace, "set_span_in_context", real)
+        monkeypatch.delattr(propagation, "_SPAN_KEY")  # the internal is gone
+        assert _compat.current_span_key() is None
+    _degraded_once(caplog, "opentelemetry's current-span context key")
+
+
 def test_runtime_context_ops_are_what_attach_and_detach_do() -> None:
     from opentelemetry import context as otel_context
 

@@ -318,7 +318,8 @@ def test_a_span_context_reset_from_another_context_is_left_to_the_api(
         with fresh_observability(tracing_enabled=True) as obs:
             state = http_state(obs)
             rp = start_request(state, "GET", "/a", request_id="r-1")
-            assert rp is not None and rp.span is not None
+            assert rp is not None
+            assert rp.span is not None
             rp.activate()
             during = otel_trace.get_current_span()
             other = contextvars.copy_context()
