@@ -492,6 +492,8 @@ class HttpState:
         self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
         self.request_id_bytes = self.request_id_lower.encode("latin-1")
         self.logger: Any = None
+        #: :attr:`logger` is what the access log calls from now on (see :meth:`settle_logger`)
+        self.logger_settled = False
         if self.access_log:
             from .logs import get_logger
 
@@ -538,6 +540,20 @@ class HttpState:
         v.server_timing = False
         v.measured = {}
         return v
+
+    def settle_logger(self) -> Any:
+        """The access logger, at its first line: structlog's lazy proxy, or the logger it
+        binds when it binds the same one every time (``cache_logger_on_first_use``), which
+        spares the proxy's two calls on every line after it."""
+        self.logger_settled = True
+        proxy = self.logger
+        try:
+            bound = proxy.bind()
+            if bound is proxy.bind():  # cached on first use: the proxy gives only it now
+                self.logger = bound
+        except Exception as exc:
+            self.faults.report("http", "access_log", "binding the access logger failed", exc)
+        return self.logger
 
     def host(self, value: str) -> tuple[str, int | None]:
         """Cached :func:`split_host` (a service answers under a handful of ``Host`` values)."""
@@ -1027,6 +1043,8 @@ class RequestPass:
                 user_id = (bound_user_id() if self._kept_user_id is _UNSET
                            else self._kept_user_id)
             logger = state.logger
+            if not state.logger_settled:
+                logger = state.settle_logger()
             log = (logger.info if status < 400 else logger.warning if status < 500
                    else logger.error)
             # the fields as keywords (no dict built and unpacked again); one order, two calls
@@ -1129,7 +1147,8 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     if rp.method == "_OTHER":
         attributes["http.request.method_original"] = rp.method_original[:64]
     if server_address:
-        host, port = state.host(server_address)
+        hit = state._hosts.get(server_address)  # state.host(), its cache read inline
+        host, port = hit if hit is not None else state.host(server_address)
         attributes["server.address"] = host
         if port is not None:
             attributes["server.port"] = port
