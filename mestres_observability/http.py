@@ -499,7 +499,8 @@ class HttpState:
 
             self.logger = get_logger("mestres_observability.access")
         self._status_labels: dict[int, str] = {}
-        self._hosts: dict[str, tuple[str, int | None]] = {}
+        #: :meth:`host`'s cache (``Host`` value -> host, port), read inline by the request pass
+        self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
         self.recorders: dict[tuple[str, str, int], tuple[Callable[[float], None],
                                                           Callable[[float], None]]] = {}
@@ -557,13 +558,13 @@ class HttpState:
 
     def host(self, value: str) -> tuple[str, int | None]:
         """Cached :func:`split_host` (a service answers under a handful of ``Host`` values)."""
-        hit = self._hosts.get(value)
+        hit = self.hosts.get(value)
         if hit is None:
             hit = split_host(value)
             if len(hit[0]) > 255:  # no DNS name is longer: a forged Host header
                 hit = (hit[0][:255], hit[1])
-            if len(self._hosts) < 256:
-                self._hosts[value] = hit
+            if len(self.hosts) < 256:
+                self.hosts[value] = hit
         return hit
 
     def excluded(self, path: str) -> bool:
@@ -1147,7 +1148,7 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     if rp.method == "_OTHER":
         attributes["http.request.method_original"] = rp.method_original[:64]
     if server_address:
-        hit = state._hosts.get(server_address)  # state.host(), its cache read inline
+        hit = state.hosts.get(server_address)  # state.host(), its cache read inline
         host, port = hit if hit is not None else state.host(server_address)
         attributes["server.address"] = host
         if port is not None:
