@@ -1041,8 +1041,11 @@ class RequestPass:
             if self.query:
                 url = f"{url}?{state.redact_query(self.query)}"
             if user_id is None:
-                user_id = (bound_user_id() if self._kept_user_id is _UNSET
-                           else self._kept_user_id)
+                user_id = self._kept_user_id
+                if user_id is _UNSET:  # bound_user_id(), inline
+                    user_id = _USER_ID_VAR.get(Ellipsis)
+                    if user_id is Ellipsis:
+                        user_id = None
             logger = state.logger
             if not state.logger_settled:
                 logger = state.settle_logger()

@@ -167,13 +167,6 @@ class _Scrub:
             (*DEFAULT_REDACT_QUERY_PARAMS, *config.redact_keys), values))
         self.faults = faults
 
-    def lean(self, span: _leanspan.LeanSpan) -> None:
-        """Redact an ended lean span in place (its attributes, then its events)."""
-        try:
-            span.scrub(self.scrubber)
-        except Exception as exc:
-            self.faults.report("tracing", "scrub", "redacting span attributes failed", exc)
-
     def __call__(self, span: Any) -> Any:
         try:
             if type(span) is _leanspan.LeanSpan:
@@ -664,7 +657,11 @@ def _make_delegate() -> SpanProcessor:
             """A lean span ended: into the same pipeline; extra processors get a ReadableSpan."""
             scrub = self.scrub
             if scrub is not None:
-                scrub.lean(span)
+                try:  # scrub.lean(span), inline
+                    span.scrub(scrub.scrubber)
+                except Exception as exc:
+                    scrub.faults.report("tracing", "scrub", "redacting span attributes failed",
+                                        exc)
             target = self.target
             if target is not None:
                 target.on_end_lean(span)
