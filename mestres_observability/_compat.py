@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -27,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "FASTAPI_NATIVE_SPAN_ATTR",
     "FASTAPI_TELEMETRY_SCOPE_KEY",
     "STRUCTLOG_UNBOUND",
+    "current_span_key",
     "degraded_features",
     "disable_fastapi_native_tracing",
     "exemplar_recorder",
@@ -59,7 +62,10 @@ __all__ = [
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
     "restore_structlog_context",
+    "runtime_context_ops",
     "set_values_drop_listener",
+    "span_context_unpacks",
+    "span_emitter",
     "span_queue",
     "structlog_context_var",
     "update_provider_resource",
@@ -929,6 +935,51 @@ def span_queue(processor: Any) -> Any:
     return None
 
 
+def span_emitter(processor: Any) -> Callable[[Any], None] | None:
+    """A function queueing one sampled, ended span into a ``BatchSpanProcessor`` as its
+    ``on_end`` does, in one call; or None.
+
+    Internal: ``processor._batch_processor`` and its ``_queue``, ``_shutdown``,
+    ``_pid``, ``_max_export_batch_size`` and ``_worker_awaken`` (SDK 1.28 and later).
+    Why: ``on_end`` checks the sampled flag (the caller's lean spans are sampled) and
+    goes through ``BatchProcessor.emit``: two Python calls per span, on the thread of
+    the request. The function does what ``emit`` does (append to the deque, wake the
+    worker once a batch is full) and hands the span to ``on_end`` itself when the
+    processor is shut down, its queue is full or the process forked since (the
+    SDK's own re-init, drop count and warnings then apply). Public replacement:
+    none. Fallback: None; the caller then calls ``processor.on_end``.
+    """
+    inner = getattr(processor, "_batch_processor", None)
+    queue = getattr(inner, "_queue", None)
+    batch = getattr(inner, "_max_export_batch_size", None)
+    if (inner is None or not isinstance(queue, deque) or type(batch) is not int
+            or not hasattr(inner, "_worker_awaken") or type(getattr(inner, "_pid", None)) is not int
+            or type(getattr(inner, "_shutdown", None)) is not bool):
+        _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
+        return None
+    on_end = processor.on_end
+    getpid = os.getpid
+    append = queue.appendleft
+
+    maxlen = queue.maxlen
+    if maxlen is None:
+        _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
+        return None
+
+    def emit(span: Any) -> None:
+        n = len(queue)
+        if n >= maxlen or inner._shutdown or inner._pid != getpid():
+            on_end(span)  # full (the SDK drops and counts), shut down, or forked
+            return
+        append(span)
+        if n + 1 >= batch:
+            awaken = inner._worker_awaken  # replaced in a forked child
+            if not awaken.is_set():
+                awaken.set()
+
+    return emit
+
+
 def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
     """A function sending one serialized ``ExportTraceServiceRequest`` through ``exporter``
     (the OTLP/HTTP span exporter), True when the collector accepted it; or None.
@@ -974,6 +1025,41 @@ def otlp_span_sender(exporter: Any) -> Callable[[bytes], bool] | None:
     return sender
 
 
+def _span_context_is_tuple() -> bool:
+    """True when ``SpanContext`` is the 6-tuple :func:`valid_span_context_maker` and
+    :func:`span_context_unpacks` rely on (checked once, with both ways of making one)."""
+    global _SPAN_CONTEXT_TUPLE
+    if _SPAN_CONTEXT_TUPLE is None:
+        from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+        try:
+            make = functools.partial(tuple.__new__, SpanContext)
+            state = TraceState([("k", "v")])
+            for args in ((0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False,
+                          TraceFlags(1), state), ((1 << 128) - 1, (1 << 64) - 1, True,
+                                                  TraceFlags(2), TraceState())):
+                ours, theirs = make((*args, True)), SpanContext(*args)
+                fields = (*args, True)
+                if (type(ours) is not SpanContext or ours != theirs or len(theirs) != 6
+                        or tuple(theirs) != fields
+                        or (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags,
+                            ours.trace_state, ours.is_valid) != fields):
+                    raise ValueError("SpanContext is not the tuple it was")
+            invalid = SpanContext(0, 0, False)
+            if tuple(invalid)[5] is not False or invalid.is_valid is not False:
+                raise ValueError("SpanContext is not the tuple it was")
+        except Exception as exc:
+            _degrade("opentelemetry SpanContext as a tuple",
+                     "lean spans make and read their contexts through SpanContext's API", exc)
+            _SPAN_CONTEXT_TUPLE = False
+        else:
+            _SPAN_CONTEXT_TUPLE = True
+    return _SPAN_CONTEXT_TUPLE
+
+
+_SPAN_CONTEXT_TUPLE: bool | None = None
+
+
 def valid_span_context_maker() -> Callable[[tuple[Any, ...]], Any]:
     """``make((trace_id, span_id, is_remote, trace_flags, trace_state, True))``: an
     OpenTelemetry ``SpanContext`` from ids the caller knows valid, in one C call.
@@ -989,29 +1075,107 @@ def valid_span_context_maker() -> Callable[[tuple[Any, ...]], Any]:
     ``SpanContext(trace_id, span_id, is_remote, trace_flags, trace_state)``, which
     the fallback calls.
     """
-    import functools
-
-    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace import SpanContext
 
     def public(fields: tuple[Any, ...]) -> Any:
         return SpanContext(fields[0], fields[1], fields[2], fields[3], fields[4])
 
-    try:
-        make = functools.partial(tuple.__new__, SpanContext)
-        state = TraceState([("k", "v")])
-        for args in ((0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False,
-                      TraceFlags(1), state), ((1 << 128) - 1, (1 << 64) - 1, True,
-                                              TraceFlags(2), TraceState())):
-            ours, theirs = make((*args, True)), SpanContext(*args)
-            if (type(ours) is not SpanContext or ours != theirs or len(theirs) != 6
-                    or (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags,
-                        ours.trace_state, ours.is_valid) != (*args, True)):
-                raise ValueError("SpanContext is not the tuple it was")
-    except Exception as exc:
-        _degrade("opentelemetry SpanContext as a tuple",
-                 "lean spans make their context through SpanContext()", exc)
+    if not _span_context_is_tuple():
         return public
-    return make
+    return functools.partial(tuple.__new__, SpanContext)
+
+
+def span_context_unpacks() -> bool:
+    """True when a ``SpanContext`` (exactly that class) may be read by unpacking it:
+    ``trace_id, span_id, is_remote, trace_flags, trace_state, is_valid = ctx``.
+
+    Internal: the tuple layout behind ``SpanContext``'s properties (see
+    :func:`valid_span_context_maker`; checked once, the same way). Why: each property
+    is a Python call (``return self[i]``); the request pass reads five of the parent's
+    fields when it starts a lean span and four of its own span's to log its ids: nine
+    Python calls per traced request. Public replacement: the properties, which callers
+    use when this is False or the context is of another class.
+    """
+    return _span_context_is_tuple()
+
+
+def current_span_key() -> str | None:
+    """The key under which OpenTelemetry's ``set_span_in_context`` puts the span in a
+    ``Context`` (and ``get_current_span`` reads it), or None.
+
+    Internal: ``opentelemetry.trace.propagation._SPAN_KEY``. Why: ``set_span_in_context``
+    is ``set_value`` (a copy of the context, the key set, a new ``Context``) and
+    ``get_current_span`` is ``get_value`` and an ABC ``isinstance``: two Python calls
+    each, the first three times per traced request (the extracted parent, the SERVER
+    span made current), the second once (the lean span's parent). With the key the
+    caller builds the same ``Context`` (a ``dict``) or reads it with C calls. Checked
+    once: a context built with the key must equal what ``set_span_in_context`` gives,
+    and ``get_current_span`` must read the span from it. Public replacement:
+    ``set_span_in_context`` and ``get_current_span``, which the callers use on None.
+    """
+    try:
+        from opentelemetry.context import Context
+        from opentelemetry.trace import (
+            INVALID_SPAN_CONTEXT,
+            NonRecordingSpan,
+            get_current_span,
+            set_span_in_context,
+        )
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        key = _SPAN_KEY
+        probe = NonRecordingSpan(INVALID_SPAN_CONTEXT)
+        base = Context({"mestres_observability.probe": 1})
+        theirs = set_span_in_context(probe, base)
+        ours = Context({**base, key: probe})
+        if (type(key) is not str or type(theirs) is not Context or theirs != ours
+                or get_current_span(ours) is not probe
+                or get_current_span(Context({key: probe})) is not probe):
+            raise ValueError("set_span_in_context does not set the key it had")
+    except Exception as exc:
+        _degrade("opentelemetry's current-span context key",
+                 "spans are put into and read from contexts through the trace API", exc)
+        return None
+    return key
+
+
+def runtime_context_ops() -> tuple[Callable[[Any], Any], Callable[[Any], None]] | None:
+    """``(attach, reset)``: OpenTelemetry's ``context.attach`` and its runtime context's
+    ``detach`` as the context variable's own ``set`` and ``reset``; or None.
+
+    Internal: ``opentelemetry.context._RUNTIME_CONTEXT``, a ``ContextVarsRuntimeContext``
+    (the default; ``OTEL_PYTHON_CONTEXT`` may choose another) and its ``_current_context``
+    variable. Why: ``attach(ctx)`` is ``_RUNTIME_CONTEXT.attach(ctx)``, which is
+    ``_current_context.set(ctx)``, and ``detach`` the same with ``reset``: four Python
+    calls per traced request for two C calls. ``reset`` raises where the API's
+    ``detach`` logs (a token from another context): callers catch that and hand the
+    token to ``context.detach``, which logs as before. Public replacement:
+    ``context.attach`` / ``context.detach``; None (another runtime context) means the
+    caller uses them.
+    """
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        runtime = otel_context._RUNTIME_CONTEXT
+        if type(runtime) is not ContextVarsRuntimeContext:
+            return None  # someone's own runtime context: the API, which calls it
+        var = runtime._current_context
+        if not isinstance(var, contextvars.ContextVar):
+            raise TypeError(f"_current_context is {type(var).__name__}")
+        probe = otel_context.Context({"mestres_observability.probe": 1})
+        token = var.set(probe)
+        try:
+            seen = otel_context.get_current()
+        finally:
+            var.reset(token)
+        if seen is not probe:
+            raise ValueError("the runtime context does not read its context variable")
+    except Exception as exc:
+        _degrade("opentelemetry's runtime context variable",
+                 "request contexts are attached through context.attach", exc)
+        return None
+    return var.set, var.reset
 
 
 def update_provider_resource(provider: Any, attributes: Mapping[str, Any]) -> bool:

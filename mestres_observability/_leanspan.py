@@ -65,13 +65,14 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, INVALID_SPAN
 
-from ._compat import valid_span_context_maker
+from ._compat import current_span_key, span_context_unpacks, valid_span_context_maker
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+    from opentelemetry.trace import TraceState
     from opentelemetry.util import types
 
 __all__ = ["LeanSpan", "LeanSwitch", "LeanTracer", "SamplingPlan", "encode_spans",
@@ -91,6 +92,10 @@ _FLAGS = tuple(TraceFlags(i) for i in range(4))
 _get_current_span = trace.get_current_span
 #: ``SpanContext`` of ids known valid, from one tuple (``_compat.valid_span_context_maker``)
 _valid_context = valid_span_context_maker()
+#: a ``SpanContext`` may be read by unpacking it (``_compat.span_context_unpacks``)
+_UNPACK = span_context_unpacks()
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = current_span_key()
 
 
 # ---------------------------------------------------------------------- sampling
@@ -192,8 +197,26 @@ class LeanTracer(trace.Tracer):
         if not self.switch.on:
             return self.sdk.start_span(name, context, kind, attributes, links, start_time,
                                        record_exception, set_status_on_exception)
-        parent: SpanContext | None = _get_current_span(context).get_span_context()
-        if parent is None or not parent.is_valid:
+        if context is not None and _SPAN_KEY is not None:  # get_current_span(context)
+            current: Any = context.get(_SPAN_KEY)
+            if current is None or (type(current) is not NonRecordingSpan
+                                   and type(current) is not LeanSpan
+                                   and not isinstance(current, trace.Span)):
+                current = INVALID_SPAN
+        else:
+            current = _get_current_span(context)
+        parent: SpanContext | None = current.get_span_context()
+        state: TraceState | None
+        if parent is None:
+            valid = False
+        elif _UNPACK and type(parent) is SpanContext:  # its fields without a call each
+            trace_id, _, _, parent_flags, state, valid = parent
+        else:
+            valid = parent.is_valid
+            if valid:
+                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
+                                                 parent.trace_state)
+        if not valid:
             parent = None
             trace_id = getrandbits(128)
             while not trace_id:  # pragma: no cover - one chance in 2**128
@@ -201,12 +224,10 @@ class LeanTracer(trace.Tracer):
             flags = 2  # RandomIdGenerator.is_trace_id_random()
             state = None
         else:
-            trace_id = parent.trace_id
-            flags = parent.trace_flags & 2
-            state = parent.trace_state
+            flags = parent_flags & 2
         plan = self.plan
         if parent is not None and plan.parent_based:
-            sampled = parent.trace_flags & 1
+            sampled = parent_flags & 1
         else:
             sampled = 1 if trace_id & _MASK64 < plan.bound else 0
         span_id = getrandbits(64)

@@ -48,13 +48,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from ._compat import (
     STRUCTLOG_UNBOUND,
+    current_span_key,
     exemplar_recorder,
     histogram_observer,
     restore_structlog_context,
+    runtime_context_ops,
+    span_context_unpacks,
     structlog_context_var,
     value_holder,
 )
@@ -489,12 +492,15 @@ class HttpState:
         self.request_id_environ = "HTTP_" + cfg.request_id_header.upper().replace("-", "_")
         self.request_id_bytes = self.request_id_lower.encode("latin-1")
         self.logger: Any = None
+        #: :attr:`logger` is what the access log calls from now on (see :meth:`settle_logger`)
+        self.logger_settled = False
         if self.access_log:
             from .logs import get_logger
 
             self.logger = get_logger("mestres_observability.access")
         self._status_labels: dict[int, str] = {}
-        self._hosts: dict[str, tuple[str, int | None]] = {}
+        #: :meth:`host`'s cache (``Host`` value -> host, port), read inline by the request pass
+        self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
         self.recorders: dict[tuple[str, str, int], tuple[Callable[[float], None],
                                                           Callable[[float], None]]] = {}
@@ -536,15 +542,29 @@ class HttpState:
         v.measured = {}
         return v
 
+    def settle_logger(self) -> Any:
+        """The access logger, at its first line: structlog's lazy proxy, or the logger it
+        binds when it binds the same one every time (``cache_logger_on_first_use``), which
+        spares the proxy's two calls on every line after it."""
+        self.logger_settled = True
+        proxy = self.logger
+        try:
+            bound = proxy.bind()
+            if bound is proxy.bind():  # cached on first use: the proxy gives only it now
+                self.logger = bound
+        except Exception as exc:
+            self.faults.report("http", "access_log", "binding the access logger failed", exc)
+        return self.logger
+
     def host(self, value: str) -> tuple[str, int | None]:
         """Cached :func:`split_host` (a service answers under a handful of ``Host`` values)."""
-        hit = self._hosts.get(value)
+        hit = self.hosts.get(value)
         if hit is None:
             hit = split_host(value)
             if len(hit[0]) > 255:  # no DNS name is longer: a forged Host header
                 hit = (hit[0][:255], hit[1])
-            if len(self._hosts) < 256:
-                self._hosts[value] = hit
+            if len(self.hosts) < 256:
+                self.hosts[value] = hit
         return hit
 
     def excluded(self, path: str) -> bool:
@@ -646,6 +666,13 @@ _REQUEST_ID_VAR = structlog_context_var("request_id")
 _REQUEST_ID_IS_VAR = isinstance(_REQUEST_ID_VAR, contextvars.ContextVar)  # not the fallback
 _USER_ID_VAR = structlog_context_var("user_id")
 _UNSET: Any = object()
+#: a ``SpanContext`` may be read by unpacking it (``_compat.span_context_unpacks``)
+_UNPACK = span_context_unpacks()
+#: ``context.attach`` and the runtime context's reset, as the context variable's own
+#: methods where that is what they do (``_compat.runtime_context_ops``)
+_attach, _reset = runtime_context_ops() or (otel_context.attach, otel_context.detach)
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = current_span_key()
 
 
 def bound_user_id() -> Any:
@@ -657,6 +684,11 @@ def bound_user_id() -> Any:
 def _span_ids(span: Any) -> tuple[str, str, bool] | None:
     """``(trace_id, span_id, sampled)`` of ``span`` as hex, or ``None`` when invalid."""
     sc = span.get_span_context()
+    if _UNPACK and type(sc) is SpanContext:  # its fields without a call each
+        trace_id, span_id, _, flags, _, valid = sc
+        if not valid:
+            return None
+        return f"{trace_id:032x}", f"{span_id:016x}", bool(flags & 1)
     if not sc.is_valid:
         return None
     return f"{sc.trace_id:032x}", f"{sc.span_id:016x}", bool(sc.trace_flags & 1)
@@ -857,8 +889,12 @@ class RequestPass:
                 self._ctx_bound = contextvars.copy_context()  # to tell if the app bound more
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
-                self._ctx_token = otel_context.attach(
-                    otel_trace.set_span_in_context(self._span, self._parent))
+                parent = self._parent
+                if _SPAN_KEY is not None and parent is not None:  # set_span_in_context
+                    ctx = otel_context.Context({**parent, _SPAN_KEY: self._span})
+                else:
+                    ctx = otel_trace.set_span_in_context(self._span, parent)
+                self._ctx_token = _attach(ctx)
         except Exception as exc:
             self.state.faults.report("http", "activate", "binding request context failed", exc)
 
@@ -876,7 +912,10 @@ class RequestPass:
                 self._kept_user_id = bound_user_id()
             if self._ctx_token is not None:
                 token, self._ctx_token = self._ctx_token, None
-                otel_context.detach(token)
+                try:
+                    _reset(token)
+                except Exception:  # a token from another context: the API logs it, as ever
+                    otel_context.detach(token)
             if self._ctx_before is not None:
                 before, self._ctx_before = self._ctx_before, None
                 bound, self._ctx_bound = self._ctx_bound, None
@@ -1003,9 +1042,14 @@ class RequestPass:
             if self.query:
                 url = f"{url}?{state.redact_query(self.query)}"
             if user_id is None:
-                user_id = (bound_user_id() if self._kept_user_id is _UNSET
-                           else self._kept_user_id)
+                user_id = self._kept_user_id
+                if user_id is _UNSET:  # bound_user_id(), inline
+                    user_id = _USER_ID_VAR.get(Ellipsis)
+                    if user_id is Ellipsis:
+                        user_id = None
             logger = state.logger
+            if not state.logger_settled:
+                logger = state.settle_logger()
             log = (logger.info if status < 400 else logger.warning if status < 500
                    else logger.error)
             # the fields as keywords (no dict built and unpacked again); one order, two calls
@@ -1108,7 +1152,8 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
     if rp.method == "_OTHER":
         attributes["http.request.method_original"] = rp.method_original[:64]
     if server_address:
-        host, port = state.host(server_address)
+        hit = state.hosts.get(server_address)  # state.host(), its cache read inline
+        host, port = hit if hit is not None else state.host(server_address)
         attributes["server.address"] = host
         if port is not None:
             attributes["server.port"] = port

@@ -63,7 +63,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from . import _compat, _leanspan, _tailsample
 from ._current import get_observability
@@ -281,6 +282,9 @@ class _Pipeline:
             export_timeout_millis=config.otlp_timeout * 1000,
         )
         self._queue: Any = _compat.span_queue(self.bsp)  # the SDK's deque, resolved once
+        #: queues a sampled span as ``bsp.on_end`` does, in one call (lean spans), or None
+        self._emit: Callable[[Any], None] | None = (
+            _compat.span_emitter(self.bsp) if self._queue is not None else None)
         self.queue_size = queue
         family = metrics.mestres_observability_spans_dropped_total.metric
         self._counters = {reason: family.labels(reason) for reason in SPAN_DROP_REASONS}
@@ -366,6 +370,29 @@ class _Pipeline:
             return
         for sp in kept:
             self._enqueue(sp)
+
+    def on_end_lean(self, span: Any) -> None:
+        """An ended lean span (sampled, or it would not have recorded): :meth:`on_end`, with
+        the usual case (no tail sampling, open, room in the queue) inline and the span
+        appended to the SDK's queue in one call."""
+        emit = self._emit
+        q = self._queue
+        if emit is None or self.tail is not None or self.closed or len(q) >= self.queue_size:
+            self.on_end(span)
+            return
+        try:
+            emit(span)
+        except Exception as exc:
+            self.drop(1, "export_failed", "processor_error", exc)
+            return
+        with self._lock:  # the ledger, as in _enqueue
+            if not self.settled:
+                self.ended += 1
+                return
+            if self._debt:
+                self._debt -= 1
+                return
+        self.drop(1, "shutdown", "after_shutdown")
 
     def _enqueue(self, span: ReadableSpan) -> None:
         """Into the SDK's queue, or counted (queue full, shut down, processor error)."""
@@ -610,7 +637,7 @@ def _make_delegate() -> SpanProcessor:
             self.target: _Pipeline | None = None
             self.extra: list[Any] = []
             #: redacts an ended span before anything sees it (``scrub_span_attributes``)
-            self.scrub: Callable[[Any], Any] | None = None
+            self.scrub: _Scrub | None = None
 
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             for p in self.extra:
@@ -630,10 +657,14 @@ def _make_delegate() -> SpanProcessor:
             """A lean span ended: into the same pipeline; extra processors get a ReadableSpan."""
             scrub = self.scrub
             if scrub is not None:
-                scrub(span)
+                try:  # scrub.lean(span), inline
+                    span.scrub(scrub.scrubber)
+                except Exception as exc:
+                    scrub.faults.report("tracing", "scrub", "redacting span attributes failed",
+                                        exc)
             target = self.target
             if target is not None:
-                target.on_end(span)  # type: ignore[arg-type]
+                target.on_end_lean(span)
             extra = self.extra
             if extra:
                 view = span.readable()
@@ -710,7 +741,7 @@ class TracingHandle:
         self._pipeline = pipeline
         self._done = False
         #: what the delegating processor redacts ended spans with (``None``: off)
-        self.scrub: Callable[[Any], Any] | None = None
+        self.scrub: _Scrub | None = None
 
     @property
     def lean(self) -> bool:
@@ -1164,6 +1195,10 @@ def _foreign_processor() -> None:
 
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACE_FLAGS = {f"{i:02x}": TraceFlags(i) for i in range(256)}
+#: ``SpanContext`` of ids known valid, in one C call (``_compat.valid_span_context_maker``)
+_valid_context = _compat.valid_span_context_maker()
+#: the key of the span in a ``Context`` (``_compat.current_span_key``), or None
+_SPAN_KEY = _compat.current_span_key()
 
 
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
@@ -1181,9 +1216,13 @@ def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
             m = _TRACEPARENT_00.fullmatch(value)
             if m is not None:
                 trace_id, span_id = int(m[1], 16), int(m[2], 16)
-                if trace_id and span_id:
-                    return trace.set_span_in_context(NonRecordingSpan(SpanContext(
-                        trace_id, span_id, True, _TRACE_FLAGS[m[3]])), otel_context.Context())
+                if trace_id and span_id:  # 32 and 16 hex digits, non-zero: valid
+                    remote = NonRecordingSpan(_valid_context(
+                        (trace_id, span_id, True, _TRACE_FLAGS[m[3]], DEFAULT_TRACE_STATE,
+                         True)))
+                    if _SPAN_KEY is not None:  # set_span_in_context(remote, Context())
+                        return otel_context.Context({_SPAN_KEY: remote})
+                    return trace.set_span_in_context(remote, otel_context.Context())
     return propagate.extract(headers)
 
 

@@ -256,10 +256,145 @@ def test_valid_span_context_maker_falls_back_when_span_context_changed(
             return tuple.__new__(cls, (args[1], args[0]))
 
     monkeypatch.setattr(otel_trace, "SpanContext", Changed)
+    monkeypatch.setattr(_compat, "_SPAN_CONTEXT_TUPLE", None)  # checked again
     with caplog.at_level(logging.WARNING, logger="mestres_observability"):
         make = _compat.valid_span_context_maker()
+        assert _compat.span_context_unpacks() is False  # the same check, logged once
     _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
     assert make((1, 2, False, None, None, True)) == Changed(1, 2, False, None, None)
+
+
+def test_span_context_unpacks_to_what_its_properties_read() -> None:
+    from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags, TraceState
+
+    assert _compat.span_context_unpacks() is True
+    assert _compat.degraded_features() == {}
+    contexts = [
+        SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True,
+                    TraceFlags(1), TraceState([("vendor", "x")])),
+        SpanContext(2**128 - 1, 2**64 - 1, False, TraceFlags(2)),
+        SpanContext(1, 2, False),  # default flags and state
+        SpanContext(0, 2, True),  # invalid: a zero trace id
+        SpanContext(2**128, 1, False),  # invalid: out of range
+        INVALID_SPAN_CONTEXT,
+    ]
+    for ctx in contexts:
+        trace_id, span_id, is_remote, flags, state, valid = ctx
+        assert (trace_id, span_id, is_remote, flags, state, valid) == (
+            ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state,
+            ctx.is_valid)
+    assert [c.is_valid for c in contexts] == [True, True, True, False, False, False]
+
+
+def test_span_context_unpacks_is_false_for_another_layout(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+
+    real = otel_trace.SpanContext
+
+    class Reordered(real):  # type: ignore[misc,valid-type]  # the same API, fields moved
+        def __new__(cls, *args: Any, **kwargs: Any) -> Reordered:
+            made = real(*args, **kwargs)
+            return tuple.__new__(cls, (made[1], made[0], *made[2:]))
+
+        @property
+        def trace_id(self) -> int:
+            return int(self[1])
+
+        @property
+        def span_id(self) -> int:
+            return int(self[0])
+
+    monkeypatch.setattr(otel_trace, "SpanContext", Reordered)
+    monkeypatch.setattr(_compat, "_SPAN_CONTEXT_TUPLE", None)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.span_context_unpacks() is False
+    _degraded_once(caplog, "opentelemetry SpanContext as a tuple")
+
+
+def test_current_span_key_builds_and_reads_what_the_trace_api_does() -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.context import Context, create_key
+    from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext
+
+    key = _compat.current_span_key()
+    assert key is not None
+    assert _compat.degraded_features() == {}
+    span = NonRecordingSpan(SpanContext(1, 2, True))
+    other = create_key("other")
+    for base in (Context(), Context({other: "x"}),
+                 otel_trace.set_span_in_context(NonRecordingSpan(SpanContext(3, 4, False)))):
+        ours = Context({**base, key: span})
+        theirs = otel_trace.set_span_in_context(span, base)
+        assert ours == theirs
+        assert type(ours) is type(theirs)
+        assert otel_trace.get_current_span(ours) is span
+    assert Context().get(key) is None
+    assert otel_trace.get_current_span(Context()) is INVALID_SPAN
+
+
+def test_current_span_key_missing(monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    import opentelemetry.trace as otel_trace
+    import opentelemetry.trace.propagation as propagation
+    from opentelemetry.context import set_value
+
+    real = otel_trace.set_span_in_context
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        # the API sets the span under another key than the one it names
+        monkeypatch.setattr(otel_trace, "set_span_in_context",
+                            lambda span, context=None: set_value("elsewhere", span, context))
+        assert _compat.current_span_key() is None
+        monkeypatch.setattr(otel_trace, "set_span_in_context", real)
+        monkeypatch.delattr(propagation, "_SPAN_KEY")  # the internal is gone
+        assert _compat.current_span_key() is None
+    _degraded_once(caplog, "opentelemetry's current-span context key")
+
+
+def test_runtime_context_ops_are_what_attach_and_detach_do() -> None:
+    from opentelemetry import context as otel_context
+
+    ops = _compat.runtime_context_ops()
+    assert ops is not None
+    assert _compat.degraded_features() == {}
+    attach, reset = ops
+    key = otel_context.create_key("probe")
+
+    def scenario() -> None:
+        before = otel_context.get_current()
+        ctx = otel_context.set_value(key, "v", before)
+        token = attach(ctx)
+        assert otel_context.get_current() is ctx
+        assert otel_context.get_value(key) == "v"
+        inner = otel_context.attach(otel_context.set_value(key, "w"))  # the API, nested
+        otel_context.detach(inner)
+        assert otel_context.get_current() is ctx
+        reset(token)
+        assert otel_context.get_current() is before
+        with pytest.raises(RuntimeError):  # where the API's detach logs, reset raises
+            reset(token)
+
+    contextvars.copy_context().run(scenario)
+
+
+def test_runtime_context_ops_leave_another_runtime_context_to_the_api(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    class Own(ContextVarsRuntimeContext):  # someone's runtime context (OTEL_PYTHON_CONTEXT)
+        pass
+
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", Own())
+    assert _compat.runtime_context_ops() is None
+    assert _compat.degraded_features() == {}  # a choice, not a missing internal
+
+    broken = ContextVarsRuntimeContext()
+    broken._current_context = SimpleNamespace()  # type: ignore[assignment]
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", broken)
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.runtime_context_ops() is None
+    _degraded_once(caplog, "opentelemetry's runtime context variable")
 
 
 # ---------------------------------------------------------------------- multiprocess mode
@@ -666,6 +801,57 @@ def test_span_queue_of_a_batch_processor() -> None:
         bsp.shutdown()  # type: ignore[no-untyped-call]
     older = SimpleNamespace(queue=deque(maxlen=3))  # before SDK 1.28: on the processor
     assert _compat.span_queue(older) is older.queue
+
+
+def test_span_emitter_queues_as_on_end_does() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=4,  # type: ignore[arg-type]
+                             max_export_batch_size=3, schedule_delay_millis=60_000)
+    inner = bsp._batch_processor
+    queue = _compat.span_queue(bsp)
+    fell_back: list[Any] = []
+    bsp.on_end = fell_back.append  # type: ignore[method-assign,assignment]
+    emit = _compat.span_emitter(bsp)  # the fallback (on_end) bound now
+    assert emit is not None
+    assert queue is not None
+    real = inner._worker_awaken
+    inner._worker_awaken = threading.Event()  # the worker waits on the real one: no export
+    try:
+        emit("a")
+        emit("b")
+        assert list(queue) == ["b", "a"]
+        assert not inner._worker_awaken.is_set()
+        emit("c")  # a full batch wakes the worker, as BatchProcessor.emit does
+        assert list(queue) == ["c", "b", "a"]
+        assert inner._worker_awaken.is_set()
+        emit("d")
+        assert fell_back == []
+        emit("e")  # the queue is full: on_end (the SDK drops the oldest and counts it)
+        assert fell_back == ["e"]
+        assert len(queue) == 4
+        pid = inner._pid
+        inner._pid = -1  # a forked child: on_end (the SDK re-initialises the processor)
+        emit("f")
+        inner._pid = pid
+        assert fell_back == ["e", "f"]
+        queue.clear()
+        inner._shutdown = True  # shut down: on_end (which refuses the span and counts it)
+        emit("g")
+        assert fell_back == ["e", "f", "g"]
+        assert len(queue) == 0
+        inner._shutdown = False
+    finally:
+        inner._worker_awaken = real
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_span_emitter_missing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.span_emitter(SimpleNamespace()) is None
+        assert _compat.span_emitter(SimpleNamespace(_batch_processor=SimpleNamespace(
+            _queue=deque(), _max_export_batch_size=2))) is None
+    _degraded_once(caplog, "the BatchSpanProcessor's queue")
 
 
 def test_span_queue_missing(caplog: pytest.LogCaptureFixture) -> None:

@@ -305,3 +305,70 @@ def test_the_request_id_is_unbound_again_when_it_was_never_bound() -> None:
             return [during, structlog.contextvars.get_contextvars().get("request_id", "unset")]
 
     assert contextvars.copy_context().run(scenario) == ["r-1", "unset"]
+
+
+def test_a_span_context_reset_from_another_context_is_left_to_the_api(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The SERVER span's context is reset through the context variable itself; a token
+    from another context (which the variable refuses) goes to OpenTelemetry's
+    ``detach``, which logs it as it always did: no fault, the rest of the undo runs."""
+    from opentelemetry import trace as otel_trace
+
+    def scenario() -> tuple[object, object, object, object]:
+        with fresh_observability(tracing_enabled=True) as obs:
+            state = http_state(obs)
+            rp = start_request(state, "GET", "/a", request_id="r-1")
+            assert rp is not None
+            assert rp.span is not None
+            rp.activate()
+            during = otel_trace.get_current_span()
+            other = contextvars.copy_context()
+            other.run(rp.deactivate)  # not the context activate() ran in
+            after_other = other.run(structlog.contextvars.get_contextvars)
+            return (during is rp.span, after_other.get("request_id", "unset"),
+                    sample_value("mestres_observability_errors_total", component="http"),
+                    rp.span.is_recording())
+
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        current, rid, faults, _ = contextvars.copy_context().run(scenario)
+    assert current is True
+    assert rid == "unset"  # the request id unbound there all the same
+    assert not faults
+    assert any("Failed to detach context" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached on first use", "not cached"])
+def test_the_access_logger_is_settled_only_when_structlog_caches_it(cached: bool) -> None:
+    """At its first line the access log keeps the logger structlog's proxy binds when the
+    proxy gives that one logger every time (``cache_logger_on_first_use``); otherwise the
+    proxy stays, and a configuration made between two requests is the one that logs."""
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+
+    def keep(into: list[dict[str, Any]]) -> Any:
+        def processor(logger: Any, name: str, event: Any) -> Any:
+            into.append(dict(event))
+            raise structlog.DropEvent
+        return processor
+
+    saved = structlog.get_config()
+    try:
+        with fresh_observability(tracing_enabled=False, configure_logging=False) as obs:
+            structlog.configure(processors=[keep(first)], cache_logger_on_first_use=cached)
+            state = http_state(obs)
+            proxy = state.logger
+            for n in range(2):
+                if n == 1:  # reconfigured between the requests
+                    structlog.configure(processors=[keep(second)],
+                                        cache_logger_on_first_use=cached)
+                rp = start_request(state, "GET", "/a", request_id=f"r-{n}")
+                assert rp is not None
+                rp.finish(200)
+            assert state.logger_settled
+            assert (state.logger is not proxy) is cached
+    finally:
+        structlog.configure(**saved)
+    events = [(e["event"], e["request_id"]) for e in first + second]
+    assert events == [("http_request", "r-0"), ("http_request", "r-1")]
+    # cached: the logger bound at the first line logs both; not cached: the new configuration
+    assert [e["request_id"] for e in second] == ([] if cached else ["r-1"])

@@ -374,6 +374,25 @@ def test_captured_spans_see_the_scrubbed_attributes() -> None:
     assert dict(got.attributes) == {"token": "[REDACTED]", "app.card": "[REDACTED]"}
 
 
+def test_a_scrubber_that_raises_is_a_counted_fault_and_the_span_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lean span whose redaction raises is counted (``errors_total{component="tracing"}``)
+    and still reaches the captured spans, as the scrubber left it; the caller never sees
+    the error."""
+    from mestres_observability import _leanspan
+
+    def broken(self: Any, scrubber: Any) -> None:
+        raise RuntimeError("scrubber bug")
+
+    monkeypatch.setattr(_leanspan.LeanSpan, "scrub", broken)
+    with fresh_observability() as obs, captured_spans() as spans:
+        assert obs.tracing.lean
+        with span("pay", order="o-1"):
+            pass
+        assert spans.by_name("pay").attributes["order"] == "o-1"
+        assert sample_value("mestres_observability_errors_total", component="tracing") == 1
+
+
 def test_exception_events_are_scrubbed() -> None:
     with fresh_observability(), captured_spans() as spans, pytest.raises(ValueError), \
             span("charge"):
