@@ -26,8 +26,10 @@ from mestres_observability.anomaly.incidents import (
     make_server,
 )
 from tests._support import free_port, wait_until
+from tests.monitoring import test_notifiers as notifier_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
+smtp_tls = notifier_fixtures.smtp_tls  # a loopback SMTP server with STARTTLS and login (fixture)
 
 
 class FakeNotifier:
@@ -274,13 +276,14 @@ def test_receiver_takes_alertmanager_webhooks_and_anomalies(tmp_path: Path, rece
         m.close()
 
 
-def start_incidents_serve(db: Path, webhook: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_incidents_serve(db: Path, webhook: str,
+                          *more: str) -> tuple[subprocess.Popen[bytes], str]:
     """``mestres-observability incidents serve`` in a subprocess, once it answers."""
     code = "from mestres_observability.anomaly.cli import incidents; incidents()"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(port),
-                             "--db", str(db), "--webhook", webhook],
+                             "--db", str(db), "--webhook", webhook, *more],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
 
@@ -319,6 +322,68 @@ def test_incidents_serve_command_pages_once_across_a_restart(tmp_path: Path,
     stop(proc)
     # the monitoring package's WebhookNotifier: {"version": "1", "alert": {...}}
     assert [b["alert"]["labels"]["status"] for b in receiver.bodies] == ["firing", "resolved"]
+
+
+def test_every_notifier_of_a_kind_is_paged_and_resolved(tmp_path: Path, manager: Any) -> None:
+    first, second, slack = FakeNotifier("webhook"), FakeNotifier("webhook"), FakeNotifier("slack")
+    clock = Clock()
+    m = manager(IncidentManager(tmp_path / "s.sqlite", [first, second, slack], clock=clock,
+                                resolve_after=300))
+    assert sorted(m.notifiers) == ["slack", "webhook", "webhook#2"]
+    m.handle_anomaly(point(0.8))  # high: slack and every webhook
+    m.handle_anomaly(point(0.8))  # the same incident: nobody paged again
+    assert [len(n.sent) for n in (first, second, slack)] == [1, 1, 1]
+    clock.now += 600
+    m.tick()
+    assert [len(n.sent) for n in (first, second, slack)] == [2, 2, 2]
+    assert all(n.sent[-1].name.startswith("RESOLVED") for n in (first, second, slack))
+    # after a restart the same targets are known by the same names: nothing is sent again
+    again = manager(IncidentManager(tmp_path / "s.sqlite", [FakeNotifier("webhook"),
+                                                             FakeNotifier("webhook")], clock=clock))
+    again.tick()
+    assert [len(n.sent) for n in again.notifiers.values()] == [0, 0]
+
+
+def test_incidents_serve_pages_by_email_and_every_webhook(tmp_path: Path, receiver: Receiver,
+                                                          smtp_tls: Any) -> None:
+    controller, box, cert = smtp_tls
+    password = tmp_path / "smtp-password"
+    password.write_text("s3cret-pw\n")
+    proc, url = start_incidents_serve(
+        tmp_path / "incidents.sqlite", receiver.url, "--webhook", receiver.url + "?second",
+        "--email-to", "oncall@shop.example", "--email-from", "alerts@shop.example",
+        "--smtp", f"127.0.0.1:{controller.port}", "--smtp-user", "alerts",
+        "--smtp-password-file", str(password), "--smtp-ca-file", str(cert))
+    try:
+        assert post(url + "/alertmanager", am_payload("firing", ("Down", "x", "firing")))[0] == 200
+        assert post(url + "/alertmanager",
+                    am_payload("resolved", ("Down", "x", "resolved")))[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert [b["alert"]["labels"]["status"] for b in receiver.bodies] == [
+        "firing", "firing", "resolved", "resolved"]
+    assert [m["to"] for m in box.messages] == [["oncall@shop.example"]] * 2
+    assert all(m["tls"] and m["authenticated"] for m in box.messages)
+    assert "RESOLVED" in box.messages[1]["content"].decode()
+    assert b"s3cret-pw" not in err
+
+
+def test_incidents_serve_email_options_are_checked() -> None:
+    from click.testing import CliRunner
+
+    from mestres_observability.anomaly.cli import incidents
+
+    for args, says in ((["--email-to", "a@b.c"], "--smtp"),
+                       (["--smtp", "h:25", "--email-from", "a@b.c"], "--email-to"),
+                       (["--email-to", "a@b.c", "--email-from", "x@y.z", "--smtp", "h:port"],
+                        "HOST[:PORT]"),
+                       (["--email-to", "nobody", "--email-from", "x@y.z", "--smtp", "h"],
+                        "email address")):
+        result = CliRunner().invoke(incidents, ["serve", "--port", "0", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert says in result.output, (args, result.output)
 
 
 def test_a_real_alertmanager_rendered_with_incidents_url_opens_an_incident(

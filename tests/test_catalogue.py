@@ -41,7 +41,7 @@ from tests.test_multiprocess import _private_dir, _run
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what an instance of the library exposes (other processes' entries, such as
-#: `anomaly serve`'s, are exposed elsewhere: tests/test_anomaly_serve.py)
+#: `anomaly serve`'s, are exposed elsewhere: tests/test_anomaly_prometheus.py)
 SERVICE = catalogue.entries(process="service")
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 GUARDED = {"counter": GuardedCounter, "gauge": GuardedGauge, "histogram": GuardedHistogram}

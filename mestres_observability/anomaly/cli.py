@@ -396,11 +396,49 @@ def _load_action(spec: str) -> Any:
     return Action(target, fn, severity or "critical")
 
 
-def _notifiers(webhooks: Sequence[str], slack: Sequence[str]) -> list[Any]:
-    """The monitoring package's webhook and Slack notifiers (timeouts, retries, no secrets logged)."""
-    from ..monitoring.notifiers import SlackNotifier, WebhookNotifier
+def _notifiers(webhooks: Sequence[str], slack: Sequence[str], email_to: Sequence[str] = (),
+               email_from: str | None = None, smtp: str | None = None,
+               smtp_user: str | None = None, smtp_password_file: Path | None = None,
+               smtp_ssl: bool = False, smtp_ca_file: Path | None = None) -> list[Any]:
+    """The monitoring package's webhook, Slack and email notifiers (timeouts, retries, no
+    secrets logged); bad email settings are a usage error naming the option."""
+    from ..monitoring.notifiers import EmailNotifier, SlackNotifier, WebhookNotifier
 
-    return [*(WebhookNotifier(url) for url in webhooks), *(SlackNotifier(url) for url in slack)]
+    found: list[Any] = [*(WebhookNotifier(url) for url in webhooks),
+                        *(SlackNotifier(url) for url in slack)]
+    if not email_to:
+        if smtp or email_from:
+            raise click.BadParameter("--smtp and --email-from need --email-to",
+                                     param_hint="'--email-to'")
+        return found
+    if not smtp or not email_from:
+        raise click.BadParameter("--email-to needs --smtp HOST[:PORT] and --email-from",
+                                 param_hint="'--smtp' / '--email-from'")
+    host, _, port_text = smtp.rpartition(":") if ":" in smtp else (smtp, "", "")
+    try:
+        port = int(port_text) if port_text else (465 if smtp_ssl else 587)
+    except ValueError:
+        raise click.BadParameter(f"{smtp!r} is not HOST[:PORT]", param_hint="'--smtp'") from None
+    password = None
+    if smtp_password_file is not None:
+        password = smtp_password_file.read_text(encoding="utf-8").strip()
+    context = None
+    if smtp_ca_file is not None:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=str(smtp_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise click.BadParameter(f"{smtp_ca_file}: {exc}",
+                                     param_hint="'--smtp-ca-file'") from None
+    try:
+        found.append(EmailNotifier(host, port, sender=email_from, recipients=list(email_to),
+                                   username=smtp_user, password=password,
+                                   starttls=not smtp_ssl, use_ssl=smtp_ssl,
+                                   ssl_context=context))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--smtp' / '--email-*'") from None
+    return found
 
 
 @incidents.command(name="serve")
@@ -410,7 +448,20 @@ def _notifiers(webhooks: Sequence[str], slack: Sequence[str]) -> list[Any]:
               default="incidents.sqlite", show_default=True, help="State file (SQLite).")
 @click.option("--service", default="service", show_default=True, help="Service of anomaly alerts.")
 @click.option("--webhook", multiple=True, metavar="URL", help="Webhook notifier; repeat for more.")
-@click.option("--slack-webhook", multiple=True, metavar="URL", help="Slack incoming webhook.")
+@click.option("--slack-webhook", multiple=True, metavar="URL",
+              help="Slack incoming webhook; repeat for more.")
+@click.option("--email-to", multiple=True, metavar="ADDRESS",
+              help="Email pages to this address (repeat for more); needs --smtp and --email-from.")
+@click.option("--email-from", metavar="ADDRESS", help="The From address of email pages.")
+@click.option("--smtp", metavar="HOST[:PORT]",
+              help="SMTP server (STARTTLS on 587 by default; implicit TLS on 465 with --smtp-ssl).")
+@click.option("--smtp-user", metavar="USER", help="Log in to the SMTP server as USER.")
+@click.option("--smtp-password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding the SMTP password (never given on the command line).")
+@click.option("--smtp-ssl", is_flag=True, help="Connect with TLS from the start (port 465).")
+@click.option("--smtp-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA certificates (PEM) that sign the SMTP server's certificate, when it is "
+                   "not signed by one the system trusts.")
 @click.option("--cooldown", type=DURATION, default="30m", show_default=True,
               help="After a resolution, the same problem re-opens its incident for this long.")
 @click.option("--resolve-after", type=DURATION, default="30m", show_default=True,
@@ -420,13 +471,17 @@ def _notifiers(webhooks: Sequence[str], slack: Sequence[str]) -> list[Any]:
 @click.option("--tick", type=DURATION, default="30s", show_default=True,
               help="How often resolutions and failed deliveries are checked.")
 def incidents_serve(port: int, host: str, db_path: Path, service: str, webhook: tuple[str, ...],
-                    slack_webhook: tuple[str, ...], cooldown: float, resolve_after: float,
-                    actions: tuple[str, ...], tick: float) -> None:
+                    slack_webhook: tuple[str, ...], email_to: tuple[str, ...],
+                    email_from: str | None, smtp: str | None, smtp_user: str | None,
+                    smtp_password_file: Path | None, smtp_ssl: bool,
+                    smtp_ca_file: Path | None, cooldown: float,
+                    resolve_after: float, actions: tuple[str, ...], tick: float) -> None:
     """Receive Alertmanager webhooks (POST /alertmanager) and anomalies (POST /anomaly)."""
     from ..monitoring.notifiers import Alert
     from .incidents import IncidentManager, make_server
 
-    notifiers = _notifiers(webhook, slack_webhook)
+    notifiers = _notifiers(webhook, slack_webhook, email_to, email_from, smtp, smtp_user,
+                           smtp_password_file, smtp_ssl, smtp_ca_file)
     loaded = [_load_action(a) for a in actions]
     with IncidentManager(db_path, notifiers, service=service, actions=loaded, cooldown=cooldown,
                          resolve_after=resolve_after, alert_factory=Alert) as manager:

@@ -141,7 +141,9 @@ class IncidentManager:
     Args:
         path: the SQLite file (created if missing).
         notifiers: the notifiers; each is known by its ``kind`` attribute
-            (``slack``, ``email``, ``webhook``), else its class name.
+            (``slack``, ``email``, ``webhook``), else its class name. Several of one
+            kind are all paged (their deliveries are recorded as ``kind``,
+            ``kind#2``, ``kind#3``... in the order given).
         service: the ``service`` of anomaly alerts.
         routes: severity -> notifier kinds (default :data:`DEFAULT_ROUTES`).
         actions: hooks run once per incident.
@@ -158,7 +160,15 @@ class IncidentManager:
                  resolve_after: float = 1800.0, alert_factory: Callable[..., Any] = IncidentAlert,
                  links: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.notifiers = {self._kind(n): n for n in notifiers}
+        #: delivery target name (``kind``, then ``kind#2``...) -> notifier
+        self.notifiers: dict[str, Notifier] = {}
+        self._targets: dict[str, list[str]] = {}  # kind -> its target names, in order
+        for n in notifiers:
+            kind = self._kind(n)
+            names = self._targets.setdefault(kind, [])
+            name = kind if not names else f"{kind}#{len(names) + 1}"
+            names.append(name)
+            self.notifiers[name] = n
         self.service = service
         self.routes = {k: tuple(v) for k, v in (routes or DEFAULT_ROUTES).items()}
         self.actions = list(actions)
@@ -357,6 +367,7 @@ class IncidentManager:
             labels=labels, links=dict(self.links))
 
     def _send(self, i: Incident, kind: str, what: str) -> None:
+        """Send ``what`` (``page`` or ``resolve``) to the target named ``kind``."""
         notifier = self.notifiers.get(kind)
         if notifier is None:
             return
@@ -379,8 +390,9 @@ class IncidentManager:
         for sev in SEVERITIES[:_rank(i.severity) + 1]:
             due += [k for k in self.routes.get(sev, ()) if k not in due]
         for kind in due:
-            if kind not in paged:
-                self._send(i, kind, "page")
+            for target in self._targets.get(kind, ()):
+                if target not in paged:
+                    self._send(i, target, "page")
         done = {str(r[0]) for r in self._db.execute(
             "SELECT action FROM actions WHERE incident = ?", (i.id,)).fetchall()}
         for action in self.actions:
