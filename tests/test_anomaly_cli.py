@@ -87,3 +87,22 @@ def test_queries_take_an_optional_name() -> None:
     assert got == [("orders", "sum(rate(orders_total[5m]))"), ("", 'rate(x_total{a="b"}[5m])'),
                    ("", "up==1"), ("", "up == 1"),
                    ("by_product", "sum by (product_id) (rate(products_sold_total[5m]))")]
+
+
+def test_a_prometheus_that_never_answers_is_one_clear_line_within_the_timeout() -> None:
+    import socket
+    import time
+
+    with socket.socket() as hung:  # accepts connections (the backlog) and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        started = time.monotonic()
+        r = click_testing.CliRunner().invoke(anomaly, [
+            "detect", "--prometheus", f"http://127.0.0.1:{hung.getsockname()[1]}",
+            "--query", "up", "--timeout", "1s"])
+        took = time.monotonic() - started
+    assert r.exit_code == 1, r.output
+    assert "Prometheus" in r.output, r.output
+    assert "timed out" in r.output, r.output
+    assert "Traceback" not in r.output
+    assert took < 15  # the timeout bounds each request; a hung server is not waited on

@@ -158,6 +158,47 @@ def test_train_detect_forecast_end_to_end(prom: Data, tmp_path: Path) -> None:
     assert fc[0]["timestamp"] == prom.end + STEP
 
 
+def test_isolation_forest_through_the_cli_trains_saves_and_detects(prom: Data,
+                                                                   tmp_path: Path) -> None:
+    model = tmp_path / "forest.json"
+    common = ["--prometheus", prom.url, "--query", "requests=shop_requests_per_second",
+              "--step", "60s", "--detector", "isolation-forest"]
+    out = invoke("train", *common, "--start", str(prom.train_end - 7 * 86400), "--end",
+                 str(prom.train_end), "--model", str(model)).output
+    assert "wrote" in out
+    assert json.loads(model.read_text())["detector"] == "isolation-forest"
+    points = json.loads(invoke("detect", *common, "--model", str(model), "--start",
+                               str(prom.train_end + STEP), "--end",
+                               str(prom.train_end + 2 * 86400), "--json").output)
+    assert len(points) == 2 * 1440
+    assert {p["metric"] for p in points} == {"requests"}
+    assert all(0.0 <= p["score"] <= 1.0 for p in points)
+    # a model of the other detector is refused with a clear error, not misread
+    r = click_testing.CliRunner().invoke(anomaly, [
+        "detect", "--prometheus", prom.url, "--query", "requests=shop_requests_per_second",
+        "--step", "60s", "--detector", "seasonal", "--model", str(model), "--start",
+        str(prom.train_end + STEP), "--end", str(prom.train_end + 86400)])
+    assert r.exit_code == 2, r.output
+    assert "holds isolation-forest detectors" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_demand_per_product_is_forecast_never_negative(prom: Data) -> None:
+    rows = json.loads(invoke("forecast", "--prometheus", prom.url, "--query",
+                             "shop_products_sold_per_minute", "--step", "60s", "--start",
+                             str(prom.start), "--end", str(prom.end), "--horizon", "2h",
+                             "--json").output)
+    by_metric: dict[str, list[Any]] = {}
+    for r in rows:
+        by_metric.setdefault(r["metric"], []).append(r)
+    assert sorted(by_metric) == ['shop_products_sold_per_minute{product_id="espresso"}',
+                                 'shop_products_sold_per_minute{product_id="latte"}']
+    for series in by_metric.values():
+        assert len(series) == 120
+        assert all(0 <= r["lower"] <= r["forecast"] <= r["upper"] for r in series)
+        assert any(r["forecast"] > 0 for r in series)
+
+
 def test_cli_errors_are_clear(prom: Data, tmp_path: Path) -> None:
     runner = click_testing.CliRunner()
     r = runner.invoke(anomaly, ["detect", "--prometheus", prom.url, "--query", "rate((",

@@ -118,7 +118,19 @@ def _detector_option(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="A detector parameter (SeasonalParams / ForestParams field), e.g. "
                      "alpha=1e-5; repeat for more.")(f)
     return click.option("--detector", type=click.Choice(["seasonal", "isolation-forest"]),
-                        default="seasonal", show_default=True, help="Which detector.")(f)
+                        default=None,
+                        help="Which detector (default: seasonal; with --model, the model's).")(f)
+
+
+def _detector_kind(detector: str | None, model: Any, model_path: Path | None) -> str:
+    """The detector to use: the model's when there is one (a different --detector is a
+    usage error, never silently ignored), else --detector, else ``seasonal``."""
+    if model is None:
+        return detector or "seasonal"
+    if detector is not None and detector != model.kind:
+        raise click.UsageError(f"--detector {detector}: the model {model_path} holds {model.kind} "
+                               "detectors (leave --detector out to use them, or train another)")
+    return str(model.kind)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -196,10 +208,12 @@ def anomaly() -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               default="anomaly-model.json", show_default=True, help="Model file to write.")
 def train(prometheus: str, queries: list[tuple[str, str]], step: float, timeout: float,
-          as_json: bool, detector: str, params: dict[str, Any], start: float, end: float,
+          as_json: bool, detector: str | None, params: dict[str, Any], start: float, end: float,
           model_path: Path) -> None:
     """Fit one detector per series on history and write a model file."""
     from . import model as model_file
+
+    detector = _detector_kind(detector, None, None)
 
     detectors: dict[str, Any] = {}
     rows = []
@@ -235,7 +249,7 @@ def train(prometheus: str, queries: list[tuple[str, str]], step: float, timeout:
               help="Without --model: history read before --start to fit on.")
 @click.option("--all", "show_all", is_flag=True, help="The table shows every point, not only anomalies.")
 def detect(prometheus: str, queries: list[tuple[str, str]], step: float, timeout: float,
-           as_json: bool, detector: str, params: dict[str, Any], start: float, end: float,
+           as_json: bool, detector: str | None, params: dict[str, Any], start: float, end: float,
            model_path: Path | None, history: float, show_all: bool) -> None:
     """Score every point from --start to --end; list the anomalies."""
     from . import model as model_file
@@ -247,12 +261,13 @@ def detect(prometheus: str, queries: list[tuple[str, str]], step: float, timeout
             model = model_file.load(model_path)
         except (ObservabilityError, ValueError, OSError) as exc:
             raise _fail(exc) from None
+    kind = _detector_kind(detector, model, model_path)
     fetch_from = start if model is not None else start - history
     points = []
     for name, s in _fetch(prometheus, queries, fetch_from, end, step, timeout):
         d = model.detectors.get(name) if model is not None else None
         if d is None:
-            d = _make_detector(model.kind if model is not None else detector, params)
+            d = _make_detector(kind, params)
             t, v = _clean(s, until=start)
             if len(t) == 0:
                 raise _fail(ValueError(f"{name}: no history before --start to fit on; "
@@ -347,7 +362,8 @@ def _until_signalled() -> threading.Event:
 @click.option("--timeout", type=DURATION, default="30s", show_default=True)
 def serve(prometheus: str, queries: list[tuple[str, str]], port: int, host: str, interval: float,
           step: float, history: float, horizons: tuple[float, ...], model_path: Path | None,
-          detector: str, params: dict[str, Any], incidents_url: str | None, timeout: float) -> None:
+          detector: str | None, params: dict[str, Any], incidents_url: str | None,
+          timeout: float) -> None:
     """Watch the queries; export anomaly_score, anomalies_total and forecasts on --port."""
     from prometheus_client import start_http_server
 
@@ -360,11 +376,12 @@ def serve(prometheus: str, queries: list[tuple[str, str]], port: int, host: str,
         source = PrometheusSource(prometheus, timeout=timeout)
     except (ObservabilityError, ValueError, OSError) as exc:
         raise _fail(exc) from None
-    _make_detector(detector, params)  # a missing extra or a bad parameter fails now
+    kind = _detector_kind(detector, model, model_path)  # series the model lacks: the same kind
+    _make_detector(kind, params)  # a missing extra or a bad parameter fails now
     watches = [Watch(name or query, query) for name, query in queries]
     hooks = [_post_anomaly(incidents_url)] if incidents_url else []
     service = AnomalyService(source, watches, step=step, history=history, horizons=horizons,
-                             make_detector=lambda: _make_detector(detector, params), model=model,
+                             make_detector=lambda: _make_detector(kind, params), model=model,
                              on_anomaly=hooks)
     server, _thread = start_http_server(port, addr=host, registry=service.registry)
     click.echo(f"anomaly serve: {len(watches)} queries every {interval:g}s; metrics on "
