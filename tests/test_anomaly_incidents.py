@@ -370,6 +370,44 @@ def test_incidents_serve_pages_by_email_and_every_webhook(tmp_path: Path, receiv
     assert b"s3cret-pw" not in err
 
 
+def test_incidents_serve_runs_an_action_once_per_incident(tmp_path: Path, receiver: Receiver,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = tmp_path / "actions.jsonl"
+    monkeypatch.setenv("MO_TEST_ACTION_FILE", str(ran))
+    proc, url = start_incidents_serve(tmp_path / "incidents.sqlite", receiver.url,
+                                      "--action", "tests.incident_action:record@critical")
+    try:
+        for _ in range(3):  # the same alert, firing again and again: one incident, one action
+            assert post(url + "/alertmanager",
+                        am_payload("firing", ("Down", "x", "firing")))[0] == 200
+        assert post(url + "/anomaly", point(0.6).as_dict())[0] == 200  # medium: no action
+    finally:
+        stop(proc)
+    (line,) = ran.read_text().splitlines()
+    assert json.loads(line)["severity"] == "critical"
+
+
+def test_anomaly_serve_incidents_hook_opens_an_incident(tmp_path: Path, manager: Any) -> None:
+    """``anomaly serve --incidents URL`` posts each anomaly as ``detect --json`` writes it."""
+    from mestres_observability.anomaly.cli import _post_anomaly
+
+    hook = FakeNotifier("webhook")
+    m = manager(IncidentManager(tmp_path / "s.sqlite", [hook]))
+    server = make_server(m, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        send = _post_anomaly(f"http://127.0.0.1:{server.server_address[1]}/")
+        send(point(0.8, metric="requests"))
+        send(point(0.8, metric="requests"))  # the same ongoing anomaly
+    finally:
+        server.shutdown()
+        server.server_close()
+    (incident,) = m.incidents("open")
+    assert incident.source == "anomaly"
+    assert incident.events == 2
+    assert len(hook.sent) == 1
+
+
 def test_incidents_serve_email_options_are_checked() -> None:
     from click.testing import CliRunner
 

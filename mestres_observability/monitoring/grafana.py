@@ -190,19 +190,16 @@ def _rate(metric: str, by: Iterable[str] = (), selector: str = "", window: str =
 
 
 # ---------------------------------------------------------------------- dashboards
-#: Panels issue 14 (anomaly detection and forecasting) adds to the Business
-#: overview. Each callable takes the settings and returns panel dicts in
-#: Grafana's JSON model (``gridPos`` and ``id`` are assigned here); the panels
-#: land in a "Predictions" row. Empty today: no prediction series exist yet.
+#: More panels for the Business overview's "Predictions" row (which shows the
+#: anomaly score and the forecasts of ``anomaly serve`` when ``anomaly_rules``
+#: is on). Each callable takes the settings and returns panel dicts in
+#: Grafana's JSON model (``gridPos`` and ``id`` are assigned here).
 PREDICTION_PANEL_BUILDERS: list[Callable[[RenderSettings], list[dict[str, Any]]]] = []
 
 
 def prediction_panels(settings: RenderSettings) -> list[dict[str, Any]]:
-    """The Business overview's predictions panels: the hook issue 14 fills.
-
-    Returns the panels of every builder in :data:`PREDICTION_PANEL_BUILDERS`
-    (none yet). When it returns nothing the dashboard has no Predictions row.
-    """
+    """The extra predictions panels: those of every builder in
+    :data:`PREDICTION_PANEL_BUILDERS` (none by default)."""
     out: list[dict[str, Any]] = []
     for build in PREDICTION_PANEL_BUILDERS:
         out.extend(build(settings))

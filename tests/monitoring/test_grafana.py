@@ -247,6 +247,18 @@ def test_revenue_today_starts_at_midnight() -> None:
     assert "[$__range]" in panel["targets"][0]["expr"]
 
 
+def test_anomaly_rules_give_the_business_overview_its_predictions_row() -> None:
+    settings = RenderSettings(config=ObservabilityConfig(), anomaly_rules=True)
+    business = _dashboards(grafana.render(settings))["grafana/dashboards/business.json"]
+    titles = [p["title"] for p in business["panels"]]
+    row = titles.index("Predictions")
+    assert {"Anomaly score by series", "Forecast with its 80% interval"} <= set(titles[row:])
+    exprs = {t["expr"] for p, t in _targets(business) if titles.index(p["title"]) > row}
+    for family in ("anomaly_score", "forecast", "forecast_lower", "forecast_upper"):
+        assert any(f"({family})" in e or f"({family}{{" in e or f" {family}" in e
+                   for e in exprs), (family, exprs)
+
+
 def test_predictions_hook() -> None:
     business = _dashboards(_render())["grafana/dashboards/business.json"]
     assert "Predictions" not in {p["title"] for p in business["panels"]}
