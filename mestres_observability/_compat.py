@@ -1388,6 +1388,35 @@ def proxy_target_getter(proxy: Any) -> Callable[[], Any]:
     return lambda: proxy
 
 
+def flask_request_context_var() -> Any:
+    """Flask's context variable of the current request context, or ``None``.
+
+    Internal: ``flask.globals._cv_request`` (Flask 2.2 and later; ``flask.request``
+    is a ``LocalProxy`` over it, reading its ``request`` attribute). Why: the Flask
+    adapter reaches the request once per request inside ``full_dispatch_request``;
+    ``var.get().request`` is one C call where the proxy's ``_get_current_object`` is a
+    Python call around the same lookup. Feature check: in a throwaway app's request
+    context, ``var.get().request`` is the object behind ``flask.request``. Public
+    replacement and fallback (``None``): :func:`proxy_target_getter` of ``flask.request``.
+    """
+    try:
+        import flask
+        import flask.globals as flask_globals
+
+        var = getattr(flask_globals, "_cv_request", None)
+        if isinstance(var, contextvars.ContextVar):
+            with flask.Flask("mestres_observability_probe").test_request_context("/"):
+                if var.get().request is flask.request._get_current_object():  # type: ignore[attr-defined]
+                    return var
+    except Exception as exc:
+        _degrade("flask.globals._cv_request",
+                 "the Flask adapter reaches the request through flask.request (slower)", exc)
+        return None
+    _degrade("flask.globals._cv_request",
+             "the Flask adapter reaches the request through flask.request (slower)")
+    return None
+
+
 # ====================================================================== uvicorn
 def uvicorn_worker_count() -> int | None:
     """``N`` of ``uvicorn --workers N`` when this process is one of those workers, else ``None``.

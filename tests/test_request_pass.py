@@ -337,6 +337,37 @@ def test_a_span_context_reset_from_another_context_is_left_to_the_api(
     assert any("Failed to detach context" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("app_binds", [False, True], ids=["nothing bound", "app binds"])
+def test_a_request_id_token_from_another_context_puts_back_the_value_it_kept(
+        app_binds: bool) -> None:
+    """The request id is put back with its ``ContextVar`` token; ``reset`` refuses a token
+    from another context, and then the value the token kept is set instead: the outer
+    request id comes back there, what the app bound is undone, no fault is counted."""
+    def scenario() -> tuple[object, object, dict[str, Any], object, object]:
+        with fresh_observability(tracing_enabled=False, access_log=False) as obs:
+            state = http_state(obs)
+            bind_context(request_id="outer", tenant="t")
+            rp = start_request(state, "GET", "/a", request_id="inner")
+            assert rp is not None
+            rp.activate()
+            if app_binds:
+                bind_context(cart=3)
+            during = structlog.contextvars.get_contextvars()["request_id"]
+            other = contextvars.copy_context()
+            other.run(rp.deactivate)  # not the context activate() ran in
+            rp.deactivate()  # a second call does nothing
+            return (during, other.run(structlog.contextvars.get_contextvars)["request_id"],
+                    other.run(structlog.contextvars.get_contextvars),
+                    sample_value("mestres_observability_errors_total", component="http"),
+                    rp._rid_token)
+
+    during, after, bound, faults, token = contextvars.copy_context().run(scenario)
+    assert (during, after) == ("inner", "outer")
+    assert bound == {"request_id": "outer", "tenant": "t"}
+    assert not faults
+    assert token is None
+
+
 @pytest.mark.parametrize("cached", [True, False], ids=["cached on first use", "not cached"])
 def test_the_access_logger_is_settled_only_when_structlog_caches_it(cached: bool) -> None:
     """At its first line the access log keeps the logger structlog's proxy binds when the
