@@ -55,7 +55,7 @@ from ._compat import (
     STRUCTLOG_UNBOUND,
     current_span_key,
     exemplar_recorder,
-    histogram_observer,
+    request_recorder,
     restore_structlog_context,
     runtime_context_ops,
     span_context_unpacks,
@@ -503,8 +503,7 @@ class HttpState:
         #: :meth:`host`'s cache (``Host`` value -> host, port), read inline by the request pass
         self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
-        self.recorders: dict[tuple[str, str, int], tuple[Callable[[float], None],
-                                                          Callable[[float], None]]] = {}
+        self.recorders: dict[tuple[str, str, int], Callable[[float], None]] = {}
         #: ``(method, endpoint)`` -> the in-progress gauge's value holder
         self.in_progress_values: dict[tuple[str, str], Any] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
@@ -584,11 +583,10 @@ class HttpState:
                 self._status_labels[code] = label
         return label
 
-    def recorder(self, method: str, endpoint: str, code: int
-                 ) -> tuple[Callable[[float], None], Callable[[float], None]]:
-        """``(count, observe)`` of one request series: ``count(1)`` adds one to
-        ``http_requests_total``, ``observe(duration)`` records the duration, as the
-        children's ``inc``/``observe`` without exemplar do.
+    def recorder(self, method: str, endpoint: str, code: int) -> Callable[[float], None]:
+        """``record(duration)`` of one request series: adds one to ``http_requests_total``
+        and records the duration, as the children's ``inc``/``observe`` without exemplar
+        do (one call: :func:`~mestres_observability._compat.request_recorder`).
 
         Resolved through the cardinality guards; kept in :attr:`recorders` (bounded)
         only when both series are within their bounds, so a folded series is still
@@ -597,8 +595,7 @@ class HttpState:
         key = (method, endpoint, self.status(code), *self.label_values)
         counter = self.requests_child(key)
         histogram = self.duration_child(key)
-        found = (value_holder(counter).inc if counter is not None else _ignore,
-                 histogram_observer(histogram) if histogram is not None else _ignore)
+        found = request_recorder(counter, histogram)
         if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
                 and self.duration.guard.settled(key)):
             self.recorders[(method, endpoint, code)] = found
@@ -635,10 +632,6 @@ class HttpState:
                 key):
             self.in_progress_values[(method, endpoint)] = value
         return value
-
-
-def _ignore(_amount: float) -> None:
-    """What a recorder does for a series the guard dropped."""
 
 
 _cached: tuple[Any, HttpState] | None = None
@@ -1003,8 +996,7 @@ class RequestPass:
                 record = state.recorders.get((self.method, endpoint, status))
                 if record is None:
                     record = state.recorder(self.method, endpoint, status)
-                record[0](1)
-                record[1](duration)
+                record(duration)
         except Exception as err:
             state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:
