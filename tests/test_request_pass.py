@@ -115,7 +115,8 @@ def test_request_recorder_records_what_inc_and_observe_record(values: list[float
         finally:
             _compat._mutex_value_class = mutex  # type: ignore[assignment]
         if fast and locked:
-            assert record is not None and record.__name__ == "record_locked"
+            assert record is not None
+            assert record.__name__ == "record_locked"
         for v in values:
             if record is not None:
                 record(v)
