@@ -1467,9 +1467,11 @@ def flask_request_context_var() -> Any:
     is a ``LocalProxy`` over it, reading its ``request`` attribute). Why: the Flask
     adapter reaches the request once per request inside ``full_dispatch_request``;
     ``var.get().request`` is one C call where the proxy's ``_get_current_object`` is a
-    Python call around the same lookup. Feature check: in a throwaway app's request
-    context, ``var.get().request`` is the object behind ``flask.request``. Public
-    replacement and fallback (``None``): :func:`proxy_target_getter` of ``flask.request``.
+    Python call around the same lookup. Feature check: with a stand-in set in the
+    variable (in a copied context, so nothing leaks, and no Flask app or request
+    context is created, so no Flask signal fires), ``flask.request`` resolves to the
+    stand-in's ``request``. Public replacement and fallback (``None``):
+    :func:`proxy_target_getter` of ``flask.request``.
     """
     try:
         import flask
@@ -1477,9 +1479,17 @@ def flask_request_context_var() -> Any:
 
         var = getattr(flask_globals, "_cv_request", None)
         if isinstance(var, contextvars.ContextVar):
-            with flask.Flask("mestres_observability_probe").test_request_context("/"):
-                if var.get().request is flask.request._get_current_object():  # type: ignore[attr-defined]
-                    return var
+            marker = object()
+
+            class _StandIn:
+                request = marker
+
+            def resolves() -> bool:
+                var.set(_StandIn())
+                return flask.request._get_current_object() is marker  # type: ignore[attr-defined]
+
+            if contextvars.copy_context().run(resolves):
+                return var
     except Exception as exc:
         _degrade("flask.globals._cv_request",
                  "the Flask adapter reaches the request through flask.request (slower)", exc)
