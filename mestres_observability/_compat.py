@@ -44,6 +44,7 @@ __all__ = [
     "degraded_features",
     "disable_fastapi_native_tracing",
     "exemplar_recorder",
+    "flask_request_context_var",
     "flush_values_drops",
     "guard_values_files",
     "histogram_observer",
@@ -61,6 +62,7 @@ __all__ = [
     "registry_collectors",
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
+    "request_recorder",
     "restore_structlog_context",
     "runtime_context_ops",
     "set_values_drop_listener",
@@ -155,13 +157,10 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
         return observe
     from bisect import bisect_left
 
-    mutex = _mutex_value_class()
-    if mutex is not None and type(total) is mutex and all(type(b) is mutex
-                                                         for b in child._buckets):
+    locked = _locked_histogram(child)
+    if locked is not None:
         # MutexValue (single process): its ``inc`` inline, under its own lock
-        buckets = list(child._buckets)
-        locks = [b._lock for b in buckets]
-        sum_lock = total._lock
+        _observe, bounds, total, sum_lock, buckets, locks = locked
 
         def observe_locked(amount: float) -> None:
             if amount != amount:  # NaN: no bucket (observe's walk finds none)
@@ -183,6 +182,79 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
         incs[bisect_left(bounds, amount)](1)
 
     return observe_fast
+
+
+def _locked_histogram(child: Any) -> tuple[Callable[[float], None], list[float], Any, Any,
+                                            list[Any], list[Any]] | None:
+    """``(observe, bounds, sum holder, its lock, bucket holders, their locks)`` of a
+    prometheus_client ``Histogram`` child whose holders are all ``MutexValue`` (see
+    :func:`histogram_observer`), else ``None`` (never raises)."""
+    try:
+        from prometheus_client import Histogram
+
+        if type(child).observe is not Histogram.observe:
+            return None
+        mutex = _mutex_value_class()
+        total = child._sum
+        buckets = list(child._buckets)
+        bounds = [float(b) for b in child._upper_bounds]
+        if (mutex is None or type(total) is not mutex or not buckets
+                or any(type(b) is not mutex for b in buckets) or len(bounds) != len(buckets)
+                or bounds[-1] != float("inf") or bounds != sorted(bounds)):
+            return None
+        return child.observe, bounds, total, total._lock, buckets, [b._lock for b in buckets]
+    except Exception:
+        return None
+
+
+def _count_nothing(_amount: float) -> None:
+    """What :func:`request_recorder` does for a series a cardinality guard dropped."""
+
+
+def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
+    """``record(duration)``: ``counter.inc()`` and ``histogram.observe(duration)`` (no
+    exemplar) as one call; either child may be ``None`` (dropped by a guard: nothing is
+    recorded for it).
+
+    Internal: the same as :func:`value_holder` and :func:`histogram_observer`. Why: the
+    metrics-only request pass records both series of a request together; with
+    single-process ``MutexValue`` holders the counter's, the sum's and the bucket's
+    ``inc`` are done inline, each under its own lock, in one Python call instead of
+    three. Public replacement: ``inc()`` and ``observe()``; the fallback (another value
+    class, such as multiprocess mode's, other internals, a dropped series) calls the
+    holder's ``inc`` and :func:`histogram_observer`'s function, which fall back on their
+    own. Resolved once per series.
+    """
+    holder: Any = value_holder(counter) if counter is not None else None
+    mutex = _mutex_value_class()
+    locked = _locked_histogram(histogram) if histogram is not None else None
+    if locked is not None and mutex is not None and type(holder) is mutex:
+        from bisect import bisect_left
+
+        observe, bounds, total, sum_lock, buckets, locks = locked
+        c_lock = holder._lock
+
+        def record_locked(amount: float) -> None:
+            with c_lock:
+                holder._value += 1
+            if amount != amount:  # NaN: no bucket (observe's walk finds none)
+                observe(amount)
+                return
+            with sum_lock:
+                total._value += amount
+            i = bisect_left(bounds, amount)
+            with locks[i]:
+                buckets[i]._value += 1
+
+        return record_locked
+    count = holder.inc if holder is not None else _count_nothing
+    observe_any = histogram_observer(histogram) if histogram is not None else _count_nothing
+
+    def record(amount: float) -> None:
+        count(1)
+        observe_any(amount)
+
+    return record
 
 
 def _mutex_value_class() -> Any:
@@ -1386,6 +1458,45 @@ def proxy_target_getter(proxy: Any) -> Callable[[], Any]:
     _degrade("LocalProxy._get_current_object",
              "request attributes are read through the proxy (slower)")
     return lambda: proxy
+
+
+def flask_request_context_var() -> Any:
+    """Flask's context variable of the current request context, or ``None``.
+
+    Internal: ``flask.globals._cv_request`` (Flask 2.2 and later; ``flask.request``
+    is a ``LocalProxy`` over it, reading its ``request`` attribute). Why: the Flask
+    adapter reaches the request once per request inside ``full_dispatch_request``;
+    ``var.get().request`` is one C call where the proxy's ``_get_current_object`` is a
+    Python call around the same lookup. Feature check: with a stand-in set in the
+    variable (in a copied context, so nothing leaks, and no Flask app or request
+    context is created, so no Flask signal fires), ``flask.request`` resolves to the
+    stand-in's ``request``. Public replacement and fallback (``None``):
+    :func:`proxy_target_getter` of ``flask.request``.
+    """
+    try:
+        import flask
+        import flask.globals as flask_globals
+
+        var = getattr(flask_globals, "_cv_request", None)
+        if isinstance(var, contextvars.ContextVar):
+            marker = object()
+
+            class _StandIn:
+                request = marker
+
+            def resolves() -> bool:
+                var.set(_StandIn())
+                return flask.request._get_current_object() is marker  # type: ignore[attr-defined]
+
+            if contextvars.copy_context().run(resolves):
+                return var
+    except Exception as exc:
+        _degrade("flask.globals._cv_request",
+                 "the Flask adapter reaches the request through flask.request (slower)", exc)
+        return None
+    _degrade("flask.globals._cv_request",
+             "the Flask adapter reaches the request through flask.request (slower)")
+    return None
 
 
 # ====================================================================== uvicorn

@@ -201,7 +201,9 @@ class ObservabilityMiddleware:
             root_path: str = scope.get("root_path", "")
             route_path = path[len(root_path):] if root_path and path.startswith(root_path) else path
             endpoint = state.endpoints.get(route_path)
-            if endpoint is None and (not state.enabled or state.excluded(route_path)):
+            rx = state.excluded_rx  # state.excluded(route_path), inline
+            if endpoint is None and (not state.enabled or route_path in state.excluded_exact or (
+                    rx is not None and rx.fullmatch(route_path) is not None)):
                 await self.app(scope, receive, send)
                 return
             headers = _read_headers(scope, state)
@@ -322,9 +324,10 @@ class ObservabilityMiddleware:
 
         rp.activate()
         request = None
-        controls = rp.span is not None and (
+        controls = (
             state.request_hook is not None or state.response_hook is not None
-            or state.capture_request is not None or state.capture_response is not None)
+            or state.capture_request is not None or state.capture_response is not None
+        ) and rp.span is not None
         if controls:
             if state.capture_request is not None:
                 rp.capture_request_headers(scope.get("headers", ()))

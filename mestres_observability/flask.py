@@ -29,7 +29,7 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator, get_current_url
 
 from ._adapter import resolve_user_id, setup
-from ._compat import proxy_target_getter
+from ._compat import flask_request_context_var, proxy_target_getter
 from ._endpoint import Endpoint, Request
 from .http import (
     HttpState,
@@ -49,13 +49,12 @@ __all__ = ["FlaskMiddleware", "instrument"]
 
 EXTENSION_KEY = "mestres_observability"
 _PASS = "mestres_observability.pass"
-_EXC = "mestres_observability.exc"
-_UID = "mestres_observability.user_id"
-_BUFFERED = "mestres_observability.buffered"
 
 StartResponse = Callable[..., Any]
 #: ``flask.request``'s target (one context lookup, not one per attribute); see ``_compat``
 _current_request = proxy_target_getter(request)
+#: Flask's request-context variable (``_compat.flask_request_context_var``), or None
+_REQUEST_CTX = flask_request_context_var()
 
 
 def _text(value: str) -> str:
@@ -188,7 +187,8 @@ class FlaskMiddleware:
             rp.capture_request_headers(wsgi_headers(environ))
         capture_response = state.capture_response is not None
         holder: list[Any] = [500]
-        if state.sizes:
+        sizes = state.sizes
+        if sizes:
             holder.append(None)  # the Content-Length the response declares
             length = environ.get("CONTENT_LENGTH")
             rp.request_size = int(length) if length and length.isdigit() else 0
@@ -202,7 +202,7 @@ class FlaskMiddleware:
                 holder[0] = int(status[:3])
             except ValueError:
                 holder[0] = 500
-            if len(holder) > 1:
+            if sizes:
                 holder[1] = next((v for k, v in headers if k.lower() == "content-length"), None)
             headers.append((header, rid))
             if timing and wsgi_is_html(headers):
@@ -217,15 +217,15 @@ class FlaskMiddleware:
         try:
             result = self.wsgi_app(environ, _start_response)
         except BaseException as exc:
-            rp.finish(500, exc, environ.get(_UID))
+            rp.finish(500, exc, rp.resolved_user_id)
             rp.deactivate()
             raise
-        uid = environ.get(_UID)
-        error = environ.get(_EXC)
-        if error is not None or environ.get(_BUFFERED):
+        uid = rp.resolved_user_id
+        error = rp.error
+        if error is not None or rp.body_complete:
             # the body is complete already (or the request failed): record now, with
             # the span current and the request id bound
-            if len(holder) > 1:
+            if sizes:
                 _sizes(rp, holder, 0)
             rp.finish(holder[0], error, uid)
             rp.deactivate()
@@ -328,7 +328,8 @@ class FlaskMiddleware:
         """
         rp = None
         try:
-            req = _current_request()
+            ctx = _REQUEST_CTX.get(None) if _REQUEST_CTX is not None else None
+            req = ctx.request if ctx is not None else _current_request()
             environ = req.environ
             rp = environ.get(_PASS)
             if rp is not None:
@@ -336,26 +337,29 @@ class FlaskMiddleware:
                 template = rule.rule if rule is not None else self._rule_for_405()
                 if template is not None:
                     script = environ.get("SCRIPT_NAME")
-                    rp.set_route(_text(script) + template if script else template)
+                    rp.route = _text(script) + template if script else template  # set_route
                 if rp.labels is None:  # http_label_callback: it gets the request
                     rp.native = req
                 rp.track_in_progress()
-                rp.request_hook(req)
+                if rp.state.request_hook is not None:
+                    rp.request_hook(req)
         except Exception as exc:
             get_observability().faults.report("http", "flask_route", "reading the route failed",
                                               exc)
         response = self._full_dispatch()
         if rp is not None:
-            rp.response_hook(req, response)
+            if rp.state.response_hook is not None:
+                rp.response_hook(req, response)
             try:
-                if not response.is_streamed:
-                    environ[_BUFFERED] = True
-                elif (response.status_code >= 400
-                      and isinstance(response.response, ClosingIterator)):
+                body = response.response
+                # response.is_streamed, inline for the bodies Flask makes (a list)
+                if type(body) is list or not response.is_streamed:
+                    rp.body_complete = True
+                elif (response.status_code >= 400 and isinstance(body, ClosingIterator)):
                     # an HTTPException (abort(404), routing errors) turned into a response
                     # by running it as a WSGI app: a short body held in memory
                     response.make_sequence()
-                    environ[_BUFFERED] = True
+                    rp.body_complete = True
             except Exception as exc:
                 rp.state.faults.report("http", "flask_body", "body check failed", exc)
         return response
@@ -375,9 +379,9 @@ class FlaskMiddleware:
 
     def on_exception(self, sender: Any, exception: BaseException, **extra: Any) -> None:
         """``got_request_exception`` receiver: keep the exception for the span."""
-        environ = request.environ
-        if environ.get(_PASS) is not None:
-            environ[_EXC] = exception
+        rp = request.environ.get(_PASS)
+        if rp is not None:
+            rp.error = exception
 
     def teardown(self, exc: BaseException | None) -> None:
         """Run the user-id resolver (registered only when there is one)."""
@@ -387,7 +391,7 @@ class FlaskMiddleware:
             return
         resolver = self.user_id_resolver
         if resolver is not None:
-            environ[_UID] = resolve_user_id(resolver, request, rp.state.faults)
+            rp.resolved_user_id = resolve_user_id(resolver, request, rp.state.faults)
 
 
 def instrument(app: Flask, obs: Observability | None = None, *,

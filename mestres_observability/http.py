@@ -50,11 +50,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
+from . import _current as _current_module
 from ._compat import (
     STRUCTLOG_UNBOUND,
     current_span_key,
     exemplar_recorder,
-    histogram_observer,
+    request_recorder,
     restore_structlog_context,
     runtime_context_ops,
     span_context_unpacks,
@@ -502,8 +503,7 @@ class HttpState:
         #: :meth:`host`'s cache (``Host`` value -> host, port), read inline by the request pass
         self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
-        self.recorders: dict[tuple[str, str, int], tuple[Callable[[float], None],
-                                                          Callable[[float], None]]] = {}
+        self.recorders: dict[tuple[str, str, int], Callable[[float], None]] = {}
         #: ``(method, endpoint)`` -> the in-progress gauge's value holder
         self.in_progress_values: dict[tuple[str, str], Any] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
@@ -583,11 +583,10 @@ class HttpState:
                 self._status_labels[code] = label
         return label
 
-    def recorder(self, method: str, endpoint: str, code: int
-                 ) -> tuple[Callable[[float], None], Callable[[float], None]]:
-        """``(count, observe)`` of one request series: ``count(1)`` adds one to
-        ``http_requests_total``, ``observe(duration)`` records the duration, as the
-        children's ``inc``/``observe`` without exemplar do.
+    def recorder(self, method: str, endpoint: str, code: int) -> Callable[[float], None]:
+        """``record(duration)`` of one request series: adds one to ``http_requests_total``
+        and records the duration, as the children's ``inc``/``observe`` without exemplar
+        do (one call: :func:`~mestres_observability._compat.request_recorder`).
 
         Resolved through the cardinality guards; kept in :attr:`recorders` (bounded)
         only when both series are within their bounds, so a folded series is still
@@ -596,8 +595,7 @@ class HttpState:
         key = (method, endpoint, self.status(code), *self.label_values)
         counter = self.requests_child(key)
         histogram = self.duration_child(key)
-        found = (value_holder(counter).inc if counter is not None else _ignore,
-                 histogram_observer(histogram) if histogram is not None else _ignore)
+        found = request_recorder(counter, histogram)
         if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
                 and self.duration.guard.settled(key)):
             self.recorders[(method, endpoint, code)] = found
@@ -636,10 +634,6 @@ class HttpState:
         return value
 
 
-def _ignore(_amount: float) -> None:
-    """What a recorder does for a series the guard dropped."""
-
-
 _cached: tuple[Any, HttpState] | None = None
 
 
@@ -652,7 +646,7 @@ def http_state(obs: Observability | None = None) -> HttpState:
     """
     global _cached
     if obs is None:
-        obs = get_observability()
+        obs = _current_module._current or get_observability()  # get_observability(), inline
     cached = _cached
     if cached is not None and cached[0] is obs:
         return cached[1]
@@ -706,10 +700,10 @@ class RequestPass:
 
     __slots__ = (
         "_ctx_before", "_ctx_bound", "_ctx_token", "_external_span", "_finished", "_in_progress",
-        "_kept_user_id", "_parent", "_route_at_start", "_span", "client",
-        "forwarded_for", "labels", "method", "method_original", "native", "path", "peer",
-        "query", "request_id", "request_size", "response_size", "route", "start", "state",
-        "user_agent",
+        "_kept_user_id", "_parent", "_rid_token", "_route_at_start", "_span", "body_complete",
+        "client", "error", "forwarded_for", "labels", "method", "method_original", "native",
+        "path", "peer", "query", "request_id", "request_size", "resolved_user_id",
+        "response_size", "route", "start", "state", "user_agent",
     )
 
     def __init__(self, state: HttpState, method: str, path: str, query: str,
@@ -732,6 +726,7 @@ class RequestPass:
         self._ctx_token: Any = None
         self._ctx_before: contextvars.Context | None = None
         self._ctx_bound: contextvars.Context | None = None
+        self._rid_token: contextvars.Token[Any] | None = None
         self._kept_user_id: Any = _UNSET
         self._in_progress: Any = None
         self._finished = False
@@ -743,6 +738,12 @@ class RequestPass:
         #: body sizes in bytes (``http_size_metrics``; set by the adapters, ``None``: unknown)
         self.request_size: int | None = None
         self.response_size: int | None = None
+        #: noted by the adapters while the request runs (the Flask adapter's signal and
+        #: teardown handlers): the exception the framework handled, what the
+        #: ``user_id_resolver`` gave, and whether the response body is complete already
+        self.error: BaseException | None = None
+        self.resolved_user_id: Any = None
+        self.body_complete = False
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ during
@@ -883,10 +884,15 @@ class RequestPass:
     def activate(self) -> None:
         """Bind the request id into the log context and make the span current."""
         try:
-            self._ctx_before = contextvars.copy_context()  # what deactivate() restores
-            _REQUEST_ID_VAR.set(self.request_id)
             if _REQUEST_ID_IS_VAR:
-                self._ctx_bound = contextvars.copy_context()  # to tell if the app bound more
+                # the token restores the request id; the copy tells whether the app bound
+                # more and holds the values to restore if it did (the same as before the
+                # request but for the request id, which the token puts back)
+                self._rid_token = _REQUEST_ID_VAR.set(self.request_id)
+                self._ctx_bound = contextvars.copy_context()
+            else:  # the public fallback: the context before, restored through structlog
+                self._ctx_before = contextvars.copy_context()
+                _REQUEST_ID_VAR.set(self.request_id)
             if self._span is not None:
                 # the extracted context, so the caller's baggage reaches the app too
                 parent = self._parent
@@ -916,18 +922,28 @@ class RequestPass:
                     _reset(token)
                 except Exception:  # a token from another context: the API logs it, as ever
                     otel_context.detach(token)
-            if self._ctx_before is not None:
-                before, self._ctx_before = self._ctx_before, None
+            if self._ctx_bound is not None:
                 bound, self._ctx_bound = self._ctx_bound, None
+                token, self._rid_token = self._rid_token, None
                 try:
                     # nothing set in the context since activate() (a C comparison, no walk)
-                    unchanged = bound is not None and contextvars.copy_context() == bound
+                    unchanged = contextvars.copy_context() == bound
                 except Exception:  # a value whose == raises: compare the long way
                     unchanged = False
-                if unchanged:  # then the request id is all there is to restore
-                    _REQUEST_ID_VAR.set(before.get(_REQUEST_ID_VAR, STRUCTLOG_UNBOUND))
-                else:
-                    restore_structlog_context(before)
+                if not unchanged:  # what the app bound, undone; the request id stays bound
+                    restore_structlog_context(bound)
+                if token is not None:
+                    try:  # the request id as it was before activate() set it
+                        _REQUEST_ID_VAR.reset(token)
+                    except (ValueError, RuntimeError):
+                        # a token from another context (a framework that ends the request
+                        # in a copy of the one it began in): the value the token kept
+                        old = token.old_value
+                        _REQUEST_ID_VAR.set(STRUCTLOG_UNBOUND if old is token.MISSING
+                                            else old)
+            elif self._ctx_before is not None:
+                before, self._ctx_before = self._ctx_before, None
+                restore_structlog_context(before)
         except Exception as exc:
             self.state.faults.report("http", "deactivate", "resetting request context failed", exc)
 
@@ -980,8 +996,7 @@ class RequestPass:
                 record = state.recorders.get((self.method, endpoint, status))
                 if record is None:
                     record = state.recorder(self.method, endpoint, status)
-                record[0](1)
-                record[1](duration)
+                record(duration)
         except Exception as err:
             state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:

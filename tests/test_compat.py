@@ -1151,6 +1151,41 @@ def test_proxy_target_missing_gives_the_proxy(caplog: pytest.LogCaptureFixture) 
     _degraded_once(caplog, "LocalProxy._get_current_object")
 
 
+def test_flask_request_context_var_gives_the_current_request() -> None:
+    flask = pytest.importorskip("flask")
+    var = _compat.flask_request_context_var()
+    assert isinstance(var, contextvars.ContextVar)
+    app = flask.Flask("compat")
+    with app.test_request_context("/y"):
+        assert var.get().request is flask.request._get_current_object()
+        assert var.get().request.path == "/y"
+    assert var.get(None) is None  # resolved per call, not at set-up
+
+
+def test_flask_request_context_var_missing_gives_none(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("flask")
+    import flask.globals
+
+    monkeypatch.delattr(flask.globals, "_cv_request")
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.flask_request_context_var() is None
+    _degraded_once(caplog, "flask.globals._cv_request")
+
+
+def test_flask_request_context_var_of_another_shape_gives_none(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A context variable whose value is not the request context (a release that moved
+    things around) fails the probe: the public proxy is used."""
+    pytest.importorskip("flask")
+    import flask.globals
+
+    monkeypatch.setattr(flask.globals, "_cv_request", contextvars.ContextVar("other"))
+    with caplog.at_level(logging.WARNING, logger="mestres_observability"):
+        assert _compat.flask_request_context_var() is None
+    _degraded_once(caplog, "flask.globals._cv_request")
+
+
 # ---------------------------------------------------------------------- source scans
 #: Our own private attributes read on objects other than ``self``/``cls`` or one of our
 #: modules, as written in the source (file -> accesses).

@@ -94,6 +94,74 @@ def test_histogram_observer_falls_back_on_other_classes_and_missing_internals(
     _compat._degraded.pop("prometheus_client histogram value holders", None)
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(amounts, max_size=20), locked=st.booleans())
+def test_request_recorder_records_what_inc_and_observe_record(values: list[float],
+                                                              locked: bool) -> None:
+    """Both forms of ``request_recorder``: the MutexValue holders incremented inline under
+    their locks (``locked``), and the fallback through the holders' own ``inc``."""
+    from prometheus_client import Counter
+
+    registries = []
+    mutex = _compat._mutex_value_class
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        counter = Counter("c", "c", ["k"], registry=registry).labels("v")
+        child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+        if not locked:
+            _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+        try:
+            record = _compat.request_recorder(counter, child) if fast else None
+        finally:
+            _compat._mutex_value_class = mutex  # type: ignore[assignment]
+        if fast and locked:
+            assert record is not None
+            assert record.__name__ == "record_locked"
+        for v in values:
+            if record is not None:
+                record(v)
+            else:
+                counter.inc()
+                child.observe(v)
+        registries.append(registry)
+    slow, fast_ = (_samples(r) for r in registries)
+    assert len(slow) == len(fast_)
+    for (n1, l1, v1), (n2, l2, v2) in zip(slow, fast_, strict=True):
+        assert (n1, l1) == (n2, l2)
+        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
+def test_request_recorder_falls_back_on_dropped_series_and_other_classes() -> None:
+    """A child dropped by a guard (``None``) records nothing; a histogram class of its
+    own is observed through its own ``observe``."""
+    from prometheus_client import Counter
+
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["k"], registry=registry).labels("v")
+    histogram = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+    _compat.request_recorder(counter, None)(0.2)
+    _compat.request_recorder(None, histogram)(0.3)
+    _compat.request_recorder(None, None)(0.4)
+    assert registry.get_sample_value("c_total", {"k": "v"}) == 1
+    assert registry.get_sample_value("d_count", {"k": "v"}) == 1
+    assert registry.get_sample_value("d_sum", {"k": "v"}) == 0.3
+
+    seen: list[float] = []
+
+    class Own(Histogram):
+        def observe(self, amount: float, exemplar: Any = None) -> None:
+            seen.append(amount)
+            super().observe(amount, exemplar)
+
+    own = Own("o", "o", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+    record = _compat.request_recorder(counter, own)
+    assert record.__name__ == "record"  # not the inline form
+    record(0.5)
+    assert seen == [0.5]
+    assert registry.get_sample_value("c_total", {"k": "v"}) == 2
+    assert registry.get_sample_value("o_bucket", {"k": "v", "le": "0.5"}) == 1
+
+
 # ---------------------------------------------------------------------- guard
 def test_label_guard_settled_only_within_the_bound() -> None:
     registry = CollectorRegistry()
@@ -335,6 +403,37 @@ def test_a_span_context_reset_from_another_context_is_left_to_the_api(
     assert rid == "unset"  # the request id unbound there all the same
     assert not faults
     assert any("Failed to detach context" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("app_binds", [False, True], ids=["nothing bound", "app binds"])
+def test_a_request_id_token_from_another_context_puts_back_the_value_it_kept(
+        app_binds: bool) -> None:
+    """The request id is put back with its ``ContextVar`` token; ``reset`` refuses a token
+    from another context, and then the value the token kept is set instead: the outer
+    request id comes back there, what the app bound is undone, no fault is counted."""
+    def scenario() -> tuple[object, object, dict[str, Any], object, object]:
+        with fresh_observability(tracing_enabled=False, access_log=False) as obs:
+            state = http_state(obs)
+            bind_context(request_id="outer", tenant="t")
+            rp = start_request(state, "GET", "/a", request_id="inner")
+            assert rp is not None
+            rp.activate()
+            if app_binds:
+                bind_context(cart=3)
+            during = structlog.contextvars.get_contextvars()["request_id"]
+            other = contextvars.copy_context()
+            other.run(rp.deactivate)  # not the context activate() ran in
+            rp.deactivate()  # a second call does nothing
+            return (during, other.run(structlog.contextvars.get_contextvars)["request_id"],
+                    other.run(structlog.contextvars.get_contextvars),
+                    sample_value("mestres_observability_errors_total", component="http"),
+                    rp._rid_token)
+
+    during, after, bound, faults, token = contextvars.copy_context().run(scenario)
+    assert (during, after) == ("inner", "outer")
+    assert bound == {"request_id": "outer", "tenant": "t"}
+    assert not faults
+    assert token is None
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["cached on first use", "not cached"])

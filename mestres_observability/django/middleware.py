@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings  # type: ignore[import-untyped]
 from django.http import (  # type: ignore[import-untyped]
     HttpRequest,
     HttpResponse,
@@ -77,7 +78,6 @@ class ObservabilityMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        from django.conf import settings  # type: ignore[import-untyped]
         from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
         self.get_response = get_response
@@ -105,7 +105,8 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
-        rp.request_hook(request)
+        if state.request_hook is not None:
+            rp.request_hook(request)
         try:
             response = self.get_response(request)
         except BaseException as exc:
@@ -123,7 +124,8 @@ class ObservabilityMiddleware:
                 endpoint_request(request, state.trusted)))
         assert rp is not None
         rp.activate()
-        rp.request_hook(request)
+        if state.request_hook is not None:
+            rp.request_hook(request)
         try:
             response = await self.get_response(request)
         except BaseException as exc:
@@ -139,7 +141,7 @@ class ObservabilityMiddleware:
         view_kwargs.pop(DO_NOT_TRACK_KWARG, None)
         rp = getattr(request, _ATTR, None)
         if rp is not None:
-            rp.set_route(route_of(request))
+            rp.route = route_of(request)  # set_route
             rp.track_in_progress()
 
     async def _aprocess_view(self, request: HttpRequest, view_func: Any, view_args: Any,
@@ -158,7 +160,9 @@ class ObservabilityMiddleware:
             state = http_state()
             path_info = request.path_info
             endpoint = state.endpoints.get(path_info)
-            if endpoint is None and (not state.enabled or state.excluded(path_info)):
+            rx = state.excluded_rx  # state.excluded(path_info), inline
+            if endpoint is None and (not state.enabled or path_info in state.excluded_exact or (
+                    rx is not None and rx.fullmatch(path_info) is not None)):
                 return None
             if endpoint is None and _excluded_here(state, request, path_info):
                 return None
@@ -199,14 +203,15 @@ class ObservabilityMiddleware:
         """
         try:
             if rp.route is None:
-                rp.set_route(route_of(request))
+                rp.route = route_of(request)  # set_route
             response[state.request_id_header] = rp.request_id
             if state.server_timing and is_html(response.get("Content-Type")):
                 value = rp.server_timing()
                 if value is not None:
                     existing = response.get("Server-Timing")
                     response["Server-Timing"] = f"{existing}, {value}" if existing else value
-            rp.response_hook(request, response)
+            if state.response_hook is not None:
+                rp.response_hook(request, response)
             if state.capture_response is not None:
                 # cookies set with ``set_cookie()`` are not among the headers until rendered
                 rp.capture_response_headers([*response.items(), *(
@@ -316,8 +321,6 @@ def _excluded_here(state: HttpState, request: HttpRequest, path_info: str) -> bo
         host = meta.get("HTTP_HOST") or meta.get("SERVER_NAME", "")
         if url_rx.search(f"{request.scheme}://{host}{request.path}"):
             return True
-    from django.conf import settings
-
     urlconf = getattr(settings, "ROOT_URLCONF", None)
     if not (_views_marked[0] or _has_route_option(urlconf)):
         return False

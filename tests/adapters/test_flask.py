@@ -104,6 +104,57 @@ def test_route_templates_and_status(app: Any) -> None:
     assert sample_value("http_requests_in_progress", method="GET", endpoint=ep) == 0
 
 
+def test_without_flasks_request_context_var_the_pass_reads_the_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback of ``_compat.flask_request_context_var`` (``None``): the route, the
+    in-progress gauge and the body check go through ``flask.request`` as before."""
+    import mestres_observability.flask as adapter
+
+    monkeypatch.setattr(adapter, "_REQUEST_CTX", None)
+    with fresh_observability(tracing_enabled=False) as obs:
+        application = make_app()
+        instrument(application, obs)
+        c = application.test_client()
+        assert c.get("/orders/7").status_code == 200
+        r = c.get("/slow-stream", buffered=False)
+        assert r.get_data() == b"ab"
+        assert sample_value("http_requests_total", method="GET", endpoint="/slow-stream",
+                            status="200") == 0  # streamed: recorded when the body ends
+        r.close()
+        ep = "/orders/<int:order_id>"
+        assert sample_value("http_requests_total", method="GET", endpoint=ep,
+                            status="200") == 1
+        assert sample_value("http_requests_total", method="GET", endpoint="/slow-stream",
+                            status="200") == 1
+        assert sample_value("http_requests_in_progress", method="GET", endpoint=ep) == 0
+        assert not sample_value("mestres_observability_errors_total", component="http")
+
+
+def test_a_sized_body_that_is_not_a_list_is_recorded_before_the_body_is_read() -> None:
+    """The body check reads ``is_streamed`` for what is not Flask's own list: a tuple
+    body is complete, so the request is recorded when the app returns."""
+    with fresh_observability(tracing_enabled=False) as obs:
+        application = flask.Flask(__name__)
+
+        @application.get("/tuple")
+        def tuple_body() -> Any:
+            response = flask.Response()
+            response.response = (b"a", b"b")
+            return response
+
+        instrument(application, obs)
+        result = application.wsgi_app({"REQUEST_METHOD": "GET", "PATH_INFO": "/tuple",
+                                       "SERVER_NAME": "x", "SERVER_PORT": "80",
+                                       "wsgi.url_scheme": "http"},
+                                      lambda *a: None)
+        counted = sample_value("http_requests_total", method="GET", endpoint="/tuple",
+                               status="200")
+        body = b"".join(result)
+        getattr(result, "close", lambda: None)()
+        assert counted == 1  # before the body was read or closed
+        assert body == b"ab"
+
+
 def test_random_unmatched_paths_add_at_most_one_series(app: Any, check_unmatched_paths: Any
                                                         ) -> None:
     c = app.test_client()
