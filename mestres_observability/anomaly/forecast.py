@@ -5,8 +5,12 @@ of the values one, two, ... ``seasons`` periods before it (a week when the
 history covers two weeks, else a day), times the ratio of the last
 ``recent`` points to what that profile said for them, a ratio that fades with
 the horizon (half of it left after ``ratio_half_life`` seconds). The
-prediction interval at each horizon comes from the quantiles of the errors the
-same method made at that horizon when it is replayed over the history.
+prediction interval at each horizon is split-conformal: the method is replayed
+from rolling origins over the last two seasons of the history (each origin
+seeing only the points before it), its errors at that horizon are divided by
+``sqrt(forecast + floor)`` (count-like data: the spread grows with the level),
+and the bounds are the finite-sample conformal order statistics of those
+scores, times the same scale at the forecast.
 Forecasts and bounds are clipped at zero: demand and load are never negative.
 
 Baselines (for :func:`evaluate`): :func:`seasonal_naive` (the value one period
@@ -70,7 +74,7 @@ class SeasonalForecaster:
 
     def __init__(self, *, step: float, seasons: int = 4, recent: int | None = None,
                  coverage: float = 0.8, ratio_half_life: float = 6 * 3600.0,
-                 max_horizon: int = 48, calibration_seasons: int = 2, max_origins: int = 1000,
+                 max_horizon: int = 48, calibration_seasons: int = 2, max_origins: int = 1500,
                  interval_scale: str = "sqrt") -> None:
         if step <= 0 or seasons < 1 or not 0.0 < coverage < 1.0 or max_horizon < 1:
             raise ValueError("step > 0, seasons >= 1, 0 < coverage < 1 and max_horizon >= 1")
@@ -166,8 +170,8 @@ class SeasonalForecaster:
         """Split-conformal interval offsets per horizon, from rolling origins over the history.
 
         From each origin (at least one season plus ``recent`` points in, up to
-        ``max_origins`` of them over the last ``calibration_seasons`` seasons, spaced
-        by a step prime to the season so they visit every time of day), the method is run on
+        ``max_origins`` of them, evenly spaced over the last ``calibration_seasons``
+        seasons, so they visit every time of day), the method is run on
         the history before the origin only and its errors at each horizon, in units
         of :meth:`_scale`, are kept. The bounds are the conformal order statistics
         of those scores, the ``floor((n + 1) * (1 - coverage) / 2)``-th and
@@ -184,9 +188,7 @@ class SeasonalForecaster:
         self._floor = max(0.01 * level, 1e-9)
         first = min(n - 1, max(self._m + self._recent(), n - self.calibration_seasons * self._m))
         span = n - 1 - first
-        stride = max(1, span // self.max_origins)
-        while math.gcd(stride, self._m) > 1 and stride < span:
-            stride += 1
+        stride = max(1, math.ceil(span / self.max_origins))
         scores: list[Any] = []
         for o in range(first, n - 1, stride):
             pred = self._point(y, o, h)
@@ -309,8 +311,16 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
     t = np.asarray(timestamps, dtype=float)
     y = np.asarray(values, dtype=float)
 
+    fitted: dict[int, Forecast] = {}  # one fit per origin serves the MASE and the coverage
+
+    def fit(tt: Any, yy: Any, h: int) -> Forecast:
+        if len(yy) not in fitted:
+            fitted.clear()
+            fitted[len(yy)] = SeasonalForecaster(step=step, max_horizon=h).fit(tt, yy).predict(h)
+        return fitted[len(yy)]
+
     def ours(tt: Any, yy: Any, h: int) -> list[float]:
-        return SeasonalForecaster(step=step, max_horizon=h).fit(tt, yy).predict(h).mean
+        return fit(tt, yy, h).mean
 
     chosen = methods or {
         "seasonal": ours,
@@ -335,7 +345,7 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
             with np.errstate(all="ignore"):
                 smape = _nanmean(2 * np.abs(actual - pred) / (np.abs(actual) + np.abs(pred))) * 100
             scores[name].append((mase(actual, pred, yy, m), 0.0, smape))
-        f = SeasonalForecaster(step=step, max_horizon=horizon).fit(tt, yy).predict(horizon)
+        f = fit(tt, yy, horizon)
         ok = ~np.isnan(actual)
         lower, upper = np.asarray(f.lower)[ok], np.asarray(f.upper)[ok]
         inside.append(float(np.mean((actual[ok] >= lower) & (actual[ok] <= upper))))
