@@ -117,15 +117,16 @@ def poisson_counts(days: int, seed: int) -> tuple[list[float], list[float]]:
 
 
 def test_forecast_interval_covers_its_nominal_80_percent_on_known_noise() -> None:
-    # plain quantiles of a few dozen replayed errors covered 0.77-0.78 here
+    # from two days of history on: plain quantiles of a few dozen replayed errors (and none
+    # with exactly two seasons) covered 0.775 and 0.797 here (mean 0.786); conformal 0.821, 0.856
     cover = []
     for seed in (1, 2):
-        t, y = poisson_counts(12, seed)
-        r = forecast.evaluate(t, y, step=900.0, start=5 * 96, horizon=16, every=17)
+        t, y = poisson_counts(6, seed)
+        r = forecast.evaluate(t, y, step=900.0, start=2 * 96, horizon=16, every=7)
         assert r["seasonal"]["mase"] < 1.0
         assert 0.0 < r["seasonal"]["width"] < 1.5
         cover.append(r["seasonal"]["coverage"])
-    assert 0.785 <= float(np.mean(cover)) <= 0.86, cover
+    assert 0.80 <= float(np.mean(cover)) <= 0.88, cover
 
 
 def test_forecast_interval_is_not_degenerate_with_two_seasons_of_history() -> None:
