@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = forecast.evaluate(t, values, step=1800.0, start=len(values) // 2,
                                horizon=args.horizon, every=args.every)
     for name, m in result.items():
-        extra = f", 80% interval coverage {m['coverage']:.2f}" if "coverage" in m else ""
+        extra = (f", 80% interval coverage {m['coverage']:.3f}, width {m['width']:.3f}"
+                 if "coverage" in m else "")
         print(f"{name}: MASE {m['mase']:.3f}, error vs seasonal naive {m['mae_vs_naive']:.3f}, "
               f"sMAPE {m['smape']:.1f}%{extra} ({int(m['origins'])} origins)")
     return 0

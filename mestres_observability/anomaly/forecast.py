@@ -5,8 +5,12 @@ of the values one, two, ... ``seasons`` periods before it (a week when the
 history covers two weeks, else a day), times the ratio of the last
 ``recent`` points to what that profile said for them, a ratio that fades with
 the horizon (half of it left after ``ratio_half_life`` seconds). The
-prediction interval at each horizon comes from the quantiles of the errors the
-same method made at that horizon when it is replayed over the history.
+prediction interval at each horizon is split-conformal: the method is replayed
+from rolling origins over the last two seasons of the history (each origin
+seeing only the points before it), its errors at that horizon are divided by
+``sqrt(forecast + floor)`` (count-like data: the spread grows with the level),
+and the bounds are the finite-sample conformal order statistics of those
+scores, times the same scale at the forecast.
 Forecasts and bounds are clipped at zero: demand and load are never negative.
 
 Baselines (for :func:`evaluate`): :func:`seasonal_naive` (the value one period
@@ -70,19 +74,29 @@ class SeasonalForecaster:
 
     def __init__(self, *, step: float, seasons: int = 4, recent: int | None = None,
                  coverage: float = 0.8, ratio_half_life: float = 6 * 3600.0,
-                 max_horizon: int = 48) -> None:
+                 max_horizon: int = 48, calibration_seasons: int = 2, max_origins: int = 250,
+                 interval_scale: str = "sqrt") -> None:
         if step <= 0 or seasons < 1 or not 0.0 < coverage < 1.0 or max_horizon < 1:
             raise ValueError("step > 0, seasons >= 1, 0 < coverage < 1 and max_horizon >= 1")
+        if max_origins < 1 or calibration_seasons < 1:
+            raise ValueError("max_origins and calibration_seasons must be at least 1, got "
+                             f"{max_origins} and {calibration_seasons}")
+        if interval_scale not in ("sqrt", "absolute"):
+            raise ValueError(f"interval_scale must be 'sqrt' or 'absolute', got {interval_scale!r}")
         self.step = float(step)
         self.seasons = seasons
         self.recent = recent
         self.coverage = coverage
         self.decay = 0.5 ** (self.step / ratio_half_life)
         self.max_horizon = max_horizon
+        self.max_origins = max_origins
+        self.calibration_seasons = calibration_seasons
+        self.interval_scale = interval_scale
+        self._floor = 1e-9
         self._y: Any = None
         self._t0 = 0.0
         self._m = 1
-        self._errors: Any = None  # (max_horizon, 2) quantiles of y - yhat
+        self._errors: Any = None  # (max_horizon, 2) conformal bounds of (y - yhat) / scale
 
     # ------------------------------------------------------------ fitting
     def fit(self, timestamps: ArrayLike, values: ArrayLike) -> SeasonalForecaster:
@@ -141,27 +155,61 @@ class SeasonalForecaster:
         out = profile * (1.0 + (ratio - 1.0) * fade)
         return np.clip(out, 0.0, None)
 
+    def _scale(self, pred: Any) -> Any:
+        """The unit an error is measured in at forecast ``pred``: errors grow with the level.
+
+        ``sqrt(pred + floor)``, the standard deviation of a count with that mean (demand,
+        requests), with a floor of 1 % of the history's mean level so quiet hours are
+        not given a zero-width interval.
+        """
+        if self.interval_scale == "absolute":
+            return np.ones_like(pred)
+        return np.sqrt(np.clip(pred, 0.0, None) + self._floor)
+
     def _backtest(self) -> Any:
+        """Split-conformal interval offsets per horizon, from rolling origins over the history.
+
+        From each origin (at least one season plus ``recent`` points in, up to
+        ``max_origins`` of them, evenly spaced over the last ``calibration_seasons``
+        seasons, so they visit every time of day), the method is run on
+        the history before the origin only and its errors at each horizon, in units
+        of :meth:`_scale`, are kept. The bounds are the conformal order statistics
+        of those scores, the ``floor((n + 1) * (1 - coverage) / 2)``-th and
+        ``ceil((n + 1) * (1 + coverage) / 2)``-th of ``n``, which cover a new
+        exchangeable error with at least the nominal probability (plain quantiles of
+        a few dozen errors cover less).
+        """
         y = self._y
         h = self.max_horizon
-        start = max(2 * self._m, len(y) - 2 * self._m)
-        origins = range(start, len(y) - 1, max(1, (len(y) - start) // 60))
-        errors: list[Any] = []
-        for o in origins:
+        n = len(y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            level = float(np.nanmean(np.abs(y))) if (~np.isnan(y)).any() else 0.0
+        self._floor = max(0.01 * level, 1e-9)
+        first = min(n - 1, max(self._m + self._recent(), n - self.calibration_seasons * self._m))
+        span = n - 1 - first
+        stride = max(1, math.ceil(span / self.max_origins))
+        scores: list[Any] = []
+        for o in range(first, n - 1, stride):
             pred = self._point(y, o, h)
             actual = np.full(h, np.nan)
             seen = y[o:o + h]
             actual[:len(seen)] = seen
-            errors.append(actual - pred)
-        lo, hi = (1.0 - self.coverage) / 2.0, (1.0 + self.coverage) / 2.0
-        if not errors:
-            return np.zeros((h, 2))
-        e = np.vstack(errors)
+            scores.append((actual - pred) / self._scale(pred))
         q = np.zeros((h, 2))
-        with np.errstate(all="ignore"):
-            for j in range(h):
-                col = e[:, j][~np.isnan(e[:, j])]
-                q[j] = np.quantile(col, [lo, hi]) if len(col) >= 5 else q[j - 1] if j else (0, 0)
+        if not scores:
+            return q
+        e = np.vstack(scores)
+        alpha = (1.0 - self.coverage) / 2.0
+        for j in range(h):
+            col = np.sort(e[:, j][~np.isnan(e[:, j])])
+            k = len(col)
+            if k < 5:
+                q[j] = q[j - 1] if j else (0.0, 0.0)
+                continue
+            lo = math.floor((k + 1) * alpha)  # 1-based order statistics
+            hi = math.ceil((k + 1) * (1.0 - alpha))
+            q[j] = (col[lo - 1] if lo >= 1 else col[0], col[hi - 1] if hi <= k else col[-1])
         return q
 
     # ------------------------------------------------------------ predicting
@@ -175,8 +223,9 @@ class SeasonalForecaster:
         mean = self._point(y, len(y), horizon)
         mean = np.where(np.isnan(mean), 0.0, mean)
         q = self._errors[:horizon]
-        lower = np.clip(mean + q[:, 0], 0.0, None)
-        upper = np.clip(mean + q[:, 1], 0.0, None)
+        unit = self._scale(mean)
+        lower = np.clip(mean + q[:, 0] * unit, 0.0, None)
+        upper = np.clip(mean + q[:, 1] * unit, 0.0, None)
         upper = np.maximum(upper, mean)
         lower = np.minimum(lower, mean)
         last = self._t0 + (len(y) - 1) * self.step
@@ -256,13 +305,22 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
 
     Returns per method the median MASE over the origins, its total absolute
     error over the seasonal-naive forecast's on the same steps, the sMAPE (%) and,
-    for the seasonal forecaster, the share of actual values inside its interval.
+    for the seasonal forecaster, the share of actual values inside its interval
+    (``coverage``) and the interval's mean width over the mean actual value (``width``).
     """
     t = np.asarray(timestamps, dtype=float)
     y = np.asarray(values, dtype=float)
 
+    fitted: dict[int, Forecast] = {}  # one fit per origin serves the MASE and the coverage
+
+    def fit(tt: Any, yy: Any, h: int) -> Forecast:
+        if len(yy) not in fitted:
+            fitted.clear()
+            fitted[len(yy)] = SeasonalForecaster(step=step, max_horizon=h).fit(tt, yy).predict(h)
+        return fitted[len(yy)]
+
     def ours(tt: Any, yy: Any, h: int) -> list[float]:
-        return SeasonalForecaster(step=step, max_horizon=h).fit(tt, yy).predict(h).mean
+        return fit(tt, yy, h).mean
 
     chosen = methods or {
         "seasonal": ours,
@@ -273,6 +331,8 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
     total_abs: dict[str, float] = dict.fromkeys(chosen, 0.0)
     naive_abs = 0.0
     inside: list[float] = []
+    width = 0.0
+    level = 0.0
     for o in range(start, len(y) - horizon + 1, every):
         tt, yy = t[:o], y[:o]
         actual = y[o:o + horizon]
@@ -285,10 +345,12 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
             with np.errstate(all="ignore"):
                 smape = _nanmean(2 * np.abs(actual - pred) / (np.abs(actual) + np.abs(pred))) * 100
             scores[name].append((mase(actual, pred, yy, m), 0.0, smape))
-        f = SeasonalForecaster(step=step, max_horizon=horizon).fit(tt, yy).predict(horizon)
+        f = fit(tt, yy, horizon)
         ok = ~np.isnan(actual)
-        inside.append(float(np.mean((actual[ok] >= np.asarray(f.lower)[ok])
-                                    & (actual[ok] <= np.asarray(f.upper)[ok]))))
+        lower, upper = np.asarray(f.lower)[ok], np.asarray(f.upper)[ok]
+        inside.append(float(np.mean((actual[ok] >= lower) & (actual[ok] <= upper))))
+        width += float(np.sum(upper - lower))
+        level += float(np.sum(np.abs(actual[ok])))
     out: dict[str, dict[str, float]] = {}
     for name, rows in scores.items():
         arr = np.asarray(rows)
@@ -298,4 +360,5 @@ def evaluate(timestamps: ArrayLike, values: ArrayLike, *, step: float, start: in
                      "smape": _nanmean(arr[:, 2]),
                      "origins": float(len(rows))}
     out["seasonal"]["coverage"] = float(np.mean(inside)) if inside else math.nan
+    out["seasonal"]["width"] = width / level if level else math.nan
     return out
