@@ -1024,19 +1024,16 @@ def span_emitter(processor: Any) -> Callable[[Any], None] | None:
     inner = getattr(processor, "_batch_processor", None)
     queue = getattr(inner, "_queue", None)
     batch = getattr(inner, "_max_export_batch_size", None)
-    if (inner is None or not isinstance(queue, deque) or type(batch) is not int
-            or not hasattr(inner, "_worker_awaken") or type(getattr(inner, "_pid", None)) is not int
+    if (inner is None or not isinstance(queue, deque) or queue.maxlen is None
+            or type(batch) is not int or not hasattr(inner, "_worker_awaken")
+            or type(getattr(inner, "_pid", None)) is not int
             or type(getattr(inner, "_shutdown", None)) is not bool):
         _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
         return None
     on_end = processor.on_end
     getpid = os.getpid
     append = queue.appendleft
-
     maxlen = queue.maxlen
-    if maxlen is None:
-        _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
-        return None
 
     def emit(span: Any) -> None:
         n = len(queue)

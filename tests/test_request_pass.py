@@ -40,6 +40,16 @@ amounts = st.one_of(st.sampled_from([*BUCKETS, 0.0, -0.0, -1.0, math.inf, -math.
                     st.floats(allow_nan=True, allow_infinity=True))
 
 
+def _assert_same_samples(slow_registry: CollectorRegistry,
+                         fast_registry: CollectorRegistry) -> None:
+    """The two registries hold the same samples (NaN equal to NaN)."""
+    slow, fast = _samples(slow_registry), _samples(fast_registry)
+    assert len(slow) == len(fast)
+    for (n1, l1, v1), (n2, l2, v2) in zip(slow, fast, strict=True):
+        assert (n1, l1) == (n2, l2)
+        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
 @settings(max_examples=200, deadline=None)
 @given(values=st.lists(amounts, max_size=20), locked=st.booleans())
 def test_histogram_observer_records_what_observe_records(values: list[float],
@@ -59,11 +69,7 @@ def test_histogram_observer_records_what_observe_records(values: list[float],
         for v in values:
             observe(v)
         registries.append(registry)
-    slow, fast_ = (_samples(r) for r in registries)
-    assert len(slow) == len(fast_)
-    for (n1, l1, v1), (n2, l2, v2) in zip(slow, fast_, strict=True):
-        assert (n1, l1) == (n2, l2)
-        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+    _assert_same_samples(*registries)
 
 
 def test_histogram_observer_is_not_observe_for_a_plain_histogram() -> None:
@@ -124,11 +130,7 @@ def test_request_recorder_records_what_inc_and_observe_record(values: list[float
                 counter.inc()
                 child.observe(v)
         registries.append(registry)
-    slow, fast_ = (_samples(r) for r in registries)
-    assert len(slow) == len(fast_)
-    for (n1, l1, v1), (n2, l2, v2) in zip(slow, fast_, strict=True):
-        assert (n1, l1) == (n2, l2)
-        assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+    _assert_same_samples(*registries)
 
 
 def test_request_recorder_falls_back_on_dropped_series_and_other_classes() -> None:
