@@ -70,6 +70,7 @@ __all__ = [
     "span_emitter",
     "span_queue",
     "structlog_context_var",
+    "structlog_logger_parts",
     "update_provider_resource",
     "use_multiprocess_values",
     "uvicorn_worker_count",
@@ -1421,6 +1422,30 @@ def _restore_public(before: contextvars.Context) -> None:
 #: ``get_contextvars`` before and after, then ``unbind_contextvars``/``bind_contextvars``.
 restore_structlog_context: Callable[[contextvars.Context], None] = (
     _restore_fast if _STRUCTLOG_PREFIX is not None else _restore_public)
+
+
+def structlog_logger_parts(logger: Any) -> tuple[Sequence[Any], Any] | None:
+    """The processors and the wrapped logger a bound structlog logger runs its calls
+    through, or ``None`` when they cannot be read.
+
+    Internal: ``BoundLoggerBase._processors`` and ``._logger`` (set by its
+    ``__init__``; "available to custom wrapper classes", structlog's docs say).
+    Why: the access-log line takes a direct path (``logs.direct_writer``) only
+    when the logger would run the library's own chain on a standard-library
+    logger; a logger bound and cached earlier keeps the processors it was bound
+    with, whatever ``structlog.configure`` said since, so the configuration
+    cannot tell. Public replacement: none; the fallback (``None``) is the
+    logger called as usual, every line through its processors.
+    """
+    if not isinstance(logger, structlog.BoundLoggerBase):
+        return None  # a lazy proxy, another wrapper: called as usual (not a degradation)
+    processors = getattr(logger, "_processors", None)
+    wrapped = getattr(logger, "_logger", None)
+    if not isinstance(processors, Sequence) or wrapped is None:
+        _degrade("structlog's BoundLoggerBase._processors/_logger",
+                 "the access-log line runs structlog's processor chain (slower)")
+        return None
+    return processors, wrapped
 
 
 # ====================================================================== Django

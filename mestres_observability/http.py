@@ -495,6 +495,8 @@ class HttpState:
         self.logger: Any = None
         #: :attr:`logger` is what the access log calls from now on (see :meth:`settle_logger`)
         self.logger_settled = False
+        #: the access line's direct path (``logs.direct_writer``), found by :meth:`settle_logger`
+        self.direct_line: Callable[[str, str, dict[str, Any]], bool] | None = None
         if self.access_log:
             from .logs import get_logger
 
@@ -552,6 +554,9 @@ class HttpState:
             bound = proxy.bind()
             if bound is proxy.bind():  # cached on first use: the proxy gives only it now
                 self.logger = bound
+                from .logs import direct_writer
+
+                self.direct_line = direct_writer(bound)
         except Exception as exc:
             self.faults.report("http", "access_log", "binding the access logger failed", exc)
         return self.logger
@@ -1065,6 +1070,20 @@ class RequestPass:
             logger = state.logger
             if not state.logger_settled:
                 logger = state.settle_logger()
+            direct = state.direct_line
+            if direct is not None:  # the library's own logging: the same line, written directly
+                level = "info" if status < 400 else "warning" if status < 500 else "error"
+                fields = {"request_id": self.request_id, "method": self.method, "url": url,
+                          "endpoint": endpoint, "status_code": status,
+                          "duration_seconds": round(duration, 6),
+                          "user_agent": self.user_agent, "ip_address": self.client,
+                          "user_id": user_id}
+                if ids is not None:
+                    fields["trace_id"] = ids[0]
+                    fields["span_id"] = ids[1]
+                if not direct(level, "http_request", fields):
+                    getattr(logger, level)("http_request", **fields)
+                return
             log = (logger.info if status < 400 else logger.warning if status < 500
                    else logger.error)
             # the fields as keywords (no dict built and unpacked again); one order, two calls

@@ -27,13 +27,13 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from opentelemetry import trace as _otel_trace
 
-from ._compat import rebind_structlog_context
+from ._compat import rebind_structlog_context, structlog_logger_parts
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
 from ._redact import Redactor
@@ -471,9 +471,12 @@ def render_json(_: Any, __: str, event_dict: EventDict) -> str:
     library's encoder gives (see :func:`_fast_dumps`), else by the latter.
     """
     dumps = _FAST_DUMPS
-    if dumps is not None and type(event_dict) is dict and _plain(event_dict.values(), 0):
+    fast = (_fast_view(event_dict) if dumps is not None and type(event_dict) is dict
+            else None)
+    if fast is not None:
+        assert dumps is not None
         try:
-            out: bytes = dumps(event_dict)
+            out: bytes = dumps(fast)
         except Exception:  # a lone surrogate, an int past 64 bits, a key that is not a str ...
             pass
         else:
@@ -490,6 +493,33 @@ def render_json(_: Any, __: str, event_dict: EventDict) -> str:
             "original_event": str(event_dict.get("event"))[:200],
         }
         return json.dumps(fallback, ensure_ascii=True, default=str)
+
+
+def _fast_view(event_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """What orjson is given for ``event_dict``: the dict itself when its values are
+    :func:`_plain`; a copy whose top-level finite floats outside orjson's range (a request's
+    ``duration_seconds`` of 4.1e-05) are ``orjson.Fragment`` of their ``repr``, the very
+    text the standard encoder writes, when those are the only values that are not; else
+    ``None`` (the standard encoder writes the line)."""
+    out = None
+    for key, value in event_dict.items():
+        t = type(value)
+        if t is str or t is int or value is None or t is bool:
+            continue
+        if t is float:
+            if (_FLOAT_LOW <= value < _FLOAT_HIGH or -_FLOAT_HIGH < value <= -_FLOAT_LOW
+                    or value == 0.0):  # NaN fails every comparison
+                continue
+            fragment = _FRAGMENT
+            if fragment is None or value - value != 0.0:  # NaN, infinities: refused
+                return None
+            if out is None:
+                out = dict(event_dict)
+            out[key] = fragment(float.__repr__(value).encode("ascii"))
+        elif not ((t is dict and _plain(value.values(), 1))
+                  or ((t is list or t is tuple) and _plain(value, 1))):
+            return None
+    return event_dict if out is None else out
 
 
 def _default(value: Any) -> Any:
@@ -581,6 +611,28 @@ def _plain(values: Any, depth: int) -> bool:
 
 #: ``orjson.dumps`` when usable (see :func:`_fast_dumps`), else ``None``
 _FAST_DUMPS: Any = _fast_dumps()
+
+
+def _fragment_type() -> Any:
+    """``orjson.Fragment`` (orjson 3.10 and later) when it writes its text as it is, else None."""
+    if _FAST_DUMPS is None:
+        return None
+    try:
+        import orjson
+
+        fragment = orjson.Fragment
+        for value in (4.1e-05, 1e-10, 5e-324, -9.99e-05, 1e16, -1.5e300):
+            text = float.__repr__(value)
+            probe = {"a": fragment(text.encode("ascii")), "b": [1]}
+            if _FAST_DUMPS(probe) != _ENCODER.encode({"a": value, "b": [1]}).encode("ascii"):
+                return None
+    except Exception:  # an orjson without Fragment: such floats take the standard encoder
+        return None
+    return fragment
+
+
+#: ``orjson.Fragment`` when usable (see :func:`_fragment_type`), else ``None``
+_FRAGMENT: Any = _fragment_type()
 
 
 class _SafeConsoleRenderer:
@@ -718,6 +770,112 @@ def write_direct(logger: Any, name: str, event_dict: EventDict) -> Any:
     else:
         handler.write_line(line)
     raise structlog.DropEvent
+
+
+#: method name -> level number, for the names whose ``level`` on the line is the name itself
+#: (``add_log_level``'s mapping: only ``warn`` and ``exception`` are renamed)
+_DIRECT_LEVELNO = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                   "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _chain_steps(std: logging.Logger, name: str, event_dict: EventDict) -> EventDict:
+    """The library's chain from ``merge_context`` to ``redact_and_clean``, each step skipped
+    where it has nothing to do for ``event_dict`` (same result as running them in turn).
+
+    ``std`` is the standard-library logger, ``name`` a key of :data:`_DIRECT_LEVELNO`.
+    """
+    event_dict = merge_context(std, name, event_dict)
+    if "logger" not in event_dict:  # add_logger_name
+        if "_record" in event_dict:
+            event_dict = add_logger_name(std, name, event_dict)
+        else:
+            logger_name = std.name
+            if logger_name and isinstance(logger_name, str):
+                event_dict["logger"] = logger_name
+    event_dict["level"] = name  # add_log_level
+    if "positional_args" in event_dict:
+        event_dict = format_positional(std, name, event_dict)
+    if "trace_id" not in event_dict:
+        event_dict = add_trace_ids(std, name, event_dict)
+    if "exc_info" in event_dict:
+        event_dict = structure_exception(std, name, event_dict)
+    if "_record" in event_dict or "_from_structlog" in event_dict:
+        return redact_and_clean(std, name, event_dict)
+    return _state.redactor.clean_event(event_dict)
+
+
+def _write_steps(std: logging.Logger, name: str, event_dict: EventDict,
+                 handler: _StdoutHandler) -> None:
+    """:func:`_chain_steps`, then what :func:`write_direct` does with the JSON renderer."""
+    event_dict = _chain_steps(std, name, event_dict)
+    try:
+        line = render_json(std, name, _finish(event_dict))
+    except Exception as exc:
+        handler.handleError(None, exc)
+    else:
+        handler.write_line(line)
+
+
+def _direct_output(std: logging.Logger, levelno: int) -> _StdoutHandler | None:
+    """The library's handler when a ``levelno`` line of ``std`` would reach it alone, JSON
+    rendered (what :func:`write_direct` writes by itself), else ``None``."""
+    output = _state.output
+    if (output is None or output[2] is not render_json
+            or not _sole_handler(std, levelno, output[0], output[1])):
+        return None
+    return output[0]
+
+
+_CHAIN_LENGTH = 9  # filter_by_level, the eight of _structlog_chain() and write_direct
+
+
+def direct_writer(logger: Any) -> Callable[[str, str, dict[str, Any]], bool] | None:
+    """A direct path for the lines of ``logger`` (a bound logger of the library's own), or ``None``.
+
+    ``write(method, event, fields)`` writes the very line ``getattr(logger,
+    method)(event, **fields)`` would write (same bytes, same test captures,
+    same fault counting) without structlog's wrapper and processor loop, and
+    returns True; or it returns False, having written and changed nothing, when
+    the result could differ: the logger runs another chain than the one
+    :func:`configure_logging` installed last, the line is filtered out by level
+    (``isEnabledFor``, checked as ``filter_by_level`` does) or would reach
+    another handler or filter (``caplog``, your own: looked up at each call),
+    the console format, a field name the wrapper would move under ``fields``.
+    Then make the call. ``fields`` is taken over (a fresh dict, in call order).
+
+    ``None`` for a logger that is not one of the library's :class:`BoundLogger`
+    on a standard-library logger with the library's chain (structlog configured
+    by you before the logger was bound, a lazy proxy that is not cached, your
+    own wrapper class).
+    """
+    if type(logger) is not BoundLogger:
+        return None
+    parts = structlog_logger_parts(logger)
+    chain = _state.chain
+    if parts is None or chain is None:
+        return None
+    processors, std = parts
+    context = structlog.get_context(logger)
+    if (processors is not chain or len(chain) != _CHAIN_LENGTH
+            or not isinstance(std, logging.Logger) or type(context) is not dict):
+        return None
+
+    def write(method: str, event: str, fields: dict[str, Any]) -> bool:
+        levelno = _DIRECT_LEVELNO.get(method)
+        if (processors is not _state.chain or len(processors) != _CHAIN_LENGTH
+                or levelno is None or not std.isEnabledFor(levelno)
+                or not _MOVED.isdisjoint(fields)):
+            return False
+        handler = _direct_output(std, levelno)
+        if handler is None:
+            return False
+        if context:  # what the logger has bound comes first, the call's fields win
+            fields = {**context, **fields}
+        fields["event"] = event
+        _write_steps(std, method, fields, handler)
+        return True
+
+    return write
 
 
 def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
@@ -919,6 +1077,10 @@ def log_event(event: str, /, **fields: Any) -> None:
             # wrapper (no bound context on this logger; level checked here)
             if std.isEnabledFor(logging.INFO):
                 fields["event"] = event
+                handler = _direct_output(std, logging.INFO)
+                if handler is not None:  # the line write_direct would write, written here
+                    _write_steps(std, "info", fields, handler)
+                    return
                 out: Any = fields
                 chain = _state.chain or []
                 try:
