@@ -36,7 +36,7 @@ from opentelemetry import trace as _otel_trace
 from ._compat import rebind_structlog_context, structlog_logger_parts
 from ._fault import FaultReporter
 from ._forksafe import renew_locks_after_fork
-from ._redact import Redactor
+from ._redact import EXEMPT_KEYS, Redactor
 from .config import DEFAULT_REDACT_KEYS, ObservabilityConfig
 
 if TYPE_CHECKING:
@@ -778,13 +778,16 @@ _DIRECT_LEVELNO = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logg
                    "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
-def _chain_steps(std: logging.Logger, name: str, event_dict: EventDict) -> EventDict:
+def _chain_steps(std: logging.Logger, name: str, event_dict: EventDict,
+                 merged: bool = False) -> EventDict:
     """The library's chain from ``merge_context`` to ``redact_and_clean``, each step skipped
     where it has nothing to do for ``event_dict`` (same result as running them in turn).
 
-    ``std`` is the standard-library logger, ``name`` a key of :data:`_DIRECT_LEVELNO`.
+    ``std`` is the standard-library logger, ``name`` a key of :data:`_DIRECT_LEVELNO`;
+    ``merged``: ``merge_context`` ran already.
     """
-    event_dict = merge_context(std, name, event_dict)
+    if not merged:
+        event_dict = merge_context(std, name, event_dict)
     if "logger" not in event_dict:  # add_logger_name
         if "_record" in event_dict:
             event_dict = add_logger_name(std, name, event_dict)
@@ -805,9 +808,9 @@ def _chain_steps(std: logging.Logger, name: str, event_dict: EventDict) -> Event
 
 
 def _write_steps(std: logging.Logger, name: str, event_dict: EventDict,
-                 handler: _StdoutHandler) -> None:
+                 handler: _StdoutHandler, merged: bool = False) -> None:
     """:func:`_chain_steps`, then what :func:`write_direct` does with the JSON renderer."""
-    event_dict = _chain_steps(std, name, event_dict)
+    event_dict = _chain_steps(std, name, event_dict, merged)
     try:
         line = render_json(std, name, _finish(event_dict))
     except Exception as exc:
@@ -829,7 +832,8 @@ def _direct_output(std: logging.Logger, levelno: int) -> _StdoutHandler | None:
 _CHAIN_LENGTH = 9  # filter_by_level, the eight of _structlog_chain() and write_direct
 
 
-def direct_writer(logger: Any) -> Callable[[str, str, dict[str, Any]], bool] | None:
+def direct_writer(logger: Any, own: tuple[str, ...] = (),
+                  ) -> Callable[[str, str, dict[str, Any]], bool] | None:
     """A direct path for the lines of ``logger`` (a bound logger of the library's own), or ``None``.
 
     ``write(method, event, fields)`` writes the very line ``getattr(logger,
@@ -842,6 +846,13 @@ def direct_writer(logger: Any) -> Callable[[str, str, dict[str, Any]], bool] | N
     another handler or filter (``caplog``, your own: looked up at each call),
     the console format, a field name the wrapper would move under ``fields``.
     Then make the call. ``fields`` is taken over (a fresh dict, in call order).
+
+    ``own=ACCESS_OWN_FIELDS``: ``fields`` are the access line's, in its order
+    (``request_id``, ``method``, ``url``, ``endpoint``, ``status_code``,
+    ``duration_seconds``, ``user_agent``, ``ip_address``, ``user_id``,
+    ``trace_id``, ``span_id``); the values the library produced itself skip the
+    redactor when it would leave them as they are (their names not redacted, the
+    method and the names found clean, the ids not past the length).
 
     ``None`` for a logger that is not one of the library's :class:`BoundLogger`
     on a standard-library logger with the library's chain (structlog configured
@@ -872,10 +883,106 @@ def direct_writer(logger: Any) -> Callable[[str, str, dict[str, Any]], bool] | N
         if context:  # what the logger has bound comes first, the call's fields win
             fields = {**context, **fields}
         fields["event"] = event
-        _write_steps(std, method, fields, handler)
+        if own and not context and _own_fields_pass(fields, own, method, event, std.name):
+            _write_own(std, method, fields, own, handler)
+        else:
+            _write_steps(std, method, fields, handler)
         return True
 
     return write
+
+
+#: (the redactor, the method values and the names it leaves as they are) for
+#: :func:`_own_fields_pass`, rebuilt when the redactor changes (a re-configuration)
+_own_cache: tuple[Redactor | None, set[str], set[str]] = (None, set(), set())
+#: what the direct access line's ``own`` fields hold: the request method (a standard one or
+#: ``_OTHER``), the status code (int), the duration (float), the span's hex ids
+ACCESS_OWN_FIELDS = ("method", "status_code", "duration_seconds", "trace_id", "span_id")
+_ID_LENGTH = 32  # the longer of the hex ids; exempt from scanning, cut only past the length
+
+
+def _own_fields_pass(fields: dict[str, Any], own: tuple[str, ...], method: str, event: str,
+                     logger_name: str) -> bool:
+    """True when the redactor would leave the library's own values of ``fields`` (``own``:
+    :data:`ACCESS_OWN_FIELDS`), the event, logger and level names as they are, and nothing
+    the context added needs a step of the chain: then :func:`_write_own` gives the line
+    :func:`_write_steps` gives."""
+    global _own_cache
+    redactor = _state.redactor
+    cache = _own_cache
+    if cache[0] is not redactor:
+        cache = _own_cache = (redactor, set(), set())
+        if redactor.max_length >= _ID_LENGTH and not any(
+                redactor.sensitive_key(k) and k not in EXEMPT_KEYS for k in (
+                    *own, "event", "logger", "level")):
+            cache[2].add("")  # the names are safe; the values are checked one by one below
+    names = cache[2]
+    if not names:
+        return False
+    if (event not in names or logger_name not in names or method not in names):
+        for text in (event, logger_name, method):
+            if text not in names:
+                if type(text) is not str or redactor.clean_event({"": text})[""] != text:
+                    return False
+                if len(names) < 64:
+                    names.add(text)
+    if "trace_id" not in fields or len(fields) != len(own) + _ACCESS_VARIABLE + 1:
+        return False  # no span ids (add_trace_ids has work), or not the access line's fields
+    request_method = fields["method"]
+    status = fields["status_code"]
+    duration = fields["duration_seconds"]
+    methods = cache[1]
+    if request_method not in methods:
+        if (type(request_method) is not str
+                or redactor.clean_event({"method": request_method})["method"] != request_method):
+            return False
+        if len(methods) < 64:
+            methods.add(request_method)
+    return (type(status) is int and -(2**63) <= status <= 2**63
+            and type(duration) is float and duration - duration == 0.0
+            and type(fields["trace_id"]) is str and len(fields["trace_id"]) <= _ID_LENGTH
+            and type(fields["span_id"]) is str and len(fields["span_id"]) <= _ID_LENGTH)
+
+
+#: the access line's client- and app-controlled fields (request_id, url, endpoint,
+#: user_agent, ip_address, user_id): always through the redactor
+_ACCESS_VARIABLE = 6
+#: keys a step of the chain or :func:`_finish` treats specially, if the context adds them
+_CHAIN_KEYS = frozenset({"logger", "level", "timestamp", "service", "event", "_record",
+                         "_from_structlog", "positional_args", "exc_info", "trace_id",
+                         "span_id"})
+
+
+def _write_own(std: logging.Logger, name: str, event_dict: dict[str, Any],
+               own: tuple[str, ...], handler: _StdoutHandler) -> None:
+    """:func:`_write_steps` for a line whose ``own`` values pass unchanged (see
+    :func:`_own_fields_pass`): only the other fields and what the context adds go through
+    the redactor, and the line is assembled in :func:`_finish`'s order."""
+    count = len(event_dict)
+    merged = merge_context(std, name, event_dict)
+    if merged is not event_dict or (len(event_dict) != count and not _CHAIN_KEYS.isdisjoint(
+            list(event_dict)[count:])):
+        _write_steps(std, name, merged, handler, merged=True)  # a step has work
+        return
+    variable = event_dict.copy()
+    for key in own:
+        del variable[key]
+    del variable["event"]
+    cleaned = _state.redactor.clean_event(variable)
+    service = _state.service
+    head = {"timestamp": _timestamp(), "level": name, "event": event_dict["event"],
+            "logger": std.name, "service": service}
+    head.update(event_dict)  # the own values as they are, every key in its place
+    head.update(cleaned)  # the others cleaned (same places)
+    if _state.captures:
+        for sink in _state.captures:
+            sink.append(dict(head))
+    try:
+        line = render_json(std, name, head)
+    except Exception as exc:
+        handler.handleError(None, exc)
+    else:
+        handler.write_line(line)
 
 
 def configure_logging(config: ObservabilityConfig, faults: FaultReporter,

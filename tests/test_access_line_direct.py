@@ -549,3 +549,63 @@ def test_a_float_out_of_orjsons_range_stays_on_orjson(monkeypatch: pytest.Monkey
     assert logs_module.render_json(None, "info", event) == standard
     if outside:
         assert calls == []  # the standard encoder alone
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["span ids", "no span"])
+def test_the_librarys_own_values_skip_the_redactor_only_when_it_would_keep_them(
+        logged: Logged, monkeypatch: pytest.MonkeyPatch, ids: bool) -> None:
+    """The ordinary settings with the span's ids: the assembled line (_write_own), equal to
+    the chain's; the hostile ones (the method and status_code names redacted, ids cut) or no
+    span ids (add_trace_ids has work): every step run (_write_steps)."""
+    calls: list[str] = []
+    for name in ("_write_own", "_write_steps"):
+        real = getattr(logs_module, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> None:
+            calls.append(_name)
+            _real(*args, **kw)
+
+        monkeypatch.setattr(logs_module, name, spy)
+    rp = _pass(logged, method="POST", query="page=2", request_id="r-o", user_agent="ua")
+    span_ids = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True) if ids else None
+    rp.activate()
+    try:
+        bind_context(tenant="acme")
+        direct, chain = _both_ways(logged, lambda: rp._access_log(500, 4.1e-05, "/o", 7,
+                                                                  span_ids))
+    finally:
+        rp.deactivate()
+        clear_context()
+    assert direct == chain
+    ordinary = "method" not in logs_module._state.redactor.keys
+    assert calls == (["_write_own"] if ordinary and ids else ["_write_steps"])
+    line = json.loads(direct)
+    assert line["tenant"] == ("acme" if ordinary else "[REDACTED]")
+    assert line["method"] == ("POST" if ordinary else "[REDACTED]")
+
+
+def test_a_context_key_a_step_treats_specially_takes_every_step(
+        ordinary: Logged, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = logs_module._write_steps
+
+    def spy(*args: Any, **kw: Any) -> None:
+        calls.append("steps")
+        real(*args, **kw)
+
+    monkeypatch.setattr(logs_module, "_write_steps", spy)
+    rp = _pass(ordinary, request_id="r-k")
+    rp.activate()
+    try:
+        structlog.contextvars.bind_contextvars(logger="spoofed", level="x", exc_info="y")
+        direct, chain = _both_ways(ordinary, lambda: rp._access_log(
+            200, 0.5, "/k", None, ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7",
+                                   True)))
+    finally:
+        rp.deactivate()
+        clear_context()
+    assert calls == ["steps"]
+    assert direct == chain
+    line = json.loads(direct)
+    assert (line["logger"], line["level"]) == ("spoofed", "info")
+    assert "exc_info" not in line
