@@ -554,9 +554,9 @@ class HttpState:
             bound = proxy.bind()
             if bound is proxy.bind():  # cached on first use: the proxy gives only it now
                 self.logger = bound
-                from .logs import ACCESS_OWN_FIELDS, direct_writer
+                from .logs import direct_writer
 
-                self.direct_line = direct_writer(bound, ACCESS_OWN_FIELDS)
+                self.direct_line = direct_writer(bound, access_line=True)
         except Exception as exc:
             self.faults.report("http", "access_log", "binding the access logger failed", exc)
         return self.logger

@@ -832,7 +832,7 @@ def _direct_output(std: logging.Logger, levelno: int) -> _StdoutHandler | None:
 _CHAIN_LENGTH = 9  # filter_by_level, the eight of _structlog_chain() and write_direct
 
 
-def direct_writer(logger: Any, own: tuple[str, ...] = (),
+def direct_writer(logger: Any, *, access_line: bool = False,
                   ) -> Callable[[str, str, dict[str, Any]], bool] | None:
     """A direct path for the lines of ``logger`` (a bound logger of the library's own), or ``None``.
 
@@ -847,7 +847,7 @@ def direct_writer(logger: Any, own: tuple[str, ...] = (),
     the console format, a field name the wrapper would move under ``fields``.
     Then make the call. ``fields`` is taken over (a fresh dict, in call order).
 
-    ``own=ACCESS_OWN_FIELDS``: ``fields`` are the access line's, in its order
+    ``access_line``: ``fields`` are the access line's, in its order
     (``request_id``, ``method``, ``url``, ``endpoint``, ``status_code``,
     ``duration_seconds``, ``user_agent``, ``ip_address``, ``user_id``,
     ``trace_id``, ``span_id``); the values the library produced itself skip the
@@ -870,6 +870,7 @@ def direct_writer(logger: Any, own: tuple[str, ...] = (),
     if (processors is not chain or len(chain) != _CHAIN_LENGTH
             or not isinstance(std, logging.Logger) or type(context) is not dict):
         return None
+    own = ACCESS_OWN_FIELDS if access_line else ()
 
     def write(method: str, event: str, fields: dict[str, Any]) -> bool:
         levelno = _DIRECT_LEVELNO.get(method)
@@ -883,7 +884,7 @@ def direct_writer(logger: Any, own: tuple[str, ...] = (),
         if context:  # what the logger has bound comes first, the call's fields win
             fields = {**context, **fields}
         fields["event"] = event
-        if own and not context and _own_fields_pass(fields, own, method, event, std.name):
+        if own and not context and _own_fields_pass(fields, method, event, std.name):
             _write_own(std, method, fields, own, handler)
         else:
             _write_steps(std, method, fields, handler)
@@ -901,12 +902,15 @@ ACCESS_OWN_FIELDS = ("method", "status_code", "duration_seconds", "trace_id", "s
 _ID_LENGTH = 32  # the longer of the hex ids; exempt from scanning, cut only past the length
 
 
-def _own_fields_pass(fields: dict[str, Any], own: tuple[str, ...], method: str, event: str,
+def _own_fields_pass(fields: dict[str, Any], method: str, event: str,
                      logger_name: str) -> bool:
-    """True when the redactor would leave the library's own values of ``fields`` (``own``:
-    :data:`ACCESS_OWN_FIELDS`), the event, logger and level names as they are, and nothing
-    the context added needs a step of the chain: then :func:`_write_own` gives the line
-    :func:`_write_steps` gives."""
+    """True when the redactor would leave the library's own values of ``fields``
+    (:data:`ACCESS_OWN_FIELDS`, every one there), the event, logger and level names as they
+    are, and the span's ids are given: then :func:`_write_own` gives the line
+    :func:`_write_steps` gives (unless the context adds a key a step treats specially,
+    which :func:`_write_own` checks). The client- and app-controlled fields (``url``,
+    ``user_agent``, ``request_id``, ``ip_address``, ``user_id``, ``endpoint``) and the
+    bound context always go through the redactor."""
     global _own_cache
     redactor = _state.redactor
     cache = _own_cache
@@ -914,10 +918,10 @@ def _own_fields_pass(fields: dict[str, Any], own: tuple[str, ...], method: str, 
         cache = _own_cache = (redactor, set(), set())
         if redactor.max_length >= _ID_LENGTH and not any(
                 redactor.sensitive_key(k) and k not in EXEMPT_KEYS for k in (
-                    *own, "event", "logger", "level")):
+                    *ACCESS_OWN_FIELDS, "event", "logger", "level")):
             cache[2].add("")  # the names are safe; the values are checked one by one below
     names = cache[2]
-    if not names:
+    if not names or not logger_name:  # no name: add_logger_name would set no ``logger``
         return False
     if (event not in names or logger_name not in names or method not in names):
         for text in (event, logger_name, method):
@@ -926,11 +930,12 @@ def _own_fields_pass(fields: dict[str, Any], own: tuple[str, ...], method: str, 
                     return False
                 if len(names) < 64:
                     names.add(text)
-    if "trace_id" not in fields or len(fields) != len(own) + _ACCESS_VARIABLE + 1:
-        return False  # no span ids (add_trace_ids has work), or not the access line's fields
-    request_method = fields["method"]
-    status = fields["status_code"]
-    duration = fields["duration_seconds"]
+    # no span ids (add_trace_ids has work), a field missing: the values' types fail below
+    request_method = fields.get("method")
+    status = fields.get("status_code")
+    duration = fields.get("duration_seconds")
+    trace_id = fields.get("trace_id")
+    span_id = fields.get("span_id")
     methods = cache[1]
     if request_method not in methods:
         if (type(request_method) is not str
@@ -940,13 +945,10 @@ def _own_fields_pass(fields: dict[str, Any], own: tuple[str, ...], method: str, 
             methods.add(request_method)
     return (type(status) is int and -(2**63) <= status <= 2**63
             and type(duration) is float and duration - duration == 0.0
-            and type(fields["trace_id"]) is str and len(fields["trace_id"]) <= _ID_LENGTH
-            and type(fields["span_id"]) is str and len(fields["span_id"]) <= _ID_LENGTH)
+            and type(trace_id) is str and len(trace_id) <= _ID_LENGTH
+            and type(span_id) is str and len(span_id) <= _ID_LENGTH)
 
 
-#: the access line's client- and app-controlled fields (request_id, url, endpoint,
-#: user_agent, ip_address, user_id): always through the redactor
-_ACCESS_VARIABLE = 6
 #: keys a step of the chain or :func:`_finish` treats specially, if the context adds them
 _CHAIN_KEYS = frozenset({"logger", "level", "timestamp", "service", "event", "_record",
                          "_from_structlog", "positional_args", "exc_info", "trace_id",
