@@ -368,7 +368,10 @@ def _timestamp() -> str:
         prefix = _dt.datetime.fromtimestamp(sec, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
         _second = (sec, prefix)
     ms = int((now - sec) * 1000)
-    return f"{prefix}{ms if ms < 1000 else 999:03d}Z"
+    return prefix + _MILLIS[ms if ms < 1000 else 999]
+
+
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))  # the timestamp's tail, formatted once
 
 
 def add_timestamp(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -961,7 +964,8 @@ def _write_own(std: logging.Logger, name: str, event_dict: dict[str, Any],
     :func:`_own_fields_pass`): only the other fields and what the context adds go through
     the redactor, and the line is assembled in :func:`_finish`'s order."""
     count = len(event_dict)
-    merged = merge_context(std, name, event_dict)
+    merged = (merge_context(std, name, event_dict) if USER_FIELDS_KEY in event_dict
+              else structlog.contextvars.merge_contextvars(std, name, event_dict))
     if merged is not event_dict or (len(event_dict) != count and not _CHAIN_KEYS.isdisjoint(
             list(event_dict)[count:])):
         _write_steps(std, name, merged, handler, merged=True)  # a step has work

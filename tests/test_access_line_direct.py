@@ -609,3 +609,17 @@ def test_a_context_key_a_step_treats_specially_takes_every_step(
     line = json.loads(direct)
     assert (line["logger"], line["level"]) == ("spoofed", "info")
     assert "exc_info" not in line
+
+
+@pytest.mark.parametrize("now", [1767323045.0, 1767323045.0009, 1767323045.678, 1767323045.9999,
+                                 1767323046.5, 0.001])
+def test_the_timestamp_is_the_formatted_one(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    """The milliseconds come from a table now: the very text the format gave."""
+    import datetime as dt
+
+    monkeypatch.setattr(logs_module.time, "time", lambda: now)
+    sec = int(now)
+    ms = min(int((now - sec) * 1000), 999)
+    expected = (dt.datetime.fromtimestamp(sec, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+                + f"{ms:03d}Z")
+    assert logs_module._timestamp() == expected
