@@ -877,7 +877,7 @@ def direct_writer(logger: Any, *, access_line: bool = False,
 
     def write(method: str, event: str, fields: dict[str, Any]) -> bool:
         levelno = _DIRECT_LEVELNO.get(method)
-        if (processors is not _state.chain or len(processors) != _CHAIN_LENGTH
+        if (processors is not _state.chain  # (its length was checked when the logger settled)
                 or levelno is None or not std.isEnabledFor(levelno)
                 or not _MOVED.isdisjoint(fields)):
             return False
@@ -933,12 +933,14 @@ def _own_fields_pass(fields: dict[str, Any], method: str, event: str,
                     return False
                 if len(names) < 64:
                     names.add(text)
-    # no span ids (add_trace_ids has work), a field missing: the values' types fail below
-    request_method = fields.get("method")
-    status = fields.get("status_code")
-    duration = fields.get("duration_seconds")
-    trace_id = fields.get("trace_id")
-    span_id = fields.get("span_id")
+    try:
+        request_method = fields["method"]
+        status = fields["status_code"]
+        duration = fields["duration_seconds"]
+        trace_id = fields["trace_id"]
+        span_id = fields["span_id"]
+    except KeyError:  # no span ids (add_trace_ids has work), or not the access line's fields
+        return False
     methods = cache[1]
     if request_method not in methods:
         if (type(request_method) is not str
@@ -946,10 +948,11 @@ def _own_fields_pass(fields: dict[str, Any], method: str, event: str,
             return False
         if len(methods) < 64:
             methods.add(request_method)
+    # the ids: hex of 32 and 16 digits (format(..., "032x") of the span's ints), exempt
+    # from scanning, within the length checked above
     return (type(status) is int and -(2**63) <= status <= 2**63
             and type(duration) is float and duration - duration == 0.0
-            and type(trace_id) is str and len(trace_id) <= _ID_LENGTH
-            and type(span_id) is str and len(span_id) <= _ID_LENGTH)
+            and type(trace_id) is str and type(span_id) is str)
 
 
 #: keys a step of the chain or :func:`_finish` treats specially, if the context adds them
