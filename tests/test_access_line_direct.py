@@ -113,7 +113,7 @@ def _logged(monkeypatch: pytest.MonkeyPatch, **settings_: Any) -> Iterator[Logge
     with fresh_observability(tracing_enabled=False, service_name="shop") as obs, \
             restored_logging():
         configure_logging(ObservabilityConfig(service_name="shop", log_format="json",
-                                              **settings_), FaultReporter(), stream=out)
+                                              **settings_), obs.faults, stream=out)
         yield Logged(obs, out)
 
 
@@ -616,10 +616,42 @@ def test_a_context_key_a_step_treats_specially_takes_every_step(
 def test_the_timestamp_is_the_formatted_one(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
     """The milliseconds come from a table now: the very text the format gave."""
     import datetime as dt
+    import time
 
-    monkeypatch.setattr(logs_module.time, "time", lambda: now)
+    monkeypatch.setattr(time, "time", lambda: now)
     sec = int(now)
     ms = min(int((now - sec) * 1000), 999)
     expected = (dt.datetime.fromtimestamp(sec, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
                 + f"{ms:03d}Z")
     assert logs_module._timestamp() == expected
+
+
+@pytest.mark.parametrize("where", ["_chain_steps", "_own_fields_pass", "_finish"])
+def test_a_fault_on_the_direct_path_is_counted_not_raised(
+        ordinary: Logged, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A fault in the direct path never reaches the request, and is counted where the chain
+    counts it: a step's (``http``/``access_log``, as a processor's would be), the
+    rendering's (``logging``, handled as write_direct handles it: no line)."""
+    from mestres_observability.testing import sample_value
+
+    def boom(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("boom")
+
+    def faults(component: str) -> float:
+        return sample_value("mestres_observability_errors_total", ordinary.obs,
+                            component=component)
+
+    ordinary.settle()
+    monkeypatch.setattr(logs_module, where, boom)
+    before = (faults("http"), faults("logging"))
+    with ordinary:
+        for n in range(2):
+            _pass(ordinary, request_id=f"r-{n}").finish(200)  # does not raise
+    after = (faults("http"), faults("logging"))
+    assert "http_request" not in ordinary.take()  # the fault's own warning line only
+    if where == "_finish":
+        assert ordinary.direct_calls == [True, True]
+        assert after == (before[0], before[1] + 2)
+    else:
+        assert ordinary.direct_calls == []  # raised inside the writer
+        assert after == (before[0] + 2, before[1])
