@@ -206,24 +206,45 @@ class LeanTracer(trace.Tracer):
         else:
             current = _get_current_span(context)
         parent: SpanContext | None = current.get_span_context()
+        if parent is not None:
+            if _UNPACK and type(parent) is SpanContext:  # is_valid, without a call
+                if not parent[5]:
+                    parent = None
+            elif not parent.is_valid:
+                parent = None
+        return self._open(name, parent, kind, attributes, links, start_time, context,
+                          record_exception, set_status_on_exception)
+
+    def start_remote_child(self, name: str, parent: SpanContext, kind: SpanKind,
+                           attributes: types.Attributes) -> trace.Span | None:
+        """:meth:`start_span` under ``parent``, a valid remote span context alone in its
+        ``Context`` (what a propagator extracts from a lone ``traceparent``), without that
+        ``Context``; ``None`` when the span needs it (the SDK tracer's span, once another
+        processor was added; processors that see span starts): then call
+        :meth:`start_span` with it."""
+        if not self.switch.on or self.extra:
+            return None
+        return self._open(name, parent, kind, attributes, (), None, None, True, True)
+
+    def _open(self, name: str, parent: SpanContext | None, kind: SpanKind,
+              attributes: types.Attributes, links: Sequence[Link] | None,
+              start_time: int | None, context: Context | None, record_exception: bool,
+              set_status_on_exception: bool) -> trace.Span:
+        """The span of :meth:`start_span` under ``parent`` (a valid context, or ``None``:
+        a root span)."""
         state: TraceState | None
         if parent is None:
-            valid = False
-        elif _UNPACK and type(parent) is SpanContext:  # its fields without a call each
-            trace_id, _, _, parent_flags, state, valid = parent
-        else:
-            valid = parent.is_valid
-            if valid:
-                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
-                                                 parent.trace_state)
-        if not valid:
-            parent = None
             trace_id = getrandbits(128)
             while not trace_id:  # pragma: no cover - one chance in 2**128
                 trace_id = getrandbits(128)
             flags = 2  # RandomIdGenerator.is_trace_id_random()
             state = None
         else:
+            if _UNPACK and type(parent) is SpanContext:  # its fields without a call each
+                trace_id, _, _, parent_flags, state, _ = parent
+            else:
+                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
+                                                 parent.trace_state)
             flags = parent_flags & 2
         plan = self.plan
         if parent is not None and plan.parent_based:
