@@ -1165,9 +1165,10 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
         if len(h.get("traceparent", "")) > 55 or len(h.get("tracestate", "")) > 64 or len(
                 h.get("baggage", "")) > 128:
             trace_headers = bound_trace_headers(h, state)
-        # the caller's span alone, parsed inline; else the propagator's context (its log
-        # records dropped: see _quiet)
-        parent = remote_parent(trace_headers)
+        # the caller's span, parsed inline when it is all the extracted context would
+        # hold (no baggage); else that context (propagator log records dropped: _quiet)
+        if not trace_headers.get("baggage"):
+            parent = remote_parent(trace_headers)
         if parent is None:
             ctx = extract_context(trace_headers)
     attributes: dict[str, Any] = {

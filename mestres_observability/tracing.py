@@ -1227,13 +1227,24 @@ _SPAN_KEY = _compat.current_span_key()
 _INLINE_TRACESTATE = 512
 
 
-def _inline_parent(headers: Mapping[str, str]) -> trace.SpanContext | None:
-    """The remote span context the W3C trace-context propagator extracts from ``headers``,
-    when their ``traceparent`` is one this parse accepts for certain: version ``00``, 55
-    characters, lower-case hex, non-zero ids, any flags; with no ``tracestate``, or one of
-    at most :data:`_INLINE_TRACESTATE` characters (parsed by ``TraceState.from_header``, as
-    the propagator parses it). ``None``: anything else (malformed, upper case, another
-    version, white space around it, a long ``tracestate``), for the propagator to decide."""
+def remote_parent(headers: Mapping[str, str]) -> trace.SpanContext | None:
+    """The caller's span context in ``headers`` (trace-context headers keyed in lower
+    case), parsed here, when the global propagator is the W3C one the library installed
+    (trace context, then baggage or nothing: checked by type at set-up and by identity
+    here, so a propagator set since with ``propagate.set_global_textmap`` is used
+    instead) and the ``traceparent`` is one this parse accepts for certain: version
+    ``00``, 55 characters, lower-case hex, non-zero ids, any flags; with no
+    ``tracestate`` or one of at most :data:`_INLINE_TRACESTATE` characters (read by
+    ``TraceState.from_header``, as the propagator reads it). ``None`` for anything else
+    (another propagator; a malformed ``traceparent``, in upper case, of another version,
+    with white space around it; a long ``tracestate``): call :func:`extract_context`.
+
+    It is the remote span ``propagate.extract(headers)`` puts in the new ``Context`` it
+    returns; with no ``baggage`` header that span is all the ``Context`` holds
+    (:func:`remote_context` builds it).
+    """
+    if propagate.get_global_textmap() is not _GLOBAL.w3c:
+        return None
     value = headers.get("traceparent")
     if type(value) is not str or len(value) != 55:
         return None
@@ -1265,44 +1276,23 @@ def remote_context(parent: trace.SpanContext) -> otel_context.Context:
     return trace.set_span_in_context(remote, otel_context.Context())
 
 
-def remote_parent(headers: Mapping[str, str]) -> trace.SpanContext | None:
-    """The caller's span context in ``headers`` (trace-context headers keyed in lower case),
-    when ``propagate.extract(headers)`` would give a new ``Context`` holding that span and
-    nothing else, as a remote ``NonRecordingSpan``; ``None`` when it would not, or not for
-    certain (then call :func:`extract_context`).
-
-    Parsed here when the global propagator is the W3C one the library installed
-    (trace context, then baggage or nothing: checked by type at set-up and by identity
-    here, so a propagator set since with ``propagate.set_global_textmap`` is used
-    instead) and the request has no ``baggage``; see :func:`_inline_parent` for the
-    headers parsed (the others go to the propagator).
-    """
-    if propagate.get_global_textmap() is not _GLOBAL.w3c or headers.get("baggage"):
-        return None
-    return _inline_parent(headers)
-
-
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
     """``propagate.extract(headers)`` for trace-context headers keyed in lower case.
 
-    When the global propagator is the W3C one the library installed (see
-    :func:`remote_parent`) and the ``traceparent`` is one the inline parse accepts,
-    the trace context is parsed here, with the W3C propagator's rules and result
-    (a remote ``NonRecordingSpan`` in a new context), then ``baggage`` is read by
-    that propagator's own baggage propagator; anything else goes to
-    ``propagate.extract``.
+    When :func:`remote_parent` parses the trace context, the result is built here, as
+    the W3C propagator builds it (a remote ``NonRecordingSpan`` in a new context), then
+    ``baggage`` is read into it by that propagator's own baggage propagator; anything
+    else goes to ``propagate.extract``.
     """
-    g = _GLOBAL
-    if propagate.get_global_textmap() is g.w3c:
-        parent = _inline_parent(headers)
-        if parent is not None:
-            ctx = remote_context(parent)
-            w3c_baggage = g.w3c_baggage
-            if w3c_baggage is not None and headers.get("baggage"):
-                # the composite's next step: the baggage propagator, given that context
-                ctx = w3c_baggage.extract(headers, ctx)
-            return ctx
-    return propagate.extract(headers)
+    parent = remote_parent(headers)
+    if parent is None:
+        return propagate.extract(headers)
+    ctx = remote_context(parent)
+    w3c_baggage = _GLOBAL.w3c_baggage
+    if w3c_baggage is not None and headers.get("baggage"):
+        # the composite's next step: the baggage propagator, given that context
+        ctx = w3c_baggage.extract(headers, ctx)
+    return ctx
 
 
 def attach_processor(processor: Any) -> Callable[[], None]:
