@@ -206,24 +206,49 @@ class LeanTracer(trace.Tracer):
         else:
             current = _get_current_span(context)
         parent: SpanContext | None = current.get_span_context()
+        if parent is not None:
+            if _UNPACK and type(parent) is SpanContext:  # is_valid, without a call
+                if not parent[5]:
+                    parent = None
+            elif not parent.is_valid:
+                parent = None
+        return self._open(name, parent, kind, attributes, links, start_time, context,
+                          record_exception, set_status_on_exception, False)
+
+    def start_remote_child(self, name: str, parent: SpanContext, kind: SpanKind,
+                           attributes: dict[str, Any]) -> trace.Span | None:
+        """:meth:`start_span` under ``parent``, a valid remote span context alone in its
+        ``Context`` (what a propagator extracts from a lone ``traceparent``), without that
+        ``Context``; ``None`` when the span needs it (the SDK tracer's span, once another
+        processor was added; processors that see span starts): then call
+        :meth:`start_span` with it.
+
+        ``attributes`` is handed over: the span may keep that dict as its own (values cut
+        to the limit in place), so the caller must not use it again.
+        """
+        if not self.switch.on or self.extra:
+            return None
+        return self._open(name, parent, kind, attributes, (), None, None, True, True, True)
+
+    def _open(self, name: str, parent: SpanContext | None, kind: SpanKind,
+              attributes: types.Attributes, links: Sequence[Link] | None,
+              start_time: int | None, context: Context | None, record_exception: bool,
+              set_status_on_exception: bool, handed: bool) -> trace.Span:
+        """The span of :meth:`start_span` under ``parent`` (a valid context, or ``None``:
+        a root span); ``handed``: ``attributes`` is a dict the span may keep."""
         state: TraceState | None
         if parent is None:
-            valid = False
-        elif _UNPACK and type(parent) is SpanContext:  # its fields without a call each
-            trace_id, _, _, parent_flags, state, valid = parent
-        else:
-            valid = parent.is_valid
-            if valid:
-                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
-                                                 parent.trace_state)
-        if not valid:
-            parent = None
             trace_id = getrandbits(128)
             while not trace_id:  # pragma: no cover - one chance in 2**128
                 trace_id = getrandbits(128)
             flags = 2  # RandomIdGenerator.is_trace_id_random()
             state = None
         else:
+            if _UNPACK and type(parent) is SpanContext:  # its fields without a call each
+                trace_id, _, _, parent_flags, state, _ = parent
+            else:
+                trace_id, parent_flags, state = (parent.trace_id, parent.trace_flags,
+                                                 parent.trace_state)
             flags = parent_flags & 2
         plan = self.plan
         if parent is not None and plan.parent_based:
@@ -239,7 +264,7 @@ class LeanTracer(trace.Tracer):
         if not sampled:
             return NonRecordingSpan(ctx)
         return LeanSpan(self, name, ctx, parent, kind, attributes, links, start_time, context,
-                        record_exception, set_status_on_exception)
+                        record_exception, set_status_on_exception, handed)
 
     @contextlib.contextmanager  # the SDK's is also an async context manager
     def start_as_current_span(  # type: ignore[override]
@@ -278,6 +303,24 @@ def _inline(attrs: dict[str, Any], attributes: Mapping[str, Any], length: int) -
     return True
 
 
+def _clean_in_place(attributes: dict[str, Any], length: int) -> bool:
+    """:func:`_inline` on ``attributes`` itself: True when every key is a non-empty ``str``
+    and every value one :func:`_inline` takes, the strings longer than ``length`` cut in
+    place; False at the first item that needs the SDK's cleaning (the strings before it
+    cut already, which that cleaning, cutting to the same length, leaves as they are)."""
+    for key, value in attributes.items():
+        t = type(value)
+        if t is str:
+            if len(value) > length:
+                attributes[key] = value[:length]  # a value replaced: the iteration goes on
+        elif t is not int and t is not bool and t is not float and not (
+                t is tuple and _clean_strings(value, length)):
+            return False
+        if type(key) is not str or not key:
+            return False
+    return True
+
+
 def _clean_strings(value: tuple[Any, ...], length: int) -> bool:
     """True when ``value`` is a non-empty tuple of strings within ``length``: what the SDK's
     cleaning keeps as it is (captured headers are such tuples)."""
@@ -311,19 +354,23 @@ class LeanSpan(trace.Span):
                  parent: SpanContext | None, kind: SpanKind, attributes: types.Attributes,
                  links: Sequence[Link] | None, start_time: int | None,
                  parent_context: Context | None, record_exception: bool = True,
-                 set_status_on_exception: bool = True) -> None:
+                 set_status_on_exception: bool = True, handed: bool = False) -> None:
         self._tracer = tracer
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
         self._end: int | None = None
-        attrs: dict[str, Any] = {}
-        self._attrs = attrs
-        if attributes and (len(attributes) > tracer.max_attributes
-                           or not _inline(attrs, attributes, tracer.max_length)):
-            attrs.clear()  # a key or value the SDK's rules must clean
-            self._store_all(attributes)
+        if handed and type(attributes) is dict and len(attributes) <= tracer.max_attributes \
+                and _clean_in_place(attributes, tracer.max_length):
+            self._attrs = attributes  # the caller's dict, clean: kept, not copied
+        else:
+            attrs: dict[str, Any] = {}
+            self._attrs = attrs
+            if attributes and (len(attributes) > tracer.max_attributes
+                               or not _inline(attrs, attributes, tracer.max_length)):
+                attrs.clear()  # a key or value the SDK's rules must clean
+                self._store_all(attributes)
         if links:
             self._add_links(links)
         if not record_exception:

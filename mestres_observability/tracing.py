@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, Span, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 from . import _compat, _leanspan, _tailsample
 from ._current import get_observability
@@ -703,8 +703,10 @@ class _Global:
         #: off once a span processor other than ours is added to the owned provider
         self.lean = _leanspan.LeanSwitch()
         #: the global propagator the library installed when it is W3C trace context first
-        #: (then baggage or nothing): :func:`extract_context` parses a lone traceparent itself
+        #: (then baggage or nothing): :func:`extract_context` parses a traceparent itself
         self.w3c: Any = None
+        #: its baggage propagator (``None``: trace context alone)
+        self.w3c_baggage: Any = None
 
 
 _GLOBAL = _Global()
@@ -905,10 +907,9 @@ _SETTING_OF = {
 }
 
 
-def _propagator(config: ObservabilityConfig) -> Any:
+def _propagators(config: ObservabilityConfig) -> list[Any]:
+    """The propagators ``config.propagators`` names, in order (``none`` left out)."""
     from importlib.metadata import entry_points
-
-    from opentelemetry.propagators.composite import CompositePropagator
 
     props = []
     for name in config.propagators:
@@ -922,7 +923,25 @@ def _propagator(config: ObservabilityConfig) -> Any:
                 "tracecontext, baggage",
             )
         props.append(found[0].load()())
-    return CompositePropagator(props)
+    return props
+
+
+def _w3c_parts(propagator: Any, parts: list[Any]) -> tuple[Any, Any]:
+    """``(propagator, its baggage propagator or None)`` when ``propagator`` is the composite
+    of ``parts`` and they are exactly the OpenTelemetry W3C trace-context propagator, then
+    the W3C baggage one or nothing (by type: a propagator of another class under the same
+    entry-point name is not), so that :func:`extract_context` may parse a ``traceparent``
+    itself; ``(None, None)`` otherwise."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if not 1 <= len(parts) <= 2 or type(parts[0]) is not TraceContextTextMapPropagator:
+        return None, None
+    if len(parts) == 1:
+        return propagator, None
+    if type(parts[1]) is not W3CBaggagePropagator:
+        return None, None
+    return propagator, parts[1]
 
 
 def _console_formatter(span: ReadableSpan) -> str:
@@ -1128,14 +1147,16 @@ def setup_tracing(
     sampler = _sampler(config)  # validate even when the provider already exists
     del sampler
     exporter = _exporter(config, exporter_name)
-    propagator = _propagator(config)
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    parts = _propagators(config)
+    propagator = CompositePropagator(parts)
     if config.tail_sampling and config.traces_sampler not in ("always_on",
                                                               "parentbased_always_on"):
         _log.warning("tail_sampling decides among the traces the head sampler records: with "
                      "traces_sampler=%s, traces it does not sample are never seen, errored or "
                      "slow ones included (use parentbased_always_on to keep them all)",
                      config.traces_sampler)
-    names = tuple(n for n in config.propagators if n != "none")
 
     with _GLOBAL.lock:
         provider = _install_provider(config)
@@ -1144,8 +1165,7 @@ def setup_tracing(
         previous = _GLOBAL.active
         _GLOBAL.delegate.target = pipeline
         propagate.set_global_textmap(propagator)
-        _GLOBAL.w3c = propagator if names in (("tracecontext",), ("tracecontext", "baggage")) \
-            else None
+        _GLOBAL.w3c, _GLOBAL.w3c_baggage = _w3c_parts(propagator, parts)
         try:
             from . import _version
 
@@ -1201,29 +1221,78 @@ _valid_context = _compat.valid_span_context_maker()
 _SPAN_KEY = _compat.current_span_key()
 
 
+#: the longest ``tracestate`` the inline parse takes (the propagator's own limit, past which
+#: it drops the header with a warning, is larger: 8192 in the API 1.4x); the request pass
+#: cuts a longer one to 512 first (``http.bound_trace_headers``)
+_INLINE_TRACESTATE = 512
+
+
+def remote_parent(headers: Mapping[str, str]) -> trace.SpanContext | None:
+    """The caller's span context in ``headers`` (trace-context headers keyed in lower
+    case), parsed here, when the global propagator is the W3C one the library installed
+    (trace context, then baggage or nothing: checked by type at set-up and by identity
+    here, so a propagator set since with ``propagate.set_global_textmap`` is used
+    instead) and the ``traceparent`` is one this parse accepts for certain: version
+    ``00``, 55 characters, lower-case hex, non-zero ids, any flags; with no
+    ``tracestate`` or one of at most :data:`_INLINE_TRACESTATE` characters (read by
+    ``TraceState.from_header``, as the propagator reads it). ``None`` for anything else
+    (another propagator; a malformed ``traceparent``, in upper case, of another version,
+    with white space around it; a long ``tracestate``): call :func:`extract_context`.
+
+    It is the remote span ``propagate.extract(headers)`` puts in the new ``Context`` it
+    returns; with no ``baggage`` header that span is all the ``Context`` holds
+    (:func:`remote_context` builds it).
+    """
+    if propagate.get_global_textmap() is not _GLOBAL.w3c:
+        return None
+    value = headers.get("traceparent")
+    if type(value) is not str or len(value) != 55:
+        return None
+    m = _TRACEPARENT_00.fullmatch(value)
+    if m is None:
+        return None
+    trace_id, span_id = int(m[1], 16), int(m[2], 16)
+    if not (trace_id and span_id):  # all-zero ids: invalid (the propagator keeps no parent)
+        return None
+    state: Any = headers.get("tracestate")
+    if state is None:
+        state = DEFAULT_TRACE_STATE
+    elif type(state) is str and len(state) <= _INLINE_TRACESTATE:
+        state = TraceState.from_header([state])  # the propagator's call (a list, one header)
+    else:
+        return None
+    # 32 and 16 hex digits, non-zero: valid ids, SpanContext's checks skipped
+    parent: trace.SpanContext = _valid_context((trace_id, span_id, True, _TRACE_FLAGS[m[3]],
+                                                state, True))
+    return parent
+
+
+def remote_context(parent: trace.SpanContext) -> otel_context.Context:
+    """A new ``Context`` holding ``parent`` as a remote ``NonRecordingSpan``: what the W3C
+    trace-context propagator extracts (``set_span_in_context(span, Context())``)."""
+    remote = NonRecordingSpan(parent)
+    if _SPAN_KEY is not None:
+        return otel_context.Context({_SPAN_KEY: remote})
+    return trace.set_span_in_context(remote, otel_context.Context())
+
+
 def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
     """``propagate.extract(headers)`` for trace-context headers keyed in lower case.
 
-    When ``headers`` hold a lone version-00 ``traceparent`` (no ``tracestate``,
-    no ``baggage``) and the global propagator is the W3C one the library
-    installed, the header is parsed here, with the W3C propagator's rules and
-    result (a remote ``NonRecordingSpan`` in a new context); anything else goes
-    to ``propagate.extract``.
+    When :func:`remote_parent` parses the trace context, the result is built here, as
+    the W3C propagator builds it (a remote ``NonRecordingSpan`` in a new context), then
+    ``baggage`` is read into it by that propagator's own baggage propagator; anything
+    else goes to ``propagate.extract``.
     """
-    if len(headers) == 1 and propagate.get_global_textmap() is _GLOBAL.w3c:
-        value = headers.get("traceparent")
-        if value is not None and len(value) == 55:
-            m = _TRACEPARENT_00.fullmatch(value)
-            if m is not None:
-                trace_id, span_id = int(m[1], 16), int(m[2], 16)
-                if trace_id and span_id:  # 32 and 16 hex digits, non-zero: valid
-                    remote = NonRecordingSpan(_valid_context(
-                        (trace_id, span_id, True, _TRACE_FLAGS[m[3]], DEFAULT_TRACE_STATE,
-                         True)))
-                    if _SPAN_KEY is not None:  # set_span_in_context(remote, Context())
-                        return otel_context.Context({_SPAN_KEY: remote})
-                    return trace.set_span_in_context(remote, otel_context.Context())
-    return propagate.extract(headers)
+    parent = remote_parent(headers)
+    if parent is None:
+        return propagate.extract(headers)
+    ctx = remote_context(parent)
+    w3c_baggage = _GLOBAL.w3c_baggage
+    if w3c_baggage is not None and headers.get("baggage"):
+        # the composite's next step: the baggage propagator, given that context
+        ctx = w3c_baggage.extract(headers, ctx)
+    return ctx
 
 
 def attach_processor(processor: Any) -> Callable[[], None]:

@@ -404,6 +404,56 @@ def w3c_installed() -> Iterator[None]:
         yield
 
 
+#: attribute maps the inline checks take (long strings among them), or any
+clean_maps = st.one_of(st.dictionaries(keys, st.one_of(
+    st.text(min_size=20, max_size=40), st.text(max_size=5), st.integers(-(2**63), 2**63 - 1),
+    st.booleans(), st.floats(allow_nan=False),
+    st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=2).map(tuple)),
+    max_size=8), attribute_maps)
+
+
+@quiet
+@given(start=clean_maps, ops=operations, sampled=st.booleans(),
+       state=st.sampled_from(["", "vendor=x,other=y"]))
+def test_a_remote_child_with_handed_attributes_records_what_the_sdk_span_records(
+        no_sdk_warnings: None, start: dict[str, Any], ops: list[tuple[Any, ...]],
+        sampled: bool, state: str) -> None:
+    """``start_remote_child`` (the SERVER span under an inline-parsed ``traceparent``) keeps
+    the dict it is handed, values cut in place, and records what an SDK span started under
+    the same remote parent, through its ``Context``, records."""
+    pair = Pair()
+    remote = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True,
+                         TraceFlags(1 if sampled else 0), TraceState.from_header([state]))
+    handed = dict(start)
+    sdk = pair.sdk.start_span("op", context=trace.set_span_in_context(NonRecordingSpan(remote)),
+                              kind=SpanKind.SERVER, attributes=start)
+    lean = pair.lean.start_remote_child("op", remote, SpanKind.SERVER, handed)
+    if not sampled:
+        assert type(lean) is NonRecordingSpan
+        assert not sdk.is_recording()
+        return
+    assert type(lean) is LeanSpan
+    for span in (sdk, lean):
+        apply(span, ops)
+        span.end()
+    expected = pair.sdk_span()
+    assert content(lean) == content(expected)
+    assert encode_spans([lean]) == sdk_encode([lean.readable()]).SerializePartialToString()
+
+
+def test_a_remote_child_needs_its_context_when_the_sdk_path_or_a_watcher_is_on() -> None:
+    pair = Pair()
+    remote = SpanContext(0x1, 0x2, True, TraceFlags(1))
+    assert type(pair.lean.start_remote_child("op", remote, SpanKind.SERVER, {})) is LeanSpan
+    pair.lean.extra.append(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert pair.lean.start_remote_child("op", remote, SpanKind.SERVER, {}) is None
+    pair.lean.extra.clear()
+    pair.lean.switch.on = False
+    attributes = {"a": "x" * 100}
+    assert pair.lean.start_remote_child("op", remote, SpanKind.SERVER, attributes) is None
+    assert attributes == {"a": "x" * 100}  # untouched: the caller starts the span with it
+
+
 @settings(max_examples=300, deadline=None)
 @given(value=traceparents, extra=st.sampled_from([{}, {"tracestate": "a=1"},
                                                    {"baggage": "k=v"}]))
