@@ -410,6 +410,10 @@ class QueryRedactor:
 _URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target", "url.original"})
 #: attributes holding a bare query string
 _QUERY_ATTRIBUTES = frozenset({"url.query"})
+#: attributes whose values also pass the query rules: a text found clean under those is
+#: remembered apart (clean under the plain rules says nothing about the query rules, nor
+#: clean as a URL without ``?`` about the same text as a bare query string)
+_QUERY_RULED = _URL_ATTRIBUTES | _QUERY_ATTRIBUTES
 _SPAN_CACHE_LENGTH = 512
 _SPAN_CACHE_ITEMS = 4096
 
@@ -435,13 +439,16 @@ class SpanScrubber:
         query: the access log's query-string redactor.
     """
 
-    __slots__ = ("_clean", "_keys", "query", "values")
+    __slots__ = ("_clean", "_clean_queries", "_clean_urls", "_keys", "query", "values")
 
     def __init__(self, values: Redactor, query: QueryRedactor) -> None:
         self.values = values
         self.query = query
         self._keys: dict[str, bool] = {}
-        self._clean: set[str] = set()
+        self._clean: set[str] = set()  # clean under the plain rules
+        # clean under the rules of url attributes / of url.query, and the plain ones
+        self._clean_urls: set[str] = set()
+        self._clean_queries: set[str] = set()
 
     def sensitive_key(self, key: str) -> bool:
         """True when the value of attribute ``key`` is redacted whole."""
@@ -456,6 +463,8 @@ class SpanScrubber:
     def text(self, key: str, text: str) -> str:
         """``text``, the value of attribute ``key``, redacted (the same object when clean)."""
         clean = self._clean
+        if key in _QUERY_RULED:
+            clean = self._clean_queries if key in _QUERY_ATTRIBUTES else self._clean_urls
         if text in clean:
             return text
         out = text
@@ -507,7 +516,7 @@ class SpanScrubber:
             if not hit:
                 t = type(value)
                 if t is str:
-                    if value in clean:
+                    if value in clean and key not in _QUERY_RULED:
                         continue
                     new = self.text(key, value)
                 elif t is int or t is float or t is bool:
