@@ -969,6 +969,26 @@ class RequestPass:
         duration = time.perf_counter() - self.start
         endpoint = self.route or UNMATCHED
         span = self._span if self._span is not None else self._external_span
+        if span is None and self.labels == () and state.metrics.exemplar_provider is None:
+            # no span, no exemplar, no per-request labels: the series' one recorder
+            try:
+                record = state.recorders.get((self.method, endpoint, status))
+                if record is None:
+                    record = state.recorder(self.method, endpoint, status)
+                record(duration)
+            except Exception as err:
+                state.faults.report("http", "metrics", "recording request metrics failed", err)
+            if self._in_progress is not None:
+                try:
+                    self._in_progress.inc(-1)
+                except Exception as err:
+                    state.faults.report("http", "in_progress", "in-progress gauge failed", err)
+                self._in_progress = None
+            if state.sizes:
+                self._record_sizes(status, endpoint)
+            if state.access_log:
+                self._access_log(status, duration, endpoint, user_id, None)
+            return
         ids = None
         try:
             if span is not None:
