@@ -298,8 +298,8 @@ class ObservabilityMiddleware:
         controls = (
             state.request_hook is not None or state.response_hook is not None
             or state.capture_request is not None or state.capture_response is not None
-        ) and rp._span is not None
-        request = None
+        ) and rp.span is not None
+        request: Any = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, declared, sent
@@ -367,7 +367,7 @@ class ObservabilityMiddleware:
             rp.finish(status or 500, exc, _user_id(resolver, scope, state, rp.native))
             raise
         finally:
-            if not rp._finished:  # rp.finished, without the property's call
+            if not rp.finished:
                 if sizes:  # the app stopped without ending the body: what was sent
                     rp.response_size = response_size(rp.method_original, status or 500,
                                                      None, sent)

@@ -718,7 +718,9 @@ class RequestPass:
     )
 
     def __init__(self, state: HttpState, method: str, path: str, query: str,
-                 request_id: str, route: str | None) -> None:
+                 request_id: str, route: str | None, user_agent: str | None = None,
+                 peer: str | None = None, forwarded_for: str | None = None,
+                 client: str | None = None) -> None:
         self.state = state
         self.method = method if method in STANDARD_METHODS else "_OTHER"  # normalize_method
         self.method_original = method
@@ -726,10 +728,12 @@ class RequestPass:
         self.query = query
         self.request_id = request_id
         self.route = route
-        self.user_agent: str | None = None
-        self.peer: str | None = None
-        self.forwarded_for: str | None = None
-        self.client: str | None = None
+        self.user_agent = user_agent
+        self.peer = peer
+        self.forwarded_for = forwarded_for
+        #: the client's address for span and log (``client_address``: the peer, or the
+        #: address a trusted proxy forwarded for)
+        self.client = client
         self._span: Any = None
         self._parent: Any = None
         self._external_span: Any = None
@@ -1192,13 +1196,12 @@ def begin_request(state: HttpState, method: str, path: str, query: str,
                 rid = _ID_POOL.pop()
             except IndexError:
                 rid = new_request_id()
-        rp = RequestPass(state, method, path, query, rid, route)
-        rp.user_agent = user_agent
-        rp.peer = peer
-        rp.forwarded_for = forwarded_for
-        # once: span and log (client_address gives the peer itself without both)
-        rp.client = (client_address(peer, forwarded_for, state.trusted)
-                     if forwarded_for and state.trusted else peer)
+        rp = RequestPass(state, method, path, query, rid, route, user_agent, peer,
+                         forwarded_for,
+                         # once: span and log (client_address gives the peer itself
+                         # without both)
+                         client_address(peer, forwarded_for, state.trusted)
+                         if forwarded_for and state.trusted else peer)
         if server_span is not None:
             rp._external_span = server_span
         elif state.tracing:
