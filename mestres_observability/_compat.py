@@ -62,6 +62,7 @@ __all__ = [
     "registry_collectors",
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
+    "request_done_recorder",
     "request_recorder",
     "restore_structlog_context",
     "runtime_context_ops",
@@ -256,6 +257,52 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
         observe_any(amount)
 
     return record
+
+
+def request_done_recorder(counter: Any, histogram: Any,
+                          in_progress: Any) -> Callable[[float], None] | None:
+    """``record(duration)``: what :func:`request_recorder`'s function does, and
+    ``in_progress.inc(-1)`` (the request leaves ``http_requests_in_progress``), as one call;
+    ``None`` unless every holder is a single-process ``MutexValue``.
+
+    Internal: the same as :func:`request_recorder`, and the gauge holder's ``_lock`` and
+    ``_value`` (``in_progress``: a :func:`value_holder` of the gauge's child). Why: the
+    request pass ends each tracked request with both, the gauge's ``inc(-1)`` one Python
+    call more than the counter's and the histogram's; here it is done inline, under the
+    gauge holder's own lock, as ``inc`` does. Public replacement: ``inc()``,
+    ``observe()`` and ``dec()``; with ``None`` (another value class, such as multiprocess
+    mode's, other internals, a dropped series) the caller records through
+    :func:`request_recorder` and calls ``in_progress.inc(-1)`` itself. Resolved once per
+    series.
+    """
+    mutex = _mutex_value_class()
+    if mutex is None or type(in_progress) is not mutex or counter is None or histogram is None:
+        return None
+    holder = value_holder(counter)
+    locked = _locked_histogram(histogram)
+    if locked is None or type(holder) is not mutex:
+        return None
+    from bisect import bisect_left
+
+    observe, bounds, total, sum_lock, buckets, locks = locked
+    c_lock = holder._lock
+    g_lock = in_progress._lock
+
+    def record_done(amount: float) -> None:
+        with g_lock:
+            in_progress._value -= 1
+        with c_lock:
+            holder._value += 1
+        if amount != amount:  # NaN: no bucket (observe's walk finds none)
+            observe(amount)
+            return
+        with sum_lock:
+            total._value += amount
+        i = bisect_left(bounds, amount)
+        with locks[i]:
+            buckets[i]._value += 1
+
+    return record_done
 
 
 def _mutex_value_class() -> Any:

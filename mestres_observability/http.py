@@ -55,6 +55,7 @@ from ._compat import (
     STRUCTLOG_UNBOUND,
     current_span_key,
     exemplar_recorder,
+    request_done_recorder,
     request_recorder,
     restore_structlog_context,
     runtime_context_ops,
@@ -507,6 +508,10 @@ class HttpState:
         self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
         self.recorders: dict[tuple[str, str, int], Callable[[float], None]] = {}
+        #: ``(method, endpoint, status code)`` -> ``(in-progress value holder, what
+        #: :meth:`done_recorder` gives for them)``
+        self.done_recorders: dict[tuple[str, str, int],
+                                  tuple[Any, Callable[[float], None] | None]] = {}
         #: ``(method, endpoint)`` -> the in-progress gauge's value holder
         self.in_progress_values: dict[tuple[str, str], Any] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
@@ -605,6 +610,25 @@ class HttpState:
         if (len(self.recorders) < 4096 and self.requests_total.guard.settled(key)
                 and self.duration.guard.settled(key)):
             self.recorders[(method, endpoint, code)] = found
+        return found
+
+    def done_recorder(self, method: str, endpoint: str, code: int,
+                      in_progress: Any) -> Callable[[float], None] | None:
+        """``record(duration)`` of one request series that also takes the request out of
+        ``http_requests_in_progress`` (``in_progress``: its value holder, from
+        :meth:`in_progress_value`), as one call
+        (:func:`~mestres_observability._compat.request_done_recorder`); ``None`` when that
+        cannot be done in one (the caller uses :meth:`recorder` and the holder's ``inc``).
+
+        Resolved through the guards; kept in :attr:`done_recorders` (bounded) as
+        :meth:`recorder` keeps its own.
+        """
+        key = (method, endpoint, self.status(code), *self.label_values)
+        found = request_done_recorder(self.requests_child(key), self.duration_child(key),
+                                      in_progress)
+        if (len(self.done_recorders) < 4096 and self.requests_total.guard.settled(key)
+                and self.duration.guard.settled(key)):
+            self.done_recorders[(method, endpoint, code)] = (in_progress, found)
         return found
 
     def exemplar_recorder(self, method: str, endpoint: str, code: int
@@ -974,12 +998,26 @@ class RequestPass:
         endpoint = self.route or UNMATCHED
         span = self._span if self._span is not None else self._external_span
         if span is None and self.labels == () and state.metrics.exemplar_provider is None:
-            # no span, no exemplar, no per-request labels: the series' one recorder
+            # no span, no exemplar, no per-request labels: the series' one recorder, which
+            # takes the request out of the in-progress gauge too where it can
             try:
-                record = state.recorders.get((self.method, endpoint, status))
-                if record is None:
-                    record = state.recorder(self.method, endpoint, status)
-                record(duration)
+                in_progress = self._in_progress
+                record_done = None
+                if in_progress is not None:
+                    done = state.done_recorders.get((self.method, endpoint, status))
+                    if done is not None and done[0] is in_progress:
+                        record_done = done[1]
+                    else:
+                        record_done = state.done_recorder(self.method, endpoint, status,
+                                                          in_progress)
+                if record_done is not None:
+                    self._in_progress = None
+                    record_done(duration)
+                else:
+                    record = state.recorders.get((self.method, endpoint, status))
+                    if record is None:
+                        record = state.recorder(self.method, endpoint, status)
+                    record(duration)
             except Exception as err:
                 state.faults.report("http", "metrics", "recording request metrics failed", err)
             if self._in_progress is not None:
