@@ -76,6 +76,7 @@ __all__ = [
     "use_multiprocess_values",
     "uvicorn_worker_count",
     "valid_span_context_maker",
+    "value_adder",
     "value_holder",
     "values_dropped_total",
     "values_file_kind",
@@ -124,6 +125,32 @@ def value_holder(child: Any) -> Any:
     return value if value is not None and callable(getattr(value, "inc", None)) else child
 
 
+def value_adder(holder: Any) -> Callable[[float], None]:
+    """``holder.inc`` (``holder``: from :func:`value_holder`), for a ``MutexValue`` as one
+    update under its lock taken with ``acquire()``/``release()``.
+
+    Internal: ``MutexValue._lock`` and ``_value`` (checked in its ``inc``'s code, see
+    :func:`_mutex_value_class`). Why: ``inc`` takes its lock with ``with``, whose
+    ``__enter__`` parses the arguments ``acquire`` takes: the in-progress gauge's ``+1``
+    costs about half as much this way. Public replacement: ``holder.inc`` (the holder's
+    own, or the gauge child's ``inc`` when :func:`value_holder` fell back), which is what
+    is returned for any other class (multiprocess mode's mmap values included).
+    """
+    mutex = _mutex_value_class()
+    if mutex is None or type(holder) is not mutex:
+        return holder.inc  # type: ignore[no-any-return]
+    lock = holder._lock
+
+    def add(amount: float) -> None:
+        lock.acquire()
+        try:
+            holder._value += amount
+        finally:
+            lock.release()
+
+    return add
+
+
 def histogram_observer(child: Any) -> Callable[[float], None]:
     """``child.observe`` without exemplar, as one call over the child's value holders.
 
@@ -168,11 +195,18 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
             if amount != amount:  # NaN: no bucket (observe's walk finds none)
                 observe(amount)
                 return
-            with sum_lock:
+            sum_lock.acquire()
+            try:
                 total._value += amount
+            finally:
+                sum_lock.release()
             i = bisect_left(bounds, amount)
-            with locks[i]:
+            lock = locks[i]
+            lock.acquire()
+            try:
                 buckets[i]._value += 1
+            finally:
+                lock.release()
 
         return observe_locked
 
@@ -226,6 +260,10 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
     class, such as multiprocess mode's, other internals, a dropped series) calls the
     holder's ``inc`` and :func:`histogram_observer`'s function, which fall back on their
     own. Resolved once per series.
+
+    The locks are taken with ``acquire()`` and released in ``finally``, as ``with`` does
+    but cheaper: a lock's ``__enter__`` parses the arguments ``acquire`` takes (about
+    70 ns more per use, five uses per request).
     """
     holder: Any = value_holder(counter) if counter is not None else None
     mutex = _mutex_value_class()
@@ -237,16 +275,26 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
         c_lock = holder._lock
 
         def record_locked(amount: float) -> None:
-            with c_lock:
+            c_lock.acquire()
+            try:
                 holder._value += 1
+            finally:
+                c_lock.release()
             if amount != amount:  # NaN: no bucket (observe's walk finds none)
                 observe(amount)
                 return
-            with sum_lock:
+            sum_lock.acquire()
+            try:
                 total._value += amount
+            finally:
+                sum_lock.release()
             i = bisect_left(bounds, amount)
-            with locks[i]:
+            lock = locks[i]
+            lock.acquire()
+            try:
                 buckets[i]._value += 1
+            finally:
+                lock.release()
 
         return record_locked
     count = holder.inc if holder is not None else _count_nothing
@@ -289,18 +337,31 @@ def request_done_recorder(counter: Any, histogram: Any,
     g_lock = in_progress._lock
 
     def record_done(amount: float) -> None:
-        with g_lock:
+        g_lock.acquire()
+        try:
             in_progress._value -= 1
-        with c_lock:
+        finally:
+            g_lock.release()
+        c_lock.acquire()
+        try:
             holder._value += 1
+        finally:
+            c_lock.release()
         if amount != amount:  # NaN: no bucket (observe's walk finds none)
             observe(amount)
             return
-        with sum_lock:
+        sum_lock.acquire()
+        try:
             total._value += amount
+        finally:
+            sum_lock.release()
         i = bisect_left(bounds, amount)
-        with locks[i]:
+        lock = locks[i]
+        lock.acquire()
+        try:
             buckets[i]._value += 1
+        finally:
+            lock.release()
 
     return record_done
 

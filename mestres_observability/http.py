@@ -61,6 +61,7 @@ from ._compat import (
     runtime_context_ops,
     span_context_unpacks,
     structlog_context_var,
+    value_adder,
     value_holder,
 )
 from ._current import get_observability
@@ -512,8 +513,9 @@ class HttpState:
         #: :meth:`done_recorder` gives for them)``
         self.done_recorders: dict[tuple[str, str, int],
                                   tuple[Any, Callable[[float], None] | None]] = {}
-        #: ``(method, endpoint)`` -> the in-progress gauge's value holder
-        self.in_progress_values: dict[tuple[str, str], Any] = {}
+        #: ``(method, endpoint)`` -> the in-progress gauge's value holder and its ``inc``
+        self.in_progress_values: dict[tuple[str, str],
+                                      tuple[Any, Callable[[float], None]]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
         self.exemplar_recorders: dict[tuple[str, str, int],
                                       Callable[[float, dict[str, str]], None]] = {}
@@ -647,21 +649,24 @@ class HttpState:
             self.exemplar_recorders[(method, endpoint, code)] = found
         return found
 
-    def in_progress_value(self, method: str, endpoint: str,
-                          labels: tuple[str, ...] = ()) -> Any:
-        """The value holder of ``http_requests_in_progress{method, endpoint}`` (its ``inc``
-        as the gauge's, see :func:`~mestres_observability._compat.value_holder`), or
-        ``None`` past the gauge's bound; kept in :attr:`in_progress_values` when settled
-        (and without per-request ``labels``)."""
+    def in_progress_value(self, method: str, endpoint: str, labels: tuple[str, ...] = ()
+                          ) -> tuple[Any, Callable[[float], None]] | None:
+        """``(holder, add)`` of ``http_requests_in_progress{method, endpoint}``: the value
+        holder (its ``inc`` as the gauge's, see
+        :func:`~mestres_observability._compat.value_holder`) and ``add(amount)``, its
+        ``inc`` (:func:`~mestres_observability._compat.value_adder`); ``None`` past the
+        gauge's bound. Kept in :attr:`in_progress_values` when settled (and without
+        per-request ``labels``)."""
         key = (method, endpoint, *self.label_values, *labels)
         child = self.in_progress_child(key)
         if child is None:
             return None
         value = value_holder(child)
+        found = (value, value_adder(value))
         if not labels and len(self.in_progress_values) < 4096 and self.in_progress.guard.settled(
                 key):
-            self.in_progress_values[(method, endpoint)] = value
-        return value
+            self.in_progress_values[(method, endpoint)] = found
+        return found
 
 
 _cached: tuple[Any, HttpState] | None = None
@@ -875,12 +880,12 @@ class RequestPass:
             labels = self.labels
             if labels is None:
                 labels = self.resolve_labels()
-            value = None if labels else state.in_progress_values.get((self.method, endpoint))
-            if value is None:
-                value = state.in_progress_value(self.method, endpoint, labels)
-            if value is not None:
-                value.inc(1)
-                self._in_progress = value
+            found = None if labels else state.in_progress_values.get((self.method, endpoint))
+            if found is None:
+                found = state.in_progress_value(self.method, endpoint, labels)
+            if found is not None:
+                found[1](1)
+                self._in_progress = found[0]
         except Exception as exc:
             self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
 
