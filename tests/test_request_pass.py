@@ -549,3 +549,22 @@ def test_the_access_logger_is_settled_only_when_structlog_caches_it(cached: bool
     assert events == [("http_request", "r-0"), ("http_request", "r-1")]
     # cached: the logger bound at the first line logs both; not cached: the new configuration
     assert [e["request_id"] for e in second] == ([] if cached else ["r-1"])
+
+
+def test_request_ids_are_canonical_uuid4s_with_every_random_bit_drawn() -> None:
+    """The pool's ids (formatted 64 at a time) read back as ``uuid.UUID`` version 4, RFC
+    4122 variant, in its canonical text; the 122 other bits each take both values."""
+    import uuid
+
+    ids = [http_module.new_request_id() for _ in range(640)]
+    assert len(set(ids)) == len(ids)
+    seen_set, seen_clear = 0, 0
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        seen_set |= parsed.int
+        seen_clear |= ~parsed.int & ((1 << 128) - 1)
+    fixed = (0xF << 76) | (0x3 << 62)
+    assert seen_set & ~fixed == seen_clear & ~fixed == ((1 << 128) - 1) & ~fixed
