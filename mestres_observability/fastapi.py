@@ -301,55 +301,56 @@ class ObservabilityMiddleware:
         ) and rp.span is not None
         request: Any = None
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, declared, sent
-            mtype = message["type"]
-            if mtype == "http.response.start":
-                status = message["status"]
-                if sizes:
-                    declared = _header(message.get("headers", ()), b"content-length")
-                headers = [*message.get("headers", ()), rid]
-                if timing and asgi_is_html(headers):
-                    value = rp.server_timing()
-                    if value is not None:
-                        headers.append((b"server-timing", value.encode("latin-1")))
-                out = {**message, "headers": headers}
-                if controls:
-                    if state.capture_response is not None:
-                        rp.capture_response_headers(headers)
-                    if request is not None:
-                        rp.response_hook(request, out)
-                await send(out)
-                return
-            await send(message)
-            if sizes and mtype == "http.response.body":
-                sent += len(message.get("body", b""))
-            if (mtype == "http.response.body" and not message.get("more_body", False)) or (
-                mtype in _TERMINAL
-            ):
-                if sizes:
-                    rp.response_size = response_size(rp.method_original, status or 200,
-                                                     declared, sent)
-                rp.finish(status or 200, None,
-                          None if resolver is None else _user_id(resolver, scope, state,
-                                                                 rp.native))
-
-        async def send_plain(message: Message) -> None:
-            # send_wrapper without sizes, Server-Timing and span controls: the status, the
-            # request id, the end of the body
-            nonlocal status
-            mtype = message["type"]
-            if mtype == "http.response.start":
-                status = message["status"]
-                await send({**message, "headers": [*message.get("headers", ()), rid]})
-                return
-            await send(message)
-            if (mtype == "http.response.body" and not message.get("more_body", False)) or (
-                mtype in _TERMINAL
-            ):
-                rp.finish(status or 200, None,
-                          None if resolver is None else _user_id(resolver, scope, state,
-                                                                 rp.native))
+        if sizes or timing or controls:
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status, declared, sent
+                mtype = message["type"]
+                if mtype == "http.response.start":
+                    status = message["status"]
+                    if sizes:
+                        declared = _header(message.get("headers", ()), b"content-length")
+                    headers = [*message.get("headers", ()), rid]
+                    if timing and asgi_is_html(headers):
+                        value = rp.server_timing()
+                        if value is not None:
+                            headers.append((b"server-timing", value.encode("latin-1")))
+                    out = {**message, "headers": headers}
+                    if controls:
+                        if state.capture_response is not None:
+                            rp.capture_response_headers(headers)
+                        if request is not None:
+                            rp.response_hook(request, out)
+                    await send(out)
+                    return
+                await send(message)
+                if sizes and mtype == "http.response.body":
+                    sent += len(message.get("body", b""))
+                if (mtype == "http.response.body" and not message.get("more_body", False)) or (
+                    mtype in _TERMINAL
+                ):
+                    if sizes:
+                        rp.response_size = response_size(rp.method_original, status or 200,
+                                                         declared, sent)
+                    rp.finish(status or 200, None,
+                              None if resolver is None else _user_id(resolver, scope, state,
+                                                                     rp.native))
+        else:
+            async def send_wrapper(message: Message) -> None:
+                # without sizes, Server-Timing and span controls: the status, the request
+                # id, the end of the body
+                nonlocal status
+                mtype = message["type"]
+                if mtype == "http.response.start":
+                    status = message["status"]
+                    await send({**message, "headers": [*message.get("headers", ()), rid]})
+                    return
+                await send(message)
+                if (mtype == "http.response.body" and not message.get("more_body", False)) or (
+                    mtype in _TERMINAL
+                ):
+                    rp.finish(status or 200, None,
+                              None if resolver is None else _user_id(resolver, scope, state,
+                                                                     rp.native))
 
         rp.activate()
         if controls:
@@ -361,8 +362,7 @@ class ObservabilityMiddleware:
                 rp.native = request  # and the user-id resolver gets it too
                 rp.request_hook(request)
         try:
-            await self.app(scope, receive, send_wrapper if sizes or timing or controls
-                           else send_plain)
+            await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
             rp.finish(status or 500, exc, _user_id(resolver, scope, state, rp.native))
             raise
