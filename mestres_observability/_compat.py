@@ -62,6 +62,7 @@ __all__ = [
     "registry_collectors",
     "renew_metric_lock",
     "renew_multiprocess_value_lock",
+    "request_done_recorder",
     "request_recorder",
     "restore_structlog_context",
     "runtime_context_ops",
@@ -75,6 +76,7 @@ __all__ = [
     "use_multiprocess_values",
     "uvicorn_worker_count",
     "valid_span_context_maker",
+    "value_adder",
     "value_holder",
     "values_dropped_total",
     "values_file_kind",
@@ -123,6 +125,32 @@ def value_holder(child: Any) -> Any:
     return value if value is not None and callable(getattr(value, "inc", None)) else child
 
 
+def value_adder(holder: Any) -> Callable[[float], None]:
+    """``holder.inc`` (``holder``: from :func:`value_holder`), for a ``MutexValue`` as one
+    update under its lock taken with ``acquire()``/``release()``.
+
+    Internal: ``MutexValue._lock`` and ``_value`` (checked in its ``inc``'s code, see
+    :func:`_mutex_value_class`). Why: ``inc`` takes its lock with ``with``, whose
+    ``__enter__`` parses the arguments ``acquire`` takes: the in-progress gauge's ``+1``
+    costs about half as much this way. Public replacement: ``holder.inc`` (the holder's
+    own, or the gauge child's ``inc`` when :func:`value_holder` fell back), which is what
+    is returned for any other class (multiprocess mode's mmap values included).
+    """
+    mutex = _mutex_value_class()
+    if mutex is None or type(holder) is not mutex:
+        return holder.inc  # type: ignore[no-any-return]
+    lock = holder._lock
+
+    def add(amount: float) -> None:
+        lock.acquire()
+        try:
+            holder._value += amount
+        finally:
+            lock.release()
+
+    return add
+
+
 def histogram_observer(child: Any) -> Callable[[float], None]:
     """``child.observe`` without exemplar, as one call over the child's value holders.
 
@@ -167,11 +195,18 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
             if amount != amount:  # NaN: no bucket (observe's walk finds none)
                 observe(amount)
                 return
-            with sum_lock:
+            sum_lock.acquire()
+            try:
                 total._value += amount
+            finally:
+                sum_lock.release()
             i = bisect_left(bounds, amount)
-            with locks[i]:
+            lock = locks[i]
+            lock.acquire()
+            try:
                 buckets[i]._value += 1
+            finally:
+                lock.release()
 
         return observe_locked
 
@@ -225,6 +260,10 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
     class, such as multiprocess mode's, other internals, a dropped series) calls the
     holder's ``inc`` and :func:`histogram_observer`'s function, which fall back on their
     own. Resolved once per series.
+
+    The locks are taken with ``acquire()`` and released in ``finally``, as ``with`` does
+    but cheaper: a lock's ``__enter__`` parses the arguments ``acquire`` takes (about
+    70 ns more per use, five uses per request).
     """
     holder: Any = value_holder(counter) if counter is not None else None
     mutex = _mutex_value_class()
@@ -236,16 +275,26 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
         c_lock = holder._lock
 
         def record_locked(amount: float) -> None:
-            with c_lock:
+            c_lock.acquire()
+            try:
                 holder._value += 1
+            finally:
+                c_lock.release()
             if amount != amount:  # NaN: no bucket (observe's walk finds none)
                 observe(amount)
                 return
-            with sum_lock:
+            sum_lock.acquire()
+            try:
                 total._value += amount
+            finally:
+                sum_lock.release()
             i = bisect_left(bounds, amount)
-            with locks[i]:
+            lock = locks[i]
+            lock.acquire()
+            try:
                 buckets[i]._value += 1
+            finally:
+                lock.release()
 
         return record_locked
     count = holder.inc if holder is not None else _count_nothing
@@ -256,6 +305,65 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
         observe_any(amount)
 
     return record
+
+
+def request_done_recorder(counter: Any, histogram: Any,
+                          in_progress: Any) -> Callable[[float], None] | None:
+    """``record(duration)``: what :func:`request_recorder`'s function does, and
+    ``in_progress.inc(-1)`` (the request leaves ``http_requests_in_progress``), as one call;
+    ``None`` unless every holder is a single-process ``MutexValue``.
+
+    Internal: the same as :func:`request_recorder`, and the gauge holder's ``_lock`` and
+    ``_value`` (``in_progress``: a :func:`value_holder` of the gauge's child). Why: the
+    request pass ends each tracked request with both, the gauge's ``inc(-1)`` one Python
+    call more than the counter's and the histogram's; here it is done inline, under the
+    gauge holder's own lock, as ``inc`` does. Public replacement: ``inc()``,
+    ``observe()`` and ``dec()``; with ``None`` (another value class, such as multiprocess
+    mode's, other internals, a dropped series) the caller records through
+    :func:`request_recorder` and calls ``in_progress.inc(-1)`` itself. Resolved once per
+    series.
+    """
+    mutex = _mutex_value_class()
+    if mutex is None or type(in_progress) is not mutex or counter is None or histogram is None:
+        return None
+    holder = value_holder(counter)
+    locked = _locked_histogram(histogram)
+    if locked is None or type(holder) is not mutex:
+        return None
+    from bisect import bisect_left
+
+    observe, bounds, total, sum_lock, buckets, locks = locked
+    c_lock = holder._lock
+    g_lock = in_progress._lock
+
+    def record_done(amount: float) -> None:
+        g_lock.acquire()
+        try:
+            in_progress._value -= 1
+        finally:
+            g_lock.release()
+        c_lock.acquire()
+        try:
+            holder._value += 1
+        finally:
+            c_lock.release()
+        if amount != amount:  # NaN: no bucket (observe's walk finds none)
+            observe(amount)
+            return
+        sum_lock.acquire()
+        try:
+            total._value += amount
+        finally:
+            sum_lock.release()
+        i = bisect_left(bounds, amount)
+        lock = locks[i]
+        lock.acquire()
+        try:
+            buckets[i]._value += 1
+        finally:
+            lock.release()
+
+    return record_done
 
 
 def _mutex_value_class() -> Any:

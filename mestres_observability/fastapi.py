@@ -38,10 +38,10 @@ from .http import (
     RequestPass,
     UserIdResolver,
     asgi_is_html,
+    begin_request,
     http_state,
     is_untracked,
     response_size,
-    start_request,
 )
 from .observability import Observability, get_observability
 
@@ -226,6 +226,14 @@ class ObservabilityMiddleware:
 
     def _start(self, state: HttpState, scope: Scope, headers: dict[str, str],
                route_path: str, endpoint: Endpoint | None) -> RequestPass | None:
+        path: str = scope["path"]
+        if endpoint is not None or path != route_path:
+            # start_request's check, of the full path (root_path included): __call__ checked
+            # route_path already, for the requests that reach no endpoint
+            rx = state.excluded_rx
+            if not state.enabled or path in state.excluded_exact or (
+                    rx is not None and rx.fullmatch(path) is not None):
+                return None
         method: str = scope.get("method", "GET")
         # the library's own endpoints get their path as route once served
         route = self._match(scope, method) if endpoint is None else None
@@ -251,15 +259,14 @@ class ObservabilityMiddleware:
                 if server_span is not None and not server_span.is_recording():
                     server_span = None
         query = scope.get("query_string", b"")
-        return start_request(
-            state, method, scope["path"], query=query.decode("latin-1") if query else "",
-            route=route, request_id=headers.get("request_id"),
-            user_agent=headers.get("user_agent"), peer=client[0] if client else None,
-            forwarded_for=headers.get("forwarded_for"), scheme=scope.get("scheme", "http"),
-            server_address=headers.get("host") if state.tracing else None,  # span only
-            trace_headers=trace_headers,
-            server_span=server_span,
-        )
+        # positional: begin_request is start_request without the checks done above
+        return begin_request(
+            state, method, path, query.decode("latin-1") if query else "",
+            headers.get("request_id"), headers.get("user_agent"),
+            client[0] if client else None, headers.get("forwarded_for"), route,
+            scope.get("scheme", "http"),
+            headers.get("host") if state.tracing else None,  # span only
+            trace_headers, server_span)
 
     def _is_untracked(self, route: str, method: str) -> bool:
         """True when ``route`` (a template) is a route marked not tracked, for ``method``;
@@ -288,46 +295,64 @@ class ObservabilityMiddleware:
         if sizes:
             receive = _counting_receive(receive, rp, scope)
         rp.track_in_progress()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, declared, sent
-            mtype = message["type"]
-            if mtype == "http.response.start":
-                status = message["status"]
-                if sizes:
-                    declared = _header(message.get("headers", ()), b"content-length")
-                headers = [*message.get("headers", ()), rid]
-                if timing and asgi_is_html(headers):
-                    value = rp.server_timing()
-                    if value is not None:
-                        headers.append((b"server-timing", value.encode("latin-1")))
-                out = {**message, "headers": headers}
-                if controls:
-                    if state.capture_response is not None:
-                        rp.capture_response_headers(headers)
-                    if request is not None:
-                        rp.response_hook(request, out)
-                await send(out)
-                return
-            await send(message)
-            if sizes and mtype == "http.response.body":
-                sent += len(message.get("body", b""))
-            if (mtype == "http.response.body" and not message.get("more_body", False)) or (
-                mtype in _TERMINAL
-            ):
-                if sizes:
-                    rp.response_size = response_size(rp.method_original, status or 200,
-                                                     declared, sent)
-                rp.finish(status or 200, None,
-                          None if resolver is None else _user_id(resolver, scope, state,
-                                                                 rp.native))
-
-        rp.activate()
-        request = None
         controls = (
             state.request_hook is not None or state.response_hook is not None
             or state.capture_request is not None or state.capture_response is not None
         ) and rp.span is not None
+        request: Any = None
+
+        if sizes or timing or controls:
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status, declared, sent
+                mtype = message["type"]
+                if mtype == "http.response.start":
+                    status = message["status"]
+                    if sizes:
+                        declared = _header(message.get("headers", ()), b"content-length")
+                    headers = [*message.get("headers", ()), rid]
+                    if timing and asgi_is_html(headers):
+                        value = rp.server_timing()
+                        if value is not None:
+                            headers.append((b"server-timing", value.encode("latin-1")))
+                    out = {**message, "headers": headers}
+                    if controls:
+                        if state.capture_response is not None:
+                            rp.capture_response_headers(headers)
+                        if request is not None:
+                            rp.response_hook(request, out)
+                    await send(out)
+                    return
+                await send(message)
+                if sizes and mtype == "http.response.body":
+                    sent += len(message.get("body", b""))
+                if (mtype == "http.response.body" and not message.get("more_body", False)) or (
+                    mtype in _TERMINAL
+                ):
+                    if sizes:
+                        rp.response_size = response_size(rp.method_original, status or 200,
+                                                         declared, sent)
+                    rp.finish(status or 200, None,
+                              None if resolver is None else _user_id(resolver, scope, state,
+                                                                     rp.native))
+        else:
+            async def send_wrapper(message: Message) -> None:
+                # without sizes, Server-Timing and span controls: the status, the request
+                # id, the end of the body
+                nonlocal status
+                mtype = message["type"]
+                if mtype == "http.response.start":
+                    status = message["status"]
+                    await send({**message, "headers": [*message.get("headers", ()), rid]})
+                    return
+                await send(message)
+                if (mtype == "http.response.body" and not message.get("more_body", False)) or (
+                    mtype in _TERMINAL
+                ):
+                    rp.finish(status or 200, None,
+                              None if resolver is None else _user_id(resolver, scope, state,
+                                                                     rp.native))
+
+        rp.activate()
         if controls:
             if state.capture_request is not None:
                 rp.capture_request_headers(scope.get("headers", ()))

@@ -35,6 +35,7 @@ from .http import (
     HttpState,
     RequestPass,
     UserIdResolver,
+    begin_request,
     http_state,
     is_untracked,
     response_size,
@@ -114,6 +115,37 @@ def _sizes(rp: RequestPass, holder: list[Any], sent: int) -> None:
     rp.response_size = response_size(rp.method_original, holder[0], holder[1], sent)
 
 
+def _full_start_response(start_response: StartResponse, state: HttpState, rp: RequestPass,
+                         holder: list[Any]) -> StartResponse:
+    """The ``start_response`` the app gets when more than the status and the request id is
+    read or added: the declared Content-Length (``http_size_metrics``), ``Server-Timing``,
+    the captured response headers."""
+    sizes = state.sizes
+    header = state.request_id_header
+    rid = rp.request_id
+    timing = state.server_timing
+    capture_response = state.capture_response is not None
+
+    def _start_response(status: str, headers: list[tuple[str, str]],
+                        exc_info: Any = None) -> Any:
+        try:
+            holder[0] = int(status[:3])
+        except ValueError:
+            holder[0] = 500
+        if sizes:
+            holder[1] = next((v for k, v in headers if k.lower() == "content-length"), None)
+        headers.append((header, rid))
+        if timing and wsgi_is_html(headers):
+            value = rp.server_timing()
+            if value is not None:
+                headers.append(("Server-Timing", value))
+        if capture_response:
+            rp.capture_response_headers(headers)
+        return start_response(status, headers, exc_info)
+
+    return _start_response
+
+
 class _Routes:
     """``routes(path)`` of the endpoint layer: the rule of the app's ``GET`` route at a
     browser URL path (``SCRIPT_NAME`` included), as the request metrics label it."""
@@ -174,7 +206,8 @@ class FlaskMiddleware:
             if not path_info.isascii():
                 path_info = _text(path_info)
             endpoint = state.endpoints.get(path_info)
-            rp = self._start(state, environ, path_info)
+            rp = self._start(state, environ, path_info) if endpoint is not None else (
+                self._begin(state, environ, path_info))
         except Exception as exc:
             get_observability().faults.report("http", "flask", "request pass failed", exc)
             return self.wsgi_app(environ, start_response)
@@ -185,33 +218,27 @@ class FlaskMiddleware:
         environ[_PASS] = rp
         if state.capture_request is not None:
             rp.capture_request_headers(wsgi_headers(environ))
-        capture_response = state.capture_response is not None
         holder: list[Any] = [500]
         sizes = state.sizes
-        if sizes:
-            holder.append(None)  # the Content-Length the response declares
-            length = environ.get("CONTENT_LENGTH")
-            rp.request_size = int(length) if length and length.isdigit() else 0
         header = state.request_id_header
         rid = rp.request_id
-        timing = state.server_timing
-
-        def _start_response(status: str, headers: list[tuple[str, str]],
-                            exc_info: Any = None) -> Any:
-            try:
-                holder[0] = int(status[:3])
-            except ValueError:
-                holder[0] = 500
+        if sizes or state.server_timing or state.capture_response is not None:
             if sizes:
-                holder[1] = next((v for k, v in headers if k.lower() == "content-length"), None)
-            headers.append((header, rid))
-            if timing and wsgi_is_html(headers):
-                value = rp.server_timing()
-                if value is not None:
-                    headers.append(("Server-Timing", value))
-            if capture_response:
-                rp.capture_response_headers(headers)
-            return start_response(status, headers, exc_info)
+                holder.append(None)  # the Content-Length the response declares
+                length = environ.get("CONTENT_LENGTH")
+                rp.request_size = int(length) if length and length.isdigit() else 0
+            _start_response = _full_start_response(start_response, state, rp, holder)
+        else:
+            # the status and the request id: nothing else to read or add
+
+            def _start_response(status: str, headers: list[tuple[str, str]],
+                                exc_info: Any = None) -> Any:
+                try:
+                    holder[0] = int(status[:3])
+                except ValueError:
+                    holder[0] = 500
+                headers.append((header, rid))
+                return start_response(status, headers, exc_info)
 
         rp.activate()
         try:
@@ -220,18 +247,52 @@ class FlaskMiddleware:
             rp.finish(500, exc, rp.resolved_user_id)
             rp.deactivate()
             raise
-        uid = rp.resolved_user_id
         error = rp.error
         if error is not None or rp.body_complete:
             # the body is complete already (or the request failed): record now, with
             # the span current and the request id bound
             if sizes:
                 _sizes(rp, holder, 0)
-            rp.finish(holder[0], error, uid)
+            rp.finish(holder[0], error, rp.resolved_user_id)
             rp.deactivate()
             return result
         rp.deactivate()  # keeps a bound user_id for the line written when the body ends
-        return _Body(result, rp, holder, uid)
+        return _Body(result, rp, holder, rp.resolved_user_id)
+
+    def _begin(self, state: HttpState, environ: dict[str, Any],
+               path_info: str) -> RequestPass | None:
+        """:meth:`_start` for the ordinary requests (``state``: the current one), with
+        :func:`~mestres_observability.http.begin_request` called positionally."""
+        rx = state.excluded_rx  # state.excluded(path_info), inline
+        if not state.enabled or path_info in state.excluded_exact or (
+                rx is not None and rx.fullmatch(path_info) is not None):
+            return None
+        url_rx = state.excluded_urls["flask"]  # excluded_urls: searched in flask.request.url
+        if url_rx is not None and url_rx.search(get_current_url(environ)):
+            return None
+        if len(self.app.view_functions) != self._untracked_views:
+            self._find_untracked()
+        if self._untracked and self._is_untracked(environ, path_info):
+            return None
+        script = environ.get("SCRIPT_NAME")
+        path = path_info
+        if script:
+            path = _text(script) + path_info
+            if path in state.excluded_exact or (rx is not None and rx.fullmatch(path)
+                                                is not None):
+                return None  # as start_request checks the full path
+        get = environ.get
+        if not state.tracing:
+            return begin_request(state, get("REQUEST_METHOD", "GET"), path,
+                                 get("QUERY_STRING", ""), get(state.request_id_environ),
+                                 get("HTTP_USER_AGENT"), get("REMOTE_ADDR"),
+                                 get("HTTP_X_FORWARDED_FOR"))
+        return begin_request(state, get("REQUEST_METHOD", "GET"), path, get("QUERY_STRING", ""),
+                             get(state.request_id_environ), get("HTTP_USER_AGENT"),
+                             get("REMOTE_ADDR"), get("HTTP_X_FORWARDED_FOR"), None,
+                             get("wsgi.url_scheme", "http"),
+                             get("HTTP_HOST") or get("SERVER_NAME"),
+                             wsgi_trace_headers(environ))
 
     def _start(self, state: HttpState, environ: dict[str, Any],
                path_info: str) -> RequestPass | None:

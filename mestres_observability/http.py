@@ -55,11 +55,13 @@ from ._compat import (
     STRUCTLOG_UNBOUND,
     current_span_key,
     exemplar_recorder,
+    request_done_recorder,
     request_recorder,
     restore_structlog_context,
     runtime_context_ops,
     span_context_unpacks,
     structlog_context_var,
+    value_adder,
     value_holder,
 )
 from ._current import get_observability
@@ -128,12 +130,16 @@ STANDARD_METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# RFC 4122 variant: the first hex digit of the fourth group is 8, 9, a or b
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 # request ids drawn and formatted 64 at a time (one getrandom call); emptied in a forked
 # child so workers never share ids
 _ID_POOL: list[str] = []
 _POOL_IDS = 64
+# per 128-bit id: the version nibble (bits 76-79) set to 4, the RFC 4122 variant (bits
+# 62-63) to 10; the masks cover the pool's ids at once (one big-integer AND and OR)
+_ID_MASK = int.from_bytes((~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)).to_bytes(16, "big")
+                          * _POOL_IDS, "big")
+_ID_BITS = int.from_bytes(((0x4 << 76) | (0x2 << 62)).to_bytes(16, "big") * _POOL_IDS, "big")
+_ID_GROUPS = re.compile(r"(.{8})(.{4})(.{4})(.{4})(.{12})")
 _log = logging.getLogger("mestres_observability")
 
 EndpointResponse = Response
@@ -167,11 +173,9 @@ def new_request_id() -> str:
     try:
         return _ID_POOL.pop()
     except IndexError:
-        raw = os.urandom(16 * _POOL_IDS).hex()
-        v = _VARIANT
-        ids = [f"{raw[i:i + 8]}-{raw[i + 8:i + 12]}-4{raw[i + 13:i + 16]}-"
-               f"{v[raw[i + 16]]}{raw[i + 17:i + 20]}-{raw[i + 20:i + 32]}"
-               for i in range(0, len(raw), 32)]
+        bits = (int.from_bytes(os.urandom(16 * _POOL_IDS), "big") & _ID_MASK) | _ID_BITS
+        # 8-4-4-4-12 hex digits each, split and joined in C (no Python loop per id)
+        ids = list(map("-".join, _ID_GROUPS.findall(f"{bits:0{32 * _POOL_IDS}x}")))
         first = ids.pop()
         _ID_POOL.extend(ids)
         return first
@@ -507,8 +511,13 @@ class HttpState:
         self.hosts: dict[str, tuple[str, int | None]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`recorder` gives for it
         self.recorders: dict[tuple[str, str, int], Callable[[float], None]] = {}
-        #: ``(method, endpoint)`` -> the in-progress gauge's value holder
-        self.in_progress_values: dict[tuple[str, str], Any] = {}
+        #: ``(method, endpoint, status code)`` -> ``(in-progress value holder, what
+        #: :meth:`done_recorder` gives for them)``
+        self.done_recorders: dict[tuple[str, str, int],
+                                  tuple[Any, Callable[[float], None] | None]] = {}
+        #: ``(method, endpoint)`` -> the in-progress gauge's value holder and its ``inc``
+        self.in_progress_values: dict[tuple[str, str],
+                                      tuple[Any, Callable[[float], None]]] = {}
         #: ``(method, endpoint, status code)`` -> what :meth:`exemplar_recorder` gives for it
         self.exemplar_recorders: dict[tuple[str, str, int],
                                       Callable[[float, dict[str, str]], None]] = {}
@@ -607,6 +616,25 @@ class HttpState:
             self.recorders[(method, endpoint, code)] = found
         return found
 
+    def done_recorder(self, method: str, endpoint: str, code: int,
+                      in_progress: Any) -> Callable[[float], None] | None:
+        """``record(duration)`` of one request series that also takes the request out of
+        ``http_requests_in_progress`` (``in_progress``: its value holder, from
+        :meth:`in_progress_value`), as one call
+        (:func:`~mestres_observability._compat.request_done_recorder`); ``None`` when that
+        cannot be done in one (the caller uses :meth:`recorder` and the holder's ``inc``).
+
+        Resolved through the guards; kept in :attr:`done_recorders` (bounded) as
+        :meth:`recorder` keeps its own.
+        """
+        key = (method, endpoint, self.status(code), *self.label_values)
+        found = request_done_recorder(self.requests_child(key), self.duration_child(key),
+                                      in_progress)
+        if (len(self.done_recorders) < 4096 and self.requests_total.guard.settled(key)
+                and self.duration.guard.settled(key)):
+            self.done_recorders[(method, endpoint, code)] = (in_progress, found)
+        return found
+
     def exemplar_recorder(self, method: str, endpoint: str, code: int
                           ) -> Callable[[float, dict[str, str]], None]:
         """``record(duration, labels)`` of one request series: what ``inc(1, labels)`` on
@@ -623,21 +651,24 @@ class HttpState:
             self.exemplar_recorders[(method, endpoint, code)] = found
         return found
 
-    def in_progress_value(self, method: str, endpoint: str,
-                          labels: tuple[str, ...] = ()) -> Any:
-        """The value holder of ``http_requests_in_progress{method, endpoint}`` (its ``inc``
-        as the gauge's, see :func:`~mestres_observability._compat.value_holder`), or
-        ``None`` past the gauge's bound; kept in :attr:`in_progress_values` when settled
-        (and without per-request ``labels``)."""
+    def in_progress_value(self, method: str, endpoint: str, labels: tuple[str, ...] = ()
+                          ) -> tuple[Any, Callable[[float], None]] | None:
+        """``(holder, add)`` of ``http_requests_in_progress{method, endpoint}``: the value
+        holder (its ``inc`` as the gauge's, see
+        :func:`~mestres_observability._compat.value_holder`) and ``add(amount)``, its
+        ``inc`` (:func:`~mestres_observability._compat.value_adder`); ``None`` past the
+        gauge's bound. Kept in :attr:`in_progress_values` when settled (and without
+        per-request ``labels``)."""
         key = (method, endpoint, *self.label_values, *labels)
         child = self.in_progress_child(key)
         if child is None:
             return None
         value = value_holder(child)
+        found = (value, value_adder(value))
         if not labels and len(self.in_progress_values) < 4096 and self.in_progress.guard.settled(
                 key):
-            self.in_progress_values[(method, endpoint)] = value
-        return value
+            self.in_progress_values[(method, endpoint)] = found
+        return found
 
 
 _cached: tuple[Any, HttpState] | None = None
@@ -718,7 +749,9 @@ class RequestPass:
     )
 
     def __init__(self, state: HttpState, method: str, path: str, query: str,
-                 request_id: str, route: str | None) -> None:
+                 request_id: str, route: str | None, user_agent: str | None = None,
+                 peer: str | None = None, forwarded_for: str | None = None,
+                 client: str | None = None) -> None:
         self.state = state
         self.method = method if method in STANDARD_METHODS else "_OTHER"  # normalize_method
         self.method_original = method
@@ -726,10 +759,12 @@ class RequestPass:
         self.query = query
         self.request_id = request_id
         self.route = route
-        self.user_agent: str | None = None
-        self.peer: str | None = None
-        self.forwarded_for: str | None = None
-        self.client: str | None = None
+        self.user_agent = user_agent
+        self.peer = peer
+        self.forwarded_for = forwarded_for
+        #: the client's address for span and log (``client_address``: the peer, or the
+        #: address a trusted proxy forwarded for)
+        self.client = client
         self._span: Any = None
         self._parent: Any = None
         self._external_span: Any = None
@@ -847,12 +882,12 @@ class RequestPass:
             labels = self.labels
             if labels is None:
                 labels = self.resolve_labels()
-            value = None if labels else state.in_progress_values.get((self.method, endpoint))
-            if value is None:
-                value = state.in_progress_value(self.method, endpoint, labels)
-            if value is not None:
-                value.inc(1)
-                self._in_progress = value
+            found = None if labels else state.in_progress_values.get((self.method, endpoint))
+            if found is None:
+                found = state.in_progress_value(self.method, endpoint, labels)
+            if found is not None:
+                found[1](1)
+                self._in_progress = found[0]
         except Exception as exc:
             self.state.faults.report("http", "in_progress", "in-progress gauge failed", exc)
 
@@ -969,6 +1004,40 @@ class RequestPass:
         duration = time.perf_counter() - self.start
         endpoint = self.route or UNMATCHED
         span = self._span if self._span is not None else self._external_span
+        if span is None and self.labels == () and state.metrics.exemplar_provider is None:
+            # no span, no exemplar, no per-request labels: the series' one recorder, which
+            # takes the request out of the in-progress gauge too where it can
+            try:
+                in_progress = self._in_progress
+                record_done = None
+                if in_progress is not None:
+                    done = state.done_recorders.get((self.method, endpoint, status))
+                    if done is not None and done[0] is in_progress:
+                        record_done = done[1]
+                    else:
+                        record_done = state.done_recorder(self.method, endpoint, status,
+                                                          in_progress)
+                if record_done is not None:
+                    self._in_progress = None
+                    record_done(duration)
+                else:
+                    record = state.recorders.get((self.method, endpoint, status))
+                    if record is None:
+                        record = state.recorder(self.method, endpoint, status)
+                    record(duration)
+            except Exception as err:
+                state.faults.report("http", "metrics", "recording request metrics failed", err)
+            if self._in_progress is not None:
+                try:
+                    self._in_progress.inc(-1)
+                except Exception as err:
+                    state.faults.report("http", "in_progress", "in-progress gauge failed", err)
+                self._in_progress = None
+            if state.sizes:
+                self._record_sizes(status, endpoint)
+            if state.access_log:
+                self._access_log(status, duration, endpoint, user_id, None)
+            return
         ids = None
         try:
             if span is not None:
@@ -1145,8 +1214,24 @@ def start_request(
     # state.excluded(path), inline
     rx = state.excluded_rx
     if not state.enabled or path in state.excluded_exact or (
-            rx is not None and rx.fullmatch(path) is not None) or (
-            state.excluded_methods and method in state.excluded_methods):
+            rx is not None and rx.fullmatch(path) is not None):
+        return None
+    return begin_request(state, method, path, query, request_id, user_agent, peer,
+                         forwarded_for, route, scheme, server_address, trace_headers,
+                         server_span)
+
+
+def begin_request(state: HttpState, method: str, path: str, query: str,
+                  request_id: str | None, user_agent: str | None, peer: str | None,
+                  forwarded_for: str | None, route: str | None = None, scheme: str = "http",
+                  server_address: str | None = None,
+                  trace_headers: Mapping[str, str] | None = None,
+                  server_span: Any = None) -> RequestPass | None:
+    """:func:`start_request` for an adapter that checked ``enabled`` and the path's
+    exclusion itself: the same arguments, positional (one call fewer per request, and no
+    keyword parsing); ``None`` when the method is excluded or starting failed (counted).
+    """
+    if state.excluded_methods and method in state.excluded_methods:
         return None
     try:
         if request_id:
@@ -1156,13 +1241,12 @@ def start_request(
                 rid = _ID_POOL.pop()
             except IndexError:
                 rid = new_request_id()
-        rp = RequestPass(state, method, path, query, rid, route)
-        rp.user_agent = user_agent
-        rp.peer = peer
-        rp.forwarded_for = forwarded_for
-        # once: span and log (client_address gives the peer itself without both)
-        rp.client = (client_address(peer, forwarded_for, state.trusted)
-                     if forwarded_for and state.trusted else peer)
+        rp = RequestPass(state, method, path, query, rid, route, user_agent, peer,
+                         forwarded_for,
+                         # once: span and log (client_address gives the peer itself
+                         # without both)
+                         client_address(peer, forwarded_for, state.trusted)
+                         if forwarded_for and state.trusted else peer)
         if server_span is not None:
             rp._external_span = server_span
         elif state.tracing:

@@ -82,6 +82,38 @@ def test_value_holder_missing_gives_the_child_itself() -> None:
     assert _compat.value_holder(odd) is odd
 
 
+def test_value_adder_adds_like_the_holders_inc() -> None:
+    """The MutexValue form (its lock taken and released around the update) moves the
+    gauge as ``inc`` does, and leaves the lock free."""
+    registry = CollectorRegistry()
+    gauge = Gauge("g", "g", ["k"], registry=registry).labels("a")
+    holder = _compat.value_holder(gauge)
+    add = _compat.value_adder(holder)
+    assert add != holder.inc  # the inline form for prometheus_client's MutexValue
+    for amount in (1, 1, -1, 2.5, -2.5):
+        add(amount)
+    assert registry.get_sample_value("g", {"k": "a"}) == 1.0
+    assert not holder._lock.locked()
+
+
+def test_value_adder_falls_back_on_the_holders_own_inc() -> None:
+    """Another value class (multiprocess mode's mmap value, a child without holder), or a
+    MutexValue whose internals changed: its own ``inc``."""
+    seen: list[float] = []
+    plain = SimpleNamespace(inc=seen.append)
+    assert _compat.value_adder(plain) == plain.inc
+    _compat.value_adder(plain)(1)
+    assert seen == [1]
+    registry = CollectorRegistry()
+    holder = _compat.value_holder(Gauge("g", "g", ["k"], registry=registry).labels("a"))
+    mutex = _compat._mutex_value_class
+    _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+    try:
+        assert _compat.value_adder(holder) == holder.inc
+    finally:
+        _compat._mutex_value_class = mutex  # type: ignore[assignment]
+
+
 # ---------------------------------------------------------------------- exemplar recorder
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LABELS = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}

@@ -882,3 +882,48 @@ def test_a_full_directory_during_a_dead_worker_merge_is_a_warning_not_a_tracebac
     assert lines[0].startswith("WARNING ")
     assert "directory is full" in lines[0]
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_the_metrics_only_request_pass_counts_through_mmap_values(tmp_path: Path) -> None:
+    """In multiprocess mode the pass's value holders are mmap values, not ``MutexValue``:
+    the one-call recorders fall back on the holders' own ``inc`` (the in-progress gauge's
+    ``+1`` and ``-1`` included) and the scrape reads each request once, the gauge back at 0."""
+    d = _private_dir(tmp_path)
+    proc = _run("""
+import json
+from mestres_observability import init_observability
+from mestres_observability import _compat
+from mestres_observability.http import http_state, start_request
+from mestres_observability.testing import sample_value
+obs = init_observability(service_name="svc", configure_logging=False, system_metrics=False,
+                         process_metrics=False, tracing_enabled=False, access_log=False)
+state = http_state(obs)
+during = []
+for _ in range(3):
+    rp = start_request(state, "GET", "/orders/42", route="/orders/{id}")
+    rp.activate()
+    rp.track_in_progress()
+    during.append(sample_value("http_requests_in_progress", method="GET",
+                               endpoint="/orders/{id}"))
+    rp.finish(200)
+    rp.deactivate()
+holder, add = state.in_progress_values[("GET", "/orders/{id}")]
+print(json.dumps({
+    "during": during,
+    "after": sample_value("http_requests_in_progress", method="GET", endpoint="/orders/{id}"),
+    "total": sample_value("http_requests_total", method="GET", endpoint="/orders/{id}",
+                          status="200"),
+    "count": sample_value("http_request_duration_seconds_count", method="GET",
+                          endpoint="/orders/{id}", status="200"),
+    "holder": type(holder).__name__, "add_is_inc": add == holder.inc,
+    "done": [fn is None for _h, fn in state.done_recorders.values()],
+}))
+""", d)
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["holder"] != "MutexValue"
+    assert r["add_is_inc"]  # value_adder's fallback
+    assert r["done"] == [True]  # request_done_recorder's fallback
+    assert r["during"] == [1.0, 1.0, 1.0]
+    assert r["after"] == 0.0
+    assert r["total"] == 3.0
+    assert r["count"] == 3.0

@@ -133,6 +133,78 @@ def test_request_recorder_records_what_inc_and_observe_record(values: list[float
     _assert_same_samples(*registries)
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(amounts, max_size=20))
+def test_request_done_recorder_records_what_inc_observe_and_dec_record(
+        values: list[float]) -> None:
+    """Counter, histogram and in-progress gauge through the one call: the same samples as
+    ``inc()``, ``observe()`` and ``dec()`` (the gauge back where each request found it)."""
+    from prometheus_client import Counter, Gauge
+
+    registries = []
+    for fast in (False, True):
+        registry = CollectorRegistry()
+        counter = Counter("c", "c", ["k"], registry=registry).labels("v")
+        child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+        gauge = Gauge("g", "g", ["k"], registry=registry).labels("v")
+        holder = _compat.value_holder(gauge)
+        record = _compat.request_done_recorder(counter, child, holder) if fast else None
+        if fast:
+            assert record is not None
+        for v in values:
+            holder.inc(1)
+            if record is not None:
+                record(v)
+            else:
+                counter.inc()
+                child.observe(v)
+                gauge.dec()
+        registries.append(registry)
+    _assert_same_samples(*registries)
+
+
+def test_request_done_recorder_is_none_unless_every_holder_is_a_mutex_value() -> None:
+    """Another value class (multiprocess mode's), a dropped series, or internals that
+    changed: ``None``, and the caller records and leaves the gauge the public way."""
+    from prometheus_client import Counter, Gauge
+
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["k"], registry=registry).labels("v")
+    child = Histogram("d", "d", ["k"], registry=registry, buckets=BUCKETS).labels("v")
+    gauge = Gauge("g", "g", ["k"], registry=registry).labels("v")
+    holder = _compat.value_holder(gauge)
+    assert _compat.request_done_recorder(counter, child, gauge) is None  # the child, no holder
+    assert _compat.request_done_recorder(None, child, holder) is None
+    assert _compat.request_done_recorder(counter, None, holder) is None
+    mutex = _compat._mutex_value_class
+    _compat._mutex_value_class = lambda: None  # type: ignore[assignment]
+    try:
+        assert _compat.request_done_recorder(counter, child, holder) is None
+    finally:
+        _compat._mutex_value_class = mutex  # type: ignore[assignment]
+
+
+def test_the_pass_leaves_the_gauge_the_public_way_without_the_done_recorder() -> None:
+    """With ``request_done_recorder`` unavailable the request is still counted once and
+    taken out of ``http_requests_in_progress`` through the holder's own ``inc(-1)``."""
+    original = http_module.request_done_recorder
+    http_module.request_done_recorder = lambda *a: None  # type: ignore[assignment]
+    try:
+        with fresh_observability(tracing_enabled=False, access_log=False) as obs:
+            state = http_state(obs)
+            for _ in range(3):
+                _request(state, "/a", "/a")
+            assert sample_value("http_requests_total", method="GET", endpoint="/a",
+                                status="200") == 3
+            assert sample_value("http_request_duration_seconds_count", method="GET",
+                                endpoint="/a", status="200") == 3
+            assert sample_value("http_requests_in_progress", method="GET", endpoint="/a") == 0
+            assert [fn for _holder, fn in state.done_recorders.values()] == [None]
+            assert set(state.recorders) == {("GET", "/a", 200)}
+    finally:
+        http_module.request_done_recorder = original  # type: ignore[assignment]
+
+
 def test_request_recorder_falls_back_on_dropped_series_and_other_classes() -> None:
     """A child dropped by a guard (``None``) records nothing; a histogram class of its
     own is observed through its own ``observe``."""
@@ -223,7 +295,11 @@ def test_series_past_the_bound_are_counted_as_folded_on_every_request() -> None:
         # the in-progress gauge drops its excess: tracked only for the first two routes
         assert sample_value("mestres_observability_label_overflow_total",
                             metric="http_requests_in_progress") == 6
-        assert set(state.recorders) == {("GET", "/r0", 200), ("GET", "/r1", 200)}
+        # the tracked series end through one recorder that leaves the gauge too; the
+        # untracked ones (the gauge's excess) through the plain one, folded: none kept
+        assert set(state.done_recorders) == {("GET", "/r0", 200), ("GET", "/r1", 200)}
+        assert all(fn is not None for _holder, fn in state.done_recorders.values())
+        assert state.recorders == {}
         assert set(state.in_progress_values) == {("GET", "/r0"), ("GET", "/r1")}
         for route in routes[:2]:
             assert sample_value("http_requests_in_progress", method="GET", endpoint=route) == 0
@@ -284,7 +360,7 @@ def test_grouped_status_codes_share_a_series() -> None:
                             status="2xx") == 4
         assert sample_value("http_request_duration_seconds_count", method="GET", endpoint="/a",
                             status="4xx") == 1
-        assert len(state.recorders) == 4  # one per code seen, two series
+        assert len(state.done_recorders) == 4  # one per code seen, two series
 
 
 def test_an_unmatched_request_is_counted_under_unmatched() -> None:
@@ -473,3 +549,22 @@ def test_the_access_logger_is_settled_only_when_structlog_caches_it(cached: bool
     assert events == [("http_request", "r-0"), ("http_request", "r-1")]
     # cached: the logger bound at the first line logs both; not cached: the new configuration
     assert [e["request_id"] for e in second] == ([] if cached else ["r-1"])
+
+
+def test_request_ids_are_canonical_uuid4s_with_every_random_bit_drawn() -> None:
+    """The pool's ids (formatted 64 at a time) read back as ``uuid.UUID`` version 4, RFC
+    4122 variant, in its canonical text; the 122 other bits each take both values."""
+    import uuid
+
+    ids = [http_module.new_request_id() for _ in range(640)]
+    assert len(set(ids)) == len(ids)
+    seen_set, seen_clear = 0, 0
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        seen_set |= parsed.int
+        seen_clear |= ~parsed.int & ((1 << 128) - 1)
+    fixed = (0xF << 76) | (0x3 << 62)
+    assert seen_set & ~fixed == seen_clear & ~fixed == ((1 << 128) - 1) & ~fixed

@@ -28,11 +28,11 @@ from ..http import (
     HttpState,
     RequestPass,
     UserIdResolver,
+    begin_request,
     http_state,
     is_html,
     is_untracked,
     response_size,
-    start_request,
     wsgi_headers,
     wsgi_trace_headers,
 )
@@ -166,7 +166,7 @@ class ObservabilityMiddleware:
                 return None
             if endpoint is None and _excluded_here(state, request, path_info):
                 return None
-            rp = _start(state, request, path_info)
+            rp = _start(state, request, path_info, endpoint is None)
             if rp is None and endpoint is None:
                 return None
             if rp is None:
@@ -392,17 +392,26 @@ def _response_size(rp: RequestPass, response: HttpResponseBase, status: int) -> 
         response.streaming_content = counted()
 
 
-def _start(state: HttpState, request: HttpRequest, path_info: str) -> RequestPass | None:
+def _start(state: HttpState, request: HttpRequest, path_info: str,
+           checked: bool = False) -> RequestPass | None:
+    """Begin the request pass (``checked``: ``enabled`` and ``path_info``'s exclusion checked
+    already, so the full path is checked only when it differs)."""
+    path = request.path
+    if not checked or path != path_info:  # start_request's check, of the full path
+        rx = state.excluded_rx
+        if not state.enabled or path in state.excluded_exact or (
+                rx is not None and rx.fullmatch(path) is not None):
+            return None
     meta = request.META
-    tracing = state.tracing
-    trace_headers = wsgi_trace_headers(meta) if tracing else None
-    return start_request(
-        state, request.method or "GET", request.path, query=meta.get("QUERY_STRING", ""),
-        request_id=meta.get(state.request_id_environ), user_agent=meta.get("HTTP_USER_AGENT"),
-        peer=meta.get("REMOTE_ADDR"), forwarded_for=meta.get("HTTP_X_FORWARDED_FOR"),
+    get = meta.get
+    if not state.tracing:
+        return begin_request(state, request.method or "GET", path, get("QUERY_STRING", ""),
+                             get(state.request_id_environ), get("HTTP_USER_AGENT"),
+                             get("REMOTE_ADDR"), get("HTTP_X_FORWARDED_FOR"))
+    return begin_request(
+        state, request.method or "GET", path, get("QUERY_STRING", ""),
+        get(state.request_id_environ), get("HTTP_USER_AGENT"), get("REMOTE_ADDR"),
+        get("HTTP_X_FORWARDED_FOR"), None,
         # scheme and Host: span attributes only (request.scheme reads a setting each time)
-        scheme=(request.scheme or "http") if tracing else "http",
-        server_address=(meta.get("HTTP_HOST") or meta.get("SERVER_NAME")) if tracing else None,
-        trace_headers=trace_headers,
-    )
-
+        request.scheme or "http", get("HTTP_HOST") or get("SERVER_NAME"),
+        wsgi_trace_headers(meta))
