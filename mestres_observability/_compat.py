@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from ._forksafe import renew_locks_after_fork, run_after_fork
+from ._forksafe import fork_generation, renew_locks_after_fork, run_after_fork
 
 __all__ = [
     "FASTAPI_NATIVE_SPAN_ATTR",
@@ -1126,7 +1126,8 @@ def span_emitter(processor: Any) -> Callable[[Any], None] | None:
     goes through ``BatchProcessor.emit``: two Python calls per span, on the thread of
     the request. The function does what ``emit`` does (append to the deque, wake the
     worker once a batch is full) and hands the span to ``on_end`` itself when the
-    processor is shut down, its queue is full or the process forked since (the
+    processor is shut down, its queue is full or the process forked since (told by
+    ``_forksafe.fork_generation``, not by ``os.getpid()``, a system call per span; the
     SDK's own re-init, drop count and warnings then apply). Public replacement:
     none. Fallback: None; the caller then calls ``processor.on_end``.
     """
@@ -1140,14 +1141,20 @@ def span_emitter(processor: Any) -> Callable[[Any], None] | None:
         _degrade("the BatchSpanProcessor's queue", "lean spans are queued through on_end")
         return None
     on_end = processor.on_end
-    getpid = os.getpid
     append = queue.appendleft
     maxlen = queue.maxlen
+    forks = fork_generation
+    # the fork generation this emitter last saw: compared instead of ``inner._pid !=
+    # os.getpid()``, a system call per span (what BatchProcessor.emit does); a forked
+    # child's first span goes through on_end, where the SDK checks the pid itself
+    # (and re-initialises the processor unless its own fork hook did already)
+    seen = [forks.n]
 
     def emit(span: Any) -> None:
         n = len(queue)
-        if n >= maxlen or inner._shutdown or inner._pid != getpid():
+        if n >= maxlen or inner._shutdown or forks.n != seen[0]:
             on_end(span)  # full (the SDK drops and counts), shut down, or forked
+            seen[0] = forks.n
             return
         append(span)
         if n + 1 >= batch:

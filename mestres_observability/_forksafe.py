@@ -36,7 +36,27 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["call_after_fork", "renew_locks_after_fork", "run_after_fork"]
+__all__ = ["ForkGeneration", "call_after_fork", "fork_generation", "renew_locks_after_fork",
+           "run_after_fork"]
+
+
+class ForkGeneration:
+    """How many times this process's line was forked (``n``: 0 in the process that
+    imported the library, one more in each forked child, before any other hook runs).
+
+    Hot paths compare ``fork_generation.n`` with the value they saw, an attribute read,
+    instead of calling ``os.getpid()``, which is a system call on every call (glibc
+    stopped caching it): the SDK's batch processor does that for every span.
+    """
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+#: the process's :class:`ForkGeneration`
+fork_generation = ForkGeneration()
 
 _owners: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], Callable[[], Any]]] = (
     weakref.WeakKeyDictionary())
@@ -102,6 +122,7 @@ def _quietly(fn: Callable[[], object]) -> None:  # pragma: no cover - runs in fo
 
 
 def _after_fork_in_child() -> None:  # pragma: no cover - runs in forked children
+    fork_generation.n += 1
     for owner, (attributes, factory) in list(_owners.items()):
         for name in attributes:
             setattr(owner, name, factory())

@@ -862,19 +862,83 @@ def test_span_emitter_queues_as_on_end_does() -> None:
         emit("e")  # the queue is full: on_end (the SDK drops the oldest and counts it)
         assert fell_back == ["e"]
         assert len(queue) == 4
-        pid = inner._pid
-        inner._pid = -1  # a forked child: on_end (the SDK re-initialises the processor)
-        emit("f")
-        inner._pid = pid
+        from mestres_observability._forksafe import fork_generation
+
+        queue.clear()
+        fork_generation.n += 1  # a forked child: on_end (the SDK re-initialises the processor)
+        try:
+            emit("f")
+            emit("f1")  # only the first span after the fork takes on_end
+        finally:
+            fork_generation.n -= 1
         assert fell_back == ["e", "f"]
+        assert list(queue) == ["f1"]
+        emit("f2")  # (the generation changed back: on_end once more)
+        assert fell_back == ["e", "f", "f2"]
         queue.clear()
         inner._shutdown = True  # shut down: on_end (which refuses the span and counts it)
         emit("g")
-        assert fell_back == ["e", "f", "g"]
+        assert fell_back == ["e", "f", "f2", "g"]
         assert len(queue) == 0
         inner._shutdown = False
     finally:
         inner._worker_awaken = real
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_span_emitter_makes_no_system_call_per_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BatchProcessor.emit calls os.getpid() for every span, a system call each time; the
+    # emitter tells a fork by the library's fork generation instead
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=64,  # type: ignore[arg-type]
+                             max_export_batch_size=32, schedule_delay_millis=60_000)
+    try:
+        emit = _compat.span_emitter(bsp)
+        assert emit is not None
+        calls: list[int] = []
+        real = os.getpid
+        monkeypatch.setattr(os, "getpid", lambda: calls.append(1) or real())
+        for i in range(10):
+            emit(f"span{i}")
+        assert calls == []
+        assert len(_compat.span_queue(bsp) or ()) == 10
+    finally:
+        monkeypatch.undo()
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_span_emitter_in_a_forked_child_queues_into_the_childs_processor() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=64,  # type: ignore[arg-type]
+                             max_export_batch_size=32, schedule_delay_millis=60_000)
+    emit = _compat.span_emitter(bsp)
+    assert emit is not None
+    queue = _compat.span_queue(bsp)
+    assert queue is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            inner = bsp._batch_processor
+            first, second = (SimpleNamespace(name=n, context=SimpleNamespace(
+                trace_flags=SimpleNamespace(sampled=True))) for n in ("first", "second"))
+            emit(first)  # through on_end: the SDK's pid check, its re-initialised state
+            emit(second)  # the emitter's own path again
+            if (inner._pid == os.getpid() and list(queue) == [second, first]
+                    and inner._worker_thread.is_alive()):
+                code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"\x00"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
         bsp.shutdown()  # type: ignore[no-untyped-call]
 
 
