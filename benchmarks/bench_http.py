@@ -891,11 +891,12 @@ def _group(filename: str) -> str:
 
 
 #: stages of the library's pass: the functions whose cumulative time is each stage's
+#: (``begin_request``: what ``start_request`` and the adapters call)
 _STAGES = (
     ("SERVER span start (headers, extraction, span)", ("_start_span",)),
     ("SERVER span end (status, attributes, queue)", ("_end_span",)),
     ("access-log line (fields, structlog, JSON)", ("_access_log",)),
-    ("request pass without span and log line", ("start_request", "finish", "activate",
+    ("request pass without span and log line", ("begin_request", "finish", "activate",
                                                 "deactivate", "track_in_progress")),
 )
 
