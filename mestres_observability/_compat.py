@@ -1127,7 +1127,8 @@ def span_emitter(processor: Any) -> Callable[[Any], None] | None:
     the request. The function does what ``emit`` does (append to the deque, wake the
     worker once a batch is full) and hands the span to ``on_end`` itself when the
     processor is shut down, its queue is full or the process forked since (told by
-    ``_forksafe.fork_generation``, not by ``os.getpid()``, a system call per span; the
+    ``_forksafe.fork_generation``, not by ``os.getpid()``, a system call per span, which
+    is checked once per batch for forks made without the interpreter's hooks; the
     SDK's own re-init, drop count and warnings then apply). Public replacement:
     none. Fallback: None; the caller then calls ``processor.on_end``.
     """
@@ -1142,21 +1143,42 @@ def span_emitter(processor: Any) -> Callable[[Any], None] | None:
         return None
     on_end = processor.on_end
     append = queue.appendleft
+    popleft = queue.popleft
     maxlen = queue.maxlen
+    getpid = os.getpid
     forks = fork_generation
     # the fork generation this emitter last saw: compared instead of ``inner._pid !=
     # os.getpid()``, a system call per span (what BatchProcessor.emit does); a forked
     # child's first span goes through on_end, where the SDK checks the pid itself
     # (and re-initialises the processor unless its own fork hook did already)
     seen = [forks.n]
+    # spans queued since the pid was last checked: a fork made without the interpreter's
+    # fork hooks (a server forking from C without PyOS_AfterFork_Child: uWSGI unless
+    # py-call-osafterfork) bumps no generation, so the pid is still checked once per
+    # batch; those spans are then handed to on_end, oldest first (the first one makes
+    # the SDK re-initialise the processor: a fresh queue and worker), and none is lost
+    since = [0]
 
     def emit(span: Any) -> None:
         n = len(queue)
         if n >= maxlen or inner._shutdown or forks.n != seen[0]:
             on_end(span)  # full (the SDK drops and counts), shut down, or forked
             seen[0] = forks.n
+            since[0] = 0
             return
         append(span)
+        k = since[0] + 1
+        if k >= batch:
+            since[0] = 0
+            if inner._pid != getpid():  # forked from C since: see above
+                mine = []
+                for _ in range(min(k, len(queue))):
+                    mine.append(popleft())
+                for queued in reversed(mine):
+                    on_end(queued)
+                return
+        else:
+            since[0] = k
         if n + 1 >= batch:
             awaken = inner._worker_awaken  # replaced in a forked child
             if not awaken.is_set():

@@ -239,6 +239,9 @@ class _State:
         self.captures: list[list[dict[str, Any]]] = []
         #: the structlog processor list installed by :func:`configure_logging`
         self.chain: list[Any] | None = None
+        #: a copy of :attr:`chain` as installed: the direct paths compare the live list with
+        #: it, so a processor an app adds to (or swaps in) that list in place is not skipped
+        self.chain_as_installed: list[Any] | None = None
         #: the stdlib logger of business events (its level decides :func:`event_enabled`)
         self.events_std: logging.Logger | None = None
         #: the library's handler, its formatter and the renderer (for :func:`write_direct`)
@@ -877,7 +880,8 @@ def direct_writer(logger: Any, *, access_line: bool = False,
 
     def write(method: str, event: str, fields: dict[str, Any]) -> bool:
         levelno = _DIRECT_LEVELNO.get(method)
-        if (processors is not _state.chain  # (its length was checked when the logger settled)
+        if (processors is not _state.chain
+                or processors != _state.chain_as_installed  # changed in place since
                 or levelno is None or not std.isEnabledFor(levelno)
                 or not _MOVED.isdisjoint(fields)):
             return False
@@ -1048,6 +1052,7 @@ def configure_logging(config: ObservabilityConfig, faults: FaultReporter,
             cache_logger_on_first_use=True,
         )
         _state.chain = chain
+        _state.chain_as_installed = list(chain)
         _state.events_std = logging.getLogger(EVENTS_LOGGER)
         _events_logger = None
 
@@ -1167,7 +1172,8 @@ def _own_events_logger() -> logging.Logger | None:
     structlog configuration, else ``None`` (someone else configured structlog)."""
     std = _state.events_std
     chain = _state.chain
-    if std is None or chain is None or structlog.get_config()["processors"] is not chain:
+    if (std is None or chain is None or structlog.get_config()["processors"] is not chain
+            or chain != _state.chain_as_installed):  # a processor added in place: the chain
         return None
     return std
 

@@ -430,6 +430,37 @@ def test_structlog_configured_by_the_app_after_the_first_line(ordinary: Logged) 
     assert json.loads(direct)["request_id"] == "r-after"
 
 
+@pytest.mark.parametrize("change", ["insert", "replace"])
+def test_a_processor_the_app_puts_into_the_live_chain_runs_on_every_line(
+        ordinary: Logged, change: str) -> None:
+    """The chain list structlog hands out is the one installed: a processor an app adds to
+    it in place (or swaps in) runs on the access line and on business events too."""
+    ordinary.settle()
+    _one_request(ordinary, request_id="r-before")
+    ordinary.take()
+
+    def tag(_logger: Any, _name: str, event: Any) -> Any:
+        event["tagged"] = True
+        return event
+
+    procs = structlog.get_config()["processors"]
+    saved = list(procs)
+    try:
+        if change == "insert":
+            procs.insert(-1, tag)
+        else:  # the redaction step swapped for one that tags, then redacts
+            k = next(i for i, p in enumerate(procs) if p is logs_module.redact_and_clean)
+            procs[k] = lambda lg, n, e: logs_module.redact_and_clean(lg, n, tag(lg, n, e))
+        _one_request(ordinary, request_id="r-after")
+        with ordinary:
+            log_event("order_created", order_id=7)
+        lines = [json.loads(line) for line in ordinary.take().splitlines()]
+    finally:
+        procs[:] = saved
+    assert [(line["event"], line.get("tagged")) for line in lines] == [
+        ("http_request", True), ("order_created", True)]
+
+
 def test_a_new_library_configuration_takes_the_chain_for_an_old_logger(
         ordinary: Logged) -> None:
     """configure_logging again (a re-init) installs a new chain: a logger bound under the

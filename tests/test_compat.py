@@ -894,17 +894,58 @@ def test_span_emitter_makes_no_system_call_per_span(monkeypatch: pytest.MonkeyPa
     bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=64,  # type: ignore[arg-type]
                              max_export_batch_size=32, schedule_delay_millis=60_000)
     try:
-        emit = _compat.span_emitter(bsp)
-        assert emit is not None
         calls: list[int] = []
         real = os.getpid
         monkeypatch.setattr(os, "getpid", lambda: calls.append(1) or real())
+        emit = _compat.span_emitter(bsp)
+        assert emit is not None
         for i in range(10):
             emit(f"span{i}")
         assert calls == []
         assert len(_compat.span_queue(bsp) or ()) == 10
     finally:
         monkeypatch.undo()
+        bsp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_span_emitter_checks_the_pid_once_per_batch_and_loses_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fork made from C without the interpreter's fork hooks (uWSGI without
+    # py-call-osafterfork) bumps no fork generation: the pid, checked once per batch,
+    # tells it, and the spans queued since go to on_end in their order
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    bsp = BatchSpanProcessor(_NullExporter(), max_queue_size=64,  # type: ignore[arg-type]
+                             max_export_batch_size=4, schedule_delay_millis=60_000)
+    inner = bsp._batch_processor
+    queue = _compat.span_queue(bsp)
+    assert queue is not None
+    fell_back: list[Any] = []
+    bsp.on_end = fell_back.append  # type: ignore[method-assign,assignment]
+    real_awaken = inner._worker_awaken
+    inner._worker_awaken = threading.Event()
+    calls: list[int] = []
+    real = os.getpid
+    monkeypatch.setattr(os, "getpid", lambda: calls.append(1) or real())
+    emit = _compat.span_emitter(bsp)
+    assert emit is not None
+    try:
+        for i in range(8):
+            emit(f"p{i}")
+        assert calls == [1, 1]  # once per batch of 4, not per span
+        assert fell_back == []
+        queue.clear()
+        pid, inner._pid = inner._pid, -1  # as if forked from C: another pid, no hooks run
+        for i in range(3):
+            emit(f"c{i}")
+        assert fell_back == []  # not checked yet
+        emit("c3")  # the batch's check: every span since, to on_end, oldest first
+        assert fell_back == ["c0", "c1", "c2", "c3"]
+        assert list(queue) == []
+        inner._pid = pid
+    finally:
+        monkeypatch.undo()
+        inner._worker_awaken = real_awaken
         bsp.shutdown()  # type: ignore[no-untyped-call]
 
 
