@@ -269,34 +269,7 @@ def request_recorder(counter: Any, histogram: Any) -> Callable[[float], None]:
     mutex = _mutex_value_class()
     locked = _locked_histogram(histogram) if histogram is not None else None
     if locked is not None and mutex is not None and type(holder) is mutex:
-        from bisect import bisect_left
-
-        observe, bounds, total, sum_lock, buckets, locks = locked
-        c_lock = holder._lock
-
-        def record_locked(amount: float) -> None:
-            c_lock.acquire()
-            try:
-                holder._value += 1
-            finally:
-                c_lock.release()
-            if amount != amount:  # NaN: no bucket (observe's walk finds none)
-                observe(amount)
-                return
-            sum_lock.acquire()
-            try:
-                total._value += amount
-            finally:
-                sum_lock.release()
-            i = bisect_left(bounds, amount)
-            lock = locks[i]
-            lock.acquire()
-            try:
-                buckets[i]._value += 1
-            finally:
-                lock.release()
-
-        return record_locked
+        return _locked_recorder(holder, locked, None)
     count = holder.inc if holder is not None else _count_nothing
     observe_any = histogram_observer(histogram) if histogram is not None else _count_nothing
 
@@ -330,18 +303,27 @@ def request_done_recorder(counter: Any, histogram: Any,
     locked = _locked_histogram(histogram)
     if locked is None or type(holder) is not mutex:
         return None
+    return _locked_recorder(holder, locked, in_progress)
+
+
+def _locked_recorder(holder: Any, locked: tuple[Any, ...],
+                     in_progress: Any) -> Callable[[float], None]:
+    """The inline recorder of :func:`request_recorder` (``in_progress``: None) and
+    :func:`request_done_recorder` (the gauge's ``MutexValue`` holder, taken down by 1
+    first): ``MutexValue`` holders only, each updated under its own lock."""
     from bisect import bisect_left
 
     observe, bounds, total, sum_lock, buckets, locks = locked
     c_lock = holder._lock
-    g_lock = in_progress._lock
+    g_lock = in_progress._lock if in_progress is not None else None
 
-    def record_done(amount: float) -> None:
-        g_lock.acquire()
-        try:
-            in_progress._value -= 1
-        finally:
-            g_lock.release()
+    def record_locked(amount: float) -> None:
+        if g_lock is not None:
+            g_lock.acquire()
+            try:
+                in_progress._value -= 1
+            finally:
+                g_lock.release()
         c_lock.acquire()
         try:
             holder._value += 1
@@ -363,7 +345,7 @@ def request_done_recorder(counter: Any, histogram: Any,
         finally:
             lock.release()
 
-    return record_done
+    return record_locked
 
 
 def _mutex_value_class() -> Any:

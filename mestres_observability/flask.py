@@ -39,7 +39,6 @@ from .http import (
     http_state,
     is_untracked,
     response_size,
-    start_request,
     wsgi_headers,
     wsgi_is_html,
     wsgi_trace_headers,
@@ -206,8 +205,7 @@ class FlaskMiddleware:
             if not path_info.isascii():
                 path_info = _text(path_info)
             endpoint = state.endpoints.get(path_info)
-            rp = self._start(state, environ, path_info) if endpoint is not None else (
-                self._begin(state, environ, path_info))
+            rp = self._begin(state, environ, path_info)
         except Exception as exc:
             get_observability().faults.report("http", "flask", "request pass failed", exc)
             return self.wsgi_app(environ, start_response)
@@ -261,7 +259,9 @@ class FlaskMiddleware:
 
     def _begin(self, state: HttpState, environ: dict[str, Any],
                path_info: str) -> RequestPass | None:
-        """:meth:`_start` for the ordinary requests (``state``: the current one), with
+        """The request pass of a request to ``path_info`` under ``state`` (the current one,
+        or an endpoint's measured variant), or ``None`` when excluded: the exclusions of
+        :func:`~mestres_observability.http.start_request` checked here, then
         :func:`~mestres_observability.http.begin_request` called positionally."""
         rx = state.excluded_rx  # state.excluded(path_info), inline
         if not state.enabled or path_info in state.excluded_exact or (
@@ -282,7 +282,7 @@ class FlaskMiddleware:
                                                 is not None):
                 return None  # as start_request checks the full path
         get = environ.get
-        if not state.tracing:
+        if not state.tracing:  # scheme, Host and trace headers: for the span only
             return begin_request(state, get("REQUEST_METHOD", "GET"), path,
                                  get("QUERY_STRING", ""), get(state.request_id_environ),
                                  get("HTTP_USER_AGENT"), get("REMOTE_ADDR"),
@@ -293,38 +293,6 @@ class FlaskMiddleware:
                              get("wsgi.url_scheme", "http"),
                              get("HTTP_HOST") or get("SERVER_NAME"),
                              wsgi_trace_headers(environ))
-
-    def _start(self, state: HttpState, environ: dict[str, Any],
-               path_info: str) -> RequestPass | None:
-        rx = state.excluded_rx  # state.excluded(path_info), inline
-        if not state.enabled or path_info in state.excluded_exact or (
-                rx is not None and rx.fullmatch(path_info) is not None):
-            return None
-        url_rx = state.excluded_urls["flask"]  # excluded_urls: searched in flask.request.url
-        if url_rx is not None and url_rx.search(get_current_url(environ)):
-            return None
-        if len(self.app.view_functions) != self._untracked_views:
-            self._find_untracked()
-        if self._untracked and self._is_untracked(environ, path_info):
-            return None
-        tracing = state.tracing
-        trace_headers = wsgi_trace_headers(environ) if tracing else None
-        script = environ.get("SCRIPT_NAME", "")
-        return start_request(
-            state,
-            environ.get("REQUEST_METHOD", "GET"),
-            _text(script) + path_info if script else path_info,
-            query=environ.get("QUERY_STRING", ""),
-            request_id=environ.get(state.request_id_environ),
-            user_agent=environ.get("HTTP_USER_AGENT"),
-            peer=environ.get("REMOTE_ADDR"),
-            forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
-            # scheme and Host: span attributes only
-            scheme=environ.get("wsgi.url_scheme", "http") if tracing else "http",
-            server_address=(environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
-                            if tracing else None),
-            trace_headers=trace_headers,
-        )
 
     def _find_untracked(self) -> None:
         views = self.app.view_functions
@@ -355,7 +323,7 @@ class FlaskMiddleware:
         if rp is None:
             measured = state.measured.get(path)
             if measured is not None:  # e.g. the RUM endpoint: counted under its own route
-                rp = self._start(measured, environ, path)
+                rp = self._begin(measured, environ, path)
         req = Request.from_wsgi(environ, path, state.trusted)
         req.routes = self._routes_for(script)
         status, headers, body = endpoint.dispatch(req)

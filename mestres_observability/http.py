@@ -1004,6 +1004,7 @@ class RequestPass:
         duration = time.perf_counter() - self.start
         endpoint = self.route or UNMATCHED
         span = self._span if self._span is not None else self._external_span
+        ids = None
         if span is None and self.labels == () and state.metrics.exemplar_provider is None:
             # no span, no exemplar, no per-request labels: the series' one recorder, which
             # takes the request out of the in-progress gauge too where it can
@@ -1027,58 +1028,47 @@ class RequestPass:
                     record(duration)
             except Exception as err:
                 state.faults.report("http", "metrics", "recording request metrics failed", err)
-            if self._in_progress is not None:
-                try:
-                    self._in_progress.inc(-1)
-                except Exception as err:
-                    state.faults.report("http", "in_progress", "in-progress gauge failed", err)
-                self._in_progress = None
-            if state.sizes:
-                self._record_sizes(status, endpoint)
-            if state.access_log:
-                self._access_log(status, duration, endpoint, user_id, None)
-            return
-        ids = None
-        try:
-            if span is not None:
-                ids = _span_ids(span)
-            exemplar = None
-            own = False
-            provider = state.metrics.exemplar_provider
-            if provider is not None:
-                # one exemplar for both series, from our span when there is one
-                if self._span is None:
-                    exemplar = provider()
-                elif ids is not None and ids[2] and self._span.is_recording():
-                    own = True
-            labels = self.labels
-            if labels is None:
-                labels = self.resolve_labels()
-            if own and not labels:  # our span's ids: valid exemplar labels, attached without checks
-                assert ids is not None
-                rec = state.exemplar_recorders.get((self.method, endpoint, status))
-                if rec is None:
-                    rec = state.exemplar_recorder(self.method, endpoint, status)
-                rec(duration, {"trace_id": ids[0], "span_id": ids[1]})
-            elif own or exemplar or labels:
-                if own:
+        else:  # a span, exemplars or per-request labels
+            try:
+                if span is not None:
+                    ids = _span_ids(span)
+                exemplar = None
+                own = False
+                provider = state.metrics.exemplar_provider
+                if provider is not None:
+                    # one exemplar for both series, from our span when there is one
+                    if self._span is None:
+                        exemplar = provider()
+                    elif ids is not None and ids[2] and self._span.is_recording():
+                        own = True
+                labels = self.labels
+                if labels is None:
+                    labels = self.resolve_labels()
+                if own and not labels:  # our span's ids: valid exemplar labels, attached without checks
                     assert ids is not None
-                    exemplar = {"trace_id": ids[0], "span_id": ids[1]}
-                key = (self.method, endpoint, state.status(status), *state.label_values,
-                       *labels)
-                counter = state.requests_child(key)
-                histogram = state.duration_child(key)
-                if counter is not None:
-                    counter.inc(1, exemplar)
-                if histogram is not None:
-                    histogram.observe(duration, exemplar)
-            else:
-                record = state.recorders.get((self.method, endpoint, status))
-                if record is None:
-                    record = state.recorder(self.method, endpoint, status)
-                record(duration)
-        except Exception as err:
-            state.faults.report("http", "metrics", "recording request metrics failed", err)
+                    rec = state.exemplar_recorders.get((self.method, endpoint, status))
+                    if rec is None:
+                        rec = state.exemplar_recorder(self.method, endpoint, status)
+                    rec(duration, {"trace_id": ids[0], "span_id": ids[1]})
+                elif own or exemplar or labels:
+                    if own:
+                        assert ids is not None
+                        exemplar = {"trace_id": ids[0], "span_id": ids[1]}
+                    key = (self.method, endpoint, state.status(status), *state.label_values,
+                           *labels)
+                    counter = state.requests_child(key)
+                    histogram = state.duration_child(key)
+                    if counter is not None:
+                        counter.inc(1, exemplar)
+                    if histogram is not None:
+                        histogram.observe(duration, exemplar)
+                else:
+                    record = state.recorders.get((self.method, endpoint, status))
+                    if record is None:
+                        record = state.recorder(self.method, endpoint, status)
+                    record(duration)
+            except Exception as err:
+                state.faults.report("http", "metrics", "recording request metrics failed", err)
         if self._in_progress is not None:
             try:
                 self._in_progress.inc(-1)
