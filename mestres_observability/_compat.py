@@ -449,15 +449,22 @@ def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str
 
     make = tuple.__new__  # Exemplar(labels, value, timestamp), without its Python __new__
     now = time.time
+    c_acquire: Any = c_lock.acquire if c_lock is not None else None
+    c_release: Any = c_lock.release if c_lock is not None else None
+    sum_acquire: Any = sum_lock.acquire if sum_lock is not None else None
+    sum_release: Any = sum_lock.release if sum_lock is not None else None
 
     def record(amount: float, labels: dict[str, str]) -> None:
         ts = now()
         if not c_plain:
             one = make(Exemplar, (labels, 1, ts))
-            if c_lock is not None:
-                with c_lock:
+            if c_acquire is not None:
+                c_acquire()  # acquire/release: C calls, where ``with`` runs two in Python
+                try:
                     c_value._value += 1
                     c_value._exemplar = one
+                finally:
+                    c_release()
             else:
                 c_inc(1)
                 c_set(one)
@@ -469,12 +476,19 @@ def exemplar_recorder(counter: Any, histogram: Any) -> Callable[[float, dict[str
         i = bisect_left(bounds, amount)
         ex = make(Exemplar, (labels, amount, ts))
         if b_locked is not None:
-            with sum_lock:
+            sum_acquire()
+            try:
                 h_sum._value += amount
+            finally:
+                sum_release()
             bucket = buckets[i]
-            with b_locked[i]:
+            lock = b_locked[i]
+            lock.acquire()
+            try:
                 bucket._value += 1
                 bucket._exemplar = ex
+            finally:
+                lock.release()
         else:
             sum_inc(amount)
             b_inc[i](1)

@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
@@ -1262,7 +1263,10 @@ def _start_span(rp: RequestPass, state: HttpState, scheme: str, server_address: 
         # hold (no baggage); else that context (propagator log records dropped: _quiet)
         if not trace_headers.get("baggage"):
             parent = remote_parent(trace_headers)
-        if parent is None:
+            if parent is None:  # not parsed inline (another propagator, a malformed
+                # header): the propagator's context, without parsing a second time
+                ctx = propagate.extract(trace_headers)
+        else:
             ctx = extract_context(trace_headers)
     attributes: dict[str, Any] = {
         "http.request.method": rp.method,

@@ -200,6 +200,45 @@ def test_a_global_propagator_set_since_is_used_instead_of_the_inline_parse(lean:
         assert remote_parent({"traceparent": VALID}) is not None
 
 
+@pytest.mark.parametrize("header", [f"00-{TRACE_ID}-{SPAN_ID}-zz", "not a traceparent",
+                                    VALID], ids=["bad flags", "garbage", "another propagator"])
+def test_a_header_not_parsed_inline_is_parsed_once_per_request(
+        header: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the inline parse gives up (a header it does not accept for certain, another
+    global propagator), the request pass asks the propagator and does not parse again."""
+    import mestres_observability.http as http_module
+    import mestres_observability.tracing as tracing_module
+
+    with fresh_observability(service_name="once", tracing_enabled=True) as obs:
+        ours = propagate.get_global_textmap()
+        custom = _Fixed()
+        if header == VALID:
+            propagate.set_global_textmap(custom)
+        calls: list[int] = []
+        real = tracing_module.remote_parent
+
+        def counting(headers: Any) -> Any:
+            calls.append(1)
+            return real(headers)
+
+        monkeypatch.setattr(http_module, "remote_parent", counting)
+        monkeypatch.setattr(tracing_module, "remote_parent", counting)
+        try:
+            headers = {"traceparent": header}
+            rp = start_request(http_state(obs), "GET", "/a", trace_headers=headers)
+            assert rp is not None
+            assert len(calls) == 1
+            theirs = custom.extract(headers) if header == VALID else propagate.extract(headers)
+            parent = rp.span.parent
+            if not _remote(theirs).is_valid:  # rejected by the W3C propagator too: a new trace
+                assert parent is None
+            else:
+                assert parent == _remote(theirs)
+            rp.finish(200)
+        finally:
+            propagate.set_global_textmap(ours)
+
+
 @pytest.mark.parametrize("lean", [True, False], ids=["lean spans", "SDK spans"])
 @pytest.mark.parametrize("captured", [False, True], ids=["pipeline", "captured_spans"])
 @pytest.mark.parametrize("extra", [{}, {"tracestate": "a=1,b=2"}, {"baggage": "user=alice"}],
