@@ -707,7 +707,10 @@ class _StdoutHandler(logging.Handler):
         """Write one rendered line (the direct path, :func:`write_direct`); never raises."""
         try:
             with self.lock:  # type: ignore[union-attr]  # the same lock emit() runs under
-                self._write(line)
+                # _write(), inline (one call less per line)
+                stream = self._stream if self._stream is not None else sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
         except RecursionError:  # pragma: no cover
             raise
         except Exception as exc:
@@ -856,7 +859,8 @@ def direct_writer(logger: Any, *, access_line: bool = False,
     ``access_line``: ``fields`` are the access line's, in its order
     (``request_id``, ``method``, ``url``, ``endpoint``, ``status_code``,
     ``duration_seconds``, ``user_agent``, ``ip_address``, ``user_id``,
-    ``trace_id``, ``span_id``); the values the library produced itself skip the
+    ``trace_id``, ``span_id``; none of them is a name the wrapper moves, so that is
+    not checked); the values the library produced itself skip the
     redactor when it would leave them as they are (their names not redacted, the
     method and the names found clean, the ids not past the length).
 
@@ -883,11 +887,14 @@ def direct_writer(logger: Any, *, access_line: bool = False,
         if (processors is not _state.chain
                 or processors != _state.chain_as_installed  # changed in place since
                 or levelno is None or not std.isEnabledFor(levelno)
-                or not _MOVED.isdisjoint(fields)):
+                # the access line's names are fixed, none of them moved
+                or (not own and not _MOVED.isdisjoint(fields))):
             return False
-        handler = _direct_output(std, levelno)
-        if handler is None:
+        output = _state.output  # _direct_output(), inline
+        if (output is None or output[2] is not render_json
+                or not _sole_handler(std, levelno, output[0], output[1])):
             return False
+        handler = output[0]
         if context:  # what the logger has bound comes first, the call's fields win
             fields = {**context, **fields}
         fields["event"] = event
@@ -991,11 +998,40 @@ def _write_own(std: logging.Logger, name: str, event_dict: dict[str, Any],
         for sink in _state.captures:
             sink.append(dict(head))
     try:
-        line = render_json(std, name, head)
+        line = _render_own(std, name, head, cleaned)
     except Exception as exc:
         handler.handleError(None, exc)
     else:
         handler.write_line(line)
+
+
+def _render_own(std: logging.Logger, name: str, head: dict[str, Any],
+                cleaned: dict[str, Any]) -> str:
+    """:func:`render_json` of :func:`_write_own`'s ``head``, the same text, without the walk
+    over every value: the head's own values are known (str, an int status, a finite float
+    duration, checked by :func:`_own_fields_pass`), so only the ``cleaned`` ones are walked,
+    and a duration outside orjson's exact range is put in ``head`` itself as the
+    ``orjson.Fragment`` :func:`_fast_view` would put in a copy. Anything else (a cleaned
+    value orjson may spell otherwise, orjson refusing the dict, text outside ASCII) goes to
+    :func:`render_json` with the head as it came."""
+    dumps = _FAST_DUMPS
+    if dumps is not None and _plain(cleaned.values(), 1):
+        duration = head["duration_seconds"]
+        fragment = _FRAGMENT
+        if not (_FLOAT_LOW <= duration < _FLOAT_HIGH or -_FLOAT_HIGH < duration <= -_FLOAT_LOW
+                or duration == 0.0):
+            if fragment is None:
+                return render_json(std, name, head)
+            head["duration_seconds"] = fragment(float.__repr__(duration).encode("ascii"))
+        try:
+            out: bytes = dumps(head)
+        except Exception:  # a lone surrogate, an int past 64 bits ...
+            pass
+        else:
+            if out.isascii() and b"\x7f" not in out:
+                return out.decode("ascii")
+        head["duration_seconds"] = duration  # the float again, in its place
+    return render_json(std, name, head)
 
 
 def configure_logging(config: ObservabilityConfig, faults: FaultReporter,

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mestres_observability._redact import EXEMPT_KEYS, REDACTED, Redactor, luhn_ok
+from mestres_observability import _redact
+from mestres_observability._redact import (
+    _CARD_RE,
+    EXEMPT_KEYS,
+    REDACTED,
+    Redactor,
+    luhn_ok,
+    may_hold_card,
+)
 from mestres_observability.config import DEFAULT_REDACT_KEYS
 
 R = Redactor(DEFAULT_REDACT_KEYS)
@@ -141,3 +150,40 @@ def test_property_clean_event_matches_clean_and_caches_only_clean_text(
     assert json.dumps(first, sort_keys=True) == json.dumps(reference, sort_keys=True)
     assert json.dumps(second, sort_keys=True) == json.dumps(reference, sort_keys=True)
     assert all(r.scrub_text(text) == text for text in r._clean_text)
+
+
+# ---------------------------------------------------------------------- card pre-check
+#: text made of what the card expression looks at (digits, its separators) and what breaks
+#: a run (letters, other separators, a non-ASCII digit, U+2028), so runs of every length
+#: and every way of splitting them come up
+_CARDISH = st.text(alphabet=st.sampled_from("0123456789 -  --x./\u0663\u2028\t"),
+                   max_size=60)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.one_of(_CARDISH, st.text(max_size=60)))
+def test_the_card_pre_check_never_misses_a_match(text: str) -> None:
+    """may_hold_card() is the gate in front of the card expression in scrub_text: when it
+    says no, the expression must find nothing, and the scrubbed text is the same as the
+    expression's."""
+    if not may_hold_card(text):
+        assert _CARD_RE.search(text) is None
+    red = Redactor(frozenset({"password"}))
+    with mock.patch.object(_redact, "_CARD_RUN", b""):  # the gate always open
+        reference = red.scrub_text(text)
+    assert red.scrub_text(text) == reference
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("4111 1111 1111 1111", True),           # a card with spaces
+    ("4111-1111-1111-1111", True),           # with hyphens
+    ("4111111111111", True),                  # 13 digits
+    ("411111111111", False),                  # 12 digits
+    ("4111 1111 111x 1111", False),           # broken by a letter
+    ("0f8e2c1a-4b7d-4e21-9a3c-5d6e7f809a1b", False),  # a request id
+    ("12345678-1234-4123-8123-123456789012", True),    # a request id the expression reads
+])
+def test_the_card_pre_check_on_known_text(text: str, expected: bool) -> None:
+    assert may_hold_card(text) is expected
+    if not expected:
+        assert _CARD_RE.search(text) is None
