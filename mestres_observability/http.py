@@ -1101,7 +1101,7 @@ class RequestPass:
     def _end_span(self, status: int, exc: BaseException | None) -> None:
         try:
             span = self._span
-            if exc is None and status < 500 and type(span) is LeanSpan:
+            if exc is None and type(status) is int and status < 500 and type(span) is LeanSpan:
                 # the usual case in one call: the attributes, name and end that the calls
                 # below give (False: the span needs those calls, nothing was done)
                 route = self.route
