@@ -583,6 +583,41 @@ class LeanSpan(trace.Span):
         self._end = end_time if end_time is not None else time_ns()
         self._tracer.end_span(self)
 
+    def end_server(self, status: int, route: str | None = None, name: str | None = None) -> bool:
+        """End the span with ``http.response.status_code`` set to ``status`` (then
+        ``http.route`` to ``route`` and the name to ``name``, when given): what
+        ``update_name(name)``, ``set_attributes({...})`` and ``end()`` do, in one call.
+
+        False, with nothing done, when that needs the general path: the span ended
+        already, the attributes within reach of ``max_span_attributes`` (the eviction and
+        dropped count of :meth:`set_attributes`), ``status`` not an ``int`` or ``route``
+        not a ``str`` (the SDK's cleaning); the caller then makes those calls.
+        """
+        if self._end is not None or type(status) is not int:
+            return False
+        attrs = self._attrs
+        tracer = self._tracer
+        if route is None:
+            if len(attrs) >= tracer.max_attributes:
+                return False
+            # set_attributes' inline path: an existing key moves last
+            attrs.pop("http.response.status_code", None)
+            attrs["http.response.status_code"] = status
+        else:
+            if type(route) is not str or len(attrs) + 2 > tracer.max_attributes:
+                return False
+            if len(route) > tracer.max_length:
+                route = route[:tracer.max_length]
+            attrs.pop("http.response.status_code", None)
+            attrs["http.response.status_code"] = status
+            attrs.pop("http.route", None)
+            attrs["http.route"] = route
+        if name is not None:
+            self._name = name
+        self._end = time_ns()
+        tracer.end_span(self)
+        return True
+
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
         """End the span, recording an exception first (as the SDK's span does)."""

@@ -457,12 +457,15 @@ class SpanScrubber:
         query: the access log's query-string redactor.
     """
 
-    __slots__ = ("_clean", "_clean_queries", "_clean_urls", "_keys", "query", "values")
+    __slots__ = ("_clean", "_clean_queries", "_clean_urls", "_keys", "_plain", "query",
+                 "values")
 
     def __init__(self, values: Redactor, query: QueryRedactor) -> None:
         self.values = values
         self.query = query
         self._keys: dict[str, bool] = {}
+        #: keys known neither redacted whole nor under the query rules (a subset of _keys)
+        self._plain: set[str] = set()
         self._clean: set[str] = set()  # clean under the plain rules
         # clean under the rules of url attributes / of url.query, and the plain ones
         self._clean_urls: set[str] = set()
@@ -476,6 +479,8 @@ class SpanScrubber:
             hit = key not in EXEMPT_KEYS and self.values.sensitive_key(key.replace(".", "_"))
             if len(self._keys) < _SPAN_CACHE_ITEMS:
                 self._keys[key] = hit
+                if not hit and key not in _QUERY_RULED:
+                    self._plain.add(key)
         return hit
 
     def text(self, key: str, text: str) -> str:
@@ -524,17 +529,15 @@ class SpanScrubber:
             return None
         out: dict[str, Any] | None = None
         keys = self._keys
+        plain = self._plain
         clean = self._clean
         for key, value in attributes.items():
             # :meth:`value`, with the usual cases inline (a known key, a number, a string
             # found clean before): this runs for every attribute of every span
-            hit = keys.get(key)
-            if hit is None:
-                hit = self.sensitive_key(key)
-            if not hit:
-                t = type(value)
+            t = type(value)
+            if key in plain:  # known not redacted whole, outside the query rules
                 if t is str:
-                    if value in clean and key not in _QUERY_RULED:
+                    if value in clean:
                         continue
                     new = self.text(key, value)
                 elif t is int or t is float or t is bool:
@@ -542,7 +545,20 @@ class SpanScrubber:
                 else:
                     new = self.value(key, value)
             else:
-                new = self.value(key, value)
+                hit = keys.get(key)
+                if hit is None:
+                    hit = self.sensitive_key(key)
+                if not hit:
+                    if t is str:
+                        if value in clean and key not in _QUERY_RULED:
+                            continue
+                        new = self.text(key, value)
+                    elif t is int or t is float or t is bool:
+                        continue
+                    else:
+                        new = self.value(key, value)
+                else:
+                    new = self.value(key, value)
             if new is not value and new != value:
                 if out is None:
                     out = dict(attributes)

@@ -80,7 +80,7 @@ from ._endpoint import (
 )
 from ._endpoint import parse_networks as _parse_networks
 from ._forksafe import run_after_fork
-from ._leanspan import LeanTracer
+from ._leanspan import LeanSpan, LeanTracer
 from ._redact import REDACTED, QueryRedactor, Redactor
 from .config import DEFAULT_REDACT_QUERY_PARAMS, OTHER_LABEL_VALUE
 from .tracing import extract_context, remote_context, remote_parent
@@ -1101,6 +1101,17 @@ class RequestPass:
     def _end_span(self, status: int, exc: BaseException | None) -> None:
         try:
             span = self._span
+            if exc is None and type(status) is int and status < 500 and type(span) is LeanSpan:
+                # the usual case in one call: the attributes, name and end that the calls
+                # below give (False: the span needs those calls, nothing was done)
+                route = self.route
+                if not route or self._route_at_start:
+                    if span.end_server(status):
+                        return
+                else:
+                    method = self.method if self.method != "_OTHER" else "HTTP"
+                    if span.end_server(status, route, f"{method} {route}"):
+                        return
             attributes: dict[str, Any] = {"http.response.status_code": status}
             if self.route and not self._route_at_start:
                 span.update_name(f"{self.method if self.method != '_OTHER' else 'HTTP'} "

@@ -218,8 +218,9 @@ def test_the_ledger_is_exact_under_concurrent_spans_and_shutdown(
     dropped exactly once, and /metrics agrees.
 
     The spans are counted where they end (in the threads), not by wrapping a pipeline
-    method: lean spans reach the pipeline through ``on_end_lean``, whose usual case
-    bypasses ``on_end``, so a wrapper on one entry point sees only some of them."""
+    method: lean spans reach the pipeline through the delegating processor's
+    ``end_lean``, whose usual case bypasses ``on_end``, so a wrapper on one entry point
+    sees only some of them."""
 
     class Slow:
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
