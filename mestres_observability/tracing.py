@@ -371,6 +371,33 @@ class _Pipeline:
         for sp in kept:
             self._enqueue(sp)
 
+    def on_end_lean(self, span: Any) -> None:
+        """An ended lean span (sampled, or it would not have recorded): :meth:`on_end`, with
+        the usual case (no tail sampling, open, room in the queue) inline and the span
+        appended to the SDK's queue in one call."""
+        emit = self._emit
+        q = self._queue
+        if emit is None or self.tail is not None or self.closed or len(q) >= self.queue_size:
+            self.on_end(span)
+            return
+        try:
+            emit(span)
+        except Exception as exc:
+            self.drop(1, "export_failed", "processor_error", exc)
+            return
+        lock = self._lock  # the ledger, as in _enqueue (acquire/release: cheaper than with)
+        lock.acquire()
+        try:
+            if not self.settled:
+                self.ended += 1
+                return
+            if self._debt:  # see finish()
+                self._debt -= 1
+                return
+        finally:
+            lock.release()
+        self.drop(1, "shutdown", "after_shutdown")  # queued after finish(): never exported
+
     def _enqueue(self, span: ReadableSpan) -> None:
         """Into the SDK's queue, or counted (queue full, shut down, processor error)."""
         if self.closed:
@@ -641,35 +668,7 @@ def _make_delegate() -> SpanProcessor:
                                         exc)
             target = self.target
             if target is not None:
-                # the usual case (no tail sampling, the pipeline open, room in the queue)
-                # here, the span appended to the SDK's queue in one call; the rest through
-                # the pipeline's on_end, as SDK spans
-                emit = target._emit
-                if emit is None or target.tail is not None or target.closed or len(
-                        target._queue) >= target.queue_size:
-                    target.on_end(span)  # type: ignore[arg-type]  # read like a ReadableSpan
-                else:
-                    try:
-                        emit(span)
-                    except Exception as exc:
-                        target.drop(1, "export_failed", "processor_error", exc)
-                    else:
-                        # the ledger, as in _enqueue (acquire/release: cheaper than with)
-                        lock = target._lock
-                        lock.acquire()
-                        try:
-                            if not target.settled:
-                                target.ended += 1
-                                late = False
-                            elif target._debt:  # see _Pipeline.finish
-                                target._debt -= 1
-                                late = False
-                            else:
-                                late = True
-                        finally:
-                            lock.release()
-                        if late:  # queued after finish(): never exported
-                            target.drop(1, "shutdown", "after_shutdown")
+                target.on_end_lean(span)
             extra = self.extra
             if extra:
                 view = span.readable()

@@ -686,3 +686,23 @@ def test_a_fault_on_the_direct_path_is_counted_not_raised(
     else:
         assert ordinary.direct_calls == []  # raised inside the writer
         assert after == (before[0] + 2, before[1])
+
+
+def test_the_direct_line_writes_bound_floats_as_the_standard_encoder(ordinary: Any) -> None:
+    """A bound value orjson spells otherwise (1e-05 as 0.00001, 1e-07 as 1e-7) keeps the
+    own path off orjson: the direct line is the structlog line, byte for byte (the walk of
+    the cleaned fields in _render_own is what sends it to the standard encoder)."""
+    rp = _pass(ordinary, path="/pay", request_id="r-7", user_agent="agent", peer="127.0.0.1")
+    rp.activate()
+    try:
+        bind_context(amount=1e-05, tiny=[1e-07])
+        direct, chain = _both_ways(ordinary, lambda: rp._access_log(
+            200, 0.5, "/pay", None,
+            ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", True)))
+    finally:
+        rp.deactivate()
+        clear_context()
+    assert ordinary.direct_calls == [True]
+    assert direct == chain
+    assert '"amount":1e-05' in direct
+    assert '"tiny":[1e-07]' in direct

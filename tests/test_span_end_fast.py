@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
@@ -396,6 +396,9 @@ scrub_values = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.dictionaries(scrub_keys, scrub_values, min_size=1, max_size=5),
                 min_size=1, max_size=6))
+# a query-ruled key after a plain one with the same value: url.query must still be redacted
+# by the query rules (a warm scrubber that took it for a plain key would leave it)
+@example([{"app.note": "ticket=abc123", "url.query": "ticket=abc123"}])
 def test_span_attributes_scrub_alike_with_keys_known_or_not(
         spans: list[dict[str, Any]]) -> None:
     """A scrubber that has seen the keys (known plain keys take the short way) redacts as
