@@ -18,14 +18,5 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_http
 
 bench_http._setup_globals(os.environ["BENCH_SERVER_OTLP"])
-_framework = os.environ["BENCH_SERVER_FRAMEWORK"]
-_factory = getattr(bench_http, f"{_framework}_variants")()[os.environ["BENCH_SERVER_VARIANT"]]
-if _factory is None:
-    raise SystemExit(f"variant {os.environ['BENCH_SERVER_VARIANT']!r} is not installed")
-_built = _factory()
-app: Any
-app, _obs = _built if isinstance(_built, tuple) else (_built, None)
-if _obs is not None:
-    from mestres_observability._current import swap
-
-    swap(_obs)  # requests use the current instance
+app: Any = bench_http.serving(os.environ["BENCH_SERVER_FRAMEWORK"],
+                              os.environ["BENCH_SERVER_VARIANT"])

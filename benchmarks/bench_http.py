@@ -43,6 +43,11 @@ Variants per framework:
   the span's exemplar, one structlog JSON line with the access log's twelve
   fields. No request id, no in-progress gauge, no route lookup (a constant),
   no redaction, no fault handling.
+* ``metrics by hand``: the floor of the metrics-only pass. The bare app wrapped in a
+  few lines doing by hand what the peers' metrics do: a timer, the status, then
+  ``labels(...).inc()`` on a counter and ``labels(...).observe()`` on a histogram
+  (method, a constant route, status). No request id, no in-progress gauge, no route
+  lookup, no cardinality bound, no fault handling.
 
 Then the **CPU measure** (a process of its own, ``--cpu``): a real OTLP/HTTP
 exporter on each side (the library's pipeline; the peers' ``BatchSpanProcessor``)
@@ -66,7 +71,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -316,6 +321,65 @@ def by_hand_asgi(app: Any, route: str) -> Any:
     return wrapped
 
 
+class _MetricsByHand:
+    """The metrics of one request, written by hand (see ``metrics by hand``)."""
+
+    def __init__(self, route: str) -> None:
+        registry = CollectorRegistry()
+        labels = ["method", "endpoint", "status"]
+        self.counter = Counter("hand_requests", "requests", labels, registry=registry)
+        self.histogram = Histogram("hand_duration_seconds", "duration", labels,
+                                   registry=registry)
+        self.route = route
+
+    def end(self, method: str, status: int, t0: float) -> None:
+        duration = time.perf_counter() - t0
+        code = str(status)
+        self.counter.labels(method, self.route, code).inc()
+        self.histogram.labels(method, self.route, code).observe(duration)
+
+
+def metrics_by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
+    """``app`` with a request's counter and histogram written by hand around it (WSGI)."""
+    hand = _MetricsByHand(route)
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        t0 = time.perf_counter()
+        status = [500]
+
+        def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = int(code[:3])
+            return start_response(code, headers, exc_info)
+
+        try:
+            return app(environ, capture)
+        finally:
+            hand.end(environ["REQUEST_METHOD"], status[0], t0)
+
+    return wrapped
+
+
+def metrics_by_hand_asgi(app: Any, route: str) -> Any:
+    """``app`` with a request's counter and histogram written by hand around it (ASGI)."""
+    hand = _MetricsByHand(route)
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, capture)
+        finally:
+            hand.end(scope["method"], status[0], t0)
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------- drivers
 def wsgi_runner(app: Callable[..., Any],
                 extra_environ: dict[str, str] | None = None) -> Callable[[int], None]:
@@ -382,7 +446,8 @@ Wrap = Callable[[Any], Any]
 
 
 def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: Wrap,
-              by_hand: Wrap, more_metrics_peers: dict[str, Callable[[], Any] | None] | None = None,
+              by_hand: Wrap, metrics_by_hand: Wrap,
+              more_metrics_peers: dict[str, Callable[[], Any] | None] | None = None,
               ) -> dict[str, Callable[[], Any] | None]:
     """The variants of one framework whose app ``make(log=False)`` builds."""
     return {
@@ -396,6 +461,7 @@ def _variants(adapter: str, make: Callable[..., Any], metrics_peer: Wrap, otel: 
         "peer otel": _optional(lambda: otel(make())),
         "peer metrics+otel+log": _optional(lambda: otel(metrics_peer(make(log=True)))),
         "primitives by hand": lambda: by_hand(make()),
+        "metrics by hand": lambda: metrics_by_hand(make()),
     }
 
 
@@ -427,7 +493,8 @@ def flask_variants() -> dict[str, Callable[[], Any] | None]:
         return app
 
     return _variants("flask", make, exporter, otel,
-                     lambda app: by_hand_wsgi(app, "/orders/<int:order_id>"))
+                     lambda app: by_hand_wsgi(app, "/orders/<int:order_id>"),
+                     lambda app: metrics_by_hand_wsgi(app, "/orders/<int:order_id>"))
 
 
 # ---------------------------------------------------------------------- FastAPI
@@ -470,6 +537,7 @@ def fastapi_variants() -> dict[str, Callable[[], Any] | None]:
 
     return _variants("fastapi", make, instrumentator, otel,
                      lambda app: by_hand_asgi(app, "/orders/{order_id}"),
+                     lambda app: metrics_by_hand_asgi(app, "/orders/{order_id}"),
                      {"peer metrics (starlette_exporter)":
                       _optional(lambda: starlette_exporter(make()))})
 
@@ -546,6 +614,7 @@ def django_variants() -> dict[str, Callable[[], Any] | None]:
         "peer metrics+otel+log": _optional(lambda: handler(prom, otel=True, log=True),
                                            "django_prometheus"),
         "primitives by hand": lambda: by_hand_wsgi(handler([]), "/orders/<int:order_id>"),
+        "metrics by hand": lambda: metrics_by_hand_wsgi(handler([]), "/orders/<int:order_id>"),
     }
 
 
@@ -557,6 +626,22 @@ def _optional(factory: Callable[[], Any], module: str | None = None) -> Callable
         if importlib.util.find_spec(module) is None:
             return None
     return factory
+
+
+def serving(framework: str, label: str) -> Any:
+    """The app of variant ``label`` of ``framework`` (``flask``, ``fastapi``, ``django``),
+    built and made the instance requests use, for a benchmark that serves one variant
+    (``bench_server.py``'s servers, ``instructions.py``)."""
+    factory = globals()[f"{framework}_variants"]()[label]
+    if factory is None:
+        raise SystemExit(f"variant {label!r} is not installed")
+    built = factory()
+    app, obs = built if isinstance(built, tuple) else (built, None)
+    if obs is not None:  # imported only here: the bare app's process never imports it
+        from mestres_observability._current import swap
+
+        swap(obs)  # requests use the current instance (bound late)
+    return app
 
 
 def measure(name: str, variants: dict[str, Callable[[], Any] | None],
@@ -635,10 +720,34 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
         cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
               f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
+        if over.get("metrics by hand"):
+            print(f"  ratio metrics by hand / cheapest metrics peer: "
+                  f"{over['metrics by hand'] / cheapest:5.2f}")
 
 
 def _ratio(over: dict[str, float], a: str, b: str) -> str:
     return f"{over[a] / over[b]:.2f}" if over.get(a) and over.get(b) else "n/a"
+
+
+def table(heading: str, labels: Sequence[str],
+          results: Mapping[str, Mapping[str, tuple[float, float] | None]],
+          ratios: Sequence[tuple[str, str, str]]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """The Markdown rows of a run (one column per framework): a row per variant in
+    ``labels`` (figure and overhead), then a row per ``(title, a, b)`` of ``ratios`` (the
+    overhead of ``a`` over that of ``b``); and the overheads, per framework, for more rows."""
+    names = list(results)
+    rows = [f"| {heading} | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for label in labels:
+        cells = []
+        for name in names:
+            value = results[name].get(label)
+            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
+             for name, figs in results.items()}
+    for title, a, b in ratios:
+        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    return rows, overs
 
 
 def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
@@ -648,16 +757,7 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
     widest = max(results.values(), key=lambda figs: len(list(figs)))
     labels = list(widest)
     labels += [label for figs in results.values() for label in figs if label not in labels]
-    rows = ["| variant | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-    for label in labels:
-        cells = []
-        for name in names:
-            value = results[name].get(label)
-            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
-             for name, figs in results.items()}
-    for title, a, b in (
+    rows, overs = table("variant", labels, results, (
         ("**ours full / peers combined** (target ≤ 0.25)", "ours full", "peer metrics+otel+log"),
         ("primitives by hand / peers combined", "primitives by hand", "peer metrics+otel+log"),
         ("**ours full / primitives by hand** (target ≤ 0.75)", "ours full",
@@ -668,8 +768,7 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
          "ours full, library logging", "peer metrics+otel+log"),
         ("**ours full, library logging (the default) / primitives by hand** (target ≤ 0.75)",
          "ours full, library logging", "primitives by hand"),
-    ):
-        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    ))
     cheapest = []
     for n in names:
         peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
@@ -677,6 +776,12 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
                         if peers and "ours metrics" in overs[n] else "n/a")
     rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.30) | "
                 + " | ".join(cheapest) + " |")
+    floor = []
+    for n in names:
+        peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
+        floor.append(f"{overs[n]['metrics by hand'] / min(peers):.2f}"
+                     if peers and overs[n].get("metrics by hand") else "n/a")
+    rows.append("| metrics by hand / cheapest metrics peer | " + " | ".join(floor) + " |")
     return "\n".join(rows)
 
 
@@ -805,23 +910,12 @@ def report_cpu(name: str, figures: dict[str, tuple[float, float] | None]) -> Non
 
 def markdown_cpu(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
     """The CPU measure as a Markdown table (``--markdown``)."""
-    names = list(results)
-    rows = ["| CPU per request | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-    for label in CPU_VARIANTS:
-        cells = []
-        for name in names:
-            value = results[name].get(label)
-            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    overs = {name: {k: v[1] for k, v in figs.items() if v is not None and k != "bare"}
-             for name, figs in results.items()}
-    for title, a, b in (
+    rows, _ = table("CPU per request", CPU_VARIANTS, results, (
         ("**ours full / peers combined**", "ours full", "peer metrics+otel+log"),
         ("ours full / primitives by hand", "ours full", "primitives by hand"),
         ("ours full with SDK spans / peers combined", "ours full, SDK spans",
          "peer metrics+otel+log"),
-    ):
-        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    ))
     return "\n".join(rows)
 
 

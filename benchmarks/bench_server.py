@@ -38,6 +38,10 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_http  # noqa: E402  (the variants, their tables, the OTLP receiver)
+
 ROUNDS = int(os.environ.get("BENCH_SERVER_ROUNDS", "12"))
 PER_ROUND = int(os.environ.get("BENCH_SERVER_REQUESTS", "200"))
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -168,10 +172,6 @@ def measure(framework: str, kind: str, otlp: str) -> dict[str, tuple[float, floa
             server.stop()
 
 
-def _ratio(over: dict[str, float], a: str, b: str) -> str:
-    return f"{over[a] / over[b]:.2f}" if over.get(a) is not None and over.get(b) else "—"
-
-
 def report(name: str, figures: dict[str, tuple[float, float]]) -> None:
     print(f"\n{name}: server CPU us per request, all threads, OTLP/HTTP export included "
           "(median; overhead over bare, median of rounds)")
@@ -179,24 +179,14 @@ def report(name: str, figures: dict[str, tuple[float, float]]) -> None:
         print(f"  {label:<36} {value:8.1f}   (+{overhead:6.1f})")
     over = {k: v[1] for k, v in figures.items()}
     print(f"  ratio ours full, library logging / peers metrics+otel+log: "
-          f"{_ratio(over, 'ours full, library logging', 'peer metrics+otel+log')}"
+          f"{bench_http._ratio(over, 'ours full, library logging', 'peer metrics+otel+log')}"
           f"   / primitives by hand: "
-          f"{_ratio(over, 'ours full, library logging', 'primitives by hand')}"
-          f"   ours metrics / peer metrics: {_ratio(over, 'ours metrics', 'peer metrics')}")
+          f"{bench_http._ratio(over, 'ours full, library logging', 'primitives by hand')}"
+          f"   ours metrics / peer metrics: {bench_http._ratio(over, 'ours metrics', 'peer metrics')}")
 
 
 def markdown(results: dict[str, dict[str, tuple[float, float]]]) -> str:
-    names = list(results)
-    rows = ["| server CPU per request | " + " | ".join(names) + " |",
-            "| --- |" + " --- |" * len(names)]
-    for label in VARIANTS:
-        cells = []
-        for name in names:
-            value = results[name].get(label)
-            cells.append("—" if value is None else f"{value[0]:.0f} (+{value[1]:.0f})")
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    overs = {name: {k: v[1] for k, v in figs.items()} for name, figs in results.items()}
-    for title, a, b in (
+    rows, _ = bench_http.table("server CPU per request", VARIANTS, results, (
         ("**ours full / peers combined**", "ours full", "peer metrics+otel+log"),
         ("**ours full, library logging / peers combined**", "ours full, library logging",
          "peer metrics+otel+log"),
@@ -204,15 +194,11 @@ def markdown(results: dict[str, dict[str, tuple[float, float]]]) -> str:
         ("ours full, library logging / primitives by hand", "ours full, library logging",
          "primitives by hand"),
         ("ours metrics / peer metrics", "ours metrics", "peer metrics"),
-    ):
-        rows.append(f"| {title} | " + " | ".join(_ratio(overs[n], a, b) for n in names) + " |")
+    ))
     return "\n".join(rows)
 
 
 def _receiver() -> tuple[subprocess.Popen[str], str]:
-    sys.path.insert(0, HERE)
-    import bench_http
-
     proc = subprocess.Popen([sys.executable, "-c", bench_http._RECEIVER],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

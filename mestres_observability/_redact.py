@@ -160,8 +160,7 @@ class Redactor:
     # ------------------------------------------------------------------ values
     def scrub_text(self, text: str) -> str:
         """Redact secrets found inside a free-text string (not truncated)."""
-        if (self.card_numbers and len(text) >= 13  # may_hold_card(text), inline
-                and _CARD_RUN in text.encode("ascii", "ignore").translate(_CARD_DIGITS, b" -")):
+        if self.card_numbers and len(text) >= 13 and may_hold_card(text):
             text = _CARD_RE.sub(_card_sub, text)
         if "eyJ" in text:
             text = _JWT_RE.sub(REDACTED, text)
@@ -534,31 +533,24 @@ class SpanScrubber:
         for key, value in attributes.items():
             # :meth:`value`, with the usual cases inline (a known key, a number, a string
             # found clean before): this runs for every attribute of every span
-            t = type(value)
-            if key in plain:  # known not redacted whole, outside the query rules
-                if t is str:
-                    if value in clean:
-                        continue
-                    new = self.text(key, value)
-                elif t is int or t is float or t is bool:
-                    continue
-                else:
-                    new = self.value(key, value)
-            else:
+            hit: bool | None = False
+            ruled = False
+            if key not in plain:  # not known to be neither redacted whole nor query-ruled
                 hit = keys.get(key)
                 if hit is None:
                     hit = self.sensitive_key(key)
-                if not hit:
-                    if t is str:
-                        if value in clean and key not in _QUERY_RULED:
-                            continue
-                        new = self.text(key, value)
-                    elif t is int or t is float or t is bool:
-                        continue
-                    else:
-                        new = self.value(key, value)
-                else:
-                    new = self.value(key, value)
+                ruled = key in _QUERY_RULED
+            t = type(value)
+            if hit:
+                new = self.value(key, value)
+            elif t is str:
+                if value in clean and not ruled:
+                    continue
+                new = self.text(key, value)
+            elif t is int or t is float or t is bool:
+                continue
+            else:
+                new = self.value(key, value)
             if new is not value and new != value:
                 if out is None:
                     out = dict(attributes)

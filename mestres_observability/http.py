@@ -1101,22 +1101,16 @@ class RequestPass:
     def _end_span(self, status: int, exc: BaseException | None) -> None:
         try:
             span = self._span
-            if exc is None and type(status) is int and status < 500 and type(span) is LeanSpan:
-                # the usual case in one call: the attributes, name and end that the calls
-                # below give (False: the span needs those calls, nothing was done)
-                route = self.route
-                if not route or self._route_at_start:
-                    if span.end_server(status):
-                        return
-                else:
-                    method = self.method if self.method != "_OTHER" else "HTTP"
-                    if span.end_server(status, route, f"{method} {route}"):
-                        return
+            route = self.route if self.route and not self._route_at_start else None
+            name = (None if route is None
+                    else f"{self.method if self.method != '_OTHER' else 'HTTP'} {route}")
+            if (exc is None and type(status) is int and status < 500 and type(span) is LeanSpan
+                    and span.end_server(status, route, name)):
+                return  # the usual case in one call (False: nothing done, the calls below)
             attributes: dict[str, Any] = {"http.response.status_code": status}
-            if self.route and not self._route_at_start:
-                span.update_name(f"{self.method if self.method != '_OTHER' else 'HTTP'} "
-                                 f"{self.route}")
-                attributes["http.route"] = self.route
+            if route is not None:
+                span.update_name(name)
+                attributes["http.route"] = route
             if exc is not None:
                 from .tracing import record_exception  # values cut to the span limit first
 

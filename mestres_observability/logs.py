@@ -707,10 +707,7 @@ class _StdoutHandler(logging.Handler):
         """Write one rendered line (the direct path, :func:`write_direct`); never raises."""
         try:
             with self.lock:  # type: ignore[union-attr]  # the same lock emit() runs under
-                # _write(), inline (one call less per line)
-                stream = self._stream if self._stream is not None else sys.stdout
-                stream.write(line + "\n")
-                stream.flush()
+                self._write(line)
         except RecursionError:  # pragma: no cover
             raise
         except Exception as exc:
@@ -859,8 +856,7 @@ def direct_writer(logger: Any, *, access_line: bool = False,
     ``access_line``: ``fields`` are the access line's, in its order
     (``request_id``, ``method``, ``url``, ``endpoint``, ``status_code``,
     ``duration_seconds``, ``user_agent``, ``ip_address``, ``user_id``,
-    ``trace_id``, ``span_id``; none of them is a name the wrapper moves, so that is
-    not checked); the values the library produced itself skip the
+    ``trace_id``, ``span_id``); the values the library produced itself skip the
     redactor when it would leave them as they are (their names not redacted, the
     method and the names found clean, the ids not past the length).
 
@@ -887,14 +883,11 @@ def direct_writer(logger: Any, *, access_line: bool = False,
         if (processors is not _state.chain
                 or processors != _state.chain_as_installed  # changed in place since
                 or levelno is None or not std.isEnabledFor(levelno)
-                # the access line's names are fixed, none of them moved
-                or (not own and not _MOVED.isdisjoint(fields))):
+                or not _MOVED.isdisjoint(fields)):
             return False
-        output = _state.output  # _direct_output(), inline
-        if (output is None or output[2] is not render_json
-                or not _sole_handler(std, levelno, output[0], output[1])):
+        handler = _direct_output(std, levelno)
+        if handler is None:
             return False
-        handler = output[0]
         if context:  # what the logger has bound comes first, the call's fields win
             fields = {**context, **fields}
         fields["event"] = event

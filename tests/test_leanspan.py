@@ -136,19 +136,6 @@ def content(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def no_sdk_warnings() -> Iterator[None]:
-    """The SDK warns about full attribute maps and truncation; keep the output readable."""
-    names = ("opentelemetry.attributes", "opentelemetry.sdk.trace",
-             "opentelemetry.exporter.otlp.proto.common._internal", "opentelemetry.trace.status")
-    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
-    for logger, _ in saved:
-        logger.setLevel(logging.CRITICAL)
-    yield
-    for logger, level in saved:
-        logger.setLevel(level)
-
-
 @quiet
 @given(start=st.one_of(st.none(), attribute_maps), ops=operations,
        kind=st.sampled_from(list(SpanKind)), remote=st.booleans(),

@@ -10,7 +10,6 @@ with the SDK's span) under small attribute limits; the request pass is run both 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -30,18 +29,6 @@ from mestres_observability.testing import captured_spans, fresh_observability
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 STATUS = "http.response.status_code"
-
-
-@pytest.fixture
-def quiet_sdk() -> Iterator[None]:
-    """The SDK warns about full attribute maps and calls on ended spans."""
-    names = ("opentelemetry.attributes", "opentelemetry.sdk.trace")
-    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
-    for logger, _ in saved:
-        logger.setLevel(logging.CRITICAL)
-    yield
-    for logger, level in saved:
-        logger.setLevel(level)
 
 
 def content(span: Any) -> dict[str, Any]:
@@ -79,7 +66,7 @@ start_values = st.one_of(st.text(max_size=12), st.integers(-5, 600), st.booleans
        route=st.one_of(st.none(), st.text(max_size=14), st.just(b"/bytes")),
        cap=st.integers(0, 9), length=st.integers(0, 10))
 def test_end_server_records_what_the_general_path_records(
-        quiet_sdk: None, start: dict[str, Any], status: Any, route: Any, cap: int,
+        no_sdk_warnings: None, start: dict[str, Any], status: Any, route: Any, cap: int,
         length: int) -> None:
     """Same name, attributes in the same order, dropped count, status and end as
     ``update_name`` + ``set_attributes`` + ``end`` (on a lean span and on the SDK's span),
@@ -220,7 +207,7 @@ def _serve(m: pytest.MonkeyPatch, method: str, route: str, route_at_start: bool,
     ("ended by the app", {"app": lambda sp: sp.end()}, [False]),
 ])
 def test_the_request_pass_ends_its_span_as_the_general_path_does(
-        monkeypatch: pytest.MonkeyPatch, quiet_sdk: None, case: str, settings_: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch, no_sdk_warnings: None, case: str, settings_: dict[str, Any],
         took: list[bool]) -> None:
     """Fast and general path give the same span, queued once and counted once in the
     ledger; the fast path is taken exactly where expected (a limit within reach, a span
