@@ -222,7 +222,24 @@ def test_three_hundred_quick_checks_are_ready_within_the_deadline(mode: str) -> 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_probe_answers_by_its_deadline_with_checks_still_queued(mode: str) -> None:
-    """Checks that got no thread before the deadline: ``not_started``, counted, run later."""
+    """Checks that got no thread before the deadline: ``not_started``, counted, run later.
+
+    At most the pool's 16 threads run checks when the deadline cuts them, so at most 16
+    are ``timeout``; but a check whose thread the machine schedules late runs past its own
+    timeout, and the pool then starts a thread beside the stuck one (as it must, up to its
+    cap), so a loaded machine may cut a few more. A probe with more than 16 cut is run
+    again (twice at most); a pool that starts every queued check at once fails each time.
+    """
+    timeouts = 0
+    for _attempt in range(3):
+        timeouts = _probe_with_checks_queued(mode)
+        if timeouts <= 16:
+            break
+    assert timeouts <= 16, f"{timeouts} checks cut by the deadline in each of 3 probes"
+
+
+def _probe_with_checks_queued(mode: str) -> int:
+    """One probe of 120 slow checks on a fresh instance; how many the deadline cut."""
     runs: Counter[str] = Counter()
 
     def make(name: str) -> Callable[[], bool]:
@@ -245,7 +262,6 @@ def test_a_probe_answers_by_its_deadline_with_checks_still_queued(mode: str) -> 
         # done, cut by the deadline while running, or never started
         assert set(kinds) == {None, "timeout", "not_started"}, kinds
         assert kinds["not_started"] >= 40
-        assert kinds["timeout"] <= 16
         assert all(checks[n]["status"] == "unhealthy" for n, c in checks.items()
                    if c.get("error") == "not_started")
         assert health_errors(o) >= errors_before + 1
@@ -253,6 +269,7 @@ def test_a_probe_answers_by_its_deadline_with_checks_still_queued(mode: str) -> 
         wait_until(lambda: run(o, "readiness")[0].status == 200, timeout=20,
                    message="every queued check to have run")
         assert max(runs.values()) == 1  # queued, not started again by later probes
+    return kinds["timeout"]
 
 
 @pytest.mark.parametrize("mode", MODES)
