@@ -44,10 +44,13 @@ Variants per framework:
   fields. No request id, no in-progress gauge, no route lookup (a constant),
   no redaction, no fault handling.
 * ``metrics by hand``: the floor of the metrics-only pass. The bare app wrapped in a
-  few lines doing by hand what the peers' metrics do: a timer, the status, then
-  ``labels(...).inc()`` on a counter and ``labels(...).observe()`` on a histogram
-  (method, a constant route, status). No request id, no in-progress gauge, no route
-  lookup, no cardinality bound, no fault handling.
+  few lines recording what ``ours metrics`` records but the in-progress gauge (the
+  request count and duration every metrics peer records, some with more series
+  beside): a timer, the status, then ``labels(...).inc()`` on a counter and
+  ``labels(...).observe()`` on a histogram (method, a constant route, status). No
+  request id, no in-progress gauge, no route lookup, no cardinality bound, no fault
+  handling; its timer stops when the app returns, before the body is sent (ours
+  times to the body's last byte), which can only favour the floor.
 
 Then the **CPU measure** (a process of its own, ``--cpu``): a real OTLP/HTTP
 exporter on each side (the library's pipeline; the peers' ``BatchSpanProcessor``)
@@ -717,12 +720,11 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
             print(f"  ratio ours full, library logging / primitives by hand: "
                   f"{over['ours full, library logging'] / floor:5.2f}  (target <= 0.75)")
     if metric_peers and "ours metrics" in over:
-        cheapest = min(metric_peers)
         print(f"  ratio ours metrics / cheapest metrics peer: "
-              f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
-        if over.get("metrics by hand"):
-            print(f"  ratio metrics by hand / cheapest metrics peer: "
-                  f"{over['metrics by hand'] / cheapest:5.2f}")
+              f"{over['ours metrics'] / min(metric_peers):5.2f}  (target <= 0.30)")
+    if metric_peers and over.get("metrics by hand"):
+        print(f"  ratio metrics by hand / cheapest metrics peer: "
+              f"{over['metrics by hand'] / min(metric_peers):5.2f}")
 
 
 def _ratio(over: dict[str, float], a: str, b: str) -> str:

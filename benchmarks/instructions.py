@@ -1,17 +1,19 @@
 """Instructions per request of one ``bench_http.py`` variant, counted by valgrind.
 
 Run: ``python benchmarks/instructions.py flask "ours full, library logging" [--misses]
-[--freeze-gc]`` (valgrind on PATH; about 30 s). The variant serves 300 requests in one
-run and 1,300 in another, both under ``valgrind --tool=cachegrind``; the difference of
-the two totals over 1,000 is the count per request, without the interpreter's start-up
-and the imports. A count moves by a few thousand between runs (the exporter's thread, the garbage
-collector), far less than the wall clock on a shared machine: use it to judge a change
-of a few hundred nanoseconds, and ``bench_http.py`` for the figures.
+[--freeze-gc]`` (valgrind on PATH; about 30 s, a few minutes with ``--misses``). The
+variant serves 300 requests in one run and 1,300 in another, both under ``valgrind
+--tool=cachegrind``; the difference of the two totals over 1,000 is the count per
+request, without the interpreter's start-up and the imports. A count moves by a few
+thousand between runs (the exporter's thread, the garbage collector), far less than the
+wall clock on a shared machine: use it to judge a change of a few hundred nanoseconds,
+and ``bench_http.py`` for the figures.
 
 ``--misses`` also simulates the caches (``--cache-sim=yes``, the host's L1 sizes) and
 prints the first-level instruction and data cache misses per request: on this project's
 machines their ratios follow the wall-clock ratios far more closely than the instruction
-counts do (see docs/benchmarks.md, "Why the pass's time follows its cache misses").
+counts do (see docs/benchmarks.md, "The metrics-only floor, and why the pass's time
+follows its cache misses").
 ``--freeze-gc`` moves the objects alive once the variant is built out of the garbage
 collector's reach (``gc.freeze()``), so that a larger heap (a process that imported more)
 does not make the full collections of some variants dearer than others'.
