@@ -250,20 +250,28 @@ class _ByHand:
         self.route = route
         self.name = f"GET {route}"
 
-    def begin(self, headers: dict[str, str], path: str, user_agent: str,
-              client: str) -> tuple[Any, Any, float]:
-        ctx = propagate.extract(headers)
+    def begin_wsgi(self, environ: dict[str, Any]) -> tuple[Any, ...]:
+        return self._begin(environ["HTTP_TRACEPARENT"], environ["PATH_INFO"],
+                           environ["HTTP_USER_AGENT"], environ["REMOTE_ADDR"])
+
+    def begin_asgi(self, scope: dict[str, Any]) -> tuple[Any, ...]:
+        headers = dict(scope["headers"])
+        return self._begin(headers[b"traceparent"].decode(), scope["path"],
+                           headers[b"user-agent"].decode(), scope["client"][0])
+
+    def _begin(self, traceparent: str, path: str, user_agent: str,
+               client: str) -> tuple[Any, ...]:
+        ctx = propagate.extract({"traceparent": traceparent})
         span = self.tracer.start_span(self.name, context=ctx, kind=SpanKind.SERVER, attributes={
             "http.request.method": "GET", "url.path": path, "url.scheme": "http",
             "server.address": "bench", "user_agent.original": user_agent,
             "client.address": client, "http.route": self.route,
         })
         token = otel_context.attach(trace.set_span_in_context(span, ctx))
-        return span, token, time.perf_counter()
+        return span, token, path, user_agent, client, time.perf_counter()
 
-    def end(self, begun: tuple[Any, Any, float], status: int, path: str, user_agent: str,
-            client: str) -> None:
-        span, token, t0 = begun
+    def end(self, begun: tuple[Any, ...], status: int) -> None:
+        span, token, path, user_agent, client, t0 = begun
         duration = time.perf_counter() - t0
         otel_context.detach(token)
         span.set_attributes({"http.response.status_code": status})
@@ -280,50 +288,6 @@ class _ByHand:
                  trace_id=trace_id, span_id=span_id)
 
 
-def by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
-    """``app`` with the request primitives written by hand around it (WSGI)."""
-    hand = _ByHand(route)
-
-    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        path, ua, client = environ["PATH_INFO"], environ["HTTP_USER_AGENT"], environ["REMOTE_ADDR"]
-        begun = hand.begin({"traceparent": environ["HTTP_TRACEPARENT"]}, path, ua, client)
-        status = [500]
-
-        def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
-            status[0] = int(code[:3])
-            return start_response(code, headers, exc_info)
-
-        try:
-            return app(environ, capture)
-        finally:
-            hand.end(begun, status[0], path, ua, client)
-
-    return wrapped
-
-
-def by_hand_asgi(app: Any, route: str) -> Any:
-    """``app`` with the request primitives written by hand around it (ASGI)."""
-    hand = _ByHand(route)
-
-    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        headers = dict(scope["headers"])
-        path, ua, client = scope["path"], headers[b"user-agent"].decode(), scope["client"][0]
-        begun = hand.begin({"traceparent": headers[b"traceparent"].decode()}, path, ua, client)
-        status = [500]
-
-        async def capture(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, capture)
-        finally:
-            hand.end(begun, status[0], path, ua, client)
-
-    return wrapped
-
-
 class _MetricsByHand:
     """The metrics of one request, written by hand (see ``metrics by hand``)."""
 
@@ -335,19 +299,27 @@ class _MetricsByHand:
                                    registry=registry)
         self.route = route
 
-    def end(self, method: str, status: int, t0: float) -> None:
+    def begin_wsgi(self, environ: dict[str, Any]) -> tuple[str, float]:
+        return environ["REQUEST_METHOD"], time.perf_counter()
+
+    def begin_asgi(self, scope: dict[str, Any]) -> tuple[str, float]:
+        return scope["method"], time.perf_counter()
+
+    def end(self, begun: tuple[str, float], status: int) -> None:
+        method, t0 = begun
         duration = time.perf_counter() - t0
         code = str(status)
         self.counter.labels(method, self.route, code).inc()
         self.histogram.labels(method, self.route, code).observe(duration)
 
 
-def metrics_by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
-    """``app`` with a request's counter and histogram written by hand around it (WSGI)."""
-    hand = _MetricsByHand(route)
+def _around_wsgi(app: Callable[..., Any], hand: _ByHand | _MetricsByHand) -> Callable[..., Any]:
+    """``app`` with ``hand``'s ``begin_wsgi`` before it and its ``end`` (with the response's
+    status, 500 if none was started) after it."""
+    begin, end = hand.begin_wsgi, hand.end
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        t0 = time.perf_counter()
+        begun = begin(environ)
         status = [500]
 
         def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
@@ -357,17 +329,17 @@ def metrics_by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., A
         try:
             return app(environ, capture)
         finally:
-            hand.end(environ["REQUEST_METHOD"], status[0], t0)
+            end(begun, status[0])
 
     return wrapped
 
 
-def metrics_by_hand_asgi(app: Any, route: str) -> Any:
-    """``app`` with a request's counter and histogram written by hand around it (ASGI)."""
-    hand = _MetricsByHand(route)
+def _around_asgi(app: Any, hand: _ByHand | _MetricsByHand) -> Any:
+    """:func:`_around_wsgi` for an ASGI ``app`` (``begin_asgi`` gets the scope)."""
+    begin, end = hand.begin_asgi, hand.end
 
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        t0 = time.perf_counter()
+        begun = begin(scope)
         status = [500]
 
         async def capture(message: dict[str, Any]) -> None:
@@ -378,9 +350,29 @@ def metrics_by_hand_asgi(app: Any, route: str) -> Any:
         try:
             await app(scope, receive, capture)
         finally:
-            hand.end(scope["method"], status[0], t0)
+            end(begun, status[0])
 
     return wrapped
+
+
+def by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
+    """``app`` with the request primitives written by hand around it (WSGI)."""
+    return _around_wsgi(app, _ByHand(route))
+
+
+def by_hand_asgi(app: Any, route: str) -> Any:
+    """``app`` with the request primitives written by hand around it (ASGI)."""
+    return _around_asgi(app, _ByHand(route))
+
+
+def metrics_by_hand_wsgi(app: Callable[..., Any], route: str) -> Callable[..., Any]:
+    """``app`` with a request's counter and histogram written by hand around it (WSGI)."""
+    return _around_wsgi(app, _MetricsByHand(route))
+
+
+def metrics_by_hand_asgi(app: Any, route: str) -> Any:
+    """``app`` with a request's counter and histogram written by hand around it (ASGI)."""
+    return _around_asgi(app, _MetricsByHand(route))
 
 
 # ---------------------------------------------------------------------- drivers
@@ -719,12 +711,13 @@ def report(name: str, figures: dict[str, tuple[float, float] | None]) -> None:
         if over.get("ours full, library logging"):
             print(f"  ratio ours full, library logging / primitives by hand: "
                   f"{over['ours full, library logging'] / floor:5.2f}  (target <= 0.75)")
-    if metric_peers and "ours metrics" in over:
+    cheapest = min(metric_peers) if metric_peers else None
+    if cheapest and "ours metrics" in over:
         print(f"  ratio ours metrics / cheapest metrics peer: "
-              f"{over['ours metrics'] / min(metric_peers):5.2f}  (target <= 0.30)")
-    if metric_peers and over.get("metrics by hand"):
+              f"{over['ours metrics'] / cheapest:5.2f}  (target <= 0.30)")
+    if cheapest and "metrics by hand" in over:
         print(f"  ratio metrics by hand / cheapest metrics peer: "
-              f"{over['metrics by hand'] / min(metric_peers):5.2f}")
+              f"{over['metrics by hand'] / cheapest:5.2f}")
 
 
 def _ratio(over: dict[str, float], a: str, b: str) -> str:
@@ -771,19 +764,18 @@ def markdown(results: dict[str, dict[str, tuple[float, float] | None]]) -> str:
         ("**ours full, library logging (the default) / primitives by hand** (target ≤ 0.75)",
          "ours full, library logging", "primitives by hand"),
     ))
-    cheapest = []
+    cheapest: dict[str, float | None] = {}
     for n in names:
         peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
-        cheapest.append(f"{overs[n]['ours metrics'] / min(peers):.2f}"
-                        if peers and "ours metrics" in overs[n] else "n/a")
-    rows.append("| **ours metrics / cheapest metrics peer** (target ≤ 0.30) | "
-                + " | ".join(cheapest) + " |")
-    floor = []
-    for n in names:
-        peers = [v for k, v in overs[n].items() if k.startswith("peer metrics") and "+" not in k]
-        floor.append(f"{overs[n]['metrics by hand'] / min(peers):.2f}"
-                     if peers and overs[n].get("metrics by hand") else "n/a")
-    rows.append("| metrics by hand / cheapest metrics peer | " + " | ".join(floor) + " |")
+        cheapest[n] = min(peers) if peers else None
+    for title, label in (("**ours metrics / cheapest metrics peer** (target ≤ 0.30)",
+                          "ours metrics"),
+                         ("metrics by hand / cheapest metrics peer", "metrics by hand")):
+        cells = []
+        for n in names:
+            peer = cheapest[n]
+            cells.append(f"{overs[n][label] / peer:.2f}" if peer and label in overs[n] else "n/a")
+        rows.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
